@@ -1,0 +1,110 @@
+"""``analyze()``: the main entry point, from a checkpoint path to a :class:`~lora_rank.report.Report`."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings as _warnings
+from typing import Any, Callable, Optional, Union
+
+from . import _core
+from .errors import ConfigError
+from .inventory import build_modules
+from .report import Report, Tensor
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Progress callback: ``progress(done, total, tensor_name)``.
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def analyze(
+    path: PathLike,
+    *,
+    spectral: bool = False,
+    top_k: int = 32,
+    method: str = "auto",
+    rtol: Optional[float] = None,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    progress: Union[bool, ProgressCallback, None] = None,
+    resolve: str = "rules",
+    trust_remote_code: bool = False,
+) -> Report:
+    """Inventory a safetensors checkpoint without loading it; optionally compute spectra.
+
+    Args:
+        path: a directory with ``model.safetensors.index.json`` or ``*.safetensors`` files, a
+            single ``.safetensors`` file, or a Hugging Face cache entry/snapshot directory.
+        spectral: also compute per-matrix spectral statistics (reads the tensor data).
+        top_k, method, rtol, seed: spectral solver settings (see :mod:`lora_rank.spectral`).
+        threads: worker threads (default: all cores).
+        progress: a callback ``(done, total, name)``, True for a progress bar, False for none;
+            None shows a bar only in a terminal.
+        resolve: ``"rules"`` (default: names from shipped transformers rules, header-only, no
+            torch) or ``"transformers"`` (build the model on the meta device from config.json and
+            take module names and classes from it: exact, slower, needs the ``peft`` extra).
+        trust_remote_code: allow custom modelling code with ``resolve="transformers"``.
+
+    Returns:
+        A :class:`~lora_rank.report.Report`.
+
+    Example:
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> report.model_type, report.total_params
+        ('bert', 22713728)
+        >>> report.module("encoder.layer.0.attention.self.query").kind
+        'attn_q'
+    """
+    if resolve not in ("rules", "transformers"):
+        raise ConfigError(f"resolve must be 'rules' or 'transformers', not {resolve!r}")
+    raw = _core.open_checkpoint(os.fspath(path), threads)
+    config: Optional[dict[str, Any]] = None
+    if raw["config_json"] is not None:
+        try:
+            parsed = json.loads(raw["config_json"])
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{raw['root']}/config.json is not valid JSON: {e}") from None
+        config = parsed if isinstance(parsed, dict) else None
+    shard_names = [s["name"] for s in raw["shards"]]
+    tensors = [
+        Tensor(name, dtype, tuple(shape), shard_names[shard], begin, end)
+        for name, dtype, shape, shard, begin, end in raw["tensors"]
+    ]
+    if resolve == "transformers":
+        from .resolve_transformers import build_modules_from_model
+
+        modules, warns = build_modules_from_model(
+            tensors, config, raw["root"], trust_remote_code=trust_remote_code
+        )
+    else:
+        modules, warns = build_modules(tensors, config)
+    for w in warns:
+        _warnings.warn(w, stacklevel=2)
+    report = Report(
+        path=raw["root"],
+        model_type=(config or {}).get("model_type"),
+        architectures=list((config or {}).get("architectures") or []),
+        config=config,
+        total_params=sum(t.numel for t in tensors),
+        total_bytes=sum(t.nbytes for t in tensors),
+        tensors=tensors,
+        modules=modules,
+        shards=[s["path"] for s in raw["shards"]],
+        resolve=resolve,
+        warnings=warns,
+    )
+    if spectral:
+        from .spectral import compute_spectra
+
+        compute_spectra(
+            report,
+            top_k=top_k,
+            method=method,
+            rtol=rtol,
+            seed=seed,
+            threads=threads,
+            progress=progress,
+        )
+    return report

@@ -1,0 +1,34 @@
+"""The exception hierarchy: everything lora_rank raises on bad input derives from
+:class:`LoraRankError` (OS failures stay plain :class:`OSError` subclasses with a filename).
+
+Example:
+    >>> import lora_rank
+    >>> issubclass(lora_rank.HeaderError, lora_rank.LoraRankError)
+    True
+"""
+
+from __future__ import annotations
+
+from ._core import (
+    CheckpointIndexError,
+    FileChangedError,
+    HeaderError,
+    LoraRankError,
+    NotACheckpointError,
+    UnsupportedFormatError,
+)
+
+
+class ConfigError(LoraRankError, ValueError):
+    """An argument or option is invalid (bad budget string, unknown preset, ...)."""
+
+
+__all__ = [
+    "CheckpointIndexError",
+    "ConfigError",
+    "FileChangedError",
+    "HeaderError",
+    "LoraRankError",
+    "NotACheckpointError",
+    "UnsupportedFormatError",
+]

@@ -1,0 +1,173 @@
+"""Build the module inventory from header data alone: group tensors into runtime modules, name
+them as transformers does after loading, classify them, and mark what PEFT's
+``target_modules="all-linear"`` wraps.
+
+The PEFT rule reproduced here (``peft.tuners.tuners_utils._maybe_include_all_linear_layers``
+plus ``peft.utils.transformers_weight_conversion`` for MoE models):
+
+- every ``nn.Linear`` / ``Conv1D`` module is a target, except the output embedding
+  (``model.get_output_embeddings()``: ``lm_head``, ``embed_out``, ...);
+- for model types in PEFT's MoE table (Mixtral-style), fused expert tensors
+  (``experts.gate_up_proj``, ``experts.down_proj``) and the router weight (``gate.weight``)
+  become ``target_parameters``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from . import naming, taxonomy
+from .report import Module, Tensor
+
+
+@dataclass
+class _Group:
+    """Runtime parameters of one runtime module (or one fused parameter)."""
+
+    name: str
+    params: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dtype: str = ""
+    keys: list[str] = field(default_factory=list)
+    fused_param: Optional[str] = None
+    num_experts: Optional[int] = None
+    #: A bare parameter or buffer (``final_logits_bias``), not a module's weight.
+    bare: bool = False
+
+
+def _split_param(runtime: str) -> tuple[str, str]:
+    module, _, leaf = runtime.rpartition(".")
+    return module, leaf
+
+
+def _peft_moe_tables(model_type: Optional[str]) -> Optional[dict[str, str]]:
+    """PEFT's ``_MOE_TARGET_MODULE_MAPPING`` entry for ``model_type`` (None when PEFT converts
+    nothing for it)."""
+    tables = naming._document()["peft_moe"]
+    base = tables["model_to_pattern"].get(model_type or "")
+    if base is None:
+        return None
+    mapping: Optional[dict[str, str]] = tables["target_module_mapping"].get(base)
+    if not mapping or not tables["fused_targets"].get(base):
+        return None
+    return mapping
+
+
+def build_modules(
+    tensors: list[Tensor], config: Optional[dict[str, Any]]
+) -> tuple[list[Module], list[str]]:
+    """Modules (in checkpoint order) and warnings for ``tensors`` of a model with ``config``.
+
+    Example:
+        >>> t = [Tensor("model.layers.0.self_attn.q_proj.weight", "F32", (8, 4), "m", 0, 128)]
+        >>> mods, _ = build_modules(t, {"model_type": "llama"})
+        >>> (mods[0].kind, mods[0].in_features, mods[0].out_features, mods[0].is_lora_target)
+        ('attn_q', 4, 8, True)
+    """
+    config = config or {}
+    model_type = config.get("model_type")
+    rules = naming.rules_for(model_type)
+    warnings: list[str] = []
+    if rules.unsupported:
+        warnings.append(
+            f"transformers renames keys of model type {model_type!r} with rule types lora_rank "
+            f"does not replay ({', '.join(sorted(set(rules.unsupported)))}); names may differ: "
+            "use analyze(..., resolve='transformers') for exact names"
+        )
+
+    groups: dict[str, _Group] = {}
+    fused_parts: dict[str, dict[int, list[tuple[str, tuple[int, ...]]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    fused_converter: dict[str, naming.Transform] = {}
+    for t in tensors:
+        r = naming.rename_key(t.name, rules)
+        if r.converter is not None and r.source_index is not None:
+            fused_parts[r.runtime][r.source_index].append((t.name, t.shape))
+            fused_converter[r.runtime] = r.converter
+            g = groups.setdefault(r.runtime, _Group(r.runtime, fused_param=r.runtime))
+            g.keys.append(t.name)
+            g.dtype = g.dtype or t.dtype
+            continue
+        module, leaf = _split_param(r.runtime)
+        bare = leaf not in ("weight", "bias")
+        if bare:
+            # A bare parameter or buffer (``final_logits_bias``, ``position_ids``): own entry.
+            module, leaf = r.runtime, "weight"
+        g = groups.setdefault(module, _Group(module, bare=bare))
+        g.params[leaf] = t.shape
+        g.keys.append(t.name)
+        if leaf == "weight":
+            g.dtype = t.dtype
+        g.dtype = g.dtype or t.dtype
+
+    for runtime, parts in fused_parts.items():
+        g = groups[runtime]
+        shape = naming.fused_shape(fused_converter[runtime], parts)
+        if shape is None:
+            warnings.append(
+                f"could not compute the fused shape of {runtime} from {len(g.keys)} tensors"
+            )
+            shape = parts[min(parts)][0][1]
+        g.params["weight"] = shape
+        g.num_experts = shape[0] if len(shape) == 3 else None
+
+    conv1d = model_type in taxonomy.CONV1D_MODEL_TYPES
+    moe_targets = _peft_moe_tables(model_type)
+    fused_runtime = bool(rules.converters) and any(
+        "experts" in n for n in fused_parts
+    )
+    vocab = config.get("vocab_size")
+    modules: list[Module] = []
+    unclassified: list[str] = []
+    for g in groups.values():
+        weight = g.params.get("weight") or g.params.get("bias") or ()
+        ndim = len(weight)
+        kind = "other" if g.bare else taxonomy.classify(g.name, ndim)
+        if kind == "lm_head" and vocab and ndim == 2 and vocab not in weight:
+            kind = "other_linear"
+        in_f = out_f = None
+        if ndim == 2:
+            out_f, in_f = (weight[1], weight[0]) if conv1d and kind != "embedding" else weight
+        elif ndim == 3 and kind.startswith("moe_expert"):
+            out_f, in_f = weight[1], weight[2]
+        parameter = None
+        # nn.Linear at run time: 2-D weights other than embeddings; routers of models whose
+        # experts transformers fuses are custom modules holding a bare ``weight``.
+        is_linear = ndim == 2 and kind not in taxonomy.NON_LINEAR_KINDS and "weight" in g.params
+        if kind == "moe_router" and fused_runtime:
+            is_linear = False
+        is_target = is_linear and kind != "lm_head"
+        if moe_targets is not None:
+            if g.fused_param and _split_param(g.name)[1] in moe_targets.values():
+                is_target, parameter = True, g.name
+            elif kind == "moe_router" and "gate.weight" in moe_targets.values():
+                is_target, parameter = True, f"{g.name}.weight"
+        if kind == "other_linear" and taxonomy.match_rule(g.name) is None:
+            unclassified.append(g.name)
+        modules.append(
+            Module(
+                name=g.name,
+                kind=kind,
+                layer=taxonomy.layer_index(g.name),
+                in_features=in_f,
+                out_features=out_f,
+                shape=tuple(weight),
+                dtype=g.dtype,
+                params=sum(math.prod(s) for s in g.params.values()),
+                is_lora_target=is_target,
+                checkpoint_keys=tuple(g.keys),
+                parameter=parameter,
+                num_experts=g.num_experts,
+            )
+        )
+    if unclassified:
+        shown = ", ".join(unclassified[:5]) + (" ..." if len(unclassified) > 5 else "")
+        warnings.append(
+            f"{len(unclassified)} 2-D weight(s) of no known role, counted as linear layers "
+            f"(other_linear): {shown}. If they are not nn.Linear at run time, use "
+            "analyze(..., resolve='transformers') for exact module classes"
+        )
+    return modules, warnings

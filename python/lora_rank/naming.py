@@ -1,0 +1,199 @@
+"""Checkpoint key → runtime name, with transformers' own rules shipped as data.
+
+transformers 5 renames some checkpoint keys while loading, and fuses per-expert MoE weights
+(``block_sparse_moe.experts.3.w1.weight``) into stacked parameters
+(``mlp.experts.gate_up_proj``). The rules come from ``_data/transformers_rules.json``, which
+``scripts/generate_rules.py`` writes from transformers' ``get_checkpoint_conversion_mapping``;
+this module re-applies them exactly as ``transformers.core_model_loading.rename_source_key``
+does: every matching renaming in order, then at most one converter.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Optional
+
+#: Transform classes whose renaming is the generic one of ``WeightTransform``.
+_GENERIC = {"WeightRenaming", "PrefixChange", "WeightConverter"}
+#: Operations that do not change the shape of what they receive.
+_SHAPE_PRESERVING = {"PermuteForRope", "Interleave"}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One compiled transformers ``WeightTransform``."""
+
+    cls: str
+    regex: re.Pattern[str]
+    source_patterns: tuple[str, ...]
+    target_patterns: tuple[str, ...]
+    operations: tuple[tuple[str, dict[str, Any]], ...]
+
+    @property
+    def is_converter(self) -> bool:
+        return self.cls == "WeightConverter"
+
+    def rename(self, key: str) -> tuple[str, Optional[int]]:
+        """``(new_key, index of the source pattern that matched)``; the index is None when
+        nothing matched (the key is returned unchanged)."""
+        m = self.regex.search(key)
+        if m is None:
+            return key, None
+        group = next(name for name, val in m.groupdict().items() if val is not None)
+        replacement = self.target_patterns[0]
+        if r"\1" in replacement:
+            replacement = replacement.replace(r"\1", m.group(self.regex.groupindex[group] + 1))
+        return key.replace(m.group(0), replacement, 1), int(group[1:])
+
+
+@dataclass(frozen=True)
+class Rules:
+    """All rules of one model type."""
+
+    renamings: tuple[Transform, ...]
+    converters: tuple[Transform, ...]
+    unsupported: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    text = resources.files("lora_rank").joinpath("_data/transformers_rules.json").read_text()
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+def rules_versions() -> dict[str, str]:
+    """Versions of transformers and PEFT the shipped rules were generated from.
+
+    Example:
+        >>> sorted(rules_versions())
+        ['peft', 'transformers']
+    """
+    return dict(_document()["versions"])
+
+
+@functools.lru_cache(maxsize=None)
+def rules_for(model_type: Optional[str]) -> Rules:
+    """Compiled rename rules of ``model_type`` (empty when transformers has none).
+
+    Example:
+        >>> len(rules_for("mixtral").converters)
+        2
+        >>> rules_for("llama").renamings
+        ()
+    """
+    doc = _document()
+    canonical = doc["model_types"].get(model_type or "")
+    if canonical is None:
+        return Rules((), (), ())
+    renamings, converters, unsupported = [], [], []
+    for t in doc["mappings"][canonical]:
+        if t["class"] not in _GENERIC:
+            unsupported.append(t["class"])
+            continue
+        tr = Transform(
+            cls=t["class"],
+            regex=re.compile(t["regex"]),
+            source_patterns=tuple(t["source_patterns"]),
+            target_patterns=tuple(t["target_patterns"]),
+            operations=tuple((name, attrs) for name, attrs in t["operations"]),
+        )
+        (converters if tr.is_converter else renamings).append(tr)
+    return Rules(tuple(renamings), tuple(converters), tuple(unsupported))
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """Where one checkpoint key goes at run time."""
+
+    key: str
+    runtime: str
+    converter: Optional[Transform] = None
+    #: Index of the converter source pattern the key matched (its position in a fusion).
+    source_index: Optional[int] = None
+
+
+def rename_key(key: str, rules: Rules) -> Renamed:
+    """Apply ``rules`` to one checkpoint key, as transformers does on load.
+
+    Example:
+        >>> r = rename_key("model.layers.0.block_sparse_moe.experts.3.w1.weight",
+        ...                rules_for("mixtral"))
+        >>> r.runtime
+        'model.layers.0.mlp.experts.gate_up_proj'
+    """
+    name = key
+    for t in rules.renamings:
+        name, _ = t.rename(name)
+    for t in rules.converters:
+        new, idx = t.rename(name)
+        if idx is not None:
+            return Renamed(key, new, t, idx)
+    return Renamed(key, name)
+
+
+def _natural(key: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in key.split(".")]
+
+
+def fused_shape(
+    converter: Transform, parts: dict[int, list[tuple[str, tuple[int, ...]]]]
+) -> Optional[tuple[int, ...]]:
+    """Runtime shape of a converter's output from its inputs' shapes.
+
+    ``parts`` maps a source-pattern index to its ``(key, shape)`` inputs. Returns None when an
+    operation is not understood (the caller then warns and keeps the stored shapes).
+
+    Example:
+        >>> conv = rules_for("mixtral").converters[0]
+        >>> fused_shape(conv, {0: [("e0.w1", (8, 4)), ("e1.w1", (8, 4))],
+        ...                    1: [("e0.w3", (8, 4)), ("e1.w3", (8, 4))]})
+        (2, 16, 4)
+    """
+    groups = [
+        [shape for _, shape in sorted(parts[i], key=lambda p: _natural(p[0]))]
+        for i in sorted(parts)
+    ]
+    shapes: list[tuple[int, ...]] = []
+    merged = False
+    for name, attrs in converter.operations:
+        if name == "MergeModulelist":
+            dim = attrs.get("dim", 0)
+            out = []
+            for g in groups:
+                if any(s != g[0] for s in g):
+                    return None
+                s = list(g[0])
+                s.insert(dim, len(g))
+                out.append(tuple(s))
+            shapes, merged = out, True
+        elif name == "Concatenate":
+            cur = shapes if merged else [g[0] for g in groups if len(g) == 1]
+            if not cur or len(cur) != len(groups):
+                return None
+            dim = attrs.get("dim", 0)
+            total = sum(s[dim] for s in cur)
+            base = list(cur[0])
+            base[dim] = total
+            shapes, merged = [tuple(base)], True
+        elif name == "Transpose":
+            cur = shapes if merged else [g[0] for g in groups]
+            d0, d1 = attrs.get("dim0", 0), attrs.get("dim1", 1)
+            out = []
+            for s in cur:
+                ls = list(s)
+                ls[d0], ls[d1] = ls[d1], ls[d0]
+                out.append(tuple(ls))
+            shapes, merged = out, True
+        elif name in _SHAPE_PRESERVING:
+            if not merged:
+                shapes, merged = [g[0] for g in groups], True
+        else:
+            return None
+    if not merged or len(shapes) != 1:
+        return None
+    return shapes[0]

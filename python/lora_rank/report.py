@@ -1,0 +1,309 @@
+"""The result of :func:`lora_rank.analyze`: tensors, modules and (optionally) their spectra.
+
+A :class:`Report` is plain data: it can be turned into a dict, JSON or a pandas DataFrame and
+holds no open files. Recommendation methods live in :mod:`lora_rank.recommend` and are reached
+through :meth:`Report.recommend` and :meth:`Report.rank_targets`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from .recommend import Recommendation
+
+#: Every module kind, in display order.
+KINDS: tuple[str, ...] = (
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_o",
+    "attn_qkv",
+    "mlp_gate",
+    "mlp_up",
+    "mlp_down",
+    "mlp_gate_up",
+    "moe_expert_gate",
+    "moe_expert_up",
+    "moe_expert_gate_up",
+    "moe_expert_down",
+    "moe_shared_expert_gate",
+    "moe_router",
+    "embedding",
+    "lm_head",
+    "classifier",
+    "norm",
+    "other_linear",
+    "other",
+)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor as stored in a safetensors shard.
+
+    Example:
+        >>> t = Tensor("w", "BF16", (4, 8), "model.safetensors", 8, 72)
+        >>> t.numel, t.nbytes
+        (32, 64)
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    shard: str
+    #: Absolute byte range of the data in the shard file.
+    begin: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data in the file."""
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Spectral statistics of one weight matrix (see :func:`lora_rank.analyze`, ``spectral=True``).
+
+    ``singular_values`` are the top-k, descending. ``energy_rank_*`` is the smallest k whose
+    Σσᵢ² reaches that share of ‖W‖_F²; ``energy_rank_exact`` says whether the known σ sufficed
+    (otherwise the value is a lower-bound estimate). ``alpha`` is the Hill estimate of the
+    power-law exponent of the eigenvalues σᵢ² (see :mod:`lora_rank.spectral`).
+
+    Example:
+        >>> s = Spectrum((2.0, 1.0), 3.0, 2.0, 2.25, 1, 2, 2, True, 2.1, 0, "exact")
+        >>> s.stable_rank
+        2.25
+    """
+
+    singular_values: tuple[float, ...]
+    frobenius_norm: float
+    spectral_norm: float
+    stable_rank: float
+    energy_rank_90: int
+    energy_rank_95: int
+    energy_rank_99: int
+    energy_rank_exact: bool
+    alpha: float
+    nonfinite: int
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON-safe apart from NaN floats)."""
+        d = dataclasses.asdict(self)
+        d["singular_values"] = list(self.singular_values)
+        return d
+
+
+@dataclass
+class Module:
+    """A runtime module (or, for fused MoE experts, a runtime parameter) of the model.
+
+    ``name`` is what transformers and PEFT call it after loading
+    (``model.layers.3.self_attn.q_proj``); ``checkpoint_keys`` are the stored tensors it is
+    built from (several for MoE experts that transformers fuses on load). ``parameter`` is set
+    for targets PEFT reaches through ``target_parameters`` (fused expert tensors, MoE routers):
+    the full runtime parameter path.
+
+    ``shape`` is the runtime weight shape (``[out, in]`` for Linear, ``[in, out]`` for
+    GPT-2's Conv1D, ``[experts, out, in]`` for fused experts); ``in_features`` and
+    ``out_features`` are always the mathematical ones. ``params`` counts weight + bias.
+
+    Example:
+        >>> m = Module("model.layers.0.mlp.up_proj", "mlp_up", 0, 16, 48, (48, 16), "BF16",
+        ...            768, True)
+        >>> m.short_name
+        'up_proj'
+    """
+
+    name: str
+    kind: str
+    layer: Optional[int]
+    in_features: Optional[int]
+    out_features: Optional[int]
+    shape: tuple[int, ...]
+    dtype: str
+    params: int
+    is_lora_target: bool
+    checkpoint_keys: tuple[str, ...] = ()
+    parameter: Optional[str] = None
+    num_experts: Optional[int] = None
+    #: Class name at runtime when known (``resolve="transformers"``), else None.
+    module_class: Optional[str] = None
+    spectrum: Optional[Spectrum] = None
+    #: One spectrum per expert slice, for MoE expert tensors.
+    expert_spectra: Optional[tuple[Spectrum, ...]] = None
+
+    @property
+    def short_name(self) -> str:
+        """Last dotted component of :attr:`name` (what a PEFT suffix match uses)."""
+        return self.name.rsplit(".", 1)[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form."""
+        d: dict[str, Any] = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("spectrum", "expert_spectra")
+        }
+        d["shape"] = list(self.shape)
+        d["checkpoint_keys"] = list(self.checkpoint_keys)
+        d["spectrum"] = self.spectrum.to_dict() if self.spectrum else None
+        d["expert_spectra"] = (
+            [s.to_dict() for s in self.expert_spectra] if self.expert_spectra else None
+        )
+        return d
+
+
+@dataclass
+class Report:
+    """Inventory (and optional spectra) of one checkpoint.
+
+    Example:
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())  # doctest: +SKIP
+        >>> report.model_type, report.total_params  # doctest: +SKIP
+        ('bert', 22713728)
+    """
+
+    path: str
+    model_type: Optional[str]
+    architectures: list[str]
+    config: Optional[dict[str, Any]]
+    #: Sum of elements of all tensors in the files (buffers included, tied weights once).
+    total_params: int
+    total_bytes: int
+    tensors: list[Tensor]
+    modules: list[Module]
+    shards: list[str]
+    resolve: str = "rules"
+    warnings: list[str] = field(default_factory=list)
+    #: Spectral settings used, when spectra were computed.
+    spectral_settings: Optional[dict[str, Any]] = None
+
+    # -- lookups ---------------------------------------------------------------------------
+    def module(self, name: str) -> Module:
+        """The module called ``name`` (runtime name); KeyError if absent."""
+        for m in self.modules:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    @property
+    def lora_targets(self) -> list[Module]:
+        """Modules PEFT's ``target_modules="all-linear"`` wraps, in model order."""
+        return [m for m in self.modules if m.is_lora_target]
+
+    @property
+    def num_layers(self) -> int:
+        """Number of distinct layer indices seen."""
+        return len({m.layer for m in self.modules if m.layer is not None})
+
+    @property
+    def has_spectra(self) -> bool:
+        """Whether spectral statistics were computed."""
+        return self.spectral_settings is not None
+
+    def kind_counts(self) -> dict[str, int]:
+        """Number of modules per kind, in :data:`KINDS` order."""
+        c = Counter(m.kind for m in self.modules)
+        return {k: c[k] for k in KINDS if c[k]}
+
+    def dtype_counts(self) -> dict[str, int]:
+        """Elements per stored dtype."""
+        c: Counter[str] = Counter()
+        for t in self.tensors:
+            c[t.dtype] += t.numel
+        return dict(c.most_common())
+
+    # -- recommendation --------------------------------------------------------------------
+    def recommend(self, strategy: str = "auto", **kwargs: Any) -> Recommendation:
+        """Recommend LoRA targets and ranks; see :func:`lora_rank.recommend.recommend`."""
+        from .recommend import recommend
+
+        return recommend(self, strategy, **kwargs)
+
+    def rank_targets(self, task: Optional[str] = None) -> list[dict[str, Any]]:
+        """Candidate target kinds and modules sorted by score; see
+        :func:`lora_rank.recommend.rank_targets`."""
+        from .recommend import rank_targets
+
+        return rank_targets(self, task=task)
+
+    # -- export ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form of the whole report.
+
+        Example:
+            >>> d = report.to_dict()  # doctest: +SKIP
+            >>> sorted(d)[:3]  # doctest: +SKIP
+            ['architectures', 'config', 'model_type']
+        """
+        return {
+            "path": self.path,
+            "model_type": self.model_type,
+            "architectures": list(self.architectures),
+            "config": self.config,
+            "total_params": self.total_params,
+            "total_bytes": self.total_bytes,
+            "shards": list(self.shards),
+            "resolve": self.resolve,
+            "warnings": list(self.warnings),
+            "spectral_settings": self.spectral_settings,
+            "tensors": [
+                {**dataclasses.asdict(t), "shape": list(t.shape)} for t in self.tensors
+            ],
+            "modules": [m.to_dict() for m in self.modules],
+        }
+
+    def to_json(self, indent: Optional[int] = None) -> str:
+        """JSON text of :meth:`to_dict` (NaN written as ``null``)."""
+        return json.dumps(_nan_to_none(self.to_dict()), indent=indent)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per module (spectral columns included when computed). Needs pandas."""
+        import pandas as pd
+
+        rows = []
+        for m in self.modules:
+            row = {k: v for k, v in m.to_dict().items() if k not in ("spectrum", "expert_spectra")}
+            row["shape"] = tuple(m.shape)
+            row["checkpoint_keys"] = tuple(m.checkpoint_keys)
+            if m.spectrum is not None:
+                for k, v in m.spectrum.to_dict().items():
+                    if k != "singular_values":
+                        row[k] = v
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        targets = len(self.lora_targets)
+        return (
+            f"Report({self.model_type or 'unknown'}, {self.total_params:,} params, "
+            f"{len(self.tensors)} tensors in {len(self.shards)} shard(s), "
+            f"{len(self.modules)} modules, {targets} LoRA targets"
+            f"{', spectra' if self.has_spectra else ''})"
+        )
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nan_to_none(v) for v in x]
+    return x

@@ -1,0 +1,415 @@
+//! Checkpoint discovery: resolve a path to its safetensors shards and read every header in
+//! parallel, never the data.
+//!
+//! Accepted inputs: a directory with `*.safetensors.index.json` (its `weight_map` is followed
+//! and cross-checked against the shards), a directory of `*.safetensors` files, a single
+//! `.safetensors` file, and a Hugging Face cache entry (`models--org--name`, resolved through
+//! `refs/main` to `snapshots/<rev>/`, whose files are symlinks into `blobs/`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+use rayon::prelude::*;
+use serde_json::Value;
+
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::header::{read_header, Header};
+
+/// Extensions of pickle-based checkpoints that we refuse to open.
+const PICKLE_EXTENSIONS: &[&str] = &["bin", "pt", "pth", "ckpt", "pkl", "pickle"];
+
+/// Size and modification time of a file when its header was read; a later mismatch means
+/// the file changed underneath us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    pub fn of(meta: &fs::Metadata) -> Self {
+        FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+}
+
+/// One safetensors file of a checkpoint.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    /// Path as opened (inside the checkpoint directory; symlinks are not resolved).
+    pub path: PathBuf,
+    /// File name relative to the checkpoint directory.
+    pub name: String,
+    pub stamp: FileStamp,
+    pub header: Header,
+}
+
+/// One tensor with its location.
+#[derive(Debug, Clone)]
+pub struct TensorRef {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    pub shard: usize,
+    /// Absolute byte range in the shard file.
+    pub begin: u64,
+    pub end: u64,
+}
+
+/// A resolved checkpoint: shards, tensors, and the text of `config.json` if present.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Directory holding the shards (for a single file, its parent).
+    pub root: PathBuf,
+    pub index_path: Option<PathBuf>,
+    pub config_json: Option<String>,
+    pub shards: Vec<Shard>,
+    /// Tensors in shard order, then offset order.
+    pub tensors: Vec<TensorRef>,
+}
+
+impl Checkpoint {
+    /// Total number of elements over all tensors.
+    pub fn total_params(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| t.shape.iter().product::<u64>())
+            .sum()
+    }
+    /// Total bytes of tensor data over all shards.
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.end - t.begin).sum()
+    }
+}
+
+/// Resolve `path` and read all headers (in parallel on the current rayon pool).
+pub fn open(path: &Path) -> Result<Checkpoint> {
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_file() {
+        return open_file(path);
+    }
+    let dir = resolve_hf_cache(path)?;
+    let index = find_index(&dir)?;
+    let shard_names = match &index {
+        Some(index_path) => shard_names_from_index(index_path)?.0,
+        None => list_safetensors(&dir)?,
+    };
+    let shards = read_shards(&dir, &shard_names)?;
+    let config_json = read_config(&dir)?;
+    let tensors = match &index {
+        Some(index_path) => {
+            let (_, weight_map) = shard_names_from_index(index_path)?;
+            cross_check_index(index_path, &weight_map, &shards)?;
+            collect_tensors(&shards)
+        }
+        None => {
+            check_unique_names(&dir, &shards)?;
+            collect_tensors(&shards)
+        }
+    };
+    Ok(Checkpoint {
+        root: dir,
+        index_path: index,
+        config_json,
+        shards,
+        tensors,
+    })
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+fn refuse_pickle(path: &Path) -> Error {
+    Error::unsupported(
+        path,
+        "pickle-based checkpoints (.bin/.pt/.pth/.ckpt) are refused and never loaded, because \
+         unpickling can run arbitrary code; convert the checkpoint to safetensors first",
+    )
+}
+
+fn open_file(path: &Path) -> Result<Checkpoint> {
+    let ext = extension(path);
+    if PICKLE_EXTENSIONS.contains(&ext.as_str()) {
+        return Err(refuse_pickle(path));
+    }
+    if ext == "json" && path.to_string_lossy().ends_with(".index.json") {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        return open(dir);
+    }
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let shards = vec![read_shard(path.to_path_buf(), name)?];
+    let config_json = read_config(&dir)?;
+    let tensors = collect_tensors(&shards);
+    Ok(Checkpoint {
+        root: dir,
+        index_path: None,
+        config_json,
+        shards,
+        tensors,
+    })
+}
+
+/// `models--org--name` → `snapshots/<rev>` (via `refs/main`, or the only snapshot).
+fn resolve_hf_cache(dir: &Path) -> Result<PathBuf> {
+    let snapshots = dir.join("snapshots");
+    if !snapshots.is_dir() {
+        return Ok(dir.to_path_buf());
+    }
+    if let Ok(rev) = fs::read_to_string(dir.join("refs").join("main")) {
+        let rev = rev.trim();
+        let snap = snapshots.join(rev);
+        if !rev.is_empty() && !rev.contains(['/', '\\']) && snap.is_dir() {
+            return Ok(snap);
+        }
+    }
+    let mut revs: Vec<PathBuf> = fs::read_dir(&snapshots)
+        .map_err(|e| Error::io(&snapshots, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    revs.sort();
+    match revs.len() {
+        1 => Ok(revs.pop().expect("one")),
+        0 => Err(Error::not_a_checkpoint(dir, "Hugging Face cache entry has no snapshot")),
+        n => Err(Error::not_a_checkpoint(
+            dir,
+            format!("Hugging Face cache entry has {n} snapshots and no refs/main; pass one snapshots/<rev> directory"),
+        )),
+    }
+}
+
+fn find_index(dir: &Path) -> Result<Option<PathBuf>> {
+    let preferred = dir.join("model.safetensors.index.json");
+    if fs::symlink_metadata(&preferred).is_ok() {
+        return Ok(Some(preferred));
+    }
+    let mut found: Vec<PathBuf> = read_dir_names(dir)?
+        .into_iter()
+        .filter(|n| n.ends_with(".safetensors.index.json"))
+        .map(|n| dir.join(n))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(Error::not_a_checkpoint(
+            dir,
+            format!(
+                "several index files ({}); pass one of them",
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn list_safetensors(dir: &Path) -> Result<Vec<String>> {
+    let names = read_dir_names(dir)?;
+    let shards: Vec<String> = names
+        .iter()
+        .filter(|n| n.ends_with(".safetensors"))
+        .cloned()
+        .collect();
+    if !shards.is_empty() {
+        return Ok(shards);
+    }
+    if let Some(pickle) = names
+        .iter()
+        .find(|n| PICKLE_EXTENSIONS.contains(&extension(Path::new(n)).as_str()))
+    {
+        return Err(refuse_pickle(&dir.join(pickle)));
+    }
+    Err(Error::not_a_checkpoint(
+        dir,
+        "no *.safetensors files and no model.safetensors.index.json in this directory",
+    ))
+}
+
+type WeightMap = BTreeMap<String, String>;
+
+/// Parse an index file: the sorted unique shard names and the tensor → shard map.
+fn shard_names_from_index(index_path: &Path) -> Result<(Vec<String>, WeightMap)> {
+    let text = fs::read_to_string(index_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => Error::index(index_path, "not valid UTF-8"),
+        _ => Error::io(index_path, e),
+    })?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::index(index_path, format!("not valid JSON ({e})")))?;
+    let Some(Value::Object(map)) = value.get("weight_map") else {
+        return Err(Error::index(index_path, "missing \"weight_map\" object"));
+    };
+    let mut weight_map = WeightMap::new();
+    for (tensor, shard) in map {
+        let Value::String(shard) = shard else {
+            return Err(Error::index(
+                index_path,
+                format!("shard of tensor {tensor:?} is not a string"),
+            ));
+        };
+        check_shard_name(index_path, shard)?;
+        weight_map.insert(tensor.clone(), shard.clone());
+    }
+    if weight_map.is_empty() {
+        return Err(Error::index(index_path, "\"weight_map\" is empty"));
+    }
+    let mut names: Vec<String> = weight_map.values().cloned().collect();
+    names.sort();
+    names.dedup();
+    Ok((names, weight_map))
+}
+
+/// A shard name must stay inside the checkpoint directory: relative, no `..`.
+fn check_shard_name(index_path: &Path, shard: &str) -> Result<()> {
+    let p = Path::new(shard);
+    let escapes = shard.is_empty()
+        || p.is_absolute()
+        || shard.starts_with('\\')
+        || p.components().any(|c| !matches!(c, Component::Normal(_)));
+    if escapes {
+        return Err(Error::index(
+            index_path,
+            format!("shard path {shard:?} escapes the checkpoint directory"),
+        ));
+    }
+    Ok(())
+}
+
+fn read_shard(path: PathBuf, name: String) -> Result<Shard> {
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
+    if !meta.is_file() {
+        return Err(Error::not_a_checkpoint(&path, "not a regular file"));
+    }
+    let header = read_header(&file, meta.len(), &path)?;
+    Ok(Shard {
+        path,
+        name,
+        stamp: FileStamp::of(&meta),
+        header,
+    })
+}
+
+fn read_shards(dir: &Path, names: &[String]) -> Result<Vec<Shard>> {
+    names
+        .par_iter()
+        .map(|n| read_shard(dir.join(n), n.clone()))
+        .collect()
+}
+
+fn read_config(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join("config.json");
+    match fs::read_to_string(&path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+fn collect_tensors(shards: &[Shard]) -> Vec<TensorRef> {
+    let mut out = Vec::with_capacity(shards.iter().map(|s| s.header.tensors.len()).sum());
+    for (i, s) in shards.iter().enumerate() {
+        let base = s.header.data_start();
+        out.extend(s.header.tensors.iter().map(|t| TensorRef {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            shard: i,
+            begin: base + t.begin,
+            end: base + t.end,
+        }));
+    }
+    out
+}
+
+/// Without an index, a tensor name must appear in exactly one file.
+fn check_unique_names(dir: &Path, shards: &[Shard]) -> Result<()> {
+    let mut owner: HashMap<&str, &str> = HashMap::new();
+    for s in shards {
+        for t in &s.header.tensors {
+            if let Some(first) = owner.insert(&t.name, &s.name) {
+                return Err(Error::not_a_checkpoint(
+                    dir,
+                    format!(
+                        "tensor {:?} is stored in both {first} and {}",
+                        t.name, s.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The index and the shards must agree exactly.
+fn cross_check_index(index_path: &Path, weight_map: &WeightMap, shards: &[Shard]) -> Result<()> {
+    let mut found: HashMap<&str, &str> = HashMap::new();
+    for s in shards {
+        for t in &s.header.tensors {
+            if let Some(first) = found.insert(&t.name, &s.name) {
+                return Err(Error::index(
+                    index_path,
+                    format!(
+                        "tensor {:?} is stored in two shards, {first} and {}",
+                        t.name, s.name
+                    ),
+                ));
+            }
+            match weight_map.get(&t.name) {
+                None => {
+                    return Err(Error::index(
+                        index_path,
+                        format!(
+                            "tensor {:?} in shard {} is not listed in weight_map",
+                            t.name, s.name
+                        ),
+                    ))
+                }
+                Some(listed) if listed != &s.name => {
+                    return Err(Error::index(
+                        index_path,
+                        format!(
+                            "tensor {:?} is listed in {listed} but stored in {}",
+                            t.name, s.name
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (tensor, shard) in weight_map {
+        if !found.contains_key(tensor.as_str()) {
+            return Err(Error::index(
+                index_path,
+                format!("tensor {tensor:?} is listed in weight_map but absent from shard {shard}"),
+            ));
+        }
+    }
+    Ok(())
+}
