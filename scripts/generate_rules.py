@@ -69,7 +69,9 @@ def generate() -> dict[str, Any]:
         "peft_moe": {
             "model_to_pattern": dict(sorted(pwc._MODEL_TO_CONVERSION_PATTERN.items())),
             "target_module_mapping": pwc._MOE_TARGET_MODULE_MAPPING,
-            "fused_targets": {k: {n: list(v) for n, v in d.items()} for k, d in pwc._MOE_FUSED_TARGETS.items()},
+            "fused_targets": {
+                k: {n: list(v) for n, v in d.items()} for k, d in pwc._MOE_FUSED_TARGETS.items()
+            },
         },
     }
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from checkpoints import ARCHS, save_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

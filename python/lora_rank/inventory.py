@@ -58,7 +58,7 @@ def _peft_moe_tables(model_type: Optional[str]) -> Optional[dict[str, str]]:
 def build_modules(
     tensors: list[Tensor], config: Optional[dict[str, Any]]
 ) -> tuple[list[Module], list[str]]:
-    """Modules (in checkpoint order) and warnings for ``tensors`` of a model with ``config``.
+    """Modules (in natural name order, independent of sharding) and warnings for ``tensors`` of a model with ``config``.
 
     Example:
         >>> t = [Tensor("model.layers.0.self_attn.q_proj.weight", "F32", (8, 4), "m", 0, 128)]
@@ -68,7 +68,8 @@ def build_modules(
     """
     config = config or {}
     model_type = config.get("model_type")
-    rules = naming.rules_for(model_type)
+    architectures = config.get("architectures") or [None]
+    rules = naming.rules_for(model_type, architectures[0])
     warnings: list[str] = []
     if rules.unsupported:
         warnings.append(
@@ -116,9 +117,7 @@ def build_modules(
 
     conv1d = model_type in taxonomy.CONV1D_MODEL_TYPES
     moe_targets = _peft_moe_tables(model_type)
-    fused_runtime = bool(rules.converters) and any(
-        "experts" in n for n in fused_parts
-    )
+    fused_runtime = bool(rules.converters) and any("experts" in n for n in fused_parts)
     vocab = config.get("vocab_size")
     modules: list[Module] = []
     unclassified: list[str] = []
@@ -163,6 +162,7 @@ def build_modules(
                 num_experts=g.num_experts,
             )
         )
+    modules.sort(key=lambda m: naming.natural_key(m.name))
     if unclassified:
         shown = ", ".join(unclassified[:5]) + (" ..." if len(unclassified) > 5 else "")
         warnings.append(

@@ -76,34 +76,51 @@ def rules_versions() -> dict[str, str]:
     return dict(_document()["versions"])
 
 
-@functools.lru_cache(maxsize=None)
-def rules_for(model_type: Optional[str]) -> Rules:
-    """Compiled rename rules of ``model_type`` (empty when transformers has none).
+def _compile(transforms: list[dict[str, Any]]) -> tuple[list[Transform], list[str]]:
+    compiled, unsupported = [], []
+    for t in transforms:
+        if t["class"] not in _GENERIC:
+            unsupported.append(t["class"])
+            continue
+        compiled.append(
+            Transform(
+                cls=t["class"],
+                regex=re.compile(t["regex"]),
+                source_patterns=tuple(t["source_patterns"]),
+                target_patterns=tuple(t["target_patterns"]),
+                operations=tuple((name, attrs) for name, attrs in t["operations"]),
+            )
+        )
+    return compiled, unsupported
+
+
+def _mapping(identifier: Optional[str]) -> Optional[list[dict[str, Any]]]:
+    doc = _document()
+    canonical = doc["model_types"].get(identifier or "")
+    return None if canonical is None else list(doc["mappings"][canonical])
+
+
+@functools.cache
+def rules_for(model_type: Optional[str], architecture: Optional[str] = None) -> Rules:
+    """Compiled rename rules for the root model, chosen as transformers'
+    ``get_model_conversion_mapping`` does: the architecture class's mapping if it has one,
+    else the model type's, then the global ``legacy`` renamings.
 
     Example:
         >>> len(rules_for("mixtral").converters)
         2
-        >>> rules_for("llama").renamings
-        ()
+        >>> [t.target_patterns[0] for t in rules_for("gpt_neox", "GPTNeoXForCausalLM").renamings][0]
+        'lm_head.'
     """
-    doc = _document()
-    canonical = doc["model_types"].get(model_type or "")
-    if canonical is None:
-        return Rules((), (), ())
-    renamings, converters, unsupported = [], [], []
-    for t in doc["mappings"][canonical]:
-        if t["class"] not in _GENERIC:
-            unsupported.append(t["class"])
-            continue
-        tr = Transform(
-            cls=t["class"],
-            regex=re.compile(t["regex"]),
-            source_patterns=tuple(t["source_patterns"]),
-            target_patterns=tuple(t["target_patterns"]),
-            operations=tuple((name, attrs) for name, attrs in t["operations"]),
-        )
-        (converters if tr.is_converter else renamings).append(tr)
-    return Rules(tuple(renamings), tuple(converters), tuple(unsupported))
+    transforms = _mapping(architecture)
+    if transforms is None:
+        transforms = _mapping(model_type) or []
+    compiled, unsupported = _compile(transforms + (_mapping("legacy") or []))
+    return Rules(
+        tuple(t for t in compiled if not t.is_converter),
+        tuple(t for t in compiled if t.is_converter),
+        tuple(unsupported),
+    )
 
 
 @dataclass(frozen=True)
@@ -136,7 +153,13 @@ def rename_key(key: str, rules: Rules) -> Renamed:
     return Renamed(key, name)
 
 
-def _natural(key: str) -> list[Any]:
+def natural_key(key: str) -> list[Any]:
+    """Sort key that orders ``layers.2`` before ``layers.10``.
+
+    Example:
+        >>> sorted(["h.10.x", "h.2.x"], key=natural_key)
+        ['h.2.x', 'h.10.x']
+    """
     return [int(p) if p.isdigit() else p for p in key.split(".")]
 
 
@@ -155,7 +178,7 @@ def fused_shape(
         (2, 16, 4)
     """
     groups = [
-        [shape for _, shape in sorted(parts[i], key=lambda p: _natural(p[0]))]
+        [shape for _, shape in sorted(parts[i], key=lambda p: natural_key(p[0]))]
         for i in sorted(parts)
     ]
     shapes: list[tuple[int, ...]] = []
@@ -183,12 +206,12 @@ def fused_shape(
         elif name == "Transpose":
             cur = shapes if merged else [g[0] for g in groups]
             d0, d1 = attrs.get("dim0", 0), attrs.get("dim1", 1)
-            out = []
-            for s in cur:
-                ls = list(s)
-                ls[d0], ls[d1] = ls[d1], ls[d0]
-                out.append(tuple(ls))
-            shapes, merged = out, True
+            swapped = []
+            for shape in cur:
+                dims = list(shape)
+                dims[d0], dims[d1] = dims[d1], dims[d0]
+                swapped.append(tuple(dims))
+            shapes, merged = swapped, True
         elif name in _SHAPE_PRESERVING:
             if not merged:
                 shapes, merged = [g[0] for g in groups], True

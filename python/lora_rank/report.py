@@ -263,9 +263,7 @@ class Report:
             "resolve": self.resolve,
             "warnings": list(self.warnings),
             "spectral_settings": self.spectral_settings,
-            "tensors": [
-                {**dataclasses.asdict(t), "shape": list(t.shape)} for t in self.tensors
-            ],
+            "tensors": [{**dataclasses.asdict(t), "shape": list(t.shape)} for t in self.tensors],
             "modules": [m.to_dict() for m in self.modules],
         }
 

@@ -44,16 +44,28 @@ KIND_RULES: tuple[tuple[str, str], ...] = (
     (r"\.{M}\.(?:down_proj|w2|wo|c_proj|fc2|fc_out|dense_4h_to_h|lin2)$", "mlp_down"),
     (r"(?:^|\.)(?:fc1|intermediate\.dense)$", "mlp_up"),
     # known linear layers of no LoRA-specific role (pooler, LM-head transforms)
-    (r"(?:^|\.)(?:pooler\.dense|lm_head\.dense|transform\.dense|predictions\.transform\.dense)$", "other_linear"),
+    (
+        r"(?:^|\.)(?:pooler\.dense|lm_head\.dense|transform\.dense|predictions\.transform\.dense)$",
+        "other_linear",
+    ),
     (r"(?:^|\.)(?:fc2|output\.dense)$", "mlp_down"),
     # embeddings, heads, norms
-    (r"(?:^|\.)(?:embed_tokens|embed_positions|embed_in|wte|wpe|shared|word_embeddings|"
-     r"position_embeddings|token_type_embeddings|relative_attention_bias|embeddings|"
-     r"embed|tok_embeddings|word_embeddings_layernorm_skip)$", "embedding"),
-    (r"^(?:lm_head|embed_out|output|proj_out|cls\.predictions\.decoder|lm_head\.decoder)$", "lm_head"),
-    (r"(?:^|\.)(?:classifier|score|qa_outputs|pre_classifier|classification_head|"
-     r"seq_relationship|classifier\.dense|classifier\.out_proj|"
-     r"classification_head\.dense|classification_head\.out_proj)$", "classifier"),
+    (
+        r"(?:^|\.)(?:embed_tokens|embed_positions|embed_in|wte|wpe|shared|word_embeddings|"
+        r"position_embeddings|token_type_embeddings|relative_attention_bias|embeddings|"
+        r"embed|tok_embeddings|word_embeddings_layernorm_skip)$",
+        "embedding",
+    ),
+    (
+        r"^(?:lm_head|embed_out|output|proj_out|cls\.predictions\.decoder|lm_head\.decoder)$",
+        "lm_head",
+    ),
+    (
+        r"(?:^|\.)(?:classifier|score|qa_outputs|pre_classifier|classification_head|"
+        r"seq_relationship|classifier\.dense|classifier\.out_proj|"
+        r"classification_head\.dense|classification_head\.out_proj)$",
+        "classifier",
+    ),
     (r"(?:norm|ln_\w+|ln_f|LayerNorm|layernorm\w*|layer_norm|ln|rms_norm)$", "norm"),
 )
 
@@ -62,7 +74,9 @@ _COMPILED: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 #: Container names that hold numbered layers.
-_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|block|blocks|decoder_layers|encoder_layers)\.(\d+)(?:\.|$)")
+_LAYER = re.compile(
+    r"(?:^|\.)(?:layers|layer|h|block|blocks|decoder_layers|encoder_layers)\.(\d+)(?:\.|$)"
+)
 
 #: Model types whose linear layers are transformers' ``Conv1D`` (weight stored ``[in, out]``).
 CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "decision_transformer", "imagegpt"})
