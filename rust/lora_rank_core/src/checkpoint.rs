@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
@@ -251,56 +252,102 @@ fn list_safetensors(dir: &Path) -> Result<Vec<String>> {
     ))
 }
 
-type WeightMap = BTreeMap<String, String>;
+/// Tensor name → shard file name, as listed by an index file.
+pub type WeightMap = BTreeMap<String, String>;
+
+/// Largest index or `config.json` we read (the header limit of the format; real indexes of
+/// the largest models are about 10 MB): a bigger file is refused instead of exhausting memory.
+const MAX_JSON_FILE_SIZE: u64 = crate::header::MAX_HEADER_SIZE;
+
+/// Read a small regular file whole. Non-regular files (a FIFO would block forever) and files
+/// above [`MAX_JSON_FILE_SIZE`] are refused; `Ok(None)` when `missing_ok` and it is absent.
+fn read_json_file(path: &Path, missing_ok: bool) -> Result<Option<Vec<u8>>> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    if !meta.is_file() {
+        return Err(Error::not_a_checkpoint(path, "not a regular file"));
+    }
+    if meta.len() > MAX_JSON_FILE_SIZE {
+        return Err(Error::not_a_checkpoint(
+            path,
+            format!(
+                "{} bytes is larger than the {MAX_JSON_FILE_SIZE}-byte limit for JSON files",
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    File::open(path)
+        .and_then(|f| f.take(MAX_JSON_FILE_SIZE + 1).read_to_end(&mut bytes))
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > MAX_JSON_FILE_SIZE {
+        return Err(Error::Changed {
+            path: path.to_path_buf(),
+            msg: "grew past the size limit while being read".into(),
+        });
+    }
+    Ok(Some(bytes))
+}
 
 /// Parse an index file: the sorted unique shard names and the tensor → shard map.
 fn shard_names_from_index(index_path: &Path) -> Result<(Vec<String>, WeightMap)> {
-    let text = fs::read_to_string(index_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => Error::index(index_path, "not valid UTF-8"),
-        _ => Error::io(index_path, e),
-    })?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::index(index_path, format!("not valid JSON ({e})")))?;
-    let Some(Value::Object(map)) = value.get("weight_map") else {
-        return Err(Error::index(index_path, "missing \"weight_map\" object"));
-    };
-    let mut weight_map = WeightMap::new();
-    for (tensor, shard) in map {
-        let Value::String(shard) = shard else {
-            return Err(Error::index(
-                index_path,
-                format!("shard of tensor {tensor:?} is not a string"),
-            ));
-        };
-        check_shard_name(index_path, shard)?;
-        weight_map.insert(tensor.clone(), shard.clone());
-    }
-    if weight_map.is_empty() {
-        return Err(Error::index(index_path, "\"weight_map\" is empty"));
-    }
+    let bytes = read_json_file(index_path, false)?.unwrap_or_default();
+    let weight_map = parse_index_json(&bytes).map_err(|m| Error::index(index_path, m))?;
     let mut names: Vec<String> = weight_map.values().cloned().collect();
     names.sort();
     names.dedup();
     Ok((names, weight_map))
 }
 
+/// Parse the bytes of a `*.safetensors.index.json` into its `weight_map`, checking that every
+/// shard name stays inside the checkpoint directory. Errors are plain messages; callers attach
+/// the path (used by [`open`] and by fuzzing).
+pub fn parse_index_json(bytes: &[u8]) -> std::result::Result<WeightMap, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 ({e})"))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    let Some(Value::Object(map)) = value.get("weight_map") else {
+        return Err("missing \"weight_map\" object".into());
+    };
+    let mut weight_map = WeightMap::new();
+    for (tensor, shard) in map {
+        let Value::String(shard) = shard else {
+            return Err(format!("shard of tensor {tensor:?} is not a string"));
+        };
+        check_shard_name(shard)?;
+        weight_map.insert(tensor.clone(), shard.clone());
+    }
+    if weight_map.is_empty() {
+        return Err("\"weight_map\" is empty".into());
+    }
+    Ok(weight_map)
+}
+
 /// A shard name must stay inside the checkpoint directory: relative, no `..`.
-fn check_shard_name(index_path: &Path, shard: &str) -> Result<()> {
+fn check_shard_name(shard: &str) -> std::result::Result<(), String> {
     let p = Path::new(shard);
     let escapes = shard.is_empty()
         || p.is_absolute()
         || shard.starts_with('\\')
         || p.components().any(|c| !matches!(c, Component::Normal(_)));
     if escapes {
-        return Err(Error::index(
-            index_path,
-            format!("shard path {shard:?} escapes the checkpoint directory"),
+        return Err(format!(
+            "shard path {shard:?} escapes the checkpoint directory"
         ));
     }
     Ok(())
 }
 
 fn read_shard(path: PathBuf, name: String) -> Result<Shard> {
+    // Check before opening: opening a FIFO for reading blocks until a writer appears.
+    if !fs::metadata(&path)
+        .map_err(|e| Error::io(&path, e))?
+        .is_file()
+    {
+        return Err(Error::not_a_checkpoint(&path, "not a regular file"));
+    }
     let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(&path, e))?;
     if !meta.is_file() {
@@ -324,11 +371,15 @@ fn read_shards(dir: &Path, names: &[String]) -> Result<Vec<Shard>> {
 
 fn read_config(dir: &Path) -> Result<Option<String>> {
     let path = dir.join("config.json");
-    match fs::read_to_string(&path) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(&path, e)),
-    }
+    let Some(bytes) = read_json_file(&path, true)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        Error::io(
+            &path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+        )
+    })
 }
 
 fn collect_tensors(shards: &[Shard]) -> Vec<TensorRef> {

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::Path;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
@@ -57,15 +57,15 @@ impl Header {
     }
 }
 
-/// Top-level JSON object kept in file order, so that duplicate keys can be reported
+/// A JSON object kept in file order, so that duplicate keys can be reported
 /// (a map type would silently keep the last one).
-struct OrderedObject(Vec<(String, Value)>);
+struct OrderedObject<V>(Vec<(String, V)>);
 
-impl<'de> serde::Deserialize<'de> for OrderedObject {
+impl<'de, V: serde::Deserialize<'de>> serde::Deserialize<'de> for OrderedObject<V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = OrderedObject;
+        struct Fields<V>(std::marker::PhantomData<V>);
+        impl<'de, V: serde::Deserialize<'de>> Visitor<'de> for Fields<V> {
+            type Value = OrderedObject<V>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
@@ -74,13 +74,39 @@ impl<'de> serde::Deserialize<'de> for OrderedObject {
                 mut m: A,
             ) -> std::result::Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                while let Some((k, v)) = m.next_entry::<String, V>()? {
                     out.push((k, v));
                 }
                 Ok(OrderedObject(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(Fields(std::marker::PhantomData))
+    }
+}
+
+/// One top-level header entry: an object with its fields in file order, or any other value.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Object(OrderedObject<Value>),
+    Other(Value),
+}
+
+impl Entry {
+    /// The fields of an object entry, refusing duplicate field names (`what` names the entry
+    /// in the message); `Ok(None)` for a non-object.
+    fn into_fields(self, what: &str) -> std::result::Result<Option<Map<String, Value>>, String> {
+        let Entry::Object(OrderedObject(fields)) = self else {
+            return Ok(None);
+        };
+        let mut map = Map::with_capacity(fields.len());
+        for (k, v) in fields {
+            if map.contains_key(&k) {
+                return Err(format!("{what}: duplicate field {k:?}"));
+            }
+            map.insert(k, v);
+        }
+        Ok(Some(map))
     }
 }
 
@@ -88,7 +114,7 @@ impl<'de> serde::Deserialize<'de> for OrderedObject {
 /// `data_len` bytes long. Errors are plain messages; callers attach the path.
 pub fn parse_header_json(json: &[u8], data_len: u64) -> std::result::Result<Header, String> {
     let text = std::str::from_utf8(json).map_err(|e| format!("header is not valid UTF-8 ({e})"))?;
-    let obj: OrderedObject = serde_json::from_str(text).map_err(|e| {
+    let obj: OrderedObject<Entry> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             format!("header JSON is not an object of tensors ({e})")
         } else {
@@ -103,7 +129,7 @@ pub fn parse_header_json(json: &[u8], data_len: u64) -> std::result::Result<Head
             return Err(format!("duplicate entry {name:?}"));
         }
         if name == "__metadata__" {
-            metadata = Some(parse_metadata(value)?);
+            metadata = parse_metadata(value)?;
             continue;
         }
         tensors.push(parse_tensor(name, value)?);
@@ -116,22 +142,27 @@ pub fn parse_header_json(json: &[u8], data_len: u64) -> std::result::Result<Head
     })
 }
 
-fn parse_metadata(value: Value) -> std::result::Result<BTreeMap<String, String>, String> {
-    let Value::Object(map) = value else {
+fn parse_metadata(entry: Entry) -> std::result::Result<Option<BTreeMap<String, String>>, String> {
+    if matches!(entry, Entry::Other(Value::Null)) {
+        return Ok(None); // as the reference implementation: null means none
+    }
+    let Some(map) = entry.into_fields("__metadata__")? else {
         return Err("__metadata__ is not an object".into());
     };
     map.into_iter()
         .map(|(k, v)| match v {
             Value::String(s) => Ok((k, s)),
             other => Err(format!(
-                "__metadata__ value for {k:?} is not a string: {other}"
+                "__metadata__ value for {k:?} is not a string: {other} (__metadata__ is the \
+                 string-to-string metadata map, it cannot name a tensor)"
             )),
         })
-        .collect()
+        .collect::<std::result::Result<_, _>>()
+        .map(Some)
 }
 
-fn parse_tensor(name: String, value: Value) -> std::result::Result<TensorInfo, String> {
-    let Value::Object(mut fields) = value else {
+fn parse_tensor(name: String, entry: Entry) -> std::result::Result<TensorInfo, String> {
+    let Some(mut fields) = entry.into_fields(&format!("tensor {name:?}"))? else {
         return Err(format!("tensor {name:?}: entry is not an object"));
     };
     let dtype_name = match fields.remove("dtype") {
@@ -214,7 +245,12 @@ fn validate_layout(tensors: &mut [TensorInfo], data_len: u64) -> std::result::Re
     let mut expected = 0u64;
     for t in tensors.iter() {
         if t.begin != expected {
-            return Err(if t.begin > expected {
+            return Err(if expected == 0 {
+                format!(
+                    "tensor {:?}: data_offsets start at {}, but the first tensor must start at 0",
+                    t.name, t.begin
+                )
+            } else if t.begin > expected {
                 format!("gap before tensor {:?}: data_offsets start at {} but the previous tensor ends at {expected}", t.name, t.begin)
             } else {
                 format!("tensor {:?}: data_offsets [{}, {}] overlap the previous tensor (ends at {expected})", t.name, t.begin, t.end)
@@ -312,7 +348,7 @@ mod tests {
     #[test]
     fn agrees_with_the_reference_parser_on_valid_files() {
         use safetensors::tensor::{serialize, TensorView};
-        let data = vec![0u8; 4 * 6 + 2 * 10];
+        let data = [0u8; 4 * 6 + 2 * 10];
         let views = vec![
             (
                 "x",
@@ -374,8 +410,24 @@ mod tests {
             (
                 r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
                 12,
-                "gap before",
+                "the first tensor must start at 0",
             ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}"#,
+                20,
+                "gap before tensor \"b\"",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8],"shape":[2,1]}}"#,
+                8,
+                "tensor \"a\": duplicate field \"shape\"",
+            ),
+            (
+                r#"{"__metadata__":{"k":"1","k":"2"}}"#,
+                0,
+                "__metadata__: duplicate field \"k\"",
+            ),
+            (r#"{"a":[0,8]}"#, 8, "entry is not an object"),
             (
                 r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
                 12,
@@ -437,5 +489,8 @@ mod tests {
         // save_pretrained pads the JSON with spaces to an 8-byte boundary.
         let h = parse_bytes(&file("{}      ", 0)).unwrap();
         assert!(h.tensors.is_empty());
+        // The reference implementation reads a null __metadata__ as no metadata.
+        let h = parse_bytes(&file(r#"{"__metadata__":null}"#, 0)).unwrap();
+        assert_eq!(h.metadata, None);
     }
 }
