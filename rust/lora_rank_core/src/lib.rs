@@ -3,7 +3,8 @@
 //! - [`checkpoint`]: discovery (directory, index, single file, HF cache) and parallel headers;
 //! - [`header`]: safetensors header parsing and validation;
 //! - [`dtype`]: dtypes and block decoding to `f32`;
-//! - [`io`]: positioned reads that turn truncation into errors, never SIGBUS.
+//! - [`io`]: positioned reads that turn truncation into errors, never SIGBUS;
+//! - [`spectral`]: streaming randomized / exact singular values and spectral statistics.
 //!
 //! No Python here: the `lora_rank_py` crate wraps this one.
 
@@ -12,6 +13,7 @@ pub mod dtype;
 pub mod error;
 pub mod header;
 pub mod io;
+pub mod spectral;
 
 pub use checkpoint::{open, Checkpoint, Shard, TensorRef};
 pub use dtype::Dtype;

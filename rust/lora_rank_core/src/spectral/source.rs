@@ -1,0 +1,239 @@
+//! Streaming access to one weight matrix stored row-major in safetensors shards.
+//!
+//! A [`MatrixSource`] is a stack of row segments (one per stored tensor or expert slice; a
+//! runtime matrix that transformers fuses from several stored tensors, e.g. an expert's
+//! `gate_proj` and `up_proj`, is their row concatenation). Data is read with positioned reads
+//! ([`crate::io::read_exact_at`]) into a byte buffer and decoded into an `f32` working panel;
+//! nothing ever holds a full copy of the matrix.
+
+use std::fs::File;
+use std::path::Path;
+
+use crate::dtype::{decode_into, Dtype};
+use crate::error::Result;
+use crate::io::read_exact_at;
+
+/// A contiguous run of `rows` full rows starting at byte `offset` of an open shard.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub file: &'a File,
+    pub path: &'a Path,
+    pub offset: u64,
+    pub rows: usize,
+}
+
+/// A block of consecutive rows inside one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Panel {
+    pub segment: usize,
+    /// First row inside the segment.
+    pub row0: usize,
+    pub rows: usize,
+}
+
+/// Running sum of squares (f64) and count of NaN/Inf elements over decoded data.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ElementStats {
+    pub sum_sq: f64,
+    pub nonfinite: u64,
+}
+
+impl ElementStats {
+    /// Add the elements of `v`: squares are summed in f32 over runs of 64 elements (exact
+    /// enough for a 2⁻²⁴ relative error per run) and the runs in f64.
+    pub fn add(&mut self, v: &[f32]) {
+        for run in v.chunks(64) {
+            let mut s = 0f32;
+            let mut bad = 0u32;
+            for &x in run {
+                s += x * x;
+                bad += u32::from(!x.is_finite());
+            }
+            self.sum_sq += f64::from(s);
+            self.nonfinite += u64::from(bad);
+        }
+    }
+
+    pub fn merge(&mut self, other: ElementStats) {
+        self.sum_sq += other.sum_sq;
+        self.nonfinite += other.nonfinite;
+    }
+}
+
+/// One 2-D matrix (`rows` × `cols`, row-major) of one decodable dtype, possibly made of
+/// several row segments.
+#[derive(Debug, Clone)]
+pub struct MatrixSource<'a> {
+    pub segments: Vec<Segment<'a>>,
+    pub cols: usize,
+    pub dtype: Dtype,
+    /// Bytes per element.
+    esize: usize,
+}
+
+impl<'a> MatrixSource<'a> {
+    /// `dtype` must be [`Dtype::is_decodable_float`] (checked by the caller, who knows the
+    /// tensor's name for the error message).
+    pub fn new(segments: Vec<Segment<'a>>, cols: usize, dtype: Dtype) -> Self {
+        debug_assert!(dtype.is_decodable_float());
+        let esize = dtype.byte_size().expect("decodable dtypes are byte-sized");
+        MatrixSource {
+            segments,
+            cols,
+            dtype,
+            esize,
+        }
+    }
+
+    /// Total number of rows.
+    pub fn rows(&self) -> usize {
+        self.segments.iter().map(|s| s.rows).sum()
+    }
+
+    /// Number of stored bytes.
+    pub fn nbytes(&self) -> u64 {
+        (self.rows() * self.cols * self.esize) as u64
+    }
+
+    /// Split the rows into panels of at most `panel_rows` rows (panels never straddle two
+    /// segments).
+    pub fn panels(&self, panel_rows: usize) -> Vec<Panel> {
+        let r = panel_rows.max(1);
+        let mut out = Vec::new();
+        for (segment, seg) in self.segments.iter().enumerate() {
+            let mut row0 = 0;
+            while row0 < seg.rows {
+                let rows = r.min(seg.rows - row0);
+                out.push(Panel {
+                    segment,
+                    row0,
+                    rows,
+                });
+                row0 += rows;
+            }
+        }
+        out
+    }
+
+    /// Read `panel` and decode it row-major into `out[..rows * cols]`, adding its elements to
+    /// `stats` when given. `bytes` is a reusable scratch buffer.
+    pub fn read_panel(
+        &self,
+        panel: Panel,
+        bytes: &mut Vec<u8>,
+        out: &mut [f32],
+        stats: Option<&mut ElementStats>,
+    ) -> Result<()> {
+        let seg = &self.segments[panel.segment];
+        let row_bytes = self.cols * self.esize;
+        let len = panel.rows * row_bytes;
+        bytes.resize(len, 0);
+        let offset = seg.offset + (panel.row0 * row_bytes) as u64;
+        read_exact_at(seg.file, &mut bytes[..len], offset, seg.path)?;
+        let out = &mut out[..panel.rows * self.cols];
+        decode_into(self.dtype, &bytes[..len], out);
+        if let Some(s) = stats {
+            s.add(out);
+        }
+        Ok(())
+    }
+
+    /// Read columns `c0..c1` of every row and decode them row-major into
+    /// `out[..rows * (c1 - c0)]` (one positioned read per row).
+    pub fn read_columns(
+        &self,
+        c0: usize,
+        c1: usize,
+        bytes: &mut Vec<u8>,
+        out: &mut [f32],
+        mut stats: Option<&mut ElementStats>,
+    ) -> Result<()> {
+        let width = c1 - c0;
+        let row_bytes = self.cols * self.esize;
+        let len = width * self.esize;
+        bytes.resize(len, 0);
+        let mut row = 0;
+        for seg in &self.segments {
+            for r in 0..seg.rows {
+                let offset = seg.offset + (r * row_bytes + c0 * self.esize) as u64;
+                read_exact_at(seg.file, &mut bytes[..len], offset, seg.path)?;
+                let dst = &mut out[row * width..(row + 1) * width];
+                decode_into(self.dtype, &bytes[..len], dst);
+                if let Some(s) = stats.as_deref_mut() {
+                    s.add(dst);
+                }
+                row += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn panels_and_columns_read_back_what_was_written() {
+        // Two segments of a 5 x 3 f32 matrix: rows 0..2 at byte 4, rows 2..5 at byte 100.
+        let vals: Vec<f32> = (0..15).map(|i| i as f32 - 3.5).collect();
+        let mut raw = vec![0u8; 200];
+        for (i, v) in vals[..6].iter().enumerate() {
+            raw[4 + 4 * i..8 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        for (i, v) in vals[6..].iter().enumerate() {
+            raw[100 + 4 * i..104 + 4 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&raw).unwrap();
+        let file = f.reopen().unwrap();
+        let path = f.path().to_path_buf();
+        let src = MatrixSource::new(
+            vec![
+                Segment {
+                    file: &file,
+                    path: &path,
+                    offset: 4,
+                    rows: 2,
+                },
+                Segment {
+                    file: &file,
+                    path: &path,
+                    offset: 100,
+                    rows: 3,
+                },
+            ],
+            3,
+            Dtype::F32,
+        );
+        assert_eq!(src.rows(), 5);
+        let panels = src.panels(2);
+        assert_eq!(panels.len(), 3);
+        let mut bytes = Vec::new();
+        let mut out = vec![0f32; 6];
+        let mut all = Vec::new();
+        let mut stats = ElementStats::default();
+        for p in panels {
+            src.read_panel(p, &mut bytes, &mut out, Some(&mut stats))
+                .unwrap();
+            all.extend_from_slice(&out[..p.rows * 3]);
+        }
+        assert_eq!(all, vals);
+        let expect: f64 = vals.iter().map(|v| f64::from(v * v)).sum();
+        assert!((stats.sum_sq - expect).abs() < 1e-9);
+        let mut cols = vec![0f32; 10];
+        src.read_columns(1, 3, &mut bytes, &mut cols, None).unwrap();
+        let expect_cols: Vec<f32> = (0..5)
+            .flat_map(|r| [vals[3 * r + 1], vals[3 * r + 2]])
+            .collect();
+        assert_eq!(cols, expect_cols);
+    }
+
+    #[test]
+    fn counts_nonfinite() {
+        let mut s = ElementStats::default();
+        s.add(&[1.0, f32::NAN, f32::INFINITY, -2.0]);
+        assert_eq!(s.nonfinite, 2);
+    }
+}
