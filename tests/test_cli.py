@@ -1,0 +1,233 @@
+"""The ``lora-rank`` command line. A few tests run the real console script in a subprocess
+(exit codes, one-line errors, ``python -m lora_rank``); the rest call ``cli.main`` in-process,
+which is the same code without the interpreter start-up."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import lora_rank
+import pytest
+from lora_rank import cli
+
+LORA_RANK = Path(sys.executable).parent / "lora-rank"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as a user runs it (no terminal: no progress bar)."""
+    return subprocess.run(
+        [str(LORA_RANK), *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# -- subprocess: the real entry points -------------------------------------------------------
+
+
+def test_console_script_json_equals_analyze(checkpoint: Callable[[str], Path]) -> None:
+    path = checkpoint("llama")
+    proc = run("analyze", str(path), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads(lora_rank.analyze(path).to_json())
+
+
+def test_python_dash_m_and_help() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lora_rank", "analyze", "--demo", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "bert (BertModel)" in proc.stdout and "attn_q" in proc.stdout
+    assert proc.stderr == ""
+    proc = run("--help")
+    assert proc.returncode == 0
+    assert all(c in proc.stdout for c in ("analyze", "recommend", "plot"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["analyze", "/nonexistent/model"], "/nonexistent/model: No such file or directory"),
+        (["recommend", "--demo", "--budget", "half"], "invalid budget 'half'"),
+    ],
+)
+def test_console_script_user_errors(args: list[str], message: str) -> None:
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert lines[0].startswith(f"lora-rank {args[0]}: error: ")
+
+
+# -- in-process ------------------------------------------------------------------------------
+
+
+def test_analyze_table(capsys: pytest.CaptureFixture[str], minilm: Path) -> None:
+    status, out, err = main(capsys, "analyze", str(minilm))
+    assert status == 0 and err == ""
+    report = lora_rank.analyze(minilm)
+    for label, value in (
+        ("model", "bert (BertModel)"),
+        ("layers", "6"),
+        ("hidden size", "384"),
+        ("parameters", "22,713,728"),
+        ("dtypes", "F32 100%, I64 <0.1%"),
+    ):
+        line = next(ln for ln in out.splitlines() if ln.startswith(label + " "))
+        assert value in line, line
+    # One row per kind with its module count and parameter sum.
+    for kind, n in report.kind_counts().items():
+        params = sum(m.params for m in report.modules if m.kind == kind)
+        row = next(ln for ln in out.splitlines() if ln.startswith(f"│ {kind} "))
+        cells = [c.strip() for c in row.split("│")[1:-1]]
+        assert cells[0] == kind and int(cells[2]) == n and cells[-1] == f"{params:,}"
+
+
+def test_analyze_per_module_lists_every_module(
+    capsys: pytest.CaptureFixture[str], checkpoint: Callable[[str], Path]
+) -> None:
+    path = checkpoint("llama")
+    status, out, _ = main(capsys, "analyze", str(path), "--per-module")
+    assert status == 0
+    report = lora_rank.analyze(path)
+    # Rows sit under a heading per layer ("model.layers.0"), named relative to it.
+    lines = out.splitlines()
+    body = lines[next(i for i, ln in enumerate(lines) if set(ln.strip()) == {"─"}) + 1 :]
+    names, heading = [], ""
+    for line in body:
+        cells = line.split()
+        if len(cells) == 1:
+            heading = cells[0]
+        elif cells:
+            names.append(f"{heading}.{cells[0]}" if line.startswith("    ") else cells[0])
+            module = report.module(names[-1])
+            assert cells[1:] == [
+                module.kind,
+                "×".join(map(str, module.shape)),
+                f"{module.params:,}",
+                "yes" if module.is_lora_target else "no",
+            ]
+    assert names == [m.name for m in report.modules]
+
+
+def test_analyze_csv(capsys: pytest.CaptureFixture[str], checkpoint: Callable[[str], Path]) -> None:
+    path = checkpoint("qwen2")
+    report = lora_rank.analyze(path)
+    status, out, _ = main(capsys, "analyze", str(path), "--format", "csv")
+    assert status == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {r["kind"]: int(r["modules"]) for r in rows} == report.kind_counts()
+    assert sum(int(r["params"]) for r in rows) == sum(m.params for m in report.modules)
+
+    status, out, _ = main(capsys, "analyze", str(path), "--format", "csv", "--per-module")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["name"] for r in rows] == [m.name for m in report.modules]
+    assert [r["lora_target"] == "True" for r in rows] == [m.is_lora_target for m in report.modules]
+
+
+def test_analyze_output_file_atomic(
+    capsys: pytest.CaptureFixture[str], minilm: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    status, out, err = main(
+        capsys, "analyze", "--demo", "--format", "json", "--output", str(target)
+    )
+    assert status == 0 and out == ""
+    assert err.strip() == f"wrote {target}"
+    assert json.loads(target.read_text()) == json.loads(lora_rank.analyze(minilm).to_json())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    # A table written to a file is plain text (no colour codes).
+    status, _, _ = main(capsys, "analyze", "--demo", "-o", str(tmp_path / "t.txt"), "-q")
+    text = (tmp_path / "t.txt").read_text()
+    assert status == 0 and "\x1b[" not in text and "Modules by kind" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["analyze"], "missing PATH"),
+        (["analyze", "--demo", "x"], "either PATH or --demo"),
+        (["analyze", "{tmp}/empty"], "not a safetensors checkpoint"),
+        (["analyze", "{tmp}/bad.safetensors"], "bad.safetensors: invalid safetensors header"),
+        (["plot", "--demo", "--out", "x.gif"], "must end in .png, .svg or .pdf"),
+        (["plot", "--demo", "--out", "{tmp}/no/such/dir/x.png"], "does not exist"),
+    ],
+)
+def test_user_errors_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    (tmp_path / "empty").mkdir()
+    status, out, err = main(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert status == 2 and out == ""
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for args in (["bogus"], ["analyze", "--demo", "--top-k", "0"], ["analyze", "--format=xml"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "error:" in err
+    assert cli.main([]) == 2
+    assert "analyze" in capsys.readouterr().out
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    with pytest.raises(lora_rank.NotACheckpointError):
+        cli.main(["analyze", str(tmp_path), "--debug"])
+
+
+def test_missing_module_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lora_rank part missing from the build (or an optional dependency) is a one-line
+    error, not a traceback."""
+    monkeypatch.setitem(sys.modules, "lora_rank.recommend", None)
+    status, _, err = main(capsys, "recommend", "--demo", "--strategy", "attention-qv")
+    assert status == 2
+    assert err.strip() == (
+        "lora-rank recommend: error: this lora_rank build has no lora_rank.recommend module yet"
+    )
+    missing = ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+    assert cli._user_error(missing) == 'this needs matplotlib: pip install "lora-rank[plot]"'
+    assert cli._user_error(ModuleNotFoundError("x", name="yaml")) is None  # a bug: traceback
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0.5%", "0.5%"),
+        ("0.005", 0.005),
+        ("2000000", 2_000_000),
+        ("2e6", 2_000_000),
+        ("1_000", 1000),
+    ],
+)
+def test_parse_budget(text: str, value: object) -> None:
+    assert cli.parse_budget(text) == value
+
+
+@pytest.mark.parametrize("text", ["0%", "101%", "-5", "1.5", "abc", "", "nan"])
+def test_parse_budget_rejects(text: str) -> None:
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid budget"):
+        cli.parse_budget(text)
