@@ -231,3 +231,56 @@ def test_parse_budget_rejects(text: str) -> None:
 
     with pytest.raises(argparse.ArgumentTypeError, match="invalid budget"):
         cli.parse_budget(text)
+
+
+# -- recommend -------------------------------------------------------------------------------
+
+
+def _field(out: str, label: str) -> str:
+    line = next(ln for ln in out.splitlines() if ln.startswith(label + " "))
+    return line[len(label) :].strip()
+
+
+@pytest.mark.parametrize(
+    ("arch", "strategy"), [("llama", "attention-mlp"), ("gpt2", "attention8-mlp4")]
+)
+def test_recommend_writes_config_peft_loads(
+    capsys: pytest.CaptureFixture[str],
+    checkpoint: Callable[[str], Path],
+    tmp_path: Path,
+    arch: str,
+    strategy: str,
+) -> None:
+    """The written adapter_config.json loads with PEFT, and the trainable count the command
+    prints is what PEFT counts on the real model with that config."""
+    import peft
+    from peft_oracle import apply_peft
+
+    path = checkpoint(arch)
+    out_dir = tmp_path / "adapter"
+    status, out, err = main(
+        capsys, "recommend", str(path), "--strategy", strategy, "--out", str(out_dir)
+    )
+    assert status == 0, err
+    assert f"wrote {out_dir / 'adapter_config.json'}" in err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["adapter_config.json"]
+    config = peft.LoraConfig.from_pretrained(str(out_dir))
+    oracle = apply_peft(path, config)
+    printed = int(_field(out, "trainable params").split()[0].replace(",", ""))
+    assert printed == oracle.trainable
+    # The total row of the rank table agrees, and counts the wrapped modules.
+    total = next(ln for ln in out.splitlines() if ln.startswith("│ total "))
+    cells = [c.strip() for c in total.split("│")[1:-1]]
+    assert int(cells[2]) == len(oracle.modules) + len(oracle.parameters)
+    assert cells[-1] == f"{oracle.trainable:,}"
+
+
+def test_recommend_json(capsys: pytest.CaptureFixture[str], minilm: Path) -> None:
+    status, out, err = main(
+        capsys, "recommend", "--demo", "--strategy", "attention-qv", "--format", "json"
+    )
+    assert status == 0, err
+    data = json.loads(out)
+    rec = lora_rank.analyze(minilm).recommend("attention-qv")
+    assert data == json.loads(json.dumps(rec.to_dict()))
+    assert "not written" not in err

@@ -165,6 +165,18 @@ def _recommend_options(p: argparse.ArgumentParser, *, for_plot: bool) -> None:
     )
 
 
+def _listing_options(p: argparse.ArgumentParser, row: str, formats: dict[str, str]) -> None:
+    """``--per-module`` and ``--format table|...`` (``formats``: name → what it holds)."""
+    p.add_argument("--per-module", action="store_true", help=f"one row per {row}, not per kind")
+    described = ", ".join(f"{name} ({what})" for name, what in formats.items())
+    p.add_argument(
+        "--format",
+        choices=("table", *formats),
+        default="table",
+        help=f"table (default), {described}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lora-rank`` argument parser.
 
@@ -193,13 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--spectral", action="store_true", help="compute spectra (reads every weight matrix)"
     )
-    a.add_argument("--per-module", action="store_true", help="one row per module, not per kind")
-    a.add_argument(
-        "--format",
-        choices=("table", "json", "csv"),
-        default="table",
-        help="table (default), json (the full Report.to_json()) or csv",
-    )
+    _listing_options(a, "module", {"json": "the full Report.to_json()", "csv": "the rows"})
     a.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     a.set_defaults(func=cmd_analyze)
 
@@ -214,15 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--out", metavar="DIR", help="write DIR/adapter_config.json (created if missing)"
     )
-    r.add_argument(
-        "--per-module", action="store_true", help="one row per adapted module, not per kind"
-    )
-    r.add_argument(
-        "--format",
-        choices=("table", "json"),
-        default="table",
-        help="table (default) or json (the recommendation as a dict)",
-    )
+    _listing_options(r, "adapted module", {"json": "the recommendation as a dict"})
     r.set_defaults(func=cmd_recommend)
 
     pl = sub.add_parser(

@@ -1,5 +1,6 @@
 """Compact HTML tables for notebooks: what ``Report._repr_html_`` and
-``Recommendation._repr_html_`` return. Every value is HTML-escaped.
+``Recommendation._repr_html_`` return. Every value is HTML-escaped. The rows come from
+:mod:`lora_rank.tables`, so the notebook shows what the terminal shows.
 
 Example:
     >>> import lora_rank
@@ -14,9 +15,18 @@ from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any, Optional
 
-from .tables import SPECTRAL_COLUMNS, fmt_number, fmt_range, kind_rows, summary
+from .tables import (
+    SPECTRAL_COLUMNS,
+    fmt_number,
+    fmt_range,
+    kind_rows,
+    recommendation_kind_rows,
+    recommendation_summary,
+    summary,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .peft_config import Recommendation
     from .report import Report
 
 _STYLE = "border-collapse:collapse;font-size:0.9em;margin:0.3em 0"
@@ -79,4 +89,27 @@ def report_html(report: Report) -> str:
         headers += [f"{title}: median (min–max)" for _, title in SPECTRAL_COLUMNS]
         numeric += [True] * len(SPECTRAL_COLUMNS)
     body = table(headers, rows, caption="Modules by kind", numeric=numeric)
+    return f"<div>{head}{body}</div>"
+
+
+def recommendation_html(rec: Recommendation) -> str:
+    """The PEFT fields, the exact trainable-parameter count and the per-kind rank table of
+    ``rec``.
+
+    Example:
+        >>> import lora_rank
+        >>> rec = lora_rank.analyze(lora_rank.demo_checkpoint()).recommend("attention-qv")
+        >>> "73,728" in recommendation_html(rec)
+        True
+    """
+    head = table([], recommendation_summary(rec))
+    headers = ["kind", "names", "modules", "layers", "rank", "alpha", "trainable params"]
+    keys = ["kind", "names", "modules", "layers", "rank", "alpha", "params"]
+    rows = [[fmt_number(r[k]) for k in keys] for r in recommendation_kind_rows(rec)]
+    body = table(
+        headers,
+        rows,
+        caption="LoRA targets and ranks",
+        numeric=[False, False, True, False, True, True, True],
+    )
     return f"<div>{head}{body}</div>"

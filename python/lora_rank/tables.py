@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -133,6 +134,14 @@ def _percent(share: float) -> str:
     return "<0.1%" if 0 < pct < 0.1 else f"{pct:.3g}%"
 
 
+def _home_relative(path: str) -> str:
+    """``path`` with the home directory written ``~`` (shorter, and the same on every machine)."""
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and (path == home or path.startswith(home + os.sep)):
+        return "~" + path[len(home) :]
+    return path
+
+
 def summary(report: Report) -> list[tuple[str, str]]:
     """The summary header as (label, value) pairs.
 
@@ -160,7 +169,7 @@ def summary(report: Report) -> list[tuple[str, str]]:
             "shards",
             f"{len(report.shards)} file(s), {human_bytes(report.total_bytes)} of tensor data",
         ),
-        ("path", report.path),
+        ("path", _home_relative(report.path)),
         (
             "LoRA targets",
             f"{len(targets)} modules ({human(sum(m.params for m in targets))} params) "
@@ -468,12 +477,22 @@ def summary_table(report: Report) -> Table:
         >>> summary_table(lora_rank.analyze(lora_rank.demo_checkpoint())).row_count
         8
     """
+    return pairs_table(summary(report))
+
+
+def pairs_table(pairs: Sequence[tuple[str, str]]) -> Table:
+    """(label, value) pairs as a borderless two-column rich table; long values fold.
+
+    Example:
+        >>> pairs_table([("r", "8")]).row_count
+        1
+    """
     from rich.table import Table
 
     table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    for label, value in summary(report):
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in pairs:
         table.add_row(label, value)
     return table
 
@@ -654,13 +673,7 @@ def recommendation_renderables(
         >>> len(recommendation_renderables(rec))
         4
     """
-    from rich.table import Table as RichTable
-
-    head = RichTable.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column(overflow="fold")
-    for label, value in recommendation_summary(rec):
-        head.add_row(label, value)
+    head = pairs_table(recommendation_summary(rec))
     body = target_table(rec, width) if per_module else recommendation_table(rec)
     out: list[RenderableType] = [head, "", body]
     if rec.rule:
