@@ -211,28 +211,6 @@ def test_missing_module_is_one_line(
     assert cli._user_error(ModuleNotFoundError("x", name="yaml")) is None  # a bug: traceback
 
 
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [
-        ("0.5%", "0.5%"),
-        ("0.005", 0.005),
-        ("2000000", 2_000_000),
-        ("2e6", 2_000_000),
-        ("1_000", 1000),
-    ],
-)
-def test_parse_budget(text: str, value: object) -> None:
-    assert cli.parse_budget(text) == value
-
-
-@pytest.mark.parametrize("text", ["0%", "101%", "-5", "1.5", "abc", "", "nan"])
-def test_parse_budget_rejects(text: str) -> None:
-    import argparse
-
-    with pytest.raises(argparse.ArgumentTypeError, match="invalid budget"):
-        cli.parse_budget(text)
-
-
 # -- recommend -------------------------------------------------------------------------------
 
 

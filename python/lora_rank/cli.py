@@ -22,9 +22,10 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 from .errors import ConfigError, LoraRankError
+from .plot import METRICS
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -61,34 +62,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- argument parsing ----------------------------------------------------------------------
-
-
-def parse_budget(text: str) -> Union[int, float, str]:
-    """``--budget`` value: ``"0.5%"`` (kept as text), ``"0.005"`` (a fraction of the total
-    parameters) or ``"2000000"`` / ``"2e6"`` / ``"2_000_000"`` (a parameter count).
-
-    Example:
-        >>> parse_budget("0.5%"), parse_budget("0.005"), parse_budget("2e6")
-        ('0.5%', 0.005, 2000000)
-    """
-    t = text.strip().replace("_", "").replace(",", "")
-    try:
-        if t.endswith("%"):
-            pct = float(t[:-1])
-            if 0 < pct <= 100:
-                return f"{pct:g}%"
-        else:
-            v = float(t)
-            if 0 < v < 1:
-                return v
-            if v >= 1 and v.is_integer():
-                return int(v)
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(
-        f"invalid budget {text!r}: give a percentage of the model's parameters (0.5%), a "
-        "fraction (0.005) or a parameter count (2000000)"
-    )
 
 
 def _positive_int(text: str) -> int:
@@ -143,14 +116,13 @@ def _recommend_options(p: argparse.ArgumentParser, *, for_plot: bool) -> None:
     )
     g.add_argument(
         "--strategy",
-        default="auto",
         help=f"{_STRATEGIES} (default: auto: ranks from the weight spectra)",
     )
     g.add_argument(
         "--budget",
-        type=parse_budget,
         metavar="B",
-        help="trainable parameters: 0.5%% of the model, a fraction (0.005) or a count",
+        help="trainable parameters: 0.5%% of the model, a fraction (0.005) or a count "
+        "(2000000, 2M)",
     )
     g.add_argument("--r", type=_positive_int, metavar="R", help="LoRA rank (default: 8)")
     g.add_argument(
@@ -233,16 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, metavar="FILE", help="output image: .png, .svg or .pdf")
     pl.add_argument(
         "--metric",
-        default="stable_rank",
-        choices=(
-            "stable_rank",
-            "energy_rank_90",
-            "energy_rank_95",
-            "energy_rank_99",
-            "alpha",
-            "spectral_norm",
-            "rank",
-        ),
+        choices=tuple(METRICS),
         help="heatmap statistic (default: stable_rank; rank: the recommended LoRA rank)",
     )
     pl.add_argument(
@@ -348,8 +311,14 @@ def _recommend_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _recommendation(args: argparse.Namespace) -> tuple[Report, Recommendation]:
-    report = _analyze(args, spectral=args.strategy == "auto")
-    return report, report.recommend(args.strategy, **_recommend_kwargs(args))
+    strategy = args.strategy or "auto"
+    if args.budget is not None:
+        from .recommend import parse_budget
+
+        # Check the syntax now, before a long spectral scan (fractions resolve later).
+        parse_budget(args.budget, 1 << 62)
+    report = _analyze(args, spectral=strategy == "auto")
+    return report, report.recommend(strategy, **_recommend_kwargs(args))
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -390,7 +359,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from . import plot
     from .atomic import write_atomic
 
-    if args.metric == "rank" and not args.spectra:
+    if args.spectra and args.metric:
+        raise UsageError("--metric is for the heatmap; --spectra draws singular values instead")
+    given = [f"--{k}" for k in _recommend_kwargs(args)]
+    if args.metric != "rank" and (given or args.strategy):
+        raise UsageError(f"{(given or ['--strategy'])[0]} only applies with --metric rank")
+    if args.metric == "rank":
         report, rec = _recommendation(args)
         fig = plot.heatmap(report, "rank", ranks=rec.module_ranks())
     else:
@@ -398,7 +372,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         fig = (
             plot.spectra(report, args.spectra)
             if args.spectra
-            else plot.heatmap(report, args.metric)
+            else plot.heatmap(report, args.metric or "stable_rank")
         )
     write_atomic(args.out, plot.figure_bytes(fig, fmt))
     _note(args, f"wrote {args.out}")
