@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Fuzz every target for SECONDS each (default 20) and print one summary line per target:
+#   bash fuzz/run.sh 20            (CI: bounded; see scripts/test.sh)
+#   bash fuzz/run.sh 3600 header   (by hand: one target for an hour)
+# Needs cargo-fuzz; on a stable toolchain RUSTC_BOOTSTRAP=1 unlocks the sanitizer flags.
+# Seeds come from make_corpus.py when the Python environment can build them; a crash leaves
+# its input in fuzz/artifacts/<target>/ and makes this script fail.
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds=${1:-20}
+shift || true
+if [ $# -gt 0 ]; then targets=("$@"); else targets=(header index checkpoint); fi
+export RUSTC_BOOTSTRAP=${RUSTC_BOOTSTRAP:-1}
+if [ ! -d corpus/header ]; then
+  python make_corpus.py >/dev/null 2>&1 || echo "fuzz: no seed corpus (make_corpus.py failed); starting from scratch"
+fi
+cargo fuzz build -O 2>&1 | grep -E "^(error|warning: unused)" || true
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t" "artifacts/$t"
+  log="artifacts/$t.log"
+  if ! cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$seconds" -max_len=32768 \
+      -dict=safetensors.dict -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then
+    tail -n 40 "$log"
+    echo "fuzz $t: CRASH (input saved in fuzz/artifacts/$t/)"
+    exit 1
+  fi
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
+  echo "fuzz $t: ${seconds}s, $runs executions, 0 crashes"
+done
