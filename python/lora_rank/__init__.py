@@ -20,6 +20,7 @@ from .errors import (
     NotACheckpointError,
     UnsupportedFormatError,
 )
+from .peft_config import Recommendation
 from .report import KINDS, Module, Report, Spectrum, Tensor
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "LoraRankError",
     "Module",
     "NotACheckpointError",
+    "Recommendation",
     "Report",
     "Spectrum",
     "Tensor",
