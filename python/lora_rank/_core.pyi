@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension module ``lora_rank._core``."""
 
 from os import PathLike
-from typing import Any, TypedDict
+from typing import Any, Callable, Optional, TypedDict
 
 __version__: str
 
@@ -27,3 +27,32 @@ class CheckpointDict(TypedDict):
     tensors: list[tuple[str, str, tuple[int, ...], int, int, int]]
 
 def open_checkpoint(path: str | PathLike[Any], threads: int | None = None) -> CheckpointDict: ...
+
+class _SpectrumDict(TypedDict):
+    singular_values: list[float]
+    frobenius_norm: float
+    spectral_norm: float
+    stable_rank: float
+    energy_rank_90: int
+    energy_rank_95: int
+    energy_rank_99: int
+    energy_rank_exact: bool
+    alpha: float
+    nonfinite: int
+    method: str
+    iterations: int
+    converged: bool
+
+def spectra(
+    shards: list[tuple[str, int]],
+    jobs: list[tuple[str, list[tuple[int, int, int]], int, str]],
+    *,
+    top_k: int = 32,
+    method: str = "auto",
+    rtol: Optional[float] = None,
+    seed: int = 0,
+    oversample: int = 8,
+    max_iter: Optional[int] = None,
+    threads: Optional[int] = None,
+    progress: Optional[Callable[[int, int, str], object]] = None,
+) -> list[_SpectrumDict]: ...

@@ -9,7 +9,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use lora_rank_core::{checkpoint, Error};
+use lora_rank_core::{checkpoint, spectral, Dtype, Error};
 
 create_exception!(
     lora_rank,
@@ -133,6 +133,132 @@ fn open_checkpoint<'py>(
     Ok(out)
 }
 
+/// Spectral statistics of matrices streamed from safetensors shards (see `lora_rank.spectral`).
+///
+/// `shards`: `(path, size implied by the header)`; `jobs`: `(name, [(shard, offset, rows)],
+/// cols, dtype)`. The scan runs on a worker thread with the GIL released; this thread wakes
+/// every 100 ms to report progress and check for Ctrl-C (which cancels the scan).
+#[pyfunction]
+#[pyo3(signature = (shards, jobs, *, top_k=32, method="auto", rtol=None, seed=0, oversample=8,
+                    max_iter=None, threads=None, progress=None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn spectra<'py>(
+    py: Python<'py>,
+    shards: Vec<(std::path::PathBuf, u64)>,
+    jobs: Vec<(String, Vec<(usize, u64, usize)>, usize, String)>,
+    top_k: usize,
+    method: &str,
+    rtol: Option<f64>,
+    seed: u64,
+    oversample: usize,
+    max_iter: Option<usize>,
+    threads: Option<usize>,
+    progress: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    let value_error = pyo3::exceptions::PyValueError::new_err;
+    let method = spectral::Method::parse(method)
+        .ok_or_else(|| value_error(format!("unknown method {method:?}")))?;
+    let settings = spectral::Settings {
+        top_k,
+        method,
+        rtol: rtol.unwrap_or(spectral::DEFAULT_RTOL),
+        max_iter: max_iter.unwrap_or(spectral::DEFAULT_MAX_ITER),
+        seed,
+        oversample,
+    };
+    let shards: Vec<spectral::ShardFile> = shards
+        .into_iter()
+        .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
+        .collect();
+    let jobs = jobs
+        .into_iter()
+        .map(|(name, segs, cols, dtype)| {
+            let dtype = Dtype::parse(&dtype)
+                .ok_or_else(|| value_error(format!("tensor {name:?}: unknown dtype {dtype:?}")))?;
+            let segments = segs
+                .into_iter()
+                .map(|(shard, offset, rows)| spectral::SegmentSpec {
+                    shard,
+                    offset,
+                    rows,
+                })
+                .collect();
+            Ok(spectral::Job {
+                name,
+                segments,
+                cols,
+                dtype,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(spectral::Progress::default());
+    let finished_flag = Arc::new((Mutex::new(false), Condvar::new()));
+    let worker = {
+        let (cancel, state, flag) = (cancel.clone(), state.clone(), finished_flag.clone());
+        std::thread::spawn(move || {
+            let r = with_pool(threads, || {
+                spectral::compute(&shards, &jobs, &settings, &cancel, &state)
+            });
+            *flag.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            flag.1.notify_all();
+            r
+        })
+    };
+    let mut reported = 0;
+    let outcome: PyResult<()> = loop {
+        let finished = py.detach(|| {
+            let (lock, cv) = &*finished_flag;
+            let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let timeout = std::time::Duration::from_millis(100);
+            let (guard, _) = cv
+                .wait_timeout_while(guard, timeout, |done| !*done)
+                .unwrap_or_else(|e| e.into_inner());
+            *guard || worker.is_finished()
+        });
+        let mut step = py.check_signals();
+        for job in state.finished_since(reported) {
+            reported += 1;
+            if let (Ok(()), Some(cb)) = (&step, &progress) {
+                step = cb.call1((reported, names.len(), &names[job])).map(|_| ());
+            }
+        }
+        if step.is_err() || finished {
+            break step;
+        }
+    };
+    if outcome.is_err() {
+        cancel.store(true, Ordering::Relaxed);
+    }
+    let joined = py.detach(|| worker.join());
+    outcome?;
+    let results = joined
+        .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("spectral worker panicked"))??
+        .map_err(to_pyerr)?;
+    let out = PyList::empty(py);
+    for s in results {
+        let d = PyDict::new(py);
+        d.set_item("singular_values", s.singular_values)?;
+        d.set_item("frobenius_norm", s.frobenius_norm)?;
+        d.set_item("spectral_norm", s.spectral_norm)?;
+        d.set_item("stable_rank", s.stable_rank)?;
+        d.set_item("energy_rank_90", s.energy_ranks[0])?;
+        d.set_item("energy_rank_95", s.energy_ranks[1])?;
+        d.set_item("energy_rank_99", s.energy_ranks[2])?;
+        d.set_item("energy_rank_exact", s.energy_rank_exact)?;
+        d.set_item("alpha", s.alpha)?;
+        d.set_item("nonfinite", s.nonfinite)?;
+        d.set_item("method", s.method.name())?;
+        d.set_item("iterations", s.iterations)?;
+        d.set_item("converged", s.converged)?;
+        out.append(d)?;
+    }
+    Ok(out)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -150,5 +276,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NotACheckpointError", py.get_type::<NotACheckpointError>())?;
     m.add("FileChangedError", py.get_type::<FileChangedError>())?;
     m.add_function(wrap_pyfunction!(open_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(spectra, m)?)?;
     Ok(())
 }

@@ -18,7 +18,8 @@ pub mod stats;
 use std::fs::{self, File};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
 
 use faer::Par;
@@ -144,18 +145,25 @@ pub struct Spectrum {
     pub converged: bool,
 }
 
-/// Jobs finished so far and the index of the last one finished (+1; 0 = none yet), for a
-/// progress display polled from another thread.
+/// Indices of the jobs finished so far, in the order they finished, for a progress display
+/// polled from another thread ([`Progress::finished_since`]).
 #[derive(Debug, Default)]
 pub struct Progress {
-    pub done: AtomicUsize,
-    pub last: AtomicUsize,
+    finished: Mutex<Vec<usize>>,
 }
 
 impl Progress {
     fn finish(&self, job: usize) {
-        self.last.store(job + 1, Ordering::Relaxed);
-        self.done.fetch_add(1, Ordering::Relaxed);
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job);
+    }
+
+    /// Jobs finished after the first `seen` ones, in finishing order.
+    pub fn finished_since(&self, seen: usize) -> Vec<usize> {
+        let f = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        f.get(seen..).map(<[usize]>::to_vec).unwrap_or_default()
     }
 }
 

@@ -1,0 +1,301 @@
+"""Spectral statistics of every weight matrix, streamed from the shards by the Rust engine.
+
+:func:`compute_spectra` fills :attr:`Module.spectrum` for every 2-D weight (linear layers,
+embeddings, ``lm_head``, routers) and :attr:`Module.expert_spectra` (one per expert) for MoE
+expert modules. It is what ``lora_rank.analyze(path, spectral=True)`` runs.
+
+How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
+
+- **Reading**: each matrix is read in row panels with positioned reads and decoded from its
+  stored dtype (F32, F16, BF16, F64, F8_E4M3, F8_E5M2) into ``f32`` panels; no full copy of a
+  matrix is ever made. A runtime matrix that transformers fuses from several stored tensors
+  (an expert's ``gate_proj`` + ``up_proj``) is read as their row stack, an expert slice of a
+  stored 3-D tensor as its contiguous block. Conv1D weights (stored ``[in, out]``) need nothing
+  special: singular values do not change under transposition.
+- **method="randomized"**: randomized block Krylov on WᵀW (Halko–Martinsson–Tropp; Musco &
+  Musco), blocks of ``top_k + 8`` columns, every block kept; each iteration is one fused pass
+  over the matrix. It stops when every top-k singular value changed by at most ``rtol``
+  (relative, default 1e-3) between two iterations, or after ``max_iter`` passes (default 16).
+  Ritz values approach the true σ from below.
+- **method="exact"**: the Gram matrix over the smaller dimension in f64 and a symmetric
+  eigensolver: the whole spectrum. ``"auto"`` (default) uses it when min(rows, cols) ≤ 512.
+- **frobenius_norm** is exact (f64 sum of squares, same pass); **stable_rank** = ‖W‖_F²/σ₁².
+- **energy_rank_90/95/99**: smallest r with Σᵢ≤ᵣ σᵢ² ≥ share·‖W‖_F². Counted from the known σ
+  when they reach the share (always in exact mode: ``energy_rank_exact=True``). Otherwise an
+  estimate (``energy_rank_exact=False``): the unknown σᵢ² beyond the top-k are modelled as
+  decreasing linearly in i from σ²ₖ, with the slope set by the known remaining energy
+  ‖W‖_F² − Σᵢ≤ₖ σᵢ² spread over the min(rows, cols) − k remaining values. It is never below
+  the rigorous lower bound k + ⌈(share·‖W‖_F² − Σᵢ≤ₖ σᵢ²)/σ²ₖ⌉.
+- **alpha**: Hill estimator of the power-law exponent of the eigenvalues λᵢ = σᵢ² of WᵀW, on
+  the tail of the top t = top_k eigenvalues with x_min = λₜ: α = 1 + t / Σᵢ≤ₜ ln(λᵢ/λₜ) (the
+  ``PL_Alpha_Hill`` formula of TempBalance / AlphaLoRA / AlphaPruning, which use the top half
+  of the full spectrum as the tail; WeightWatcher instead fits xmin by maximum likelihood, so
+  values differ). NaN when undefined (all top values equal, or fewer than two).
+- **nonfinite**: count of NaN/Inf elements; when nonzero, every other field is NaN (energy
+  ranks 0), a warning is added to the report and issued, and the scan goes on.
+
+Threads: a pool of ``threads`` (default: all cores); large matrices are split into panel
+groups reduced in a fixed order, small ones run in parallel with each other, so results are
+deterministic for a given ``seed`` and thread count. The GIL is released during the scan;
+Ctrl-C stops it within a fraction of a second with KeyboardInterrupt. A shard whose size or
+modification time changes during the scan (or whose size no longer matches its header) raises
+:class:`~lora_rank.FileChangedError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings as _warnings
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+from . import _core
+from .errors import ConfigError
+from .progress import ProgressCallback, progress_reporter
+from .report import Module, Report, Spectrum, Tensor
+
+METHODS = ("auto", "randomized", "exact")
+#: Default relative convergence tolerance of the randomized solver.
+DEFAULT_RTOL = 1e-3
+#: Default cap on randomized iterations (passes over a matrix).
+DEFAULT_MAX_ITER = 16
+_ELEMENT_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+_EXPERT_INDEX = re.compile(r"(?:^|\.)experts\.(\d+)\.")
+
+Segment = tuple[int, int, int]
+Job = tuple[str, list[Segment], int, str]
+
+
+def _element_size(t: Tensor) -> int:
+    # Undecodable dtypes are refused by the engine, which names file and tensor.
+    return _ELEMENT_SIZE.get(t.dtype, 1)
+
+
+def _is_weight(key: str) -> bool:
+    return key == "weight" or key.endswith(".weight")
+
+
+class _Plan:
+    """Jobs for the engine and where each result goes."""
+
+    def __init__(self, report: Report) -> None:
+        self.jobs: list[Job] = []
+        #: (module, expert index or None) per job.
+        self.targets: list[tuple[Module, Optional[int]]] = []
+        self.tensors = {t.name: t for t in report.tensors}
+        self.shard_index = _shard_index(report)
+        self.warnings: list[str] = []
+        for m in report.modules:
+            if m.kind != "norm":
+                self._add_module(m)
+
+    def _segment(self, t: Tensor, offset: int, rows: int) -> Segment:
+        return (self.shard_index[t.shard], offset, rows)
+
+    def _stack(self, name: str, parts: list[Tensor]) -> Optional[Job]:
+        """One job reading ``parts`` (2-D, same columns and dtype) as their row stack."""
+        if len({(t.shape[1], t.dtype) for t in parts}) != 1:
+            return None
+        segments = [self._segment(t, t.begin, t.shape[0]) for t in parts]
+        return (name, segments, parts[0].shape[1], parts[0].dtype)
+
+    def _add(self, job: Job, module: Module, expert: Optional[int]) -> None:
+        self.jobs.append(job)
+        self.targets.append((module, expert))
+
+    def _add_module(self, m: Module) -> None:
+        stored = [self.tensors[k] for k in m.checkpoint_keys if k in self.tensors]
+        weights = [t for t in stored if _is_weight(t.name) and len(t.shape) in (2, 3)]
+        if not weights:
+            return
+        if m.num_experts is not None:
+            self._add_experts(m, weights)
+            return
+        two_d = [t for t in weights if len(t.shape) == 2]
+        if not two_d:
+            return
+        name = two_d[0].name if len(two_d) == 1 else m.name
+        job = self._stack(name, two_d)
+        if job is None:
+            self.warnings.append(
+                f"{m.name}: its stored weights differ in columns or dtype; spectrum of "
+                f"{two_d[0].name} only"
+            )
+            job = self._stack(two_d[0].name, two_d[:1])
+        assert job is not None
+        self._add(job, m, None)
+
+    def _add_experts(self, m: Module, weights: list[Tensor]) -> None:
+        three_d = [t for t in weights if len(t.shape) == 3]
+        if len(three_d) == 1 and len(weights) == 1:
+            t = three_d[0]
+            experts, rows, cols = t.shape
+            block = rows * cols * _element_size(t)
+            for e in range(experts):
+                seg = self._segment(t, t.begin + e * block, rows)
+                self._add((f"{t.name}[{e}]", [seg], cols, t.dtype), m, e)
+            return
+        by_expert: dict[int, list[Tensor]] = defaultdict(list)
+        for t in weights:
+            match = _EXPERT_INDEX.search(t.name)
+            if match is None or len(t.shape) != 2:
+                by_expert.clear()
+                break
+            by_expert[int(match.group(1))].append(t)
+        if not by_expert:
+            self.warnings.append(
+                f"{m.name}: expert tensors not recognised "
+                f"({', '.join(t.name for t in weights[:3])}); no expert spectra"
+            )
+            return
+        for e in sorted(by_expert):
+            job = self._stack(f"{m.name}[{e}]", by_expert[e])
+            if job is None:
+                self.warnings.append(
+                    f"{m.name}: the parts of expert {e} differ in columns or dtype; "
+                    "no expert spectra"
+                )
+                return
+        for e in sorted(by_expert):
+            job = self._stack(f"{m.name}[{e}]", by_expert[e])
+            assert job is not None
+            self._add(job, m, e)
+
+
+def _shard_index(report: Report) -> dict[str, int]:
+    """Shard file name (as in :attr:`Tensor.shard`) → index into :attr:`Report.shards`."""
+    out: dict[str, int] = {}
+    for name in {t.shard for t in report.tensors}:
+        for i, path in enumerate(report.shards):
+            if path == name or path.endswith(os.sep + name) or path.endswith("/" + name):
+                out[name] = i
+                break
+        else:
+            raise ConfigError(f"tensor shard {name!r} is not among the report's shards")
+    return out
+
+
+def _expected_sizes(report: Report, shard_index: dict[str, int]) -> list[int]:
+    """File size each shard's header implies (its data ends with its last tensor)."""
+    sizes = [-1] * len(report.shards)
+    for t in report.tensors:
+        i = shard_index[t.shard]
+        sizes[i] = max(sizes[i], t.end)
+    return sizes
+
+
+def _spectrum(d: Mapping[str, Any]) -> Spectrum:
+    return Spectrum(
+        singular_values=tuple(d["singular_values"]),
+        frobenius_norm=d["frobenius_norm"],
+        spectral_norm=d["spectral_norm"],
+        stable_rank=d["stable_rank"],
+        energy_rank_90=d["energy_rank_90"],
+        energy_rank_95=d["energy_rank_95"],
+        energy_rank_99=d["energy_rank_99"],
+        energy_rank_exact=d["energy_rank_exact"],
+        alpha=d["alpha"],
+        nonfinite=d["nonfinite"],
+        method=d["method"],
+    )
+
+
+def _check_args(
+    top_k: int, method: str, rtol: Optional[float], seed: int, threads: Optional[int]
+) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k must be a positive integer, not {top_k!r}")
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if rtol is not None and not (0.0 < rtol < 1.0):
+        raise ConfigError(f"rtol must be in (0, 1), not {rtol!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ConfigError(f"seed must be an integer in [0, 2**64), not {seed!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer or None, not {threads!r}")
+
+
+def compute_spectra(
+    report: Report,
+    *,
+    top_k: int = 32,
+    method: str = "auto",
+    rtol: Optional[float] = None,
+    seed: int = 0,
+    threads: Optional[int] = None,
+    progress: Union[bool, ProgressCallback, None] = None,
+    max_iter: Optional[int] = None,
+) -> None:
+    """Compute spectra of every weight matrix of ``report`` in place (see the module docs).
+
+    Args:
+        report: from :func:`lora_rank.analyze` (the checkpoint must not have changed since).
+        top_k: number of top singular values per matrix.
+        method: ``"auto"``, ``"randomized"`` or ``"exact"``.
+        rtol: convergence tolerance of the randomized solver (default 1e-3).
+        seed: seed of the random start blocks (results are reproducible per seed and threads).
+        threads: worker threads (default: all cores).
+        progress: ``callback(done, total, name)`` per matrix, True for a bar, False for none,
+            None for a bar only when stderr is a terminal.
+        max_iter: cap on randomized iterations (default 16).
+
+    Raises:
+        FileChangedError: a shard changed since ``analyze`` read its header.
+        UnsupportedFormatError: a weight's dtype cannot be decoded (integer/packed formats).
+
+    Example:
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> compute_spectra(report, top_k=8, progress=False)
+        >>> s = report.module("encoder.layer.0.attention.self.query").spectrum
+        >>> round(s.singular_values[0], 2), s.method
+        (6.12, 'exact')
+    """
+    _check_args(top_k, method, rtol, seed, threads)
+    plan = _Plan(report)
+    sizes = _expected_sizes(report, plan.shard_index)
+    shards = [(path, size) for path, size in zip(report.shards, sizes)]
+    with progress_reporter(progress, len(plan.jobs)) as callback:
+        results = _core.spectra(
+            shards,
+            plan.jobs,
+            top_k=top_k,
+            method=method,
+            rtol=rtol,
+            seed=seed,
+            max_iter=max_iter,
+            threads=threads,
+            progress=callback,
+        )
+    experts: dict[str, dict[int, Spectrum]] = defaultdict(dict)
+    warns = list(plan.warnings)
+    for (module, expert), job, d in zip(plan.targets, plan.jobs, results):
+        spectrum = _spectrum(d)
+        if spectrum.nonfinite:
+            warns.append(
+                f"{job[0]}: {spectrum.nonfinite} NaN/Inf value(s); its spectral statistics are NaN"
+            )
+        if expert is None:
+            module.spectrum = spectrum
+        else:
+            experts[module.name][expert] = spectrum
+    for module in report.modules:
+        if module.name in experts:
+            per = experts[module.name]
+            module.expert_spectra = tuple(per[e] for e in sorted(per))
+    for w in warns:
+        _warnings.warn(w, stacklevel=3)
+    report.warnings.extend(warns)
+    report.spectral_settings = {
+        "top_k": top_k,
+        "method": method,
+        "rtol": DEFAULT_RTOL if rtol is None else rtol,
+        "max_iter": DEFAULT_MAX_ITER if max_iter is None else max_iter,
+        "seed": seed,
+        "threads": threads if threads is not None else os.cpu_count(),
+        "oversample": 8,
+        "solver": "randomized block Krylov on WᵀW; exact: f64 Gram + symmetric eigensolver",
+        "alpha": f"Hill, tail = top {top_k} eigenvalues",
+    }
