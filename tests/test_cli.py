@@ -262,3 +262,86 @@ def test_recommend_json(capsys: pytest.CaptureFixture[str], minilm: Path) -> Non
     rec = lora_rank.analyze(minilm).recommend("attention-qv")
     assert data == json.loads(json.dumps(rec.to_dict()))
     assert "not written" not in err
+
+
+# -- spectra and plots -----------------------------------------------------------------------
+
+
+def _numpy_stable_rank(path: Path, key: str) -> float:
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    w = load_file(str(path / "model.safetensors"))[key].astype(np.float64)
+    s = np.linalg.svd(w, compute_uv=False)
+    return float(np.sum(s**2) / s[0] ** 2)
+
+
+def test_analyze_spectral_csv_against_numpy(
+    capsys: pytest.CaptureFixture[str], minilm: Path
+) -> None:
+    import statistics
+
+    status, out, _ = main(capsys, "analyze", "--demo", "--spectral", "--format", "csv", "-q")
+    assert status == 0
+    rows = {r["kind"]: r for r in csv.DictReader(io.StringIO(out))}
+    ranks = [
+        _numpy_stable_rank(minilm, f"encoder.layer.{i}.attention.self.query.weight")
+        for i in range(6)
+    ]
+    q = rows["attn_q"]
+    assert float(q["stable_rank_median"]) == pytest.approx(statistics.median(ranks), rel=1e-3)
+    assert float(q["stable_rank_min"]) == pytest.approx(min(ranks), rel=1e-3)
+    assert float(q["stable_rank_max"]) == pytest.approx(max(ranks), rel=1e-3)
+    assert rows["norm"]["stable_rank_median"] == ""  # 1-D: no spectrum
+
+
+def test_quiet_turns_progress_off(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lora_rank.analysis
+
+    seen: list[object] = []
+    real = lora_rank.analysis.analyze
+
+    def spy(*args: object, **kwargs: object) -> lora_rank.Report:
+        seen.append(kwargs["progress"])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lora_rank.analysis, "analyze", spy)
+    main(capsys, "analyze", "--demo", "--quiet")
+    main(capsys, "analyze", "--demo")
+    # --quiet: no bar; otherwise the default (a bar only when stderr is a terminal).
+    assert seen == [False, None]
+
+
+@pytest.mark.parametrize(
+    ("args", "magic"),
+    [
+        (["--metric", "alpha"], b"\x89PNG\r\n\x1a\n"),
+        (["--spectra", "layer.0.attention.self.query", "pooler.dense"], b"<?xml"),
+        (["--metric", "rank", "--strategy", "attention8-mlp4"], b"%PDF"),
+    ],
+)
+def test_plot_writes_image(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], magic: bytes
+) -> None:
+    pytest.importorskip("matplotlib")
+    suffix = {b"\x89PNG\r\n\x1a\n": "png", b"<?xml": "svg", b"%PDF": "pdf"}[magic]
+    out = tmp_path / f"figure.{suffix}"
+    status, stdout, err = main(capsys, "plot", "--demo", *args, "--out", str(out), "-q")
+    assert status == 0, err
+    assert stdout == "" and err == ""
+    assert out.read_bytes().startswith(magic)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_plot_unknown_module_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    status, _, err = main(
+        capsys, "plot", "--demo", "--spectra", "q_proj", "--out", str(tmp_path / "x.png")
+    )
+    assert status == 2
+    assert err.strip() == (
+        "lora-rank plot: error: no module matches 'q_proj' (give a runtime name, suffix or glob)"
+    )
+    assert not (tmp_path / "x.png").exists()

@@ -97,7 +97,8 @@ def test_heatmap_integer_metric_and_ranks(minilm_spectra: lora_rank.Report) -> N
     assert "energy rank 90%" in fig.axes[1].get_ylabel()
     cell_texts = [t.get_text() for t in fig.axes[0].texts]
     assert len(cell_texts) == 36 and all(t.isdigit() for t in cell_texts), cell_texts
-    # metric="rank": the values given (here: 8 on queries, 4 on values), NaN elsewhere.
+    # metric="rank": the values given (here: 8 on queries, 4 on values); the other LoRA
+    # candidates are grey (NaN): not adapted.
     ranks = {
         m.name: 8 if m.kind == "attn_q" else 4
         for m in minilm_spectra.modules
@@ -105,9 +106,27 @@ def test_heatmap_integer_metric_and_ranks(minilm_spectra: lora_rank.Report) -> N
     }
     fig = plot.heatmap(minilm_spectra, "rank", ranks=ranks)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["attn_q", "attn_v"]
-    assert np.array_equal(_image(fig), np.array([[8.0, 4.0]] * 6))
+    kinds = [t.get_text() for t in ax.get_xticklabels()]
+    assert kinds == ["attn_q", "attn_k", "attn_v", "attn_o", "mlp_up", "mlp_down"]
+    expected = np.full((6, 6), np.nan)
+    expected[:, 0], expected[:, 2] = 8, 4
+    assert np.array_equal(_image(fig), expected, equal_nan=True)
+    assert "grey: not adapted" in ax.get_xlabel()
     assert "LoRA rank" in fig.axes[1].get_ylabel()
+    assert all(float(t).is_integer() for t in fig.axes[1].get_yticks())
+
+
+def test_heatmap_of_a_recommendation(minilm: Path) -> None:
+    rec = lora_rank.analyze(minilm).recommend("attention8-mlp4")
+    report = lora_rank.analyze(minilm)
+    g = plot.grid(report, "rank", rec.module_ranks())
+    for t in rec.targets:
+        if t.layer is not None:
+            assert g.values[t.layer][g.kinds.index(t.kind)] == t.rank
+    adapted = {(t.layer, t.kind) for t in rec.targets}
+    for i, row in enumerate(g.values):
+        for j, v in enumerate(row):
+            assert np.isnan(v) == ((i, g.kinds[j]) not in adapted)
 
 
 def test_heatmap_errors(minilm: Path, minilm_spectra: lora_rank.Report) -> None:

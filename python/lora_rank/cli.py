@@ -366,7 +366,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UsageError(f"{(given or ['--strategy'])[0]} only applies with --metric rank")
     if args.metric == "rank":
         report, rec = _recommendation(args)
-        fig = plot.heatmap(report, "rank", ranks=rec.module_ranks())
+        fig = plot.heatmap(
+            report,
+            "rank",
+            ranks=rec.module_ranks(),
+            subtitle=f"strategy {rec.strategy}: {len(rec.targets)} modules, "
+            f"{rec.trainable_params:,} trainable parameters",
+        )
     else:
         report = _analyze(args, spectral=True)
         fig = (

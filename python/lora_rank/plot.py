@@ -112,10 +112,11 @@ def grid(
         if key is None:
             continue
         found = _module_value(m, metric, ranks)
-        if found:
+        # For ranks, every LoRA candidate gets a cell: empty (grey) when not adapted.
+        if found or (metric == "rank" and m.is_lora_target):
             stacks.setdefault(key[0])
             cells.setdefault((key, m.kind), []).extend(found)
-    if not cells:
+    if not any(cells.values()):
         hint = " (run with spectral=True)" if metric != "rank" and not report.has_spectra else ""
         raise ConfigError(f"no module in numbered layers has a value of {metric!r}{hint}")
     # Encoder stacks before decoder stacks, otherwise in model order.
@@ -130,7 +131,10 @@ def grid(
         for stack, layer in keys
     ]
     values = [
-        [statistics.median(cells[(k, kind)]) if (k, kind) in cells else math.nan for kind in kinds]
+        [
+            statistics.median(cells[(k, kind)]) if cells.get((k, kind)) else math.nan
+            for kind in kinds
+        ]
         for k in keys
     ]
     counts = [[len(cells.get((k, kind), ())) for kind in kinds] for k in keys]
@@ -148,13 +152,16 @@ def heatmap(
     metric: str = "stable_rank",
     *,
     ranks: Optional[Mapping[str, int]] = None,
+    subtitle: Optional[str] = None,
 ) -> Figure:
     """A layer × module-kind heatmap of ``metric`` (one of :data:`METRICS`), with a colour bar.
 
     Each cell is the median over the modules of that kind in that layer (several for MoE
     experts or encoder-decoder cross-attention). Layers are rows, top to bottom; many layers
     get thinned tick labels so they stay readable. ``metric="rank"`` plots ``ranks`` (runtime
-    module or parameter name → LoRA rank), e.g. from a recommendation.
+    module name → LoRA rank, e.g. ``Recommendation.module_ranks()``) over every LoRA candidate,
+    grey where a candidate is not adapted. ``subtitle`` replaces the line under the title that
+    says how to read the colours.
 
     Example:
         >>> import lora_rank
@@ -177,7 +184,11 @@ def heatmap(
     ax = fig.add_subplot()
     data = np.ma.masked_invalid(np.array(g.values, dtype=float))
     cmap = mpl.colormaps["viridis"].with_extremes(bad="#e4e4e4")
-    image = ax.imshow(data, aspect="auto", cmap=cmap, interpolation="nearest")
+    integer = metric in _INTEGER
+    lo, hi = float(data.min()), float(data.max())
+    if hi - lo < (1.0 if integer else 1e-9 * max(abs(hi), 1.0)):
+        lo, hi = lo - 1, hi + 1  # one value everywhere: centre it in the colour bar
+    image = ax.imshow(data, aspect="auto", cmap=cmap, interpolation="nearest", vmin=lo, vmax=hi)
     rotate = ncols > 5
     ax.set_xticks(
         range(ncols), g.kinds, rotation=35 if rotate else 0, ha="right" if rotate else "center"
@@ -187,16 +198,22 @@ def heatmap(
     shown = list(range(0, nrows, step))
     ax.set_yticks(shown, [g.rows[i] for i in shown], fontsize=9 if nrows <= 24 else 8)
     missing = bool(np.ma.getmaskarray(data).any())
-    ax.set_xlabel("module kind" + ("   (grey: no such module in that layer)" if missing else ""))
+    grey = "not adapted" if metric == "rank" else "no such module in that layer"
+    ax.set_xlabel("module kind" + (f"   (grey: {grey})" if missing else ""))
     ax.set_ylabel("layer")
     name = METRICS[metric].split("  ")[0]
     fig.suptitle(_title(report, name + " per layer and module kind"), fontsize=11)
-    ax.set_title(_READING[metric], fontsize=8, color="0.35")
+    ax.set_title(subtitle or _READING[metric], fontsize=8, color="0.35")
     cbar = fig.colorbar(image, ax=ax, pad=0.02, aspect=min(60.0, max(20.0, 5 * plot_h)))
+    if integer:
+        from matplotlib.ticker import MaxNLocator
+
+        cbar.locator = MaxNLocator(integer=True)
+        cbar.update_ticks()
     multi = any(c > 1 for row in g.counts for c in row)
     cbar.set_label(METRICS[metric] + ("\nmedian over the matrices of each cell" if multi else ""))
     if nrows * ncols <= _MAX_ANNOTATED:
-        _annotate(ax, g, image, integer=metric in _INTEGER)
+        _annotate(ax, g, image, integer)
     return fig
 
 

@@ -177,8 +177,9 @@ def summary(report: Report) -> list[tuple[str, str]]:
         ),
     ]
     if report.spectral_settings is not None:
-        settings = ", ".join(f"{k}={v}" for k, v in report.spectral_settings.items())
-        rows.append(("spectra", settings))
+        shown = ("top_k", "method", "seed")
+        settings = ", ".join(f"{k}={v}" for k, v in report.spectral_settings.items() if k in shown)
+        rows.append(("spectra", settings or "computed"))
     return rows
 
 
@@ -526,6 +527,22 @@ def _rank_text(ranks: list[int]) -> str:
     return f"{lo}–{hi} (median {fmt_number(float(statistics.median(ranks)))})"
 
 
+def ranges(values: Sequence[int]) -> str:
+    """Sorted integers as compact ranges.
+
+    Example:
+        >>> ranges([0, 1, 2, 5, 7, 8]), ranges([])
+        ('0–2, 5, 7–8', '')
+    """
+    spans: list[list[int]] = []
+    for v in values:
+        if spans and v == spans[-1][1] + 1:
+            spans[-1][1] = v
+        else:
+            spans.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in spans)
+
+
 def recommendation_kind_rows(rec: Recommendation) -> list[dict[str, Any]]:
     """The adapted modules of ``rec`` per kind: count, layers, rank range, alpha range and
     trainable parameters.
@@ -543,16 +560,13 @@ def recommendation_kind_rows(rec: Recommendation) -> list[dict[str, Any]]:
     rows = []
     for kind in [k for k in KINDS if k in by_kind] + sorted(set(by_kind) - set(KINDS)):
         ts = by_kind[kind]
-        layers = sorted({t.layer for t in ts if t.layer is not None})
         alphas = sorted({fmt_number(float(t.alpha)) for t in ts}, key=float)
         rows.append(
             {
                 "kind": kind,
                 "names": _first_distinct([t.key.rsplit(".", 1)[-1] for t in ts]),
                 "modules": len(ts),
-                "layers": f"{layers[0]}–{layers[-1]}"
-                if len(layers) > 1
-                else (str(layers[0]) if layers else ""),
+                "layers": ranges(sorted({t.layer for t in ts if t.layer is not None})),
                 "rank": _rank_text([t.rank for t in ts]),
                 "alpha": alphas[0] if len(alphas) == 1 else f"{alphas[0]}–{alphas[-1]}",
                 "params": sum(t.params for t in ts),
