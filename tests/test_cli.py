@@ -345,3 +345,35 @@ def test_plot_unknown_module_one_line(capsys: pytest.CaptureFixture[str], tmp_pa
         "lora-rank plot: error: no module matches 'q_proj' (give a runtime name, suffix or glob)"
     )
     assert not (tmp_path / "x.png").exists()
+
+
+# -- notebook HTML ---------------------------------------------------------------------------
+
+
+def test_repr_html_escapes_and_lists_kinds(minilm: Path) -> None:
+    from html.parser import HTMLParser
+
+    report = lora_rank.analyze(minilm)
+    report.model_type = "<script>x</script>"
+    html = report._repr_html_()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cells: list[str] = []
+
+        def handle_data(self, data: str) -> None:
+            self.cells.append(data)
+
+    parser = Cells()
+    parser.feed(html)
+    for kind in report.kind_counts():
+        assert kind in parser.cells
+    assert f"{report.total_params:,}" in " ".join(parser.cells)
+
+    rec = lora_rank.analyze(minilm).recommend("attention-qv")
+    parser = Cells()
+    parser.feed(rec._repr_html_())
+    assert {"attn_q", "attn_v", f"{rec.trainable_params:,}"} <= set(parser.cells)
+    assert "['query', 'value']" in parser.cells

@@ -106,6 +106,9 @@ def recommendation_html(rec: Recommendation) -> str:
     headers = ["kind", "names", "modules", "layers", "rank", "alpha", "trainable params"]
     keys = ["kind", "names", "modules", "layers", "rank", "alpha", "params"]
     rows = [[fmt_number(r[k]) for k in keys] for r in recommendation_kind_rows(rec)]
+    rows.append(
+        ["total", "", fmt_number(len(rec.targets)), "", "", "", fmt_number(rec.trainable_params)]
+    )
     body = table(
         headers,
         rows,

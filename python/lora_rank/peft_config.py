@@ -247,6 +247,12 @@ class Recommendation:
             f"{self.trainable_params:,} trainable params)"
         )
 
+    def _repr_html_(self) -> str:
+        """Notebook display: PEFT fields, trainable count, ranks per kind (:mod:`lora_rank.html`)."""
+        from .html import recommendation_html
+
+        return recommendation_html(self)
+
 
 # -- building ------------------------------------------------------------------------------
 
@@ -269,12 +275,16 @@ def _target_module_options(
         options.append({"target_modules": listed})
     layers = {peft_rules.layer_of(n) for n in mods}
     if None not in layers:
-        shapes = {patterns.template(n) for n in mods}
-        pool = [
-            r.key
-            for r in universe.reach.values()
-            if not r.is_parameter and patterns.template(r.key) in shapes
-        ]
+        # Every layer's module of each role targeted, in the targets' (kind) order.
+        shapes = list(dict.fromkeys(patterns.template(n) for n in mods))
+        pool = sorted(
+            (
+                r.key
+                for r in universe.reach.values()
+                if not r.is_parameter and patterns.template(r.key) in shapes
+            ),
+            key=lambda n: shapes.index(patterns.template(n)),
+        )
         pooled = patterns.suffix_list(pool, universe.modules)
         if pooled:
             options.append(
@@ -286,8 +296,9 @@ def _target_module_options(
     if universe.moe is None:
         rx = patterns.regex(mods, universe.modules)
         if rx:
-            prefix = r".*\." if all("." in n for n in mods) else r"(?:.*\.)?"
-            options.append({"target_modules": prefix + patterns.embed(rx)})
+            # The shorter form unless a piece starts at a top-level name (checked by applied()).
+            for prefix in (r".*\.", r"(?:.*\.)?"):
+                options.append({"target_modules": prefix + patterns.embed(rx)})
     return options
 
 
