@@ -1,0 +1,92 @@
+//! The spectral engine's streaming kernels on a Llama-3-8B MLP-shaped bf16 matrix
+//! (14336 × 4096, 117 MB, random data in a temporary file):
+//! - `decode`: positioned reads of every row panel, bf16 → f32;
+//! - `fused_pass`: one randomized-solver pass (Y = P·X, acc += Pᵀ·Y per panel, block of 40
+//!   columns) = `solver::randomized` capped at one iteration.
+//!
+//! Run with `cargo bench -p lora_rank_core --bench panel`.
+
+use std::fs::File;
+use std::hint::black_box;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use faer::Par;
+use half::bf16;
+use lora_rank_core::spectral::solver::{randomized, SolverConfig};
+use lora_rank_core::spectral::source::{MatrixSource, Segment};
+use lora_rank_core::Dtype;
+
+const ROWS: usize = 14336;
+const COLS: usize = 4096;
+/// Elements per decoded panel (the engine's default: 2 MiB of f32).
+const PANEL_ELEMENTS: usize = 1 << 19;
+
+/// Write `rows × cols` pseudo-random bf16 values (xorshift, in [-1, 1)) to `path`.
+fn write_bf16_matrix(path: &Path, rows: usize, cols: usize) {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut bytes = Vec::with_capacity(cols * 2);
+    let mut f = File::create(path).expect("create");
+    for _ in 0..rows {
+        bytes.clear();
+        for _ in 0..cols {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+            bytes.extend_from_slice(&bf16::from_f32(x).to_le_bytes());
+        }
+        f.write_all(&bytes).expect("write");
+    }
+}
+
+fn bench_panel(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("w.bin");
+    write_bf16_matrix(&path, ROWS, COLS);
+    let file = File::open(&path).expect("open");
+    let seg = Segment {
+        file: &file,
+        path: &path,
+        offset: 0,
+        rows: ROWS,
+    };
+    let src = MatrixSource::new(vec![seg], COLS, Dtype::BF16);
+    let panel_rows = PANEL_ELEMENTS / COLS;
+
+    let mut g = c.benchmark_group("panel");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Bytes(src.nbytes()));
+    g.bench_function("decode/14336x4096 bf16", |b| {
+        let mut bytes = Vec::new();
+        let mut out = vec![0f32; panel_rows * COLS];
+        b.iter(|| {
+            for p in src.panels(panel_rows) {
+                src.read_panel(p, &mut bytes, &mut out, None).expect("read");
+            }
+            black_box(out[0])
+        })
+    });
+    let cfg = SolverConfig {
+        top_k: 32,
+        block: 40,
+        rtol: 1e-3,
+        max_iter: 1,
+        seed: 0,
+        chunks: rayon::current_num_threads(),
+        panel_elems: PANEL_ELEMENTS,
+        par: Par::Seq,
+    };
+    let cancel = AtomicBool::new(false);
+    g.bench_function("fused_pass/14336x4096 bf16, block 40", |b| {
+        b.iter(|| randomized(black_box(&src), &cfg, &cancel).expect("pass"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_panel);
+criterion_main!(benches);
