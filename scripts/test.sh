@@ -63,3 +63,6 @@ python -m mypy.stubtest lora_rank._core --mypy-config-file pyproject.toml
 
 step "pytest"
 python -m pytest -q -p no:cacheprovider "$@"
+
+step "benchmark smoke run (benches/run.py --quick: < 1 min, temporary files only)"
+python benches/run.py --quick
