@@ -157,10 +157,11 @@ def natural_key(key: str) -> list[Any]:
     """Sort key that orders ``layers.2`` before ``layers.10``.
 
     Example:
-        >>> sorted(["h.10.x", "h.2.x"], key=natural_key)
-        ['h.2.x', 'h.10.x']
+        >>> sorted(["h.10.x", "h.2.x", "h.norm"], key=natural_key)
+        ['h.2.x', 'h.10.x', 'h.norm']
     """
-    return [int(p) if p.isdigit() else p for p in key.split(".")]
+    # Numbers sort before words at the same position (never compared with them).
+    return [(0, int(p), "") if p.isdecimal() else (1, 0, p) for p in key.split(".")]
 
 
 def fused_shape(
