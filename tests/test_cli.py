@@ -79,7 +79,11 @@ def test_console_script_user_errors(args: list[str], message: str) -> None:
 
 def test_analyze_table(capsys: pytest.CaptureFixture[str], minilm: Path) -> None:
     status, out, err = main(capsys, "analyze", str(minilm))
-    assert status == 0 and err == ""
+    assert status == 0
+    assert err == (
+        "next: lora-rank analyze PATH --spectral (spectra); "
+        "lora-rank recommend PATH --budget 0.5% --out adapter/\n"
+    )
     report = lora_rank.analyze(minilm)
     for label, value in (
         ("model", "bert (BertModel)"),

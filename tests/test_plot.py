@@ -207,6 +207,11 @@ def test_spectra_plot(minilm_spectra: lora_rank.Report) -> None:
 def test_select_modules(minilm_spectra: lora_rank.Report) -> None:
     names = [m.name for m in plot.select_modules(minilm_spectra, ["*.self.query", "query"])]
     assert names == [f"encoder.layer.{i}.attention.self.query" for i in range(6)]
+    names = [m.name for m in plot.select_modules(minilm_spectra, ["layer.5.*.LayerNorm"])]
+    assert names == [
+        "encoder.layer.5.attention.output.LayerNorm",
+        "encoder.layer.5.output.LayerNorm",
+    ]
     with pytest.raises(lora_rank.ConfigError, match="no module matches 'q_proj'"):
         plot.select_modules(minilm_spectra, ["q_proj"])
 

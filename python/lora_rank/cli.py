@@ -302,6 +302,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         _emit(args, tables.to_csv(rows))
     else:
         _emit(args, None, lambda width: tables.report_renderables(report, args.per_module, width))
+    if args.format == "table" and not args.output:
+        target = "--demo" if args.demo else "PATH"
+        more = "" if args.spectral else f"{PROG} analyze {target} --spectral (spectra); "
+        _note(args, f"next: {more}{PROG} recommend {target} --budget 0.5% --out adapter/")
     return 0
 
 

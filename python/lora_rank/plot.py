@@ -244,8 +244,8 @@ def _annotate(ax: Any, g: Grid, image: Any, integer: bool) -> None:
 
 def select_modules(report: Report, patterns: Sequence[str]) -> list[Module]:
     """Modules matching any of ``patterns``: an exact runtime name, a dot-suffix of one (as PEFT
-    matches: ``layer.0.attention.self.query``), or a shell glob (``*.0.*query``). Every
-    pattern must match at least one module.
+    matches: ``layer.0.attention.self.query``), or a shell glob of either (``layer.0.*``,
+    ``*.query``). Every pattern must match at least one module.
 
     Example:
         >>> import lora_rank
@@ -258,7 +258,7 @@ def select_modules(report: Report, patterns: Sequence[str]) -> list[Module]:
         hits = [
             m
             for m in report.modules
-            if m.name == pat or m.name.endswith("." + pat) or fnmatch.fnmatchcase(m.name, pat)
+            if fnmatch.fnmatchcase(m.name, pat) or fnmatch.fnmatchcase(m.name, "*." + pat)
         ]
         if not hits:
             raise ConfigError(f"no module matches {pat!r} (give a runtime name, suffix or glob)")

@@ -337,6 +337,7 @@ def kind_table(report: Report, rows: Optional[list[dict[str, Any]]] = None) -> T
             ("params", "r"),
         ],
     )
+    table.columns[1].overflow = table.columns[4].overflow = "fold"
     for r in rows:
         table.add_row(
             r["kind"],
