@@ -346,10 +346,10 @@ def _check_keys(
     patterns_: dict[str, Any], groups: dict[str, list[str]], wrapped: Sequence[str], what: str
 ) -> None:
     """Every key of ``patterns_`` must be the first match of exactly its group."""
+    first = {n: peft_rules.pattern_key(patterns_, n) for n in wrapped}
     for key in patterns_:
         hit = {n for n in wrapped if peft_rules.key_matches(key, n)}
-        first = {n for n in wrapped if peft_rules.pattern_key(patterns_, n) == key}
-        if not hit or hit != set(groups[key]) or first != hit:
+        if not hit or hit != set(groups[key]) or any(first[n] != key for n in hit):
             raise PeftEmulationError(
                 f"{what} key {key!r} hits {sorted(hit)[:4]}, meant for {sorted(groups[key])[:4]}"
             )

@@ -369,7 +369,7 @@ def rank_targets(report: Report, task: Optional[str] = None) -> list[dict[str, A
         >>> import lora_rank
         >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)  # doctest: +SKIP
         >>> [row["name"] for row in report.rank_targets() if row["level"] == "kind"][:2]  # doctest: +SKIP
-        ['mlp_down', 'mlp_up']
+        ['mlp_up', 'mlp_down']
     """
     check_task(task)
     _ensure_spectra(report)
