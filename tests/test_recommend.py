@@ -392,3 +392,77 @@ def test_rank_targets_moe_uses_expert_spectra(spectral_report: Callable[[str], R
     row = rows[m.name]
     assert row["effective_rank"] == sum(s.energy_rank_90 for s in m.expert_spectra) / 4
     assert row["params_per_rank"] == 4 * (32 + 96) and row["via"] == "target_parameters"
+
+
+# -- real sizes ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_size(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Header-true, data-sparse checkpoints of real models (``benches/checkpoints.py``: true
+    names, shapes, shards and config; the data are holes)."""
+    import importlib.util
+    import sys
+
+    where = Path(__file__).resolve().parents[1] / "benches" / "checkpoints.py"
+    spec = importlib.util.spec_from_file_location("bench_checkpoints", where)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    root = tmp_path_factory.mktemp("real-size")
+    return lambda name: Path(bench.build_sparse(bench.SPARSE[name], root))
+
+
+def _hand_spectra(report: Report) -> Report:
+    """Varied effective ranks (the sparse files hold no data, so spectra must be made up)."""
+    for i, m in enumerate(report.modules):
+        if m.in_features is None or m.out_features is None or m.kind == "embedding":
+            continue
+        n = min(m.in_features, m.out_features)
+        e90 = max(1, int(n * (0.3 + 0.05 * (i % 9))))
+        s = Spectrum((1.0,), 1.0, 1.0, 10.0, e90, e90, e90, False, 3.0, 0, "hand")
+        if m.num_experts:
+            m.expert_spectra = (s,) * m.num_experts
+        else:
+            m.spectrum = s
+    report.spectral_settings = {"method": "hand"}
+    return report
+
+
+@pytest.mark.parametrize("name", ["llama3-8b", "mixtral-8x7b"])
+def test_real_size_counts_match_peft_on_meta(name: str, real_size: Callable[[str], Path]) -> None:
+    """Llama-3-8B (GQA) and Mixtral-8x7B (8 fused experts, router): PEFT on the meta-device
+    model counts exactly our trainable parameters and gives each target our rank."""
+    import json
+
+    import peft
+    import torch
+    import transformers
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    path = real_size(name)
+    report = _hand_spectra(lora_rank.analyze(path))
+    cfg = json.loads((path / "config.json").read_text())
+    for strategy, budget in [
+        ("all-linear", None),
+        ("attention-mlp", None),
+        ("auto", "0.5%"),
+        ("auto", "0.01%"),
+    ]:
+        rec = recommend(report, strategy, budget=budget)
+        with torch.device("meta"):
+            model = getattr(transformers, cfg["architectures"][0])(
+                transformers.AutoConfig.for_model(**cfg)
+            )
+        wrapped = peft.get_peft_model(model, rec.to_peft(), low_cpu_mem_usage=True)
+        ranks = {}
+        for key, mod in wrapped.named_modules():
+            if isinstance(mod, BaseTunerLayer):
+                key = key.removeprefix("base_model.model.").replace(".base_layer", "")
+                param = getattr(mod, "parameter_name", None)
+                ranks[f"{key}.{param}" if param else key] = next(iter(mod.r.values()))
+        assert wrapped.get_nb_trainable_parameters()[0] == rec.trainable_params, strategy
+        assert ranks == {t.key: t.rank for t in rec.targets}, strategy
+        if rec.budget is not None and strategy == "auto":
+            assert BUDGET_FLOOR * rec.budget <= rec.trainable_params <= rec.budget
