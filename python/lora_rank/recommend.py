@@ -134,10 +134,16 @@ def _target(c: Candidate, rank: int, ratio: float, score: float = math.nan) -> T
     )
 
 
+def _score_or_nan(c: Candidate, task: Optional[str]) -> float:
+    s = scoring.score(c.module, task)
+    return math.nan if s is None else s
+
+
 def _preset_targets(
     report: Report,
     cands: list[Candidate],
     strategy: str,
+    task: Optional[str],
     r: int,
     budget: Optional[int],
     steps: range,
@@ -155,7 +161,12 @@ def _preset_targets(
 
     def targets(base: int) -> list[Target]:
         return [
-            _target(c, max(1, round(preset.factor(c.module.kind) * base)) * mult(c), ratio)
+            _target(
+                c,
+                max(1, round(preset.factor(c.module.kind) * base)) * mult(c),
+                ratio,
+                _score_or_nan(c, task),
+            )
             for c in cands
         ]
 
@@ -282,7 +293,7 @@ def recommend(
             the largest uniform rank (a multiple of ``rank_multiple``) that fits.
         task: ``None`` (general: attention and MLP weighted equally), ``"classification"``
             (attention only), ``"knowledge"`` (MLP favoured) or ``"style"`` (attention
-            favoured, MLP included); weights of ``"auto"``.
+            favoured, MLP included): the weights of ``"auto"`` (and of the scores presets show).
         exclude: kinds (``"attn_k"``), runtime names or their dot-suffixes to leave out.
         layers: layer indices to adapt (modules outside numbered layers are then left out).
         rank_multiple, min_rank, max_rank: ``"auto"`` ranks are multiples of ``rank_multiple``
@@ -339,7 +350,7 @@ def recommend(
                 f"(kinds present: {', '.join(report.kind_counts())})"
             )
         targets, more, base = _preset_targets(
-            report, cands, strategy, r, n_budget, range(lo, hi + 1, step), ratio
+            report, cands, strategy, task, r, n_budget, range(lo, hi + 1, step), ratio
         )
         rule = f"preset {strategy}: {PRESETS[strategy].description}, rank {base}"
     notes += more
