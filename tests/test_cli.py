@@ -381,3 +381,26 @@ def test_repr_html_escapes_and_lists_kinds(minilm: Path) -> None:
     parser.feed(rec._repr_html_())
     assert {"attn_q", "attn_v", f"{rec.trainable_params:,}"} <= set(parser.cells)
     assert "['query', 'value']" in parser.cells
+
+
+def test_path_after_list_option(capsys: pytest.CaptureFixture[str], minilm: Path) -> None:
+    """``--exclude a b PATH``: argparse hands PATH to the list option; it is taken back."""
+    status, out, err = main(
+        capsys, "recommend", "--strategy", "attention", "--exclude", "key", "query", str(minilm)
+    )
+    assert status == 0, err
+    kinds = [ln.split("│")[1].strip() for ln in out.splitlines() if ln.startswith("│ attn_")]
+    assert kinds == ["attn_v", "attn_o"]
+
+
+def test_recommend_bad_out_dir_fails_before_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("x")
+    status, out, err = main(
+        capsys, "recommend", "--demo", "--strategy", "attention", "--out", str(tmp_path / "file/a")
+    )
+    assert status == 2 and out == ""
+    assert err.strip() == (
+        f"lora-rank recommend: error: --out {tmp_path}/file/a: {tmp_path}/file is not a directory"
+    )

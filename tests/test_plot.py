@@ -198,10 +198,21 @@ def test_spectra_plot(minilm_spectra: lora_rank.Report) -> None:
     legend = ax.get_legend()
     assert legend is not None and len(legend.get_texts()) == 2
 
-    # Many modules: coloured by layer with a colour bar instead of a legend.
+    # Many modules: coloured by layer (integer colour bar), one line style per kind.
     fig = plot.spectra(minilm_spectra, ["*.dense"])
-    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel().startswith("layer")
-    assert fig.axes[0].get_legend() is None
+    ax, cbar = fig.axes
+    assert cbar.get_ylabel() == "layer (grey: outside numbered layers)"  # pooler.dense
+    assert [t.get_text() for t in cbar.get_yticklabels()] == [str(i) for i in range(6)]
+    legend = ax.get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "attn_o",
+        "mlp_up",
+        "mlp_down",
+        "other_linear",
+    ]
+    styles = {ln.get_linestyle() for ln in ax.get_lines() if len(ln.get_xdata()) > 1}
+    assert len(styles) == 4
 
 
 def test_select_modules(minilm_spectra: lora_rank.Report) -> None:

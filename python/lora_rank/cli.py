@@ -231,6 +231,12 @@ def _checkpoint_path(args: argparse.Namespace) -> Path:
 
         return demo_checkpoint()
     if not args.path:
+        # `--spectra a b ./model`: argparse gave PATH to the list option before it.
+        for option in ("spectra", "exclude"):
+            values = getattr(args, option, None)
+            if values and len(values) > 1 and os.path.exists(values[-1]):
+                args.path = values.pop()
+                return Path(args.path)
         raise UsageError(
             f"missing PATH (a checkpoint), or --demo; see {PROG} {args.command} --help"
         )
@@ -325,10 +331,19 @@ def _recommendation(args: argparse.Namespace) -> tuple[Report, Recommendation]:
     return report, report.recommend(strategy, **_recommend_kwargs(args))
 
 
+def _check_out_dir(out: Path) -> None:
+    """Fail before any work when ``out`` cannot become a directory."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is not a directory")
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     """``lora-rank recommend``."""
     import json
 
+    if args.out:
+        _check_out_dir(Path(args.out))
     _, rec = _recommendation(args)
     if args.format == "json":
         from .report import _nan_to_none

@@ -29,24 +29,33 @@ from .tables import finite, layer_prefix, module_spectra
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-#: Heatmap metrics: name → colour-bar label.
+#: Heatmap metrics: name → colour-bar label (short: it runs along the bar).
 METRICS: dict[str, str] = {
     "stable_rank": r"stable rank  $\|W\|_F^2\,/\,\sigma_1^2$",
-    "energy_rank_90": r"energy rank 90%  (smallest $k$: $\sigma_1^2+\dots+\sigma_k^2 \geq 0.9\,\|W\|_F^2$)",
-    "energy_rank_95": r"energy rank 95%  (smallest $k$: $\sigma_1^2+\dots+\sigma_k^2 \geq 0.95\,\|W\|_F^2$)",
-    "energy_rank_99": r"energy rank 99%  (smallest $k$: $\sigma_1^2+\dots+\sigma_k^2 \geq 0.99\,\|W\|_F^2$)",
-    "alpha": r"alpha  (power-law exponent of $\sigma_i^2$, Hill estimate)",
+    "energy_rank_90": "energy rank 90%  (k)",
+    "energy_rank_95": "energy rank 95%  (k)",
+    "energy_rank_99": "energy rank 99%  (k)",
+    "alpha": r"alpha  (tail exponent of $\sigma_i^2$)",
     "spectral_norm": r"spectral norm  $\sigma_1$",
-    "rank": "recommended LoRA rank  r",
+    "rank": "LoRA rank  r",
 }
 
-#: What a high value means, under the heatmap title.
+
+def _energy(q: str) -> str:
+    return (
+        rf"smallest $k$ with $\sigma_1^2+\dots+\sigma_k^2 \geq {q}\,\|W\|_F^2$; "
+        "higher: the weight's energy needs more directions"
+    )
+
+
+#: Under the heatmap title: what the number is and how to read it.
 _READING: dict[str, str] = {
     "stable_rank": "higher: the weight's energy is spread over more directions",
-    "energy_rank_90": "higher: more directions needed for 90% of the weight's energy",
-    "energy_rank_95": "higher: more directions needed for 95% of the weight's energy",
-    "energy_rank_99": "higher: more directions needed for 99% of the weight's energy",
-    "alpha": "lower: heavier-tailed spectrum (more learned structure)",
+    "energy_rank_90": _energy("0.9"),
+    "energy_rank_95": _energy("0.95"),
+    "energy_rank_99": _energy("0.99"),
+    "alpha": r"Hill estimate of the power-law exponent of the top $\sigma_i^2$; "
+    "lower: heavier tail (more learned structure)",
     "spectral_norm": "largest singular value of each weight",
     "rank": "per-module LoRA rank of the recommendation",
 }
@@ -203,7 +212,12 @@ def heatmap(
     ax.set_ylabel("layer")
     name = METRICS[metric].split("  ")[0]
     fig.suptitle(_title(report, name + " per layer and module kind"), fontsize=11)
-    ax.set_title(subtitle or _READING[metric], fontsize=8, color="0.35")
+    reading = _READING[metric]
+    if metric.startswith("energy_rank") and any(
+        not s.energy_rank_exact for m in report.modules for s in module_spectra(m)
+    ):
+        reading += f"\n(estimated where the rank lies beyond the top-{_top_k(report)} values)"
+    ax.set_title(subtitle or reading, fontsize=8, color="0.35")
     cbar = fig.colorbar(image, ax=ax, pad=0.02, aspect=min(60.0, max(20.0, 5 * plot_h)))
     if integer:
         from matplotlib.ticker import MaxNLocator
@@ -215,6 +229,12 @@ def heatmap(
     if nrows * ncols <= _MAX_ANNOTATED:
         _annotate(ax, g, image, integer)
     return fig
+
+
+def _top_k(report: Report) -> int:
+    return max(
+        (len(s.singular_values) for m in report.modules for s in module_spectra(m)), default=0
+    )
 
 
 def _cell_text(v: float, integer: bool) -> str:
@@ -270,8 +290,8 @@ def select_modules(report: Report, patterns: Sequence[str]) -> list[Module]:
 def spectra(report: Report, modules: Sequence[str]) -> Figure:
     """Singular values σᵢ (log scale) against their index i for the modules matching
     ``modules`` (see :func:`select_modules`). Up to 10 modules get a legend; more are
-    coloured by layer with a colour bar. A dot marks each module's 90% energy rank when it
-    falls within the computed top-k.
+    coloured by layer (colour bar) with one line style per module kind. A dot marks each
+    module's 90% energy rank when it falls within the computed top-k.
 
     Example:
         >>> import lora_rank
@@ -294,19 +314,27 @@ def spectra(report: Report, modules: Sequence[str]) -> Figure:
     by_layer = len(mods) > _MAX_LEGEND and len(set(layers)) > 1
     if by_layer:
         import matplotlib as mpl
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import MaxNLocator
 
         norm = mpl.colors.Normalize(min(layers), max(layers))
         cmap = mpl.colormaps["viridis"]
+        # Colour says the layer; the line style says the kind.
+        kinds = list(dict.fromkeys(m.kind for m in mods))
+        styles = dict(zip(kinds, ["-", "--", ":", "-."] * len(kinds)))
     top_k, marked = 0, False
     for m in mods:
         # Fused MoE tensors: the first expert's spectrum stands for the tensor.
         s = module_spectra(m)[0]
         sv = s.singular_values
         top_k = max(top_k, len(sv))
-        color: Any = None
+        style: dict[str, Any] = {"label": m.name}
         if by_layer:
-            color = cmap(norm(m.layer)) if m.layer is not None else "0.5"
-        (line,) = ax.plot(range(1, len(sv) + 1), sv, lw=1.2, color=color, label=m.name)
+            style = {
+                "color": cmap(norm(m.layer)) if m.layer is not None else "0.5",
+                "linestyle": styles[m.kind],
+            }
+        (line,) = ax.plot(range(1, len(sv) + 1), sv, lw=1.2, **style)
         k = s.energy_rank_90
         if 1 <= k <= len(sv):
             ax.plot([k], [sv[k - 1]], "o", ms=4, color=line.get_color())
@@ -321,9 +349,14 @@ def spectra(report: Report, modules: Sequence[str]) -> Figure:
     note = "dot: 90% energy rank" if marked else None
     if by_layer:
         sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
-        fig.colorbar(sm, ax=ax, label="layer (grey: outside numbered layers)")
-        if note:
-            ax.text(0.99, 0.99, note, transform=ax.transAxes, ha="right", va="top", fontsize=8)
+        unlayered = len(layers) < len(mods)
+        cbar = fig.colorbar(
+            sm, ax=ax, label="layer" + (" (grey: outside numbered layers)" if unlayered else "")
+        )
+        cbar.locator = MaxNLocator(integer=True)
+        cbar.update_ticks()
+        handles = [Line2D([], [], color="0.2", linestyle=styles[k], label=k) for k in kinds]
+        ax.legend(handles=handles, fontsize=8, title=note, title_fontsize=8)
     else:
         ax.legend(fontsize=8, title=note, title_fontsize=8)
     return fig
