@@ -105,10 +105,10 @@ def grid(
 
     Example:
         >>> import lora_rank
-        >>> g = grid(lora_rank.analyze(lora_rank.demo_checkpoint()), "rank", ranks={})
-        Traceback (most recent call last):
-        ...
-        lora_rank.ConfigError: no module in numbered layers has a value of 'rank'
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> g = grid(report, "rank", ranks={"encoder.layer.0.attention.self.query": 8})
+        >>> g.rows[:2], g.kinds[:2], g.values[0][0], g.values[1][0]  # layer 1: not adapted
+        (['0', '1'], ['attn_q', 'attn_k'], 8.0, nan)
     """
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")

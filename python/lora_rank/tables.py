@@ -613,8 +613,8 @@ def recommendation_table(rec: Recommendation) -> Table:
     Example:
         >>> import lora_rank
         >>> rec = lora_rank.analyze(lora_rank.demo_checkpoint()).recommend("attention-qv")
-        >>> recommendation_table(rec).row_count
-        2
+        >>> recommendation_table(rec).row_count  # attn_q, attn_v, total
+        3
     """
     rows = recommendation_kind_rows(rec)
     columns = [
