@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use faer::Par;
 use half::bf16;
 use lora_rank_core::spectral::solver::{randomized, SolverConfig};
-use lora_rank_core::spectral::source::{MatrixSource, Segment};
+use lora_rank_core::spectral::source::{MatrixSource, Scratch, Segment};
 use lora_rank_core::Dtype;
 
 const ROWS: usize = 14336;
@@ -62,7 +62,7 @@ fn bench_panel(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10))
         .throughput(Throughput::Bytes(src.nbytes()));
     g.bench_function("decode/14336x4096 bf16", |b| {
-        let mut bytes = Vec::new();
+        let mut bytes = Scratch::default();
         let mut out = vec![0f32; panel_rows * COLS];
         b.iter(|| {
             for p in src.panels(panel_rows) {

@@ -21,7 +21,7 @@ use faer::prelude::*;
 use faer::{Accum, Mat, MatRef, Par, Side};
 use rayon::prelude::*;
 
-use super::source::{ElementStats, MatrixSource, Panel};
+use super::source::{ElementStats, MatrixSource, Panel, Scratch};
 use crate::error::{Error, Result};
 
 /// Solver knobs for one matrix.
@@ -98,7 +98,7 @@ fn fused_pass(
         .par_iter()
         .map(|group| {
             let mut acc = Mat::<f32>::zeros(n, b);
-            let mut bytes = Vec::new();
+            let mut bytes = Scratch::default();
             let mut buf = vec![0f32; max_rows * n];
             let mut y = Mat::<f32>::zeros(max_rows, b);
             let mut st = ElementStats::default();
@@ -228,7 +228,9 @@ fn orthonormalize(basis: &[Mat<f32>], z: &mut Mat<f32>, scale: f32) -> (Mat<f32>
     let qr = z.qr();
     let r = qr.thin_R();
     let bad = (0..z.ncols())
-        .filter(|&j| !(r[(j, j)].abs() > 1e-5 * scale))
+        .filter(|&j| {
+            r[(j, j)].abs().partial_cmp(&(1e-5 * scale)) != Some(std::cmp::Ordering::Greater)
+        })
         .collect();
     (qr.compute_thin_Q(), bad)
 }
@@ -348,7 +350,7 @@ pub fn exact(src: &MatrixSource<'_>, cfg: &SolverConfig, cancel: &AtomicBool) ->
     let m = src.rows();
     let n = src.cols;
     let mut stats = ElementStats::default();
-    let mut bytes = Vec::new();
+    let mut bytes = Scratch::default();
     let gram = if n <= m {
         // Σ over row panels of PᵀP (n × n).
         let mut g = Mat::<f64>::zeros(n, n);

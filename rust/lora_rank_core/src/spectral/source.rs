@@ -9,6 +9,9 @@
 use std::fs::File;
 use std::path::Path;
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use crate::dtype::{decode_into, Dtype};
 use crate::error::Result;
 use crate::io::read_exact_at;
@@ -57,6 +60,54 @@ impl ElementStats {
     pub fn merge(&mut self, other: ElementStats) {
         self.sum_sq += other.sum_sq;
         self.nonfinite += other.nonfinite;
+    }
+}
+
+/// A reusable, 8-byte aligned read buffer, so that 16-bit data can be decoded as `u16` words
+/// (vectorized; F16 through the CPU's F16C instructions when present).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    words: Vec<u64>,
+}
+
+impl Scratch {
+    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        self.words.resize(len.div_ceil(8), 0);
+        // SAFETY: any u64 storage is valid as bytes; the length is within the allocation.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) }
+    }
+
+    fn bytes(&self, len: usize) -> &[u8] {
+        assert!(len <= self.words.len() * 8);
+        // SAFETY: as above, read-only.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), len) }
+    }
+
+    fn halves(&self, n: usize) -> &[u16] {
+        assert!(n <= self.words.len() * 4);
+        // SAFETY: u64 storage is 2-byte aligned and any bit pattern is a valid u16.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u16>(), n) }
+    }
+
+    /// Decode the first `out.len()` elements of `dtype` held in the buffer.
+    fn decode(&self, dtype: Dtype, out: &mut [f32]) {
+        let n = out.len();
+        match dtype {
+            // Little-endian data read into native u16 words: fast paths.
+            Dtype::BF16 if cfg!(target_endian = "little") => {
+                for (o, &h) in out.iter_mut().zip(self.halves(n)) {
+                    *o = f32::from_bits(u32::from(h) << 16);
+                }
+            }
+            Dtype::F16 if cfg!(target_endian = "little") => {
+                let h: &[f16] = half::slice::HalfBitsSliceExt::reinterpret_cast(self.halves(n));
+                h.convert_to_f32_slice(out);
+            }
+            _ => {
+                let size = dtype.byte_size().unwrap_or(1);
+                decode_into(dtype, self.bytes(n * size), out);
+            }
+        }
     }
 }
 
@@ -120,18 +171,17 @@ impl<'a> MatrixSource<'a> {
     pub fn read_panel(
         &self,
         panel: Panel,
-        bytes: &mut Vec<u8>,
+        scratch: &mut Scratch,
         out: &mut [f32],
         stats: Option<&mut ElementStats>,
     ) -> Result<()> {
         let seg = &self.segments[panel.segment];
         let row_bytes = self.cols * self.esize;
         let len = panel.rows * row_bytes;
-        bytes.resize(len, 0);
         let offset = seg.offset + (panel.row0 * row_bytes) as u64;
-        read_exact_at(seg.file, &mut bytes[..len], offset, seg.path)?;
+        read_exact_at(seg.file, scratch.bytes_mut(len), offset, seg.path)?;
         let out = &mut out[..panel.rows * self.cols];
-        decode_into(self.dtype, &bytes[..len], out);
+        scratch.decode(self.dtype, out);
         if let Some(s) = stats {
             s.add(out);
         }
@@ -144,21 +194,20 @@ impl<'a> MatrixSource<'a> {
         &self,
         c0: usize,
         c1: usize,
-        bytes: &mut Vec<u8>,
+        scratch: &mut Scratch,
         out: &mut [f32],
         mut stats: Option<&mut ElementStats>,
     ) -> Result<()> {
         let width = c1 - c0;
         let row_bytes = self.cols * self.esize;
         let len = width * self.esize;
-        bytes.resize(len, 0);
         let mut row = 0;
         for seg in &self.segments {
             for r in 0..seg.rows {
                 let offset = seg.offset + (r * row_bytes + c0 * self.esize) as u64;
-                read_exact_at(seg.file, &mut bytes[..len], offset, seg.path)?;
+                read_exact_at(seg.file, scratch.bytes_mut(len), offset, seg.path)?;
                 let dst = &mut out[row * width..(row + 1) * width];
-                decode_into(self.dtype, &bytes[..len], dst);
+                scratch.decode(self.dtype, dst);
                 if let Some(s) = stats.as_deref_mut() {
                     s.add(dst);
                 }
@@ -210,7 +259,7 @@ mod tests {
         assert_eq!(src.rows(), 5);
         let panels = src.panels(2);
         assert_eq!(panels.len(), 3);
-        let mut bytes = Vec::new();
+        let mut bytes = Scratch::default();
         let mut out = vec![0f32; 6];
         let mut all = Vec::new();
         let mut stats = ElementStats::default();
@@ -235,5 +284,39 @@ mod tests {
         let mut s = ElementStats::default();
         s.add(&[1.0, f32::NAN, f32::INFINITY, -2.0]);
         assert_eq!(s.nonfinite, 2);
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn fast_paths_match_the_reference_decoder() {
+        let vals = [1.5f32, -2.0, 0.1, 65504.0, -1e-5, f32::INFINITY, 3.0e38];
+        for dtype in [Dtype::BF16, Dtype::F16, Dtype::F32, Dtype::F8_E4M3] {
+            let size = dtype.byte_size().unwrap();
+            let bytes: Vec<u8> = vals
+                .iter()
+                .flat_map(|&v| match dtype {
+                    Dtype::BF16 => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                    Dtype::F16 => f16::from_f32(v).to_le_bytes().to_vec(),
+                    Dtype::F32 => v.to_le_bytes().to_vec(),
+                    _ => vec![(v.to_bits() >> 24) as u8],
+                })
+                .collect();
+            let mut scratch = Scratch::default();
+            scratch.bytes_mut(bytes.len()).copy_from_slice(&bytes);
+            let mut fast = vec![0f32; vals.len()];
+            scratch.decode(dtype, &mut fast);
+            let mut reference = vec![0f32; vals.len()];
+            decode_into(dtype, &bytes[..vals.len() * size], &mut reference);
+            for (a, b) in fast.iter().zip(&reference) {
+                assert!(
+                    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                    "{dtype:?}"
+                );
+            }
+        }
     }
 }
