@@ -80,8 +80,10 @@ class Spectrum:
 
     ``singular_values`` are the top-k, descending. ``energy_rank_*`` is the smallest k whose
     Σσᵢ² reaches that share of ‖W‖_F²; ``energy_rank_exact`` says whether the known σ sufficed
-    (otherwise the value is a lower-bound estimate). ``alpha`` is the Hill estimate of the
-    power-law exponent of the eigenvalues σᵢ² (see :mod:`lora_rank.spectral`).
+    (otherwise the value is an estimate from a linear model of the unknown tail, never below
+    the rigorous lower bound). ``alpha`` is the Hill estimate of the power-law exponent of the
+    eigenvalues σᵢ² on the top-k. ``nonfinite`` counts NaN/Inf elements; when nonzero the
+    float fields are NaN and the energy ranks 0. See :mod:`lora_rank.spectral`.
 
     Example:
         >>> s = Spectrum((2.0, 1.0), 3.0, 2.0, 2.25, 1, 2, 2, True, 2.1, 0, "exact")
