@@ -54,6 +54,20 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 step "cargo test"
 cargo test --workspace -q 2>&1 | tail -n 25
 
+step "fuzz the header/index parsers for 60 s (fuzz/run.sh; proptest if cargo-fuzz is unusable)"
+fuzz_rc=0
+if command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz; then
+  bash fuzz/run.sh "${LORA_RANK_FUZZ_SECONDS:-20}" || fuzz_rc=$?
+else
+  fuzz_rc=3
+fi
+if [ "$fuzz_rc" = 3 ]; then
+  echo "cargo-fuzz cannot be installed or built here: 300k proptest cases per property instead"
+  PROPTEST_CASES=300000 cargo test -p lora_rank_core -q --test header_props 2>&1 | tail -n 3
+elif [ "$fuzz_rc" != 0 ]; then
+  exit "$fuzz_rc"
+fi
+
 step "ruff check / ruff format --check"
 ruff check python tests benches scripts
 ruff format --check python tests benches scripts
