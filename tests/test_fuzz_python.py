@@ -27,6 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lora_rank import _core
 
+# Random tensor names are mostly of no known role: the inventory says so, as it should.
+pytestmark = pytest.mark.filterwarnings("ignore:.*of no known role:UserWarning")
+
 #: Examples per test; raise it for a longer run by hand: LORA_RANK_FUZZ_EXAMPLES=20000 pytest ...
 SETTINGS = settings(
     max_examples=int(os.environ.get("LORA_RANK_FUZZ_EXAMPLES", "150")),

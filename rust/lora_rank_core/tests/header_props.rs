@@ -7,8 +7,11 @@
 
 use std::path::{Component, Path};
 
+mod common;
+use common::reference::assert_same_as_reference;
+
 use lora_rank_core::checkpoint::parse_index_json;
-use lora_rank_core::header::{parse_bytes, Header};
+use lora_rank_core::header::parse_bytes;
 use proptest::prelude::*;
 use safetensors::tensor::{serialize, TensorView};
 
@@ -69,22 +72,6 @@ fn reference_file(specs: &[(String, usize, Vec<usize>)], meta: bool) -> Vec<u8> 
         .collect();
     let metadata = meta.then(|| [("format".to_string(), "pt".to_string())].into());
     serialize(views, metadata).expect("serialize")
-}
-
-/// Ours accepted `buf`: the reference must accept it too and read the same tensors.
-fn assert_same_as_reference(buf: &[u8], ours: &Header) {
-    let (n, reference) = safetensors::SafeTensors::read_metadata(buf)
-        .unwrap_or_else(|e| panic!("we accept what the reference rejects ({e:?})"));
-    assert_eq!(n as u64, ours.header_len);
-    let theirs = reference.tensors();
-    assert_eq!(theirs.len(), ours.tensors.len());
-    for t in &ours.tensors {
-        let r = theirs[&t.name];
-        assert_eq!(format!("{:?}", r.dtype), t.dtype.name());
-        let shape: Vec<u64> = r.shape.iter().map(|&d| d as u64).collect();
-        assert_eq!(shape, t.shape);
-        assert_eq!(r.data_offsets, (t.begin as usize, t.end as usize));
-    }
 }
 
 proptest! {
