@@ -336,7 +336,7 @@ def _no_weight_map(d: Path) -> Path:
     return d / INDEX
 
 
-@_index_case("index.json not an object", lora_rank.CheckpointIndexError, "weight_map")
+@_index_case("index.json not an object", lora_rank.CheckpointIndexError, "not a JSON object")
 def _index_list(d: Path) -> Path:
     (d / INDEX).write_text("[]")
     return d / INDEX

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -316,3 +317,22 @@ def test_shard_changed_during_a_spectral_scan(
     out = proc.stdout.strip()
     assert out.startswith("FileChangedError after [1]"), out
     assert str(root / SHARD) in out, out
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ref", ["fifo", "..", "missing-rev"])
+def test_hf_cache_with_a_bad_refs_main_falls_back_to_its_only_snapshot(
+    tmp_path: Path, ref: str
+) -> None:
+    """``refs/main`` as a FIFO (reading it would block), pointing outside ``snapshots/``, or
+    naming a revision that is not there: the only snapshot is used; nothing hangs."""
+    entry, snap = hf_cache(tmp_path)
+    main = entry / "refs" / "main"
+    main.unlink()
+    if ref == "fifo":
+        os.mkfifo(main)
+    else:
+        main.write_text(ref if ref == ".." else "f" * 40)
+    report = lora_rank.analyze(entry)
+    assert Path(report.path) == snap
+    assert len(report.tensors) == len(tensors())

@@ -169,10 +169,13 @@ fn resolve_hf_cache(dir: &Path) -> Result<PathBuf> {
     if !snapshots.is_dir() {
         return Ok(dir.to_path_buf());
     }
-    if let Ok(rev) = fs::read_to_string(dir.join("refs").join("main")) {
+    // A FIFO or a huge file there is ignored, not waited on.
+    if let Ok(Some(rev)) = read_small_file(&dir.join("refs").join("main"), true) {
+        let rev = String::from_utf8_lossy(&rev);
         let rev = rev.trim();
         let snap = snapshots.join(rev);
-        if !rev.is_empty() && !rev.contains(['/', '\\']) && snap.is_dir() {
+        let plain = !rev.is_empty() && rev != "." && rev != ".." && !rev.contains(['/', '\\']);
+        if plain && snap.is_dir() {
             return Ok(snap);
         }
     }
@@ -261,7 +264,7 @@ const MAX_JSON_FILE_SIZE: u64 = crate::header::MAX_HEADER_SIZE;
 
 /// Read a small regular file whole. Non-regular files (a FIFO would block forever) and files
 /// above [`MAX_JSON_FILE_SIZE`] are refused; `Ok(None)` when `missing_ok` and it is absent.
-fn read_json_file(path: &Path, missing_ok: bool) -> Result<Option<Vec<u8>>> {
+fn read_small_file(path: &Path, missing_ok: bool) -> Result<Option<Vec<u8>>> {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -294,7 +297,7 @@ fn read_json_file(path: &Path, missing_ok: bool) -> Result<Option<Vec<u8>>> {
 
 /// Parse an index file: the sorted unique shard names and the tensor → shard map.
 fn shard_names_from_index(index_path: &Path) -> Result<(Vec<String>, WeightMap)> {
-    let bytes = read_json_file(index_path, false)?.unwrap_or_default();
+    let bytes = read_small_file(index_path, false)?.unwrap_or_default();
     let weight_map = parse_index_json(&bytes).map_err(|m| Error::index(index_path, m))?;
     let mut names: Vec<String> = weight_map.values().cloned().collect();
     names.sort();
@@ -308,6 +311,9 @@ fn shard_names_from_index(index_path: &Path) -> Result<(Vec<String>, WeightMap)>
 pub fn parse_index_json(bytes: &[u8]) -> std::result::Result<WeightMap, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 ({e})"))?;
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    if !value.is_object() {
+        return Err("not a JSON object".into());
+    }
     let Some(Value::Object(map)) = value.get("weight_map") else {
         return Err("missing \"weight_map\" object".into());
     };
@@ -371,7 +377,7 @@ fn read_shards(dir: &Path, names: &[String]) -> Result<Vec<Shard>> {
 
 fn read_config(dir: &Path) -> Result<Option<String>> {
     let path = dir.join("config.json");
-    let Some(bytes) = read_json_file(&path, true)? else {
+    let Some(bytes) = read_small_file(&path, true)? else {
         return Ok(None);
     };
     String::from_utf8(bytes).map(Some).map_err(|e| {
