@@ -386,7 +386,7 @@ def _real_tensor(name: str, shape: tuple[int, ...]) -> Any:
     return _spectral_matrix((shape[0], shape[1]), seed)
 
 
-def build_real_layers(layers: int = 4, root: Path = DATA) -> Path:
+def build_real_layers(layers: int = 2, root: Path = DATA) -> Path:
     """A real-data bf16 Llama-3-8B-shaped checkpoint of ``layers`` layers (true vocabulary,
     hidden and intermediate sizes), sharded at 2 GB. About 2.1 GB + 0.44 GB per layer."""
     from safetensors.torch import save_file
@@ -424,7 +424,7 @@ def build_all(root: Path = DATA, *, quick: bool = False) -> dict[str, Path]:
     if quick:
         return {"llama3-8b": build_sparse(SPARSE["llama3-8b"], root)}
     paths = {name: build_sparse(spec, root) for name, spec in SPARSE.items()}
-    paths["llama3-8b-4layers-bf16"] = build_real_layers(4, root)
+    paths["llama3-8b-2layers-bf16"] = build_real_layers(2, root)  # as bench_spectra.py uses
     paths["minilm"] = minilm()
     return paths
 

@@ -10,6 +10,7 @@ end of each whole process.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,30 +84,32 @@ DESCRIPTIONS = {
     "count of `BaseTunerLayer`s",
 }
 
-# --quick: every method in "call" mode, only ours as a whole process.
-QUICK_PROCESS = ["lora_rank"]
+# --quick (CI smoke run, < 1 min with the spectral smoke run): fewer torch imports.
+QUICK = {"call": ["lora_rank", "safe_open_np", "meta", "peft"], "process": ["lora_rank"]}
 
 
 def run(
     checkpoints: dict[str, Path],
     runs: int,
     *,
-    process_methods: list[str] | None = None,
+    only: dict[str, list[str]] | None = None,
     log: Any = print,
 ) -> list[dict[str, Any]]:
-    """Time every method on every checkpoint in both modes; one record per (checkpoint,
-    method, mode), with ``ratio`` = median / median of ``lora_rank`` in the same mode."""
+    """Time every method (or ``only[mode]``) on every checkpoint in both modes; one record per
+    (checkpoint, method, mode), with ``ratio`` = median / median of ``lora_rank`` in the same
+    mode."""
     records = []
     for ckpt, path in checkpoints.items():
         for mode in ("call", "process"):
             base = None
             for name, m in METHODS.items():  # lora_rank first: the base of the ratios
-                if mode == "process" and name not in (process_methods or METHODS):
+                if only is not None and name not in only[mode]:
                     continue
                 timer = time_call if mode == "call" else time_process
                 r = timer(m, str(path), runs)
                 base = base if base is not None else r["median"]
                 rec = {"checkpoint": ckpt, "method": name, "mode": mode, **r}
+                rec["loadavg_1min"] = os.getloadavg()[0]  # others' work on the machine
                 rec["ratio"] = r["median"] / base
                 log(
                     f"  {ckpt:14} {mode:8} {name:13} min {r['min']:8.4f} s  "

@@ -137,19 +137,26 @@ def weightwatcher_markdown(ww: dict[str, Any]) -> str:
     if "skipped" in ww:
         return f"WeightWatcher: skipped ({ww['skipped']})."
     lines = [
-        "| method | call min / median | process min / median | peak RSS | note |",
-        "|---|---|---|---|---|",
+        "| method | call min / median | × | process min / median | × | peak RSS | RssAnon |",
+        "|---|---|---|---|---|---|---|",
     ]
+    ours = ww.get("lora_rank", {})
     for name in ("lora_rank", "weightwatcher"):
         r = ww.get(name, {})
         if "error" in r:
-            lines.append(f"| `{name}` | – | – | – | {r['error']} |")
+            lines.append(f"| `{name}` | {r['error']} | | | | | |")
             continue
-        call, proc = r["call"], r["process"]
-        lines.append(
-            f"| `{name}` | {_t(call['min'])} / {_t(call['median'])} | {_t(proc['min'])} / "
-            f"{_t(proc['median'])} | {proc['memory']['VmHWM']:.0f} MiB | |"
-        )
+        cells = [f"`{name}`"]
+        for mode in ("call", "process"):
+            base = ours.get(mode)
+            x = r[mode]
+            cells += [
+                f"{_t(x['min'])} / {_t(x['median'])}",
+                f"{x['median'] / base['median']:.0f}" if base else "–",
+            ]
+        mem = r["process"]["memory"]
+        cells += [f"{mem['VmHWM']:.0f} MiB", f"{mem['RssAnon']:.0f} MiB"]
+        lines.append("| " + " | ".join(cells) + " |")
     if "alpha" in ww:
         a = ww["alpha"]
         lines += [
@@ -214,9 +221,7 @@ def main() -> int:
             print("inventory:")
             start = inventory.interpreter_start(runs)
             print(f"  python -c pass: median {_t(start['median'])}")
-            records = inventory.run(
-                sparse, runs, process_methods=inventory.QUICK_PROCESS if args.quick else None
-            )
+            records = inventory.run(sparse, runs, only=inventory.QUICK if args.quick else None)
             results["python_start"] = start
             results["inventory"] = records
             problems = _check_agreement(records)
@@ -235,6 +240,11 @@ def main() -> int:
     md = [f"{info['date']} · {info['cpu']} · {info['cores']} cores · {info['memory_gib']} GiB"]
     md.append(f"`{info['command']}` · {json.dumps(info['versions'])}")
     if "inventory" in results:
+        loads = [r["loadavg_1min"] for r in results["inventory"]]
+        md.append(
+            f"python -c pass: {_t(results['python_start']['median'])} median; 1-min load "
+            f"average during the inventory runs: {min(loads):.1f}–{max(loads):.1f}"
+        )
         md += ["", inventory_markdown(results["inventory"])]
     if "weightwatcher" in results:
         md += ["", weightwatcher_markdown(results["weightwatcher"])]
