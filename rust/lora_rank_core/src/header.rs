@@ -6,7 +6,7 @@
 //! everything the reference implementation checks and more (duplicate names, trailing bytes,
 //! overflowing shapes), with one precise message per problem.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::path::Path;
@@ -110,29 +110,87 @@ impl Entry {
     }
 }
 
+/// Tensors and metadata of a header, before the layout check.
+#[derive(Default)]
+struct Entries {
+    tensors: Vec<TensorInfo>,
+    metadata: Option<BTreeMap<String, String>>,
+    has_metadata: bool,
+}
+
+/// Reads the top-level object validating each entry as soon as it is read, so that memory
+/// follows the tensors, not the JSON (a 100 MB header is never held as JSON values). The first
+/// problem goes to `problem` and the rest of the object is only checked for syntax, so that a
+/// truncated or malformed header is reported as such.
+struct EntriesSeed<'a> {
+    problem: &'a mut Option<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed<'_> {
+    type Value = Entries;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Entries, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_> {
+    type Value = Entries;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<Entries, A::Error> {
+        let mut out = Entries::default();
+        while let Some(name) = m.next_key::<String>()? {
+            if self.problem.is_some() {
+                m.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            let entry: Entry = m.next_value()?;
+            let step = if name != "__metadata__" {
+                parse_tensor(name, entry).map(|t| out.tensors.push(t))
+            } else if std::mem::replace(&mut out.has_metadata, true) {
+                Err("duplicate entry \"__metadata__\"".to_string())
+            } else {
+                parse_metadata(entry).map(|md| out.metadata = md)
+            };
+            if let Err(msg) = step {
+                *self.problem = Some(msg);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Parse and validate the JSON part of a header, for a file whose data region is
 /// `data_len` bytes long. Errors are plain messages; callers attach the path.
 pub fn parse_header_json(json: &[u8], data_len: u64) -> std::result::Result<Header, String> {
+    use serde::de::DeserializeSeed;
     let text = std::str::from_utf8(json).map_err(|e| format!("header is not valid UTF-8 ({e})"))?;
-    let obj: OrderedObject<Entry> = serde_json::from_str(text).map_err(|e| {
+    let mut problem = None;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = EntriesSeed {
+        problem: &mut problem,
+    }
+    .deserialize(&mut de)
+    .and_then(|entries| de.end().map(|()| entries));
+    let Entries {
+        mut tensors,
+        metadata,
+        ..
+    } = parsed.map_err(|e| {
         if e.is_data() {
             format!("header JSON is not an object of tensors ({e})")
         } else {
             format!("header is not valid JSON ({e})")
         }
     })?;
-    let mut seen = HashSet::with_capacity(obj.0.len());
-    let mut metadata = None;
-    let mut tensors = Vec::with_capacity(obj.0.len());
-    for (name, value) in obj.0 {
-        if !seen.insert(name.clone()) {
-            return Err(format!("duplicate entry {name:?}"));
-        }
-        if name == "__metadata__" {
-            metadata = parse_metadata(value)?;
-            continue;
-        }
-        tensors.push(parse_tensor(name, value)?);
+    if let Some(msg) = problem {
+        return Err(msg);
+    }
+    let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("duplicate entry {:?}", w[0]));
     }
     validate_layout(&mut tensors, data_len)?;
     Ok(Header {
