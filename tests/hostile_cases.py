@@ -446,6 +446,28 @@ def _fifo_config(tmp: Path) -> tuple[Path, Path]:
     return tmp, tmp / "config.json"
 
 
+def _config_case(name: str, text: str, phrase: str) -> None:
+    """Register a ConfigError case: a valid shard beside a ``config.json`` holding ``text``."""
+
+    def build(tmp: Path) -> tuple[Path, Path]:
+        write_valid(tmp / SHARD)
+        (tmp / "config.json").write_text(text)
+        return tmp, tmp / "config.json"
+
+    CASES.append(Case(name, build, lora_rank.ConfigError, phrase))
+
+
+_config_case("config.json not JSON", '{"model_type": "llama",', "not valid JSON")
+_config_case("config.json nested 100,000 deep", "[" * 100_000 + "]" * 100_000, "not valid JSON")
+_config_case("config.json not an object", '["llama"]', "not a JSON object")
+_config_case("config.json model_type not a string", '{"model_type": ["llama"]}', "model_type")
+_config_case(
+    "config.json architectures not a list of str",
+    '{"model_type": "llama", "architectures": "LlamaForCausalLM"}',
+    "architectures has the wrong type",
+)
+
+
 @_dir_case("path does not exist", FileNotFoundError, "No such file")
 def _missing(tmp: Path) -> tuple[Path, Path]:
     return tmp / "nope", tmp / "nope"

@@ -62,11 +62,7 @@ def analyze(
     raw = _core.open_checkpoint(os.fspath(path), threads)
     config: Optional[dict[str, Any]] = None
     if raw["config_json"] is not None:
-        try:
-            parsed = json.loads(raw["config_json"])
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{raw['root']}/config.json is not valid JSON: {e}") from None
-        config = parsed if isinstance(parsed, dict) else None
+        config = _parse_config(raw["config_json"], os.path.join(raw["root"], "config.json"))
     shard_names = [s["name"] for s in raw["shards"]]
     tensors = [
         Tensor(name, dtype, tuple(shape), shard_names[shard], begin, end)
@@ -108,3 +104,33 @@ def analyze(
             progress=progress,
         )
     return report
+
+
+#: config.json fields the inventory reads, and the JSON types they must have.
+_CONFIG_TYPES: dict[str, type] = {"model_type": str, "architectures": list, "vocab_size": int}
+
+
+def _parse_config(text: str, path: str) -> dict[str, Any]:
+    """``config.json`` as a dict; a file that is not a JSON object, or whose ``model_type``,
+    ``architectures`` or ``vocab_size`` has the wrong type, is a :class:`ConfigError`.
+
+    Example:
+        >>> _parse_config('{"model_type": "bert"}', "config.json")
+        {'model_type': 'bert'}
+    """
+    try:
+        parsed = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{path} is not a JSON object")
+    for key, expected in _CONFIG_TYPES.items():
+        value = parsed.get(key)
+        if value is None:
+            continue
+        bad = not isinstance(value, expected) or isinstance(value, bool)
+        if key == "architectures" and not bad:
+            bad = not all(isinstance(a, str) for a in value)
+        if bad:
+            raise ConfigError(f"{path}: {key} has the wrong type: {value!r}"[:300])
+    return parsed
