@@ -367,6 +367,11 @@ def _absolute(d: Path) -> Path:
     return _edit_index(d, lambda m: m.update({"model.norm.weight": str(d / SHARD)}))
 
 
+@_index_case("NUL byte in a shard path", lora_rank.CheckpointIndexError, "contains a NUL byte")
+def _nul(d: Path) -> Path:
+    return _edit_index(d, lambda m: m.update({"model.norm.weight": "a\x00.safetensors"}))
+
+
 @_index_case("tensor listed but absent", lora_rank.CheckpointIndexError, "absent from shard")
 def _ghost(d: Path) -> Path:
     return _edit_index(

@@ -333,6 +333,9 @@ pub fn parse_index_json(bytes: &[u8]) -> std::result::Result<WeightMap, String> 
 
 /// A shard name must stay inside the checkpoint directory: relative, no `..`.
 fn check_shard_name(shard: &str) -> std::result::Result<(), String> {
+    if shard.contains('\0') {
+        return Err(format!("shard path {shard:?} contains a NUL byte"));
+    }
     let p = Path::new(shard);
     let escapes = shard.is_empty()
         || p.is_absolute()
