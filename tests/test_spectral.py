@@ -117,10 +117,12 @@ def test_minilm_energy_ranks_and_alpha(minilm: Path, minilm_weights: dict[str, n
         assert r is not None
         assert r.alpha == pytest.approx(hill, rel=2e-2)
         if not r.energy_rank_exact:
-            # The estimate is an estimate: within 35% of the truth on this trained model.
-            assert abs(r.energy_rank_90 - m.spectrum.energy_rank_90) <= 0.35 * (
-                m.spectrum.energy_rank_90
-            ), m.name
+            # An estimate: within 25% of the truth on this trained model (documented: ≤22%).
+            for est, true in [
+                (r.energy_rank_90, m.spectrum.energy_rank_90),
+                (r.energy_rank_99, m.spectrum.energy_rank_99),
+            ]:
+                assert abs(est - true) <= 0.25 * true, m.name
 
 
 # -- synthetic matrices with known spectra, stored in several dtypes ---------------------------

@@ -14,18 +14,21 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   special: singular values do not change under transposition.
 - **method="randomized"**: randomized block Krylov on WᵀW (Halko–Martinsson–Tropp; Musco &
   Musco), blocks of ``top_k + 8`` columns, every block kept; each iteration is one fused pass
-  over the matrix. It stops when every top-k singular value changed by at most ``rtol``
-  (relative, default 3e-3) between two iterations, or after ``max_iter`` passes (default 16).
-  Ritz values approach the true σ from below.
+  over the matrix. It stops when the estimated relative error of every top-k singular value
+  is at most ``rtol`` (default 3e-3; the estimate extrapolates each value's last two changes
+  geometrically), or after ``max_iter`` passes (default 24). Ritz values approach the true σ
+  from below.
 - **method="exact"**: the Gram matrix over the smaller dimension in f64 and a symmetric
   eigensolver: the whole spectrum. ``"auto"`` (default) uses it when min(rows, cols) ≤ 512.
 - **frobenius_norm** is exact (f64 sum of squares, same pass); **stable_rank** = ‖W‖_F²/σ₁².
 - **energy_rank_90/95/99**: smallest r with Σᵢ≤ᵣ σᵢ² ≥ share·‖W‖_F². Counted from the known σ
   when they reach the share (always in exact mode: ``energy_rank_exact=True``). Otherwise an
-  estimate (``energy_rank_exact=False``): the unknown σᵢ² beyond the top-k are modelled as
-  decreasing linearly in i from σ²ₖ, with the slope set by the known remaining energy
-  ‖W‖_F² − Σᵢ≤ₖ σᵢ² spread over the min(rows, cols) − k remaining values. It is never below
-  the rigorous lower bound k + ⌈(share·‖W‖_F² − Σᵢ≤ₖ σᵢ²)/σ²ₖ⌉.
+  estimate (``energy_rank_exact=False``): the M = min(rows, cols) − k unknown values are
+  modelled as λₖ₊ᵢ ∝ σ²ₖ·(1 − (i − ½)/M)^p, decaying from σ²ₖ over the whole remaining range,
+  with p = M·σ²ₖ/R − 1 set by the known remaining energy R = ‖W‖_F² − Σᵢ≤ₖ σᵢ² (flat when
+  p would be negative). On the real MiniLM weights with the top-32 known it underestimates the
+  90%/99% ranks by 12% on average (at most 22%). It is never below the rigorous lower bound
+  k + ⌈(share·‖W‖_F² − Σᵢ≤ₖ σᵢ²)/σ²ₖ⌉.
 - **alpha**: Hill estimator of the power-law exponent of the eigenvalues λᵢ = σᵢ² of WᵀW, on
   the tail of the top t = top_k eigenvalues with x_min = λₜ: α = 1 + t / Σᵢ≤ₜ ln(λᵢ/λₜ) (the
   ``PL_Alpha_Hill`` formula of TempBalance / AlphaLoRA / AlphaPruning, which use the top half
@@ -60,7 +63,7 @@ METHODS = ("auto", "randomized", "exact")
 #: Default relative convergence tolerance of the randomized solver.
 DEFAULT_RTOL = 3e-3
 #: Default cap on randomized iterations (passes over a matrix).
-DEFAULT_MAX_ITER = 16
+DEFAULT_MAX_ITER = 24
 _ELEMENT_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 _EXPERT_INDEX = re.compile(r"(?:^|\.)experts\.(\d+)\.")
 
@@ -239,7 +242,7 @@ def compute_spectra(
         threads: worker threads (default: all cores).
         progress: ``callback(done, total, name)`` per matrix, True for a bar, False for none,
             None for a bar only when stderr is a terminal.
-        max_iter: cap on randomized iterations (default 16).
+        max_iter: cap on randomized iterations (default 24).
 
     Raises:
         FileChangedError: a shard changed since ``analyze`` read its header.

@@ -30,11 +30,11 @@ use crate::error::{Error, Result};
 use solver::{Outcome, SolverConfig};
 use source::{MatrixSource, Segment};
 
-/// Default convergence tolerance of the randomized solver: the largest relative change of any
-/// top-k singular value between two iterations at which it stops.
+/// Default convergence tolerance of the randomized solver: the estimated relative error of
+/// every top-k singular value at which it stops.
 pub const DEFAULT_RTOL: f64 = 3e-3;
 /// Default cap on randomized iterations (passes over the matrix).
-pub const DEFAULT_MAX_ITER: usize = 16;
+pub const DEFAULT_MAX_ITER: usize = 24;
 /// Matrices with fewer elements than this are small: processed single-threaded, several at once.
 const LARGE_ELEMENTS: usize = 1 << 20;
 /// `auto` uses the exact mode when min(rows, cols) is at most this (or twice the block).
@@ -423,6 +423,9 @@ pub fn compute(
         .map(|(s, &u)| u.then(|| OpenShard::open(s)).transpose())
         .collect::<Result<_>>()?;
     let threads = rayon::current_num_threads();
+    // Parallelism comes from our own panel groups and job batches; faer's small dense kernels
+    // (QR of a block, Rayleigh–Ritz) run sequentially inside them instead of contending.
+    faer::set_global_parallelism(Par::Seq);
     let advise = |job: &Job, advice: libc::c_int| {
         let esize = job.dtype.byte_size().unwrap_or(1);
         for s in &job.segments {

@@ -7,8 +7,8 @@
 //! Gram–Schmidt, twice) and QR-factored with faer. The Rayleigh quotient H = QᵀBQ needs no
 //! extra pass: its new column block is Qᵀ(B·Xᵢ), the product just computed. The Ritz values
 //! (eigenvalues of H, faer's self-adjoint eigensolver in f64) are σ² estimates from below; the
-//! iteration stops when the top-k estimates σⱼ change by at most `rtol`·σⱼ between two
-//! iterations, or after `max_iter` passes.
+//! iteration stops when the estimated remaining error of every top-k σⱼ (from its last two
+//! changes, see [`converged_estimate`]) is at most `rtol`·σⱼ, or after `max_iter` passes.
 //!
 //! **Exact**: the Gram matrix over the smaller dimension (AᵀA from row panels, or AAᵀ from
 //! column blocks when the matrix is wide) accumulated in f64, then faer's symmetric
@@ -254,6 +254,31 @@ fn nan_outcome(k: usize, stats: ElementStats, iterations: usize) -> Outcome {
     }
 }
 
+/// Whether every Ritz value `sv[j]` is within `rtol` (relative) of its limit, judged from its
+/// last two changes: the last change `deltas[j]` must be below the tolerance, and so must the
+/// remaining error if the changes keep shrinking at the last observed rate ρ = δᵢ/δᵢ₋₁
+/// (geometric tail δᵢ·ρ/(1−ρ), ρ capped at 0.95). Block Krylov converges at least that fast
+/// once the rate settles, so the estimate is conservative; it needs three iterations.
+fn converged_estimate(sv: &[f64], deltas: &[f64], prev_deltas: &[f64], rtol: f64) -> bool {
+    if prev_deltas.len() != deltas.len() {
+        return false;
+    }
+    let s1 = sv.first().copied().unwrap_or(0.0);
+    sv.iter()
+        .zip(deltas.iter().zip(prev_deltas))
+        .all(|(&s, (&d, &pd))| {
+            let tol = rtol * s + 1e-7 * s1;
+            let rho = if pd > 0.0 {
+                (d / pd).min(0.95)
+            } else if d == 0.0 {
+                0.0
+            } else {
+                0.95
+            };
+            d <= tol && d * rho / (1.0 - rho) <= tol
+        })
+}
+
 /// Top singular values by randomized block Krylov (see the module docs).
 pub fn randomized(
     src: &MatrixSource<'_>,
@@ -275,6 +300,7 @@ pub fn randomized(
     let mut basis: Vec<Mat<f32>> = Vec::new();
     let mut stats = ElementStats::default();
     let mut prev: Vec<f64> = Vec::new();
+    let mut prev_deltas: Vec<f64> = Vec::new();
     let mut sv: Vec<f64> = Vec::new();
     let mut converged = false;
     let mut iterations = 0;
@@ -317,11 +343,9 @@ pub fn randomized(
         let ritz = sym_eigenvalues_desc(h.as_ref().get(..dim, ..dim));
         sv = ritz.iter().take(k).map(|l| l.max(0.0).sqrt()).collect();
         if !prev.is_empty() {
-            let s1 = sv.first().copied().unwrap_or(0.0);
-            converged = sv
-                .iter()
-                .zip(&prev)
-                .all(|(s, p)| (s - p).abs() <= cfg.rtol * s + 1e-7 * s1);
+            let deltas: Vec<f64> = sv.iter().zip(&prev).map(|(s, p)| (s - p).abs()).collect();
+            converged = converged_estimate(&sv, &deltas, &prev_deltas, cfg.rtol);
+            prev_deltas = deltas;
         }
         if converged || iterations == max_blocks {
             break;

