@@ -261,3 +261,31 @@ def test_dtypes_we_do_not_know_are_refused_by_name(dtype: str) -> None:
         assert reference(path) == {"w": (dtype, (2,))}
         with pytest.raises(lora_rank.HeaderError, match=f'unknown dtype "{dtype}"'):
             lora_rank.analyze(path)
+
+
+_config_keys = st.sampled_from(
+    ["model_type", "architectures", "vocab_size", "tie_word_embeddings", "text_config",
+     "num_hidden_layers", "hidden_size", "num_local_experts", "x"]
+)  # fmt: skip
+_config_values = (
+    _json
+    | st.sampled_from(["llama", "bert", "gpt2", "mixtral", "t5"])
+    | st.just(["LlamaForCausalLM"])
+)
+
+
+@SETTINGS
+@given(st.dictionaries(_config_keys, _config_values, max_size=5) | _json)
+def test_random_config_json(config: Any) -> None:
+    """Whatever config.json holds, analyze() returns a report or raises a LoraRankError."""
+    from hostile_cases import write_valid
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_valid(Path(tmp) / "model.safetensors")
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        try:
+            report = lora_rank.analyze(tmp)
+        except lora_rank.LoraRankError as e:
+            assert "config.json" in str(e)
+        else:
+            assert len(report.tensors) == 3
