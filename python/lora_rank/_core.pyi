@@ -3,6 +3,18 @@
 from os import PathLike
 from typing import Any, Callable, Optional, TypedDict
 
+__all__ = [
+    "__version__",
+    "LoraRankError",
+    "HeaderError",
+    "CheckpointIndexError",
+    "UnsupportedFormatError",
+    "NotACheckpointError",
+    "FileChangedError",
+    "open_checkpoint",
+    "spectra",
+]
+
 __version__: str
 
 class LoraRankError(Exception): ...
@@ -12,21 +24,21 @@ class UnsupportedFormatError(LoraRankError): ...
 class NotACheckpointError(LoraRankError): ...
 class FileChangedError(LoraRankError): ...
 
-class ShardDict(TypedDict):
+class _ShardDict(TypedDict):
     path: str
     name: str
     size: int
     header_len: int
     metadata: dict[str, str] | None
 
-class CheckpointDict(TypedDict):
+class _CheckpointDict(TypedDict):
     root: str
     index_path: str | None
     config_json: str | None
-    shards: list[ShardDict]
+    shards: list[_ShardDict]
     tensors: list[tuple[str, str, tuple[int, ...], int, int, int]]
 
-def open_checkpoint(path: str | PathLike[Any], threads: int | None = None) -> CheckpointDict: ...
+def open_checkpoint(path: str | PathLike[Any], threads: int | None = None) -> _CheckpointDict: ...
 
 class _SpectrumDict(TypedDict):
     singular_values: list[float]
