@@ -265,7 +265,7 @@ size = shard.stat().st_size
 seen = []
 
 def change(done, total, name):
-    if seen:
+    if seen or mode == "mid-tensor":
         return
     seen.append(done)
     if mode == "truncate":
@@ -282,13 +282,28 @@ def change(done, total, name):
         tmp.write_bytes(os.urandom(size))
         os.replace(tmp, shard)
 
+kwargs = {{}}
+if mode == "mid-tensor":  # one big matrix: truncate while its solver passes read it
+    import threading
+    threading.Timer(0.5, lambda: (seen.append(1), os.truncate(shard, size // 2))).start()
+    kwargs = dict(method="randomized", rtol=1e-12)
 try:
-    lora_rank.analyze(root, spectral=True, threads=1, progress=change)
+    lora_rank.analyze(root, spectral=True, threads=1, progress=change, **kwargs)
 except (lora_rank.LoraRankError, OSError) as e:
     print(type(e).__name__, "after", seen, "::", e)
 else:
     print("no error after", seen)
 """
+
+
+def _run_change_script(root: Path, mode: str) -> str:
+    """Run the scan of ``root`` in a child that changes its shard (``mode``); its one line."""
+    script = _CHANGE_SCRIPT.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(root), mode], capture_output=True, text=True, timeout=110
+    )
+    assert proc.returncode == 0, f"child died with {proc.returncode}: {proc.stderr[-2000:]}"
+    return proc.stdout.strip()
 
 
 @pytest.mark.timeout(120)
@@ -301,20 +316,7 @@ def test_shard_changed_during_a_spectral_scan(
     after the first tensor is reported) gives FileChangedError naming the shard, never SIGBUS."""
     root = tmp_path / "ckpt"
     shutil.copytree(many_matrices, root)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _CHANGE_SCRIPT.format(tests=str(Path(__file__).parent)),
-            str(root),
-            mode,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert proc.returncode == 0, f"child died with {proc.returncode}: {proc.stderr[-2000:]}"
-    out = proc.stdout.strip()
+    out = _run_change_script(root, mode)
     assert out.startswith("FileChangedError after [1]"), out
     assert str(root / SHARD) in out, out
 
@@ -336,3 +338,16 @@ def test_hf_cache_with_a_bad_refs_main_falls_back_to_its_only_snapshot(
     report = lora_rank.analyze(entry)
     assert Path(report.path) == snap
     assert len(report.tensors) == len(tensors())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not HAVE_SPECTRAL, reason="lora_rank.spectral (spectral=True) not built yet")
+def test_shard_truncated_while_one_big_matrix_is_read(tmp_path: Path) -> None:
+    """A 64 MB matrix whose file is cut in half 0.5 s into its solver passes (positioned reads,
+    no mapping): FileChangedError naming the shard, never SIGBUS."""
+    big = np.random.default_rng(0).standard_normal((4096, 4096), np.float32)
+    write_valid(tmp_path / SHARD, {"model.layers.0.mlp.up_proj.weight": big})
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    out = _run_change_script(tmp_path, "mid-tensor")
+    assert out.startswith("FileChangedError after [1]"), out
+    assert str(tmp_path / SHARD) in out, out
