@@ -9,6 +9,7 @@ covers fall back on shape: a 2-D weight is ``other_linear``, anything else ``oth
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Optional
 
@@ -92,6 +93,15 @@ def match_rule(name: str) -> Optional[str]:
         >>> match_rule("bert.pooler.dense"), match_rule("model.frobnicator")
         ('other_linear', None)
     """
+    return _match_normalized(_NUMBER.sub(".0", name))
+
+
+#: Layer and expert numbers do not change a module's kind: names are classified once per shape.
+_NUMBER = re.compile(r"\.\d+(?=\.|$)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _match_normalized(name: str) -> Optional[str]:
     for rx, kind in _COMPILED:
         if rx.search(name):
             return kind
