@@ -4,13 +4,13 @@ from os import PathLike
 from typing import Any, Callable, Optional, TypedDict
 
 __all__ = [
-    "__version__",
-    "LoraRankError",
-    "HeaderError",
     "CheckpointIndexError",
-    "UnsupportedFormatError",
-    "NotACheckpointError",
     "FileChangedError",
+    "HeaderError",
+    "LoraRankError",
+    "NotACheckpointError",
+    "UnsupportedFormatError",
+    "__version__",
     "open_checkpoint",
     "spectra",
 ]
