@@ -22,6 +22,16 @@ _DECODER = dict(
     max_position_embeddings=64,
 )
 
+# The same sizes for families without grouped-query attention (encoders, GPT-NeoX).
+_ENCODER = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+)
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -52,14 +62,7 @@ ARCHS: dict[str, Arch] = {
             "gpt_neox",
             "GPTNeoXConfig",
             "GPTNeoXForCausalLM",
-            dict(
-                vocab_size=96,
-                hidden_size=32,
-                intermediate_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=64,
-            ),
+            dict(_ENCODER),
         ),
         Arch(
             "falcon",
@@ -71,27 +74,13 @@ ARCHS: dict[str, Arch] = {
             "bert",
             "BertConfig",
             "BertForSequenceClassification",
-            dict(
-                vocab_size=96,
-                hidden_size=32,
-                intermediate_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=64,
-            ),
+            dict(_ENCODER),
         ),
         Arch(
             "roberta",
             "RobertaConfig",
             "RobertaForMaskedLM",
-            dict(
-                vocab_size=96,
-                hidden_size=32,
-                intermediate_size=48,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=64,
-            ),
+            dict(_ENCODER),
         ),
         Arch(
             "t5",
