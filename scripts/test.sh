@@ -75,8 +75,9 @@ step "mypy + stubtest"
 mypy
 python -m mypy.stubtest lora_rank._core --mypy-config-file pyproject.toml
 
-step "pytest"
-python -m pytest -q -p no:cacheprovider "$@"
-
 step "benchmark smoke run (benches/run.py --quick: < 1 min, temporary files only)"
 python benches/run.py --quick
+
+# pytest last: its summary line closes the run.
+step "pytest"
+python -m pytest -q -p no:cacheprovider "$@"
