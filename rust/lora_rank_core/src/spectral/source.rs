@@ -43,7 +43,9 @@ pub struct ElementStats {
 
 impl ElementStats {
     /// Add the elements of `v`: squares are summed in f32 over runs of 64 elements (exact
-    /// enough for a 2⁻²⁴ relative error per run) and the runs in f64.
+    /// enough for a 2⁻²⁴ relative error per run) and the runs in f64. A run of finite values
+    /// whose f32 sum overflows (|x| ≳ 1.8e19, e.g. a corrupted bf16 file) is summed again in
+    /// f64, so the Frobenius norm is never a silent infinity.
     pub fn add(&mut self, v: &[f32]) {
         for run in v.chunks(64) {
             let mut s = 0f32;
@@ -52,7 +54,11 @@ impl ElementStats {
                 s += x * x;
                 bad += u32::from(!x.is_finite());
             }
-            self.sum_sq += f64::from(s);
+            self.sum_sq += if s.is_finite() || bad > 0 {
+                f64::from(s)
+            } else {
+                run.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+            };
             self.nonfinite += u64::from(bad);
         }
     }
@@ -220,6 +226,16 @@ impl<'a> MatrixSource<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn huge_finite_values_do_not_overflow_the_sum_of_squares() {
+        let mut stats = ElementStats::default();
+        stats.add(&[3.0e19f32; 100]);
+        assert_eq!(stats.nonfinite, 0);
+        let expect = 100.0 * 3.0e19f64 * 3.0e19f64;
+        assert!(stats.sum_sq.is_finite());
+        assert!((stats.sum_sq - expect).abs() / expect < 1e-6);
+    }
+
     use super::*;
     use std::io::Write;
 
