@@ -4,6 +4,7 @@ from os import PathLike
 from typing import Any, Callable, Optional, TypedDict
 
 __all__ = [
+    "ByteBuffer",
     "CheckpointIndexError",
     "FileChangedError",
     "HeaderError",
@@ -11,8 +12,12 @@ __all__ = [
     "NotACheckpointError",
     "UnsupportedFormatError",
     "__version__",
+    "checkpoint_from_headers",
+    "header_length",
     "open_checkpoint",
+    "parse_index",
     "spectra",
+    "spectra_in_memory",
 ]
 
 __version__: str
@@ -39,6 +44,20 @@ class _CheckpointDict(TypedDict):
     tensors: list[tuple[str, str, tuple[int, ...], int, int, int]]
 
 def open_checkpoint(path: str | PathLike[Any], threads: int | None = None) -> _CheckpointDict: ...
+def checkpoint_from_headers(
+    root: str | PathLike[Any],
+    index: tuple[str | PathLike[Any], bytes] | None,
+    config_json: str | None,
+    shards: list[tuple[str, str | PathLike[Any], int, bytes]],
+    threads: int | None = None,
+) -> _CheckpointDict: ...
+def header_length(prefix: bytes, file_len: int, path: str | PathLike[Any]) -> int: ...
+def parse_index(data: bytes, path: str | PathLike[Any]) -> dict[str, str]: ...
+
+class ByteBuffer:
+    def __new__(cls, size: int) -> ByteBuffer: ...
+    def write(self, offset: int, data: bytes) -> None: ...
+    def __len__(self) -> int: ...
 
 class _SpectrumDict(TypedDict):
     singular_values: list[float]
@@ -57,6 +76,19 @@ class _SpectrumDict(TypedDict):
 
 def spectra(
     shards: list[tuple[str, int]],
+    jobs: list[tuple[str, list[tuple[int, int, int]], int, str]],
+    *,
+    top_k: int = 32,
+    method: str = "auto",
+    rtol: Optional[float] = None,
+    seed: int = 0,
+    oversample: int = 8,
+    max_iter: Optional[int] = None,
+    threads: Optional[int] = None,
+    progress: Optional[Callable[[int, int, str], object]] = None,
+) -> list[_SpectrumDict]: ...
+def spectra_in_memory(
+    buffers: list[tuple[str, int, ByteBuffer]],
     jobs: list[tuple[str, list[tuple[int, int, int]], int, str]],
     *,
     top_k: int = 32,

@@ -7,7 +7,6 @@ import os
 import warnings as _warnings
 from typing import Any, Callable, Optional, Union
 
-from . import _core
 from .errors import ConfigError
 from .inventory import build_modules
 from .report import Report, Tensor
@@ -21,6 +20,7 @@ ProgressCallback = Callable[[int, int, str], None]
 def analyze(
     path: PathLike,
     *,
+    revision: Optional[str] = None,
     spectral: bool = False,
     top_k: int = 32,
     method: str = "auto",
@@ -35,7 +35,12 @@ def analyze(
 
     Args:
         path: a directory with ``model.safetensors.index.json`` or ``*.safetensors`` files, a
-            single ``.safetensors`` file, or a Hugging Face cache entry/snapshot directory.
+            single ``.safetensors`` file, a Hugging Face cache entry/snapshot directory, a hub
+            repo id ``org/name``, ``hf://org/name[@revision][/subfolder]``, or the URL of a
+            ``.safetensors`` file or index. Hub repos are read from the local Hugging Face
+            cache when their snapshot is there, else remotely, headers only, by HTTP range
+            requests (see :mod:`lora_rank.sources.hub`).
+        revision: branch, tag or commit of a hub repo (default ``main``).
         spectral: also compute per-matrix spectral statistics (reads the tensor data).
         top_k, method, rtol, seed: spectral solver settings (see :mod:`lora_rank.spectral`).
         threads: worker threads (default: all cores).
@@ -59,7 +64,9 @@ def analyze(
     """
     if resolve not in ("rules", "transformers"):
         raise ConfigError(f"resolve must be 'rules' or 'transformers', not {resolve!r}")
-    raw = _core.open_checkpoint(os.fspath(path), threads)
+    from .sources.hub import open_source
+
+    raw, remote_shards = open_source(os.fspath(path), revision, threads)
     config: Optional[dict[str, Any]] = None
     if raw["config_json"] is not None:
         config = _parse_config(raw["config_json"], os.path.join(raw["root"], "config.json"))
@@ -90,6 +97,7 @@ def analyze(
         shards=[s["path"] for s in raw["shards"]],
         resolve=resolve,
         warnings=warns,
+        remote_shards=remote_shards,
     )
     if spectral:
         from .spectral import compute_spectra

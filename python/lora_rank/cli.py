@@ -22,7 +22,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
 from .errors import ConfigError, LoraRankError
 from .plot import METRICS
@@ -81,7 +81,12 @@ def _common_options() -> _Parser:
         "path",
         nargs="?",
         metavar="PATH",
-        help="checkpoint directory, .safetensors file or Hugging Face cache entry",
+        help="checkpoint directory, .safetensors file, Hugging Face cache entry, hub repo id "
+        "org/name, hf://org/name[@revision][/subfolder], or URL of a .safetensors file or index "
+        "(remote checkpoints: headers only, by HTTP range requests)",
+    )
+    p.add_argument(
+        "--revision", metavar="REV", help="branch, tag or commit of a hub repo (default: main)"
     )
     p.add_argument(
         "--demo",
@@ -223,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _checkpoint_path(args: argparse.Namespace) -> Path:
+def _checkpoint_path(args: argparse.Namespace) -> Union[str, Path]:
     if args.demo and args.path:
         raise UsageError("give either PATH or --demo, not both")
     if args.demo:
@@ -236,11 +241,12 @@ def _checkpoint_path(args: argparse.Namespace) -> Path:
             values = getattr(args, option, None)
             if values and len(values) > 1 and os.path.exists(values[-1]):
                 args.path = values.pop()
-                return Path(args.path)
+                return str(args.path)
         raise UsageError(
             f"missing PATH (a checkpoint), or --demo; see {PROG} {args.command} --help"
         )
-    return Path(args.path)
+    # A string, not a Path: hf:// and URLs must keep their double slash.
+    return str(args.path)
 
 
 def _analyze(args: argparse.Namespace, spectral: bool) -> Report:
@@ -248,6 +254,7 @@ def _analyze(args: argparse.Namespace, spectral: bool) -> Report:
 
     return analyze(
         _checkpoint_path(args),
+        revision=args.revision,
         spectral=spectral,
         top_k=args.top_k,
         threads=args.threads,

@@ -23,11 +23,17 @@ class ConfigError(LoraRankError, ValueError):
     """An argument or option is invalid (bad budget string, unknown preset, ...)."""
 
 
+class HubError(LoraRankError):
+    """A remote checkpoint cannot be read: repo, revision or file not found, access refused
+    (gated or private), offline and not cached, or a server answering range requests wrongly."""
+
+
 __all__ = [
     "CheckpointIndexError",
     "ConfigError",
     "FileChangedError",
     "HeaderError",
+    "HubError",
     "LoraRankError",
     "NotACheckpointError",
     "UnsupportedFormatError",

@@ -110,6 +110,21 @@ class Spectrum:
         return d
 
 
+@dataclass(frozen=True)
+class RemoteShard:
+    """Where a shard of a remote checkpoint is read from: its URL (pinned to the commit), the
+    ETag seen when its header was read (a later mismatch is a FileChangedError) and its size.
+
+    Example:
+        >>> RemoteShard("https://example.com/model.safetensors", "abc", 1024).size
+        1024
+    """
+
+    url: str
+    etag: Optional[str]
+    size: int
+
+
 @dataclass
 class Module:
     """A runtime module (or, for fused MoE experts, a runtime parameter) of the model.
@@ -195,6 +210,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     #: Spectral settings used, when spectra were computed.
     spectral_settings: Optional[dict[str, Any]] = None
+    #: For a remote checkpoint (hub repo or URL), where each of :attr:`shards` is read from.
+    remote_shards: Optional[list[RemoteShard]] = None
 
     # -- lookups ---------------------------------------------------------------------------
     def module(self, name: str) -> Module:

@@ -51,7 +51,7 @@ import os
 import re
 import warnings as _warnings
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 from . import _core
@@ -74,6 +74,11 @@ Job = tuple[str, list[Segment], int, str]
 def _element_size(t: Tensor) -> int:
     # Undecodable dtypes are refused by the engine, which names file and tensor.
     return _ELEMENT_SIZE.get(t.dtype, 1)
+
+
+def _job_bytes(job: Job) -> int:
+    """Stored bytes of the matrix a job reads."""
+    return sum(rows for _, _, rows in job[1]) * job[2] * _ELEMENT_SIZE.get(job[3], 1)
 
 
 def _is_weight(key: str) -> bool:
@@ -260,18 +265,40 @@ def compute_spectra(
     plan = _Plan(report)
     sizes = _expected_sizes(report, plan.shard_index)
     shards = [(path, size) for path, size in zip(report.shards, sizes)]
-    with progress_reporter(progress, len(plan.jobs)) as callback:
-        results = _core.spectra(
-            shards,
-            plan.jobs,
-            top_k=top_k,
-            method=method,
-            rtol=rtol,
-            seed=seed,
-            max_iter=max_iter,
-            threads=threads,
-            progress=callback,
-        )
+    results: Sequence[Mapping[str, Any]]
+    if report.remote_shards is not None:
+        from .sources.hub import remote_spectra
+
+        total = sum(_job_bytes(job) for job in plan.jobs)
+        with progress_reporter(progress, len(plan.jobs), total_bytes=total) as callback:
+            results = remote_spectra(
+                report.remote_shards,
+                plan.jobs,
+                _ELEMENT_SIZE,
+                progress=callback,
+                fetched=getattr(callback, "fetched", None),
+                top_k=top_k,
+                method=method,
+                rtol=rtol,
+                seed=seed,
+                max_iter=max_iter,
+                threads=threads,
+            )
+    else:
+        with progress_reporter(progress, len(plan.jobs)) as callback:
+            results = list(
+                _core.spectra(
+                    shards,
+                    plan.jobs,
+                    top_k=top_k,
+                    method=method,
+                    rtol=rtol,
+                    seed=seed,
+                    max_iter=max_iter,
+                    threads=threads,
+                    progress=callback,
+                )
+            )
     experts: dict[str, dict[int, Spectrum]] = defaultdict(dict)
     warns = list(plan.warnings)
     for (module, expert), job, d in zip(plan.targets, plan.jobs, results):

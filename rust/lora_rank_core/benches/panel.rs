@@ -16,6 +16,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use faer::Par;
 use half::bf16;
+use lora_rank_core::io::ByteSource;
 use lora_rank_core::spectral::solver::{randomized, SolverConfig};
 use lora_rank_core::spectral::source::{MatrixSource, Scratch, Segment};
 use lora_rank_core::Dtype;
@@ -49,7 +50,7 @@ fn bench_panel(c: &mut Criterion) {
     write_bf16_matrix(&path, ROWS, COLS);
     let file = File::open(&path).expect("open");
     let seg = Segment {
-        file: &file,
+        bytes: ByteSource::File(&file),
         path: &path,
         offset: 0,
         rows: ROWS,

@@ -95,27 +95,97 @@ pub fn open(path: &Path) -> Result<Checkpoint> {
         return open_file(path);
     }
     let dir = resolve_hf_cache(path)?;
-    let index = find_index(&dir)?;
+    let index = match find_index(&dir)? {
+        Some(index_path) => {
+            let weight_map = read_index(&index_path)?;
+            Some((index_path, weight_map))
+        }
+        None => None,
+    };
     let shard_names = match &index {
-        Some(index_path) => shard_names_from_index(index_path)?.0,
+        Some((_, weight_map)) => shard_names_of(weight_map),
         None => list_safetensors(&dir)?,
     };
     let shards = read_shards(&dir, &shard_names)?;
     let config_json = read_config(&dir)?;
-    let tensors = match &index {
-        Some(index_path) => {
-            let (_, weight_map) = shard_names_from_index(index_path)?;
-            cross_check_index(index_path, &weight_map, &shards)?;
-            collect_tensors(&shards)
+    assemble(dir, index, config_json, shards)
+}
+
+/// A shard known by its size and first bytes (at least its whole header), e.g. fetched from a
+/// remote file by HTTP range requests; `path` names it in messages.
+#[derive(Debug, Clone)]
+pub struct ShardPrefix {
+    pub name: String,
+    pub path: PathBuf,
+    pub len: u64,
+    pub prefix: Vec<u8>,
+}
+
+/// The checkpoint described by shard headers held in memory, with the same validation as
+/// [`open`]: each header by [`crate::header::parse_header_prefix`] (in parallel), the index
+/// (bytes of `*.safetensors.index.json`, named by its path) cross-checked against the shards,
+/// or unique tensor names without one. Every shard the index lists must be given.
+pub fn from_headers(
+    root: PathBuf,
+    index: Option<(PathBuf, &[u8])>,
+    config_json: Option<String>,
+    shards: Vec<ShardPrefix>,
+) -> Result<Checkpoint> {
+    let index = match index {
+        Some((path, bytes)) => {
+            let weight_map = parse_index_json(bytes).map_err(|m| Error::index(&path, m))?;
+            Some((path, weight_map))
         }
-        None => {
-            check_unique_names(&dir, &shards)?;
-            collect_tensors(&shards)
-        }
+        None => None,
     };
+    if let Some((path, weight_map)) = &index {
+        let given: std::collections::HashSet<&str> =
+            shards.iter().map(|s| s.name.as_str()).collect();
+        if let Some(missing) = shard_names_of(weight_map)
+            .into_iter()
+            .find(|n| !given.contains(n.as_str()))
+        {
+            return Err(Error::index(
+                path,
+                format!("shard {missing} listed in weight_map was not read"),
+            ));
+        }
+    }
+    let shards = shards
+        .into_par_iter()
+        .map(|s| {
+            let header = crate::header::parse_header_prefix(&s.prefix, s.len)
+                .map_err(|m| Error::header(&s.path, m))?;
+            Ok(Shard {
+                path: s.path,
+                name: s.name,
+                stamp: FileStamp {
+                    len: s.len,
+                    modified: None,
+                },
+                header,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    assemble(root, index, config_json, shards)
+}
+
+/// Cross-check the shards against the index (or, without one, require unique tensor names)
+/// and list the tensors.
+fn assemble(
+    root: PathBuf,
+    index: Option<(PathBuf, WeightMap)>,
+    config_json: Option<String>,
+    shards: Vec<Shard>,
+) -> Result<Checkpoint> {
+    match &index {
+        Some((index_path, weight_map)) => cross_check_index(index_path, weight_map, &shards)?,
+        None => check_unique_names(&root, &shards)?,
+    }
+    let tensors = collect_tensors(&shards);
     Ok(Checkpoint {
-        root: dir,
-        index_path: index,
+        root,
+        index_path: index.map(|(p, _)| p),
         config_json,
         shards,
         tensors,
@@ -295,14 +365,18 @@ fn read_small_file(path: &Path, missing_ok: bool) -> Result<Option<Vec<u8>>> {
     Ok(Some(bytes))
 }
 
-/// Parse an index file: the sorted unique shard names and the tensor → shard map.
-fn shard_names_from_index(index_path: &Path) -> Result<(Vec<String>, WeightMap)> {
+/// Read and parse an index file: its tensor → shard map.
+fn read_index(index_path: &Path) -> Result<WeightMap> {
     let bytes = read_small_file(index_path, false)?.unwrap_or_default();
-    let weight_map = parse_index_json(&bytes).map_err(|m| Error::index(index_path, m))?;
+    parse_index_json(&bytes).map_err(|m| Error::index(index_path, m))
+}
+
+/// The sorted unique shard names of a weight map.
+pub fn shard_names_of(weight_map: &WeightMap) -> Vec<String> {
     let mut names: Vec<String> = weight_map.values().cloned().collect();
     names.sort();
     names.dedup();
-    Ok((names, weight_map))
+    names
 }
 
 /// Parse the bytes of a `*.safetensors.index.json` into its `weight_map`, checking that every

@@ -333,9 +333,34 @@ fn validate_layout(tensors: &mut [TensorInfo], data_len: u64) -> std::result::Re
 
 /// Parse a complete safetensors file held in memory (used by tests and fuzzing).
 pub fn parse_bytes(buf: &[u8]) -> std::result::Result<Header, String> {
-    let file_len = buf.len() as u64;
-    let n = header_len_from_prefix(buf.get(..8), file_len)?;
-    parse_header_json(&buf[8..8 + n as usize], file_len - 8 - n)
+    parse_header_prefix(buf, buf.len() as u64)
+}
+
+/// Parse and validate the header of a file of `file_len` bytes from its first bytes `prefix`
+/// (at least the 8-byte length and the JSON; e.g. fetched by an HTTP range request): the same
+/// checks as [`read_header`] on a file. Errors are plain messages; callers attach the path.
+pub fn parse_header_prefix(prefix: &[u8], file_len: u64) -> std::result::Result<Header, String> {
+    let n = header_len(prefix, file_len)?;
+    let json = prefix.get(8..8 + n as usize).ok_or_else(|| {
+        format!(
+            "header length {n} needs the first {} bytes of the file, only {} were given",
+            8 + n,
+            prefix.len()
+        )
+    })?;
+    parse_header_json(json, file_len - 8 - n)
+}
+
+/// The JSON length `N` announced by the first 8 bytes of `prefix`, checked against the
+/// format's limit and the size `file_len` of the file.
+pub fn header_len(prefix: &[u8], file_len: u64) -> std::result::Result<u64, String> {
+    if file_len >= 8 && prefix.len() < 8 {
+        return Err(format!(
+            "only {} of the 8 header-length bytes were given",
+            prefix.len()
+        ));
+    }
+    header_len_from_prefix(prefix.get(..8).filter(|_| file_len >= 8), file_len)
 }
 
 fn header_len_from_prefix(
@@ -540,6 +565,26 @@ mod tests {
         let mut b = 2u64.to_le_bytes().to_vec();
         b.extend_from_slice(&[0xff, 0xfe]);
         assert!(parse_bytes(&b).unwrap_err().contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_prefix_parses_as_the_whole_file() {
+        let j = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let whole = file(j, 8);
+        let head = &whole[..8 + j.len()];
+        let len = whole.len() as u64;
+        assert_eq!(parse_header_prefix(head, len), parse_bytes(&whole));
+        assert_eq!(header_len(head, len), Ok(j.len() as u64));
+        let short = parse_header_prefix(&head[..20], len).unwrap_err();
+        assert!(short.contains("only 20 were given"), "{short}");
+        // The data region is checked against the file size, not against the prefix.
+        assert!(parse_header_prefix(head, len + 4)
+            .unwrap_err()
+            .contains("trailing bytes"));
+        assert!(header_len(&head[..4], len).is_err());
+        assert!(header_len(head, 5)
+            .unwrap_err()
+            .contains("shorter than the 8-byte"));
     }
 
     #[test]

@@ -193,3 +193,65 @@ fn duplicate_tensor_across_unindexed_files_is_an_error() {
     let err = open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("stored in both"), "{err}");
 }
+
+/// Shards given by their first bytes (as fetched by HTTP range requests) give the checkpoint
+/// `open` reads from the files, and the index is cross-checked the same way.
+#[test]
+fn headers_from_bytes_give_the_checkpoint_of_the_files() {
+    use lora_rank_core::checkpoint::{from_headers, ShardPrefix};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    sharded(dir);
+    let local = open(dir).unwrap();
+    let index_path = dir.join("model.safetensors.index.json");
+    let index = fs::read(&index_path).unwrap();
+    let prefixes = |names: &[&str]| -> Vec<ShardPrefix> {
+        names
+            .iter()
+            .map(|n| {
+                let bytes = fs::read(dir.join(n)).unwrap();
+                let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+                ShardPrefix {
+                    name: n.to_string(),
+                    path: dir.join(n),
+                    len: bytes.len() as u64,
+                    prefix: bytes[..header_end + 3].to_vec(),
+                }
+            })
+            .collect()
+    };
+    let both = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    let remote = from_headers(
+        dir.to_path_buf(),
+        Some((index_path.clone(), &index)),
+        local.config_json.clone(),
+        prefixes(&both),
+    )
+    .unwrap();
+    let key = |c: &lora_rank_core::Checkpoint| {
+        c.tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone(), t.shard, t.begin, t.end))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&remote), key(&local));
+    assert_eq!(remote.total_bytes(), local.total_bytes());
+    let err = from_headers(
+        dir.to_path_buf(),
+        Some((index_path.clone(), &index)),
+        None,
+        prefixes(&both[..1]),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Index { .. }), "{err}");
+    assert!(err.to_string().contains("model-00002-of-00002.safetensors"));
+    // A header prefix whose file is longer than its tensors: trailing bytes, naming the shard.
+    let mut grown = prefixes(&both[1..]);
+    grown[0].len += 4;
+    let err = from_headers(dir.to_path_buf(), None, None, grown).unwrap_err();
+    assert!(matches!(err, Error::Header { .. }), "{err}");
+    assert!(err.to_string().contains("trailing bytes"), "{err}");
+}

@@ -99,6 +99,66 @@ fn open_checkpoint<'py>(
     let ckpt = py
         .detach(|| with_pool(threads, || checkpoint::open(&path)))?
         .map_err(to_pyerr)?;
+    checkpoint_dict(py, &ckpt)
+}
+
+/// The checkpoint described by shard headers fetched elsewhere (e.g. by HTTP range requests),
+/// validated exactly as `open_checkpoint` validates files.
+///
+/// `index`: `(path, bytes of *.safetensors.index.json)`; `shards`: `(name, path, file size,
+/// first bytes of the file)`, the first bytes holding at least the whole header.
+#[pyfunction]
+#[pyo3(signature = (root, index, config_json, shards, threads=None))]
+fn checkpoint_from_headers<'py>(
+    py: Python<'py>,
+    root: std::path::PathBuf,
+    index: Option<(std::path::PathBuf, Vec<u8>)>,
+    config_json: Option<String>,
+    shards: Vec<(String, std::path::PathBuf, u64, Vec<u8>)>,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let shards = shards
+        .into_iter()
+        .map(|(name, path, len, prefix)| checkpoint::ShardPrefix {
+            name,
+            path,
+            len,
+            prefix,
+        })
+        .collect();
+    let ckpt = py
+        .detach(|| {
+            with_pool(threads, || {
+                let index = index.as_ref().map(|(p, b)| (p.clone(), b.as_slice()));
+                checkpoint::from_headers(root, index, config_json, shards)
+            })
+        })?
+        .map_err(to_pyerr)?;
+    checkpoint_dict(py, &ckpt)
+}
+
+/// The JSON length announced by the first bytes of a safetensors file of `file_len` bytes
+/// (HeaderError naming `path` past the format's limit or the file's size).
+#[pyfunction]
+fn header_length(prefix: &[u8], file_len: u64, path: std::path::PathBuf) -> PyResult<u64> {
+    lora_rank_core::header::header_len(prefix, file_len)
+        .map_err(|m| to_pyerr(Error::Header { path, msg: m }))
+}
+
+/// The `weight_map` (tensor → shard) of the bytes of an index file named `path`, shard names
+/// checked to stay inside the checkpoint (CheckpointIndexError otherwise).
+#[pyfunction]
+fn parse_index(
+    data: &[u8],
+    path: std::path::PathBuf,
+) -> PyResult<std::collections::BTreeMap<String, String>> {
+    checkpoint::parse_index_json(data).map_err(|m| to_pyerr(Error::Index { path, msg: m }))
+}
+
+fn checkpoint_dict<'py>(
+    py: Python<'py>,
+    ckpt: &checkpoint::Checkpoint,
+) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
     out.set_item("root", ckpt.root.display().to_string())?;
     out.set_item(
@@ -155,6 +215,135 @@ fn spectra<'py>(
     threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
+    let shards: Vec<spectral::ShardFile> = shards
+        .into_iter()
+        .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
+        .collect();
+    let settings = (top_k, method, rtol, seed, oversample, max_iter);
+    scan(py, Shards::Files(shards), jobs, settings, threads, progress)
+}
+
+/// A fixed-size byte buffer filled piece by piece (e.g. from an HTTP response body) and handed
+/// to [`spectra_in_memory`], which takes its bytes (the buffer is empty afterwards): a matrix
+/// fetched into it is held once, never joined or copied whole.
+#[pyclass(module = "lora_rank._core")]
+struct ByteBuffer {
+    data: Vec<u8>,
+}
+
+#[pymethods]
+impl ByteBuffer {
+    #[new]
+    fn new(size: usize) -> Self {
+        ByteBuffer {
+            data: vec![0; size],
+        }
+    }
+
+    /// Copy `data` to `offset` (ValueError past the end).
+    fn write(&mut self, offset: usize, data: &[u8]) -> PyResult<()> {
+        let end = offset
+            .checked_add(data.len())
+            .filter(|&e| e <= self.data.len());
+        let Some(end) = end else {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "{} bytes at offset {offset} do not fit in a buffer of {}",
+                data.len(),
+                self.data.len()
+            )));
+        };
+        self.data[offset..end].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// [`spectra`] on byte ranges of shards held in memory: `buffers` are `(path, absolute start
+/// offset in the shard, ByteBuffer)` (their bytes are taken: the buffers are empty afterwards),
+/// and a job's segments refer to a buffer by index, with absolute shard offsets. The same
+/// solver, so the same spectra as from the files.
+#[pyfunction]
+#[pyo3(signature = (buffers, jobs, *, top_k=32, method="auto", rtol=None, seed=0, oversample=8,
+                    max_iter=None, threads=None, progress=None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn spectra_in_memory<'py>(
+    py: Python<'py>,
+    buffers: Vec<(std::path::PathBuf, u64, PyRefMut<'py, ByteBuffer>)>,
+    jobs: Vec<(String, Vec<(usize, u64, usize)>, usize, String)>,
+    top_k: usize,
+    method: &str,
+    rtol: Option<f64>,
+    seed: u64,
+    oversample: usize,
+    max_iter: Option<usize>,
+    threads: Option<usize>,
+    progress: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let memory = buffers
+        .into_iter()
+        .map(|(path, start, mut buf)| (path, start, std::mem::take(&mut buf.data)))
+        .collect();
+    let settings = (top_k, method, rtol, seed, oversample, max_iter);
+    scan(
+        py,
+        Shards::Memory(memory),
+        jobs,
+        settings,
+        threads,
+        progress,
+    )
+}
+
+enum Shards {
+    Files(Vec<spectral::ShardFile>),
+    /// `(path, absolute start offset, bytes)`.
+    Memory(Vec<(std::path::PathBuf, u64, Vec<u8>)>),
+}
+
+impl Shards {
+    fn compute(
+        &self,
+        jobs: &[spectral::Job],
+        settings: &spectral::Settings,
+        cancel: &std::sync::atomic::AtomicBool,
+        progress: &spectral::Progress,
+    ) -> lora_rank_core::Result<Vec<spectral::Spectrum>> {
+        match self {
+            Shards::Files(files) => spectral::compute(files, jobs, settings, cancel, progress),
+            Shards::Memory(buffers) => {
+                let shards: Vec<spectral::ShardBytes> = buffers
+                    .iter()
+                    .map(|(path, start, data)| {
+                        spectral::ShardBytes::Memory(spectral::MemoryShard {
+                            path,
+                            start: *start,
+                            data,
+                        })
+                    })
+                    .collect();
+                spectral::compute_from(&shards, jobs, settings, cancel, progress)
+            }
+        }
+    }
+}
+
+/// `(top_k, method, rtol, seed, oversample, max_iter)` as given to `spectra`.
+type SettingsArgs<'a> = (usize, &'a str, Option<f64>, u64, usize, Option<usize>);
+
+/// Run a scan on a worker thread with the GIL released, reporting progress and checking for
+/// Ctrl-C every 100 ms, and convert the results.
+#[allow(clippy::type_complexity)]
+fn scan<'py>(
+    py: Python<'py>,
+    shards: Shards,
+    jobs: Vec<(String, Vec<(usize, u64, usize)>, usize, String)>,
+    (top_k, method, rtol, seed, oversample, max_iter): SettingsArgs<'_>,
+    threads: Option<usize>,
+    progress: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Condvar, Mutex};
     let value_error = pyo3::exceptions::PyValueError::new_err;
@@ -168,10 +357,6 @@ fn spectra<'py>(
         seed,
         oversample,
     };
-    let shards: Vec<spectral::ShardFile> = shards
-        .into_iter()
-        .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
-        .collect();
     let jobs = jobs
         .into_iter()
         .map(|(name, segs, cols, dtype)| {
@@ -201,7 +386,7 @@ fn spectra<'py>(
         let (cancel, state, flag) = (cancel.clone(), state.clone(), finished_flag.clone());
         std::thread::spawn(move || {
             let r = with_pool(threads, || {
-                spectral::compute(&shards, &jobs, &settings, &cancel, &state)
+                shards.compute(&jobs, &settings, &cancel, &state)
             });
             *flag.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
             flag.1.notify_all();
@@ -277,5 +462,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FileChangedError", py.get_type::<FileChangedError>())?;
     m.add_function(wrap_pyfunction!(open_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(spectra, m)?)?;
+    m.add_function(wrap_pyfunction!(spectra_in_memory, m)?)?;
+    m.add_class::<ByteBuffer>()?;
+    m.add_function(wrap_pyfunction!(checkpoint_from_headers, m)?)?;
+    m.add_function(wrap_pyfunction!(header_length, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_index, m)?)?;
     Ok(())
 }

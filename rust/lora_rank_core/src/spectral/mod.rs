@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
+use crate::io::ByteSource;
 use solver::{Outcome, SolverConfig};
 use source::{MatrixSource, Segment};
 
@@ -100,6 +101,40 @@ impl Default for Settings {
 pub struct ShardFile {
     pub path: PathBuf,
     pub expected_len: u64,
+}
+
+/// Bytes `start..start + data.len()` of a shard, already in memory (fetched by the caller,
+/// e.g. by HTTP range requests; the caller checks that the remote file did not change).
+/// `path` names the shard in messages.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryShard<'a> {
+    pub path: &'a Path,
+    pub start: u64,
+    pub data: &'a [u8],
+}
+
+/// Where [`compute_from`] reads a shard: a file, or a byte range of it held in memory.
+#[derive(Debug, Clone, Copy)]
+pub enum ShardBytes<'a> {
+    File(&'a ShardFile),
+    Memory(MemoryShard<'a>),
+}
+
+impl ShardBytes<'_> {
+    fn path(&self) -> &Path {
+        match self {
+            ShardBytes::File(f) => &f.path,
+            ShardBytes::Memory(m) => m.path,
+        }
+    }
+
+    /// Absolute byte range that can be read.
+    fn range(&self) -> (u64, u64) {
+        match self {
+            ShardBytes::File(f) => (0, f.expected_len),
+            ShardBytes::Memory(m) => (m.start, m.start + m.data.len() as u64),
+        }
+    }
 }
 
 /// `rows` full rows of a matrix at absolute byte `offset` of shard `shard`.
@@ -178,14 +213,25 @@ fn stamp(path: &Path) -> Result<(u64, i128)> {
     Ok((meta.len(), mtime))
 }
 
-struct OpenShard {
+/// An opened shard: a file with its (size, mtime) stamp, or bytes in memory.
+struct OpenShard<'a> {
     path: PathBuf,
-    file: File,
-    stamp: (u64, i128),
+    file: Option<(File, (u64, i128))>,
+    memory: Option<MemoryShard<'a>>,
 }
 
-impl OpenShard {
-    fn open(shard: &ShardFile) -> Result<OpenShard> {
+impl<'a> OpenShard<'a> {
+    fn open(shard: ShardBytes<'a>) -> Result<OpenShard<'a>> {
+        let shard = match shard {
+            ShardBytes::Memory(m) => {
+                return Ok(OpenShard {
+                    path: m.path.to_path_buf(),
+                    file: None,
+                    memory: Some(m),
+                })
+            }
+            ShardBytes::File(f) => f,
+        };
         let path = shard.path.clone();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let stamp = stamp(&path)?;
@@ -198,18 +244,36 @@ impl OpenShard {
                 ),
             });
         }
-        Ok(OpenShard { path, file, stamp })
+        Ok(OpenShard {
+            path,
+            file: Some((file, stamp)),
+            memory: None,
+        })
+    }
+
+    fn bytes(&self) -> ByteSource<'_> {
+        match (&self.file, self.memory) {
+            (Some((file, _)), _) => ByteSource::File(file),
+            (None, Some(m)) => ByteSource::Memory {
+                start: m.start,
+                data: m.data,
+            },
+            (None, None) => unreachable!("a shard is a file or memory"),
+        }
     }
 
     fn check_unchanged(&self, tensor: &str) -> Result<()> {
+        let Some((_, before)) = &self.file else {
+            return Ok(());
+        };
         let now = stamp(&self.path)?;
-        if now != self.stamp {
+        if now != *before {
             return Err(Error::Changed {
                 path: self.path.clone(),
                 msg: format!(
                     "size or modification time changed around tensor {tensor:?} \
                      ({} → {} bytes)",
-                    self.stamp.0, now.0
+                    before.0, now.0
                 ),
             });
         }
@@ -217,11 +281,14 @@ impl OpenShard {
     }
 
     fn advise(&self, offset: u64, len: u64, advice: libc::c_int) {
+        let Some((file, _)) = &self.file else {
+            return;
+        };
         // Only a hint: failures are ignored.
         // SAFETY: posix_fadvise reads no memory; the descriptor is open for our lifetime.
         unsafe {
             libc::posix_fadvise(
-                self.file.as_raw_fd(),
+                file.as_raw_fd(),
                 offset as libc::off_t,
                 len as libc::off_t,
                 advice,
@@ -230,12 +297,12 @@ impl OpenShard {
     }
 }
 
-fn validate(shards: &[ShardFile], job: &Job) -> Result<()> {
+fn validate(shards: &[ShardBytes], job: &Job) -> Result<()> {
     let first = job
         .segments
         .first()
         .and_then(|s| shards.get(s.shard))
-        .map_or_else(|| PathBuf::from("<checkpoint>"), |s| s.path.clone());
+        .map_or_else(|| PathBuf::from("<checkpoint>"), |s| s.path().to_path_buf());
     if !job.dtype.is_decodable_float() {
         return Err(Error::Unsupported {
             path: first,
@@ -258,12 +325,13 @@ fn validate(shards: &[ShardFile], job: &Job) -> Result<()> {
             ),
         })?;
         let end = s.offset + s.rows as u64 * job.cols as u64 * esize;
-        if end > shard.expected_len {
+        let (lo, hi) = shard.range();
+        if end > hi || s.offset < lo {
             return Err(Error::Header {
-                path: shard.path.clone(),
+                path: shard.path().to_path_buf(),
                 msg: format!(
-                    "tensor {:?} ends at byte {end}, past the end of the file",
-                    job.name
+                    "tensor {:?} (bytes {}..{end}) is outside bytes {lo}..{hi} of the file",
+                    job.name, s.offset
                 ),
             });
         }
@@ -316,7 +384,7 @@ fn run_job(
         .map(|s| {
             let f = shard_of(s.shard);
             Segment {
-                file: &f.file,
+                bytes: f.bytes(),
                 path: &f.path,
                 offset: s.offset,
                 rows: s.rows,
@@ -410,6 +478,19 @@ pub fn compute(
     cancel: &AtomicBool,
     progress: &Progress,
 ) -> Result<Vec<Spectrum>> {
+    let shards: Vec<ShardBytes> = shards.iter().map(ShardBytes::File).collect();
+    compute_from(&shards, jobs, settings, cancel, progress)
+}
+
+/// [`compute`] on shards that are files or byte ranges in memory: the same solver, panels and
+/// seeds, so a matrix read from memory gets bit-for-bit the spectrum it gets from its file.
+pub fn compute_from(
+    shards: &[ShardBytes],
+    jobs: &[Job],
+    settings: &Settings,
+    cancel: &AtomicBool,
+    progress: &Progress,
+) -> Result<Vec<Spectrum>> {
     for job in jobs {
         validate(shards, job)?;
     }
@@ -420,7 +501,7 @@ pub fn compute(
     let files: Vec<Option<OpenShard>> = shards
         .iter()
         .zip(&used)
-        .map(|(s, &u)| u.then(|| OpenShard::open(s)).transpose())
+        .map(|(&s, &u)| u.then(|| OpenShard::open(s)).transpose())
         .collect::<Result<_>>()?;
     let threads = rayon::current_num_threads();
     // Parallelism comes from our own panel groups and job batches; faer's small dense kernels
@@ -618,6 +699,67 @@ mod tests {
         assert_eq!(sp.method, Method::Exact);
         assert!(max_rel_err(&sp.singular_values, &s[..32]) < 1e-5);
         assert!(sp.energy_rank_exact);
+    }
+
+    #[test]
+    fn memory_shards_give_the_spectra_of_their_file() {
+        // A large (panel-parallel) and a small matrix, read from the file and from two byte
+        // ranges of it held in memory.
+        let big: Vec<f64> = (1..=64).map(|i| 4.0 / (i as f64).sqrt()).collect();
+        let mut vals = with_spectrum(1100, 1000, &big, 11);
+        vals.extend(with_spectrum(30, 20, &[2.0, 1.0, 0.5], 2));
+        let file = write(&vals, 24);
+        let small_at = 24 + 1100 * 1000 * 4;
+        let jobs = [
+            job("big", 24, 1100, 1000),
+            job("small", small_at as u64, 30, 20),
+        ];
+        let settings = Settings {
+            method: Method::Randomized,
+            seed: 5,
+            ..Settings::default()
+        };
+        let from_file = run(&file, &jobs, &settings).unwrap();
+        let bytes = std::fs::read(file.path()).unwrap();
+        let path = file.path().to_path_buf();
+        let memory = |start: usize, end: usize| {
+            ShardBytes::Memory(MemoryShard {
+                path: &path,
+                start: start as u64,
+                data: &bytes[start..end],
+            })
+        };
+        let shards = [memory(24, small_at), memory(small_at, bytes.len())];
+        let mut mem_jobs = jobs.clone();
+        mem_jobs[1].segments[0].shard = 1;
+        let from_memory = compute_from(
+            &shards,
+            &mem_jobs,
+            &settings,
+            &AtomicBool::new(false),
+            &Progress::default(),
+        )
+        .unwrap();
+        for (a, b) in from_file.iter().zip(&from_memory) {
+            assert_eq!(a.singular_values, b.singular_values);
+            assert_eq!(a.frobenius_norm.to_bits(), b.frobenius_norm.to_bits());
+        }
+        // A job reaching outside the bytes in memory is an error naming the shard.
+        let err = compute_from(
+            &shards[..1],
+            &jobs[..1]
+                .iter()
+                .map(|j| Job {
+                    cols: 1001,
+                    ..j.clone()
+                })
+                .collect::<Vec<_>>(),
+            &settings,
+            &AtomicBool::new(false),
+            &Progress::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("is outside bytes"), "{err}");
     }
 
     #[test]

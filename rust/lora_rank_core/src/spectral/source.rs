@@ -3,10 +3,9 @@
 //! A [`MatrixSource`] is a stack of row segments (one per stored tensor or expert slice; a
 //! runtime matrix that transformers fuses from several stored tensors, e.g. an expert's
 //! `gate_proj` and `up_proj`, is their row concatenation). Data is read with positioned reads
-//! ([`crate::io::read_exact_at`]) into a byte buffer and decoded into an `f32` working panel;
-//! nothing ever holds a full copy of the matrix.
+//! from a file or from bytes already in memory ([`ByteSource`]) into a byte buffer and decoded
+//! into an `f32` working panel; nothing ever holds a full decoded copy of the matrix.
 
-use std::fs::File;
 use std::path::Path;
 
 use half::f16;
@@ -14,12 +13,12 @@ use half::slice::HalfFloatSliceExt;
 
 use crate::dtype::{decode_into, Dtype};
 use crate::error::Result;
-use crate::io::read_exact_at;
+use crate::io::ByteSource;
 
-/// A contiguous run of `rows` full rows starting at byte `offset` of an open shard.
+/// A contiguous run of `rows` full rows starting at byte `offset` of a shard.
 #[derive(Debug, Clone, Copy)]
 pub struct Segment<'a> {
-    pub file: &'a File,
+    pub bytes: ByteSource<'a>,
     pub path: &'a Path,
     pub offset: u64,
     pub rows: usize,
@@ -185,7 +184,8 @@ impl<'a> MatrixSource<'a> {
         let row_bytes = self.cols * self.esize;
         let len = panel.rows * row_bytes;
         let offset = seg.offset + (panel.row0 * row_bytes) as u64;
-        read_exact_at(seg.file, scratch.bytes_mut(len), offset, seg.path)?;
+        seg.bytes
+            .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
         let out = &mut out[..panel.rows * self.cols];
         scratch.decode(self.dtype, out);
         if let Some(s) = stats {
@@ -211,7 +211,8 @@ impl<'a> MatrixSource<'a> {
         for seg in &self.segments {
             for r in 0..seg.rows {
                 let offset = seg.offset + (r * row_bytes + c0 * self.esize) as u64;
-                read_exact_at(seg.file, scratch.bytes_mut(len), offset, seg.path)?;
+                seg.bytes
+                    .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
                 let dst = &mut out[row * width..(row + 1) * width];
                 scratch.decode(self.dtype, dst);
                 if let Some(s) = stats.as_deref_mut() {
@@ -257,13 +258,13 @@ mod tests {
         let src = MatrixSource::new(
             vec![
                 Segment {
-                    file: &file,
+                    bytes: ByteSource::File(&file),
                     path: &path,
                     offset: 4,
                     rows: 2,
                 },
                 Segment {
-                    file: &file,
+                    bytes: ByteSource::File(&file),
                     path: &path,
                     offset: 100,
                     rows: 3,

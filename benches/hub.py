@@ -1,0 +1,159 @@
+"""Remote checkpoints over a local hub-like server (``tests/hub_server.py``, 127.0.0.1).
+
+1. Inventory of the 405B header-true checkpoint (191 shards) served with ``--latency``
+   (default 50 ms) added to every request: ``lora_rank.analyze("org/name")`` vs
+   ``HfApi().get_safetensors_metadata("org/name")`` on the same server, whole processes,
+   interleaved; plus requests and bytes per shard of ours (from the server's log).
+2. Bytes fetched by a remote spectral scan vs the bytes of the matrices analysed, and its
+   spectra against the local scan of the same files (bit-for-bit), on a real-data checkpoint
+   (``--spectral-checkpoint``: ``minilm`` by default, or a directory).
+
+Usage: ``python benches/hub.py [--runs N] [--latency S] [--spectral-checkpoint minilm|DIR]``.
+Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from hub_server import HubServer, Repo  # noqa: E402
+
+REPO = "meta-llama/Llama-3.1-405B"
+OURS = f"import lora_rank; r = lora_rank.analyze({REPO!r}); print(len(r.tensors), len(r.shards))"
+THEIRS = (
+    "from huggingface_hub import HfApi; "
+    f"m = HfApi().get_safetensors_metadata({REPO!r}); "
+    "print(sum(len(f.tensors) for f in m.files_metadata.values()), len(m.files_metadata))"
+)
+
+
+def _env(url: str, home: str) -> dict[str, str]:
+    env = dict(os.environ, HF_ENDPOINT=url, HF_HOME=home, HF_HUB_OFFLINE="0")
+    env.update(TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONWARNINGS="ignore")
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("HF_TOKEN", None)
+    return env
+
+
+def _timed(code: str, env: dict[str, str]) -> tuple[float, str]:
+    t = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return time.perf_counter() - t, out.stdout.strip()
+
+
+def inventory(runs: int, latency: float) -> dict[str, Any]:
+    from checkpoints import SPARSE, build_sparse
+
+    ckpt = build_sparse(SPARSE["llama3.1-405b"])
+    with HubServer({REPO: Repo(ckpt, sha="4" * 40)}, latency=latency) as hub:
+        ours: list[float] = []
+        theirs: list[float] = []
+        outputs = set()
+        per_shard: dict[str, Any] = {}
+        for i in range(runs):
+            for name, code, times in (("ours", OURS, ours), ("theirs", THEIRS, theirs)):
+                with tempfile.TemporaryDirectory() as home:
+                    hub.reset()
+                    seconds, out = _timed(code, _env(hub.url, home))
+                times.append(seconds)
+                outputs.add((name, out))
+                if name == "ours" and i == 0:
+                    shard_reqs = [r for r in hub.log if ".safetensors" in r.path and "index" not in r.path]
+                    shards = {r.path.split("/")[-1].split("?")[0] for r in shard_reqs}
+                    per_shard = {
+                        "shards": len(shards),
+                        "requests_per_shard": len(shard_reqs) / len(shards),
+                        "range_requests_per_shard": sum(1 for r in shard_reqs if r.status == 206)
+                        / len(shards),
+                        "body_bytes_per_shard": sum(r.body_bytes for r in shard_reqs) / len(shards),
+                        "all_requests": len(hub.log),
+                        "all_body_bytes": sum(r.body_bytes for r in hub.log),
+                    }
+                if name == "theirs" and i == 0:
+                    shard_reqs = [r for r in hub.log if r.path.endswith(".safetensors") or "/cdn/" in r.path]
+                    per_shard["theirs_requests"] = len(hub.log)
+                    per_shard["theirs_body_bytes"] = sum(r.body_bytes for r in hub.log)
+        return {
+            "checkpoint": "llama3.1-405b header-true (191 shards)",
+            "latency_s": latency,
+            "ours_s": {"median": statistics.median(ours), "runs": ours},
+            "get_safetensors_metadata_s": {"median": statistics.median(theirs), "runs": theirs},
+            "ratio": statistics.median(theirs) / statistics.median(ours),
+            "outputs (tensors, shards)": sorted(outputs),
+            **per_shard,
+        }
+
+
+def spectral(which: str, latency: float) -> dict[str, Any]:
+    import lora_rank
+    from huggingface_hub import constants
+
+    from lora_rank.spectral import _job_bytes, _Plan
+
+    ckpt = lora_rank.demo_checkpoint() if which == "minilm" else Path(which)
+    with HubServer({"org/real": Repo(ckpt, sha="5" * 40)}, latency=latency) as hub:
+        constants.ENDPOINT = hub.url
+        constants.HUGGINGFACE_CO_URL_TEMPLATE = hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+        constants.HF_HUB_OFFLINE = False
+        with tempfile.TemporaryDirectory() as cache:
+            constants.HF_HUB_CACHE = cache
+            t = time.perf_counter()
+            remote = lora_rank.analyze("org/real", spectral=True, progress=False, seed=1)
+            remote_s = time.perf_counter() - t
+        t = time.perf_counter()
+        local = lora_rank.analyze(ckpt, spectral=True, progress=False, seed=1)
+        local_s = time.perf_counter() - t
+        data = [r for r in hub.log if "/cdn/" in r.path and r.status == 206]
+        header_bytes = sum(r.body_bytes for r in data if (r.range or "").startswith("bytes=0-"))
+        fetched = sum(r.body_bytes for r in data) - header_bytes
+        analysed = sum(_job_bytes(j) for j in _Plan(local).jobs)
+        same = all(
+            a.spectrum == b.spectrum and a.expert_spectra == b.expert_spectra
+            for a, b in zip(remote.modules, local.modules)
+        )
+        return {
+            "checkpoint": str(ckpt),
+            "matrices": len(_Plan(local).jobs),
+            "bytes_analysed": analysed,
+            "bytes_fetched_for_data": fetched,
+            "bytes_fetched_for_headers": header_bytes,
+            "ratio_fetched_to_analysed": fetched / analysed,
+            "data_requests": len(data) - sum(1 for r in data if (r.range or "").startswith("bytes=0-")),
+            "spectra_equal_to_local": same,
+            "remote_s": remote_s,
+            "local_s": local_s,
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--latency", type=float, default=0.05)
+    ap.add_argument("--spectral-checkpoint", default="minilm")
+    ap.add_argument("--skip-inventory", action="store_true")
+    args = ap.parse_args()
+    out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    out["load_average"] = os.getloadavg()
+    if not args.skip_inventory:
+        out["inventory"] = inventory(args.runs, args.latency)
+    out["spectral"] = spectral(args.spectral_checkpoint, args.latency)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,694 @@
+"""Checkpoints on the Hugging Face Hub (or any HTTP server), read without downloading them.
+
+Accepted sources (besides local paths, which always win when they exist):
+
+- a repo id ``org/name`` (``revision=`` picks a branch, tag or commit);
+- ``hf://org/name[@revision][/subfolder or /file]``, and Hub web URLs
+  (``https://huggingface.co/org/name/resolve/main/model.safetensors``);
+- the URL of a ``.safetensors`` file or a ``*.safetensors.index.json`` on any HTTP(S) server.
+
+A repo id is looked up in the local Hugging Face cache first (:func:`cached_snapshot`: no
+network when its snapshot is there). Otherwise only the headers are read
+(:func:`open_remote`): the index and ``config.json`` whole, each shard's header with one HTTP
+range request whose size is estimated from the tensor names the index lists for it (a second
+request only when the header is larger), all shards in parallel, and the bytes go to the same
+Rust validation as local files (``_core.checkpoint_from_headers``).
+
+Spectra of a remote checkpoint (:func:`remote_spectra`) stream each matrix once by range
+requests into a bounded buffer handed to the Rust solver (``_core.spectra_in_memory``): nothing
+is written to disk and the bytes fetched are exactly the bytes of the matrices analysed.
+
+Endpoint, token, offline mode and the cache location come from ``huggingface_hub``
+(``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``, ``HF_HOME``/``HF_HUB_CACHE``), requests go
+through its shared session with its backoff (429, 5xx, timeouts and connection resets are
+retried a bounded number of times), and its HTTP errors are turned into one-line
+:class:`~lora_rank.errors.HubError` messages naming the repo and file. Every range response is
+checked: a 200 answering a range request, a wrong ``Content-Range``, a short body, or an
+``ETag`` that differs from the one seen when the header was read
+(:class:`~lora_rank.FileChangedError`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
+from urllib.parse import quote, urlsplit
+
+from .. import _core
+from ..errors import FileChangedError, HubError, NotACheckpointError, UnsupportedFormatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import httpx2
+
+    from ..report import RemoteShard
+
+#: The name of a repo id: ``namespace/name`` (what the Hub accepts).
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_PICKLE = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: First range of a shard whose tensors are unknown (no index): huggingface_hub's choice.
+_DEFAULT_FIRST_RANGE = 100_000
+#: Bytes of header JSON per tensor besides its name (dtype, shape, offsets), generous.
+_BYTES_PER_ENTRY = 112
+#: Parallel requests (the shared session's connection pool holds 100).
+MAX_PARALLEL = 64
+#: Attempts per request, and the first wait between them (doubling).
+RETRIES = 4
+BACKOFF = 0.25
+#: Read timeout of every request, seconds.
+TIMEOUT = 30.0
+#: Buffer for a spectral scan: a batch of matrices is fetched while the previous is solved
+#: only when both fit in this (or the largest matrix alone); matrices never split.
+SPECTRAL_BUFFER = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where a remote checkpoint is: a hub repo (``repo_id``, ``revision``, ``path_in_repo``)
+    or a plain ``url``."""
+
+    repo_id: Optional[str] = None
+    revision: Optional[str] = None
+    #: A subfolder, or a file (``.safetensors`` / ``.index.json``) inside the repo.
+    path_in_repo: str = ""
+    url: Optional[str] = None
+
+    @property
+    def file(self) -> Optional[str]:
+        """The file named by ``path_in_repo``, if it names one."""
+        p = self.path_in_repo
+        return p if p.endswith((".safetensors", ".json", *_PICKLE)) else None
+
+    @property
+    def folder(self) -> str:
+        """The folder inside the repo holding the checkpoint ('' for the root)."""
+        p = self.path_in_repo
+        return p.rsplit("/", 1)[0] if "/" in p and self.file else ("" if self.file else p)
+
+    def display(self, sha: Optional[str] = None) -> str:
+        """``hf://org/name@rev/folder`` (pinned to ``sha`` when given), or the URL."""
+        if self.url is not None:
+            return self.url
+        rev = sha or self.revision
+        root = f"hf://{self.repo_id}" + (f"@{rev}" if rev else "")
+        return root + (f"/{self.folder}" if self.folder else "")
+
+
+def parse_source(source: str, revision: Optional[str] = None) -> Optional[HubSource]:
+    """The :class:`HubSource` a string names, or None for a local path (existing paths are
+    always local).
+
+    Example:
+        >>> parse_source("org/name", revision="v1")
+        HubSource(repo_id='org/name', revision='v1', path_in_repo='', url=None)
+        >>> parse_source("hf://org/name@abc/sub/model.safetensors").file
+        'sub/model.safetensors'
+        >>> parse_source("./local/dir") is None
+        True
+    """
+    if os.path.exists(source):
+        return None
+    if source.startswith("hf://") or _is_hub_url(source):
+        from huggingface_hub import constants
+        from huggingface_hub.errors import HfUriError
+        from huggingface_hub.utils._hf_uris import parse_hf_uri
+
+        try:
+            uri = parse_hf_uri(source, endpoint=constants.ENDPOINT)
+        except HfUriError as e:
+            raise HubError(f"{source}: not a Hugging Face location: {e}") from None
+        if uri.type != "model":
+            raise HubError(f"{source}: only model repos are supported, not {uri.type} repos")
+        return HubSource(uri.id, revision or uri.revision, uri.path_in_repo)
+    if source.startswith(("http://", "https://")):
+        path = urlsplit(source).path
+        if not path.endswith((".safetensors", ".index.json")):
+            raise HubError(
+                f"{source}: a URL must name a .safetensors file or a *.safetensors.index.json"
+            )
+        return HubSource(url=source)
+    if _REPO_ID.match(source) and not source.startswith("."):
+        return HubSource(source, revision)
+    return None
+
+
+def _is_hub_url(source: str) -> bool:
+    """Whether an http(s) URL is on the Hub endpoint (then it is a repo location)."""
+    if not source.startswith(("http://", "https://")):
+        return False
+    from huggingface_hub import constants
+
+    hosts = {urlsplit(constants.ENDPOINT).netloc, "huggingface.co", "hf.co"}
+    return urlsplit(source).netloc in hosts
+
+
+def offline() -> bool:
+    """Whether ``huggingface_hub`` is in offline mode (``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def cached_snapshot(src: HubSource) -> Optional[str]:
+    """The local path of ``src`` in the Hugging Face cache (the file, or the snapshot folder
+    holding an index or ``model.safetensors``), or None when it is not cached. No network.
+
+    Example:
+        >>> cached_snapshot(HubSource("nobody/not-cached-anywhere")) is None
+        True
+    """
+    if src.repo_id is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = f"{src.folder}/" if src.folder else ""
+    names = (
+        [src.file]
+        if src.file
+        else [f"{folder}model.safetensors.index.json", f"{folder}model.safetensors"]
+    )
+    for name in names:
+        assert name is not None
+        hit = try_to_load_from_cache(src.repo_id, name, revision=src.revision)
+        if isinstance(hit, str):
+            return hit if src.file else os.path.dirname(hit)
+    return None
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+class _Http:
+    """Requests of one checkpoint: huggingface_hub's session, headers and backoff; every
+    response checked; ETags remembered per URL; requests and bytes counted."""
+
+    def __init__(self, src: HubSource) -> None:
+        from huggingface_hub.utils._headers import build_hf_headers
+
+        self.src = src
+        # The token goes only to the Hub endpoint, never to another server.
+        on_hub = src.repo_id is not None or (src.url is not None and _is_hub_url(src.url))
+        self.headers: dict[str, str] = build_hf_headers() if on_hub else {}
+        self.headers["Accept-Encoding"] = "identity"
+        self.etags: dict[str, str] = {}
+        self.requests = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def url(self, name: str, revision: Optional[str]) -> str:
+        if self.src.url is not None:
+            base = self.src.url.rsplit("/", 1)[0]
+            return f"{base}/{quote(name)}"
+        from huggingface_hub import constants, hf_hub_url
+
+        return hf_hub_url(
+            self.src.repo_id or "", name, revision=revision, endpoint=constants.ENDPOINT
+        )
+
+    def where(self, name: str) -> str:
+        """How a file is named in messages."""
+        if self.src.url is not None:
+            return self.url(name, None)
+        return f"{self.src.repo_id}: {name}" + (
+            f" (revision {self.src.revision})" if self.src.revision else ""
+        )
+
+    @staticmethod
+    def _etag(response: httpx2.Response) -> Optional[str]:
+        for r in [*response.history, response]:
+            linked = r.headers.get("X-Linked-Etag")
+            if linked:
+                return linked.lstrip("W/").strip('"')
+        tag = response.headers.get("ETag")
+        return tag.lstrip("W/").strip('"') if tag else None
+
+    def _check_etag(self, url: str, where: str, response: httpx2.Response) -> None:
+        etag = self._etag(response)
+        if etag is None:
+            return
+        with self._lock:
+            first = self.etags.setdefault(url, etag)
+        if first != etag:
+            raise FileChangedError(
+                f"{where}: file changed while it was being read: ETag {first!r} became {etag!r}"
+            )
+
+    def get(
+        self,
+        name: str,
+        revision: Optional[str],
+        byte_range: Optional[tuple[int, int]] = None,
+    ) -> tuple[bytes, dict[str, str], Optional[int]]:
+        """GET file ``name`` of the source at ``revision`` (see :meth:`fetch`)."""
+        return self.fetch(self.url(name, revision), self.where(name), byte_range)
+
+    def fetch(
+        self,
+        url: str,
+        where: str,
+        byte_range: Optional[tuple[int, int]] = None,
+        sink: Optional[Callable[[int, bytes], None]] = None,
+    ) -> tuple[bytes, dict[str, str], Optional[int]]:
+        """GET ``url`` (or bytes ``[a, b)`` of it; ``where`` names it in messages). Returns
+        (the body unless ``sink(offset, chunk)`` takes it, the final response's headers, the
+        file's total size from ``Content-Range``). Retries (bounded, with backoff) on 429/5xx,
+        connection errors and short bodies."""
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError
+        from huggingface_hub.utils._http import hf_raise_for_status, http_stream_backoff
+
+        headers = dict(self.headers)
+        if byte_range is not None:
+            headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
+        expected = byte_range[1] - byte_range[0] if byte_range else None
+        wait = BACKOFF
+        for attempt in range(RETRIES):
+            got = 0
+            try:
+                with self._lock:
+                    self.requests += 1
+                with http_stream_backoff(
+                    "GET",
+                    url,
+                    headers=headers,
+                    timeout=TIMEOUT,
+                    max_retries=RETRIES - 1,
+                    base_wait_time=BACKOFF,
+                    max_wait_time=4 * BACKOFF,
+                    follow_redirects=True,
+                ) as response:
+                    with self._lock:
+                        self.requests += len(response.history)
+                    hf_raise_for_status(response)
+                    total = self._check_range(where, response, byte_range)
+                    if byte_range is not None and total is not None:
+                        expected = min(byte_range[1], total) - byte_range[0]
+                    self._check_etag(url, where, response)
+                    chunks: list[bytes] = []
+                    try:
+                        for chunk in response.iter_bytes(1 << 20):
+                            if expected is not None and got + len(chunk) > expected:
+                                raise HubError(
+                                    f"{where}: the server sent more than the {expected} bytes "
+                                    "requested"
+                                )
+                            if sink is not None:
+                                sink(got, chunk)
+                            else:
+                                chunks.append(chunk)
+                            got += len(chunk)
+                    except (httpx2.RemoteProtocolError, httpx2.ReadError) as e:
+                        # Raised as our own type: huggingface_hub's stream backoff would
+                        # otherwise try to retry inside the `with` and fail.
+                        raise _Truncated(got, expected, str(e)) from None
+                    if expected is not None and got != expected:
+                        raise _Truncated(got, expected)
+                    return b"".join(chunks), dict(response.headers), total
+            except (_Truncated, httpx2.RemoteProtocolError, httpx2.ReadError) as e:
+                if attempt + 1 == RETRIES:
+                    raise HubError(
+                        f"{where}: truncated response body after {RETRIES} attempts ({e})"
+                    ) from None
+                time.sleep(wait)
+                wait *= 2
+            except HfHubHTTPError as e:
+                raise _http_error(self.src, where, e) from None
+            except (httpx2.TransportError, OSError) as e:
+                raise HubError(f"{where}: {type(e).__name__}: {e}") from None
+            finally:
+                with self._lock:
+                    self.bytes += got
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _check_range(
+        where: str, response: httpx2.Response, byte_range: Optional[tuple[int, int]]
+    ) -> Optional[int]:
+        if byte_range is None:
+            return None
+        if response.status_code != 206:
+            raise HubError(
+                f"{where}: the server answered a range request with status "
+                f"{response.status_code} (the whole file) instead of 206; refusing to download it"
+            )
+        value = response.headers.get("Content-Range", "")
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", value.strip())
+        if m is None:
+            raise HubError(f"{where}: unreadable Content-Range {value!r}")
+        start, end, total = int(m[1]), int(m[2]), int(m[3])
+        want_end = min(byte_range[1], total) - 1
+        if start != byte_range[0] or end != want_end:
+            raise HubError(
+                f"{where}: wrong Content-Range {value!r} for bytes "
+                f"{byte_range[0]}-{byte_range[1] - 1}"
+            )
+        return total
+
+
+class _Truncated(Exception):
+    def __init__(self, got: int, expected: Optional[int], why: str = "") -> None:
+        of = f" of {expected}" if expected is not None else ""
+        super().__init__(f"{got}{of} bytes" + (f": {why}" if why else ""))
+
+
+def _http_error(src: HubSource, where: str, e: Exception) -> Exception:
+    """A one-line error for an HTTP error from huggingface_hub."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo = src.repo_id or src.url
+    login = "log in with `hf auth login` or set HF_TOKEN to a token that has access"
+    if isinstance(e, GatedRepoError):
+        return HubError(
+            f"{repo}: gated repo, access not granted: request access on its page, then {login}"
+        )
+    if isinstance(e, RevisionNotFoundError):
+        return HubError(f"{repo}: revision {src.revision!r} not found")
+    if isinstance(e, RepositoryNotFoundError):
+        return HubError(f"{repo}: repo not found (or private: {login})")
+    if isinstance(e, RemoteEntryNotFoundError):
+        return HubError(f"{where}: file not found")
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status in (401, 403):
+        return HubError(f"{where}: unauthorized (HTTP {status}): {login}")
+    if status == 404 and src.repo_id is None:
+        return HubError(f"{where}: file not found")
+    first = str(e).strip().splitlines()
+    return HubError(f"{where}: HTTP error {status}: {first[0] if first else e}")
+
+
+# -- headers ---------------------------------------------------------------------------------
+@dataclass
+class RemoteCheckpoint:
+    """What :func:`open_remote` read: ``_core``'s checkpoint dict and where each shard is."""
+
+    raw: dict[str, Any]
+    shards: list[RemoteShard]
+    requests: int
+    bytes: int
+
+
+def _first_range(names: Sequence[str]) -> int:
+    """Bytes of the first request of a shard whose tensors are ``names``: enough for the
+    8-byte length and a header of these entries with room to spare."""
+    if not names:
+        return _DEFAULT_FIRST_RANGE
+    estimate = 8 + 1024 + sum(len(n) + _BYTES_PER_ENTRY for n in names)
+    return max(4096, estimate + estimate // 4)
+
+
+def _choose_files(src: HubSource, files: list[str]) -> tuple[Optional[str], list[str]]:
+    """(index, shards) of a repo listing, as ``checkpoint.rs`` chooses in a directory."""
+    folder = f"{src.folder}/" if src.folder else ""
+    here = [f[len(folder) :] for f in files if f.startswith(folder) and "/" not in f[len(folder) :]]
+    if "model.safetensors.index.json" in here:
+        return folder + "model.safetensors.index.json", []
+    indexes = sorted(f for f in here if f.endswith(".safetensors.index.json"))
+    if len(indexes) == 1:
+        return folder + indexes[0], []
+    if len(indexes) > 1:
+        raise NotACheckpointError(
+            f"{src.display()}: not a safetensors checkpoint: several index files "
+            f"({', '.join(indexes)}); name one with hf://{src.repo_id}/<file>"
+        )
+    shards = sorted(folder + f for f in here if f.endswith(".safetensors"))
+    if shards:
+        return None, shards
+    pickles = [f for f in here if f.endswith(_PICKLE)]
+    if pickles:
+        raise UnsupportedFormatError(
+            f"{src.display()}: the repo holds only pickle-based weights ({pickles[0]}); they are "
+            "refused and never downloaded, because unpickling can run arbitrary code"
+        )
+    raise NotACheckpointError(
+        f"{src.display()}: not a safetensors checkpoint: no *.safetensors files and no "
+        "model.safetensors.index.json"
+    )
+
+
+def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoint:
+    """Read the headers of a remote checkpoint (see the module docs); never its data."""
+    from ..report import RemoteShard
+
+    if offline():
+        where = src.display()
+        raise HubError(
+            f"{where}: not in the local Hugging Face cache and offline mode is on "
+            "(HF_HUB_OFFLINE=1): download it once online, or unset HF_HUB_OFFLINE"
+        )
+    http = _Http(src)
+    folder = f"{src.folder}/" if src.folder else ""
+    file = src.file if src.url is None else src.url.rsplit("/", 1)[1]
+    if file is not None and file.endswith(_PICKLE):
+        raise UnsupportedFormatError(
+            f"{http.where(file)}: pickle-based checkpoints are refused and never downloaded"
+        )
+    revision = src.revision
+    index_name: Optional[str] = None
+    shard_names: list[str] = []
+    if file is None or file.endswith(".json"):
+        index_name = file or f"{folder}model.safetensors.index.json"
+    else:
+        shard_names = [file]
+    base = f"{folder}" if src.url is None else ""
+    config_name = (file.rsplit("/", 1)[0] + "/" if file and "/" in file else base) + "config.json"
+    pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL)
+    try:
+        config_future = pool.submit(_optional_get, http, config_name, revision)
+        index_bytes: Optional[bytes] = None
+        sha: Optional[str] = None
+        if index_name is not None:
+            try:
+                index_bytes, headers, _ = http.get(index_name, revision)
+                sha = headers.get("x-repo-commit")
+            except HubError as e:
+                if not (file is None and "file not found" in str(e)):
+                    raise
+                listing, sha = _list_repo(http)
+                index_name, shard_names = _choose_files(src, listing)
+                if index_name is not None:
+                    index_bytes, _, _ = http.get(index_name, sha)
+        config_bytes, config_sha = config_future.result()
+        sha = sha or config_sha
+        pinned = sha or revision
+        weight_map: dict[str, str] = {}
+        root = src.display(sha)
+        index_path = f"{root}/{index_name.rsplit('/', 1)[-1]}" if index_name else None
+        if index_bytes is not None:
+            assert index_path is not None
+            weight_map = _core.parse_index(index_bytes, index_path)
+            shard_names = sorted({folder + s for s in weight_map.values()})
+        tensors_of: dict[str, list[str]] = {}
+        for tensor, shard in weight_map.items():
+            tensors_of.setdefault(folder + shard, []).append(tensor)
+
+        def header(name: str) -> tuple[str, str, int, bytes, Optional[str]]:
+            first = _first_range(tensors_of.get(name, ()))
+            prefix, _, total = http.get(name, pinned, (0, first))
+            assert total is not None
+            path = f"{root}/{name[len(folder) :]}"
+            n = _core.header_length(prefix, total, path)
+            if 8 + n > len(prefix):
+                rest, _, _ = http.get(name, pinned, (len(prefix), 8 + n))
+                prefix += rest
+            etag = http.etags.get(http.url(name, pinned))
+            return name[len(folder) :], path, total, prefix, etag
+
+        results = list(pool.map(header, shard_names))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    config_json = config_bytes.decode("utf-8", "replace") if config_bytes is not None else None
+    raw = _core.checkpoint_from_headers(
+        root,
+        (index_path, index_bytes) if index_path and index_bytes is not None else None,
+        config_json,
+        [(name, path, total, prefix) for name, path, total, prefix, _ in results],
+        threads,
+    )
+    by_name = {name: (total, etag) for name, _, total, _, etag in results}
+    shards = [
+        RemoteShard(
+            url=http.url(folder + s["name"], pinned),
+            etag=by_name[s["name"]][1],
+            size=by_name[s["name"]][0],
+        )
+        for s in raw["shards"]
+    ]
+    return RemoteCheckpoint(dict(raw), shards, http.requests, http.bytes)
+
+
+def _optional_get(
+    http: _Http, name: str, revision: Optional[str]
+) -> tuple[Optional[bytes], Optional[str]]:
+    """A file that may be absent (``config.json``): (bytes or None, its commit)."""
+    try:
+        body, headers, _ = http.get(name, revision)
+    except HubError as e:
+        if "file not found" in str(e):
+            return None, None
+        raise
+    return body, headers.get("x-repo-commit")
+
+
+def _list_repo(http: _Http) -> tuple[list[str], Optional[str]]:
+    """Files of the repo at the revision, and its commit (``HfApi.model_info``)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    src = http.src
+    try:
+        info = HfApi().model_info(
+            src.repo_id or "", revision=src.revision or "main", timeout=TIMEOUT
+        )
+    except HfHubHTTPError as e:
+        raise _http_error(src, src.display(), e) from None
+    return [s.rfilename for s in info.siblings or []], info.sha
+
+
+# -- spectra ---------------------------------------------------------------------------------
+Segment = tuple[int, int, int]
+Job = tuple[str, list[Segment], int, str]
+
+
+def _job_bytes(job: Job, element_size: Callable[[str], int]) -> int:
+    return sum(rows for _, _, rows in job[1]) * job[2] * element_size(job[3])
+
+
+def _batches(
+    jobs: list[Job], element_size: Callable[[str], int], budget: int
+) -> Iterator[list[int]]:
+    """Consecutive runs of job indices of at most ``budget`` bytes (a larger job alone)."""
+    batch: list[int] = []
+    size = 0
+    for i, job in enumerate(jobs):
+        b = _job_bytes(job, element_size)
+        if batch and size + b > budget:
+            yield batch
+            batch, size = [], 0
+        batch.append(i)
+        size += b
+    if batch:
+        yield batch
+
+
+def remote_spectra(
+    shards: list[RemoteShard],
+    jobs: list[Job],
+    element_sizes: Mapping[str, int],
+    *,
+    progress: Optional[Callable[[int, int, str], object]],
+    fetched: Optional[Callable[[int], None]] = None,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """Spectra of ``jobs`` (as for ``_core.spectra``) on remote shards: each batch of matrices
+    fetched once by range requests (contiguous ranges merged) into ``_core.ByteBuffer``s and
+    solved by ``_core.spectra_in_memory``; the next batch is fetched while one is solved when
+    both fit in :data:`SPECTRAL_BUFFER` (or the largest matrix). Results in job order."""
+    http = _Http(HubSource(url=shards[0].url if shards else None))
+
+    def element_size(dtype: str) -> int:
+        return element_sizes.get(dtype, 1)
+
+    for s in shards:
+        if s.etag is not None:
+            http.etags[s.url] = s.etag
+    largest = max((_job_bytes(j, element_size) for j in jobs), default=0)
+    budget = max(SPECTRAL_BUFFER // 2, 1)
+    batches = list(_batches(jobs, element_size, budget))
+    results: list[Optional[dict[str, Any]]] = [None] * len(jobs)
+    done = 0
+
+    def fetch(batch: list[int]) -> tuple[list[tuple[str, int, Any]], list[Job]]:
+        ranges: list[tuple[int, int, int]] = []  # (shard, start, end)
+        for i in batch:
+            name, segs, cols, dtype = jobs[i]
+            for shard, offset, rows in segs:
+                ranges.append((shard, offset, offset + rows * cols * element_size(dtype)))
+        ranges.sort()
+        merged: list[list[int]] = []
+        for shard, a, b in ranges:
+            if merged and merged[-1][0] == shard and merged[-1][2] == a:
+                merged[-1][2] = b
+            else:
+                merged.append([shard, a, b])
+        buffers = []
+        for shard, a, b in merged:
+            buf = _core.ByteBuffer(b - a)
+            s = shards[shard]
+            http.fetch(s.url, s.url, (a, b), sink=buf.write)
+            if fetched is not None:
+                fetched(b - a)
+            buffers.append((s.url, a, buf))
+        where = {(m[0], m[1], m[2]): k for k, m in enumerate(merged)}
+        local_jobs: list[Job] = []
+        for i in batch:
+            name, segs, cols, dtype = jobs[i]
+            new: list[Segment] = []
+            for shard, offset, rows in segs:
+                k = next(k for (sh, a, b), k in where.items() if sh == shard and a <= offset < b)
+                new.append((k, offset, rows))
+            local_jobs.append((name, new, cols, dtype))
+        return buffers, local_jobs
+
+    with ThreadPoolExecutor(max_workers=1) as prefetcher:
+        pending = prefetcher.submit(fetch, batches[0]) if batches else None
+        for n, batch in enumerate(batches):
+            assert pending is not None
+            buffers, local_jobs = pending.result()
+            nxt = batches[n + 1] if n + 1 < len(batches) else None
+            pending = None
+            if nxt is not None:
+                size = sum(_job_bytes(jobs[i], element_size) for i in batch + nxt)
+                if size <= max(SPECTRAL_BUFFER, largest):
+                    pending = prefetcher.submit(fetch, nxt)
+
+            def report(k: int, total: int, name: str, base: int = done) -> None:
+                if progress is not None:
+                    progress(base + k, len(jobs), name)
+
+            out = _core.spectra_in_memory(buffers, local_jobs, progress=report, **settings)
+            del buffers
+            for i, d in zip(batch, out):
+                results[i] = dict(d)
+            done += len(batch)
+            if pending is None and nxt is not None:
+                pending = prefetcher.submit(fetch, nxt)
+    return [r for r in results if r is not None]
+
+
+def open_source(
+    source: str, revision: Optional[str] = None, threads: Optional[int] = None
+) -> tuple[dict[str, Any], Optional[list[RemoteShard]]]:
+    """``_core``'s checkpoint dict of a local path, a cached hub snapshot or a remote
+    checkpoint, with the remote shards (None when read locally).
+
+    Example:
+        >>> import lora_rank
+        >>> raw, remote = open_source(str(lora_rank.demo_checkpoint()))
+        >>> len(raw["shards"]), remote
+        (1, None)
+    """
+    src = parse_source(source, revision)
+    if src is None:
+        if revision is not None:
+            raise HubError(f"{source}: revision= applies to hub repos, not to local paths")
+        return dict(_core.open_checkpoint(source, threads)), None
+    cached = cached_snapshot(src)
+    if cached is not None:
+        try:
+            return dict(_core.open_checkpoint(cached, threads)), None
+        except FileNotFoundError:
+            if offline():
+                raise HubError(
+                    f"{src.display()}: the cached snapshot {cached} is incomplete and offline "
+                    "mode is on (HF_HUB_OFFLINE=1)"
+                ) from None
+    remote = open_remote(src, threads)
+    return remote.raw, remote.shards

@@ -1,0 +1,395 @@
+"""A local stand-in for the Hugging Face Hub on 127.0.0.1, for tests and benchmarks.
+
+It serves checkpoint directories the way the Hub answers ``huggingface_hub`` 2.x (see
+/work/shared/NOTES.md, "The Hub as huggingface_hub 2.x sees it"):
+
+- ``GET /api/models/{repo}/revision/{rev}``: ``{"id", "sha", "siblings": [{"rfilename"}]}``;
+  an unknown repo is 404 with ``X-Error-Code: RepoNotFound``, an unknown revision 404 with
+  ``RevisionNotFound``.
+- ``HEAD|GET /{repo}/resolve/{rev}/{file}``: ``X-Repo-Commit`` and ``ETag``; an LFS file
+  (``*.safetensors``, ``*.bin``, ...) answers with a 302 to ``/cdn/...`` (``X-Linked-Etag``, ``X-Linked-Size``),
+  which clients follow; ``Range: bytes=a-b`` → 206 with ``Content-Range``. An unknown file
+  is 404 ``EntryNotFound``; a gated repo without the right token 403 ``GatedRepo``; a private
+  one 401 ``RepoNotFound``.
+
+Faults (:class:`Fault`) are injected per request whose path contains a substring: an HTTP
+status a number of times (500-then-OK, 429), a slow response, a range answered with the
+whole file or with a wrong ``Content-Range``, a truncated body, a connection reset, a changed
+ETag. ``latency`` delays every request. Every request is logged (:attr:`HubServer.log`) with
+the bytes of body sent, so tests and benchmarks can count requests and bytes.
+
+Usage::
+
+    with HubServer({"org/name": Repo(Path("ckpt"))}, latency=0.05) as hub:
+        os.environ["HF_ENDPOINT"] = hub.url
+
+``python tests/hub_server.py org/name=DIR ... [--latency S]`` serves until interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import unquote, urlsplit
+
+#: Files served like LFS files (as the Hub's default .gitattributes): a 302 to the "CDN" path.
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+#: Files smaller than this get a sha256 ETag; larger ones a stamp (see HubServer.etag).
+HASHED_MAX = 10_000_000
+
+
+@dataclass
+class Repo:
+    """A repo served from ``root`` (every file below it, recursively), at commit ``sha``."""
+
+    root: Path
+    sha: str = "0" * 40
+    branches: dict[str, str] = field(default_factory=dict)
+    #: A token that unlocks a gated or private repo.
+    token: Optional[str] = None
+    gated: bool = False
+    private: bool = False
+
+    def files(self) -> list[str]:
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()
+        )
+
+    def resolve(self, rev: str) -> Optional[str]:
+        """Commit of a branch name or of the commit itself."""
+        if rev in (self.sha, "main"):
+            return self.sha
+        return self.branches.get(rev)
+
+
+@dataclass
+class Fault:
+    """A fault for requests whose path contains ``match`` (and method ``method`` if set).
+
+    ``kind``: ``"status"`` (answer ``status``), ``"slow"`` (sleep ``delay`` s first),
+    ``"whole"`` (answer a range request with 200 and the whole file), ``"bad_range"`` (206 with
+    a Content-Range that is off by 16 bytes), ``"truncate"`` (announce the full length, send
+    half, close), ``"reset"`` (close the connection without answering), ``"etag"`` (a different
+    ETag from then on). ``times``: how many matching requests it applies to (None: all).
+    """
+
+    kind: str
+    match: str = ""
+    times: Optional[int] = 1
+    status: int = 500
+    delay: float = 0.0
+    method: Optional[str] = None
+    hits: int = 0
+
+    def applies(self, method: str, path: str) -> bool:
+        if self.match not in path or (self.method and self.method != method):
+            return False
+        if self.times is not None and self.hits >= self.times:
+            return False
+        self.hits += 1
+        return True
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    range: Optional[str]
+    status: int
+    body_bytes: int
+
+
+class HubServer:
+    """The server, in a daemon thread; a context manager. ``url`` is its endpoint."""
+
+    def __init__(self, repos: dict[str, Repo], *, latency: float = 0.0) -> None:
+        self.repos = repos
+        self.latency = latency
+        self.faults: list[Fault] = []
+        self.log: list[Request] = []
+        self._lock = threading.Lock()
+        self._etags: dict[tuple[str, str], str] = {}
+        server = self
+
+        class Handler(_Handler):
+            hub = server
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> HubServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def fault(self, kind: str, match: str = "", **kw: Any) -> Fault:
+        """Add and return a :class:`Fault`."""
+        f = Fault(kind, match, **kw)
+        with self._lock:
+            self.faults.append(f)
+        return f
+
+    def reset(self) -> None:
+        """Forget faults and the request log."""
+        with self._lock:
+            self.faults.clear()
+            self.log.clear()
+
+    def take_fault(self, method: str, path: str) -> list[Fault]:
+        with self._lock:
+            return [f for f in self.faults if f.applies(method, path)]
+
+    def record(self, req: Request) -> None:
+        with self._lock:
+            self.log.append(req)
+
+    def etag(self, repo: str, path: Path, rel: str, changed: bool) -> str:
+        """ETag of a file: sha256 for small files, a stamp of size and mtime for large ones
+        (as cheap as the Hub's stored LFS oid); a ``"etag"`` fault changes it."""
+        key = (repo, rel)
+        with self._lock:
+            if changed:
+                self._etags[key] = hashlib.sha256(f"changed{time.time()}".encode()).hexdigest()
+            if key not in self._etags:
+                st = path.stat()
+                if st.st_size < HASHED_MAX:
+                    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                else:
+                    digest = hashlib.sha256(
+                        f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode()
+                    ).hexdigest()
+                self._etags[key] = digest
+            return self._etags[key]
+
+
+_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+_API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>[^/]+)$")
+_CDN = re.compile(r"^/cdn/(?P<repo>[^/]+/[^/]+)/(?P<sha>[0-9a-f]+)/(?P<file>.+)$")
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hub: HubServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_HEAD(self) -> None:
+        self._serve("HEAD")
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _send(
+        self,
+        method: str,
+        status: int,
+        body: bytes = b"",
+        headers: Optional[dict[str, str]] = None,
+        length: Optional[int] = None,
+    ) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        sent = 0
+        if method != "HEAD" and body:
+            self.wfile.write(body)
+            sent = len(body)
+        self.hub.record(Request(method, self.path, self.headers.get("Range"), status, sent))
+
+    def _error(self, method: str, status: int, code: str, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        headers = {"X-Error-Code": code, "X-Error-Message": message}
+        headers["Content-Type"] = "application/json"
+        self._send(method, status, body, headers)
+
+    def _authorized(self, repo: Repo) -> bool:
+        return (
+            repo.token is not None and self.headers.get("Authorization") == f"Bearer {repo.token}"
+        )
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _serve(self, method: str) -> None:
+        path = urlsplit(self.path).path
+        faults = self.hub.take_fault(method, path)
+        if self.hub.latency:
+            time.sleep(self.hub.latency)
+        for f in faults:
+            if f.kind == "slow":
+                time.sleep(f.delay)
+            elif f.kind == "status":
+                self._error(method, f.status, "", f"injected {f.status}")
+                return
+            elif f.kind == "reset":
+                self.hub.record(Request(method, self.path, self.headers.get("Range"), 0, 0))
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+                self.close_connection = True
+                self.connection.close()
+                return
+        kinds = {f.kind for f in faults}
+        if m := _API.match(path):
+            self._api(method, unquote(m["repo"]), unquote(m["rev"]))
+        elif m := _RESOLVE.match(path):
+            self._resolve(method, m["repo"], unquote(m["rev"]), unquote(m["file"]), kinds)
+        elif m := _CDN.match(path):
+            self._cdn(method, m["repo"], m["sha"], unquote(m["file"]), kinds)
+        else:
+            self._error(method, 404, "", f"no route for {path}")
+
+    def _repo(self, method: str, name: str) -> Optional[Repo]:
+        repo = self.hub.repos.get(name)
+        if repo is None or (repo.private and not self._authorized(repo)):
+            self._error(method, 401 if repo else 404, "RepoNotFound", "Repository not found")
+            return None
+        return repo
+
+    def _api(self, method: str, name: str, rev: str) -> None:
+        repo = self._repo(method, name)
+        if repo is None:
+            return
+        sha = repo.resolve(rev)
+        if sha is None:
+            self._error(method, 404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return
+        info = {
+            "id": name,
+            "sha": sha,
+            "private": repo.private,
+            "gated": "manual" if repo.gated else False,
+            "siblings": [{"rfilename": f} for f in repo.files()],
+        }
+        body = json.dumps(info).encode()
+        self._send(method, 200, body, {"Content-Type": "application/json"})
+
+    def _file(self, method: str, repo: Repo, rel: str) -> Optional[Path]:
+        target = (repo.root / rel).resolve()
+        root = repo.root.resolve()
+        if root not in target.parents or not target.is_file():
+            self._error(method, 404, "EntryNotFound", f"{rel} does not exist")
+            return None
+        return target
+
+    def _resolve(self, method: str, name: str, rev: str, rel: str, kinds: set[str]) -> None:
+        repo = self._repo(method, name)
+        if repo is None:
+            return
+        if repo.gated and not self._authorized(repo):
+            self._error(
+                method,
+                403,
+                "GatedRepo",
+                f"Access to model {name} is restricted. You must have access to it and be authenticated to access it. Please log in.",
+            )
+            return
+        sha = repo.resolve(rev)
+        if sha is None:
+            self._error(method, 404, "RevisionNotFound", f"Invalid rev id: {rev}")
+            return
+        target = self._file(method, repo, rel)
+        if target is None:
+            return
+        etag = self.hub.etag(name, target, rel, "etag" in kinds)
+        size = target.stat().st_size
+        if rel.endswith(LFS_SUFFIXES):
+            headers = {
+                "X-Repo-Commit": sha,
+                "X-Linked-Etag": f'"{etag}"',
+                "X-Linked-Size": str(size),
+                "ETag": f'"{hashlib.sha1(rel.encode()).hexdigest()}"',
+                "Location": f"/cdn/{name}/{sha}/{rel}?sig=local",
+            }
+            self._send(method, 302, b"", headers)
+            return
+        self._body(method, target, etag, {"X-Repo-Commit": sha}, kinds)
+
+    def _cdn(self, method: str, name: str, sha: str, rel: str, kinds: set[str]) -> None:
+        repo = self.hub.repos.get(name)
+        if repo is None or sha != repo.sha:
+            self._error(method, 404, "", "no such object")
+            return
+        target = self._file(method, repo, rel)
+        if target is None:
+            return
+        etag = self.hub.etag(name, target, rel, "etag" in kinds)
+        self._body(method, target, etag, {}, kinds)
+
+    def _body(
+        self, method: str, target: Path, etag: str, headers: dict[str, str], kinds: set[str]
+    ) -> None:
+        size = target.stat().st_size
+        headers = {**headers, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+        rng = self.headers.get("Range")
+        start, end, status = 0, size - 1, 200
+        if rng is not None and "whole" not in kinds:
+            m = _RANGE.match(rng.strip())
+            if m is None or int(m[1]) >= size:
+                headers["Content-Range"] = f"bytes */{size}"
+                self._send(method, 416, b"", headers)
+                return
+            start = int(m[1])
+            end = min(size - 1, int(m[2])) if m[2] else size - 1
+            status = 206
+            shown = (start + 16, end + 16) if "bad_range" in kinds else (start, end)
+            headers["Content-Range"] = f"bytes {shown[0]}-{shown[1]}/{size}"
+        length = end - start + 1
+        with open(target, "rb") as f:
+            f.seek(start)
+            body = f.read(length) if method != "HEAD" else b""
+        if "truncate" in kinds and method != "HEAD":
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            half = body[: len(body) // 2]
+            self.wfile.write(half)
+            self.wfile.flush()
+            self.hub.record(Request(method, self.path, rng, status, len(half)))
+            self.close_connection = True
+            return
+        self._send(method, status, body, headers, length=length)
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("repos", nargs="+", help="org/name=DIRECTORY")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds added to each request")
+    args = ap.parse_args()
+    repos = {}
+    for spec in args.repos:
+        name, _, directory = spec.partition("=")
+        repos[name] = Repo(Path(directory))
+    with HubServer(repos, latency=args.latency) as hub:
+        print(f"HF_ENDPOINT={hub.url}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

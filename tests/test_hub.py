@@ -1,0 +1,311 @@
+"""Hub checkpoints read remotely (headers by HTTP range requests, spectra streamed) against the
+local hub-like server of ``tests/hub_server.py`` on 127.0.0.1: results equal the local
+analysis of the same files, every fault gives a one-line error, nothing leaves the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lora_rank
+import pytest
+from hub_server import HubServer, Repo
+from lora_rank.sources import hub as hub_source
+
+SHA = "1234567890abcdef1234567890abcdef12345678"
+TOKEN = "hf_test_token"
+
+
+def _single_file_with_big_header(out: Path) -> Path:
+    """A real safetensors file (written by the format's own library) whose header is larger
+    than the 100 kB first range: 1,500 tensors with long names."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"model.layers.{i}.some_rather_long_module_name_to_grow_the_header.weight": np.full(
+            (2, 3), i, dtype=np.float32
+        )
+        for i in range(1500)
+    }
+    save_file(tensors, str(out / "model.safetensors"))
+    return out
+
+
+def _huge_header_file(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    body = b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    (out / "model.safetensors").write_bytes(struct.pack("<Q", 200_000_000) + body + bytes(40_000))
+    return out
+
+
+@pytest.fixture(scope="session")
+def hub_repos(
+    checkpoint: Callable[[str], Path], minilm: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Repo]:
+    root = tmp_path_factory.mktemp("hub")
+    pickle_only = root / "pickle"
+    pickle_only.mkdir()
+    (pickle_only / "config.json").write_text('{"model_type": "llama"}')
+    (pickle_only / "pytorch_model.bin").write_bytes(b"\x80\x04" + bytes(20_000))
+    nothing = root / "nothing"
+    nothing.mkdir()
+    (nothing / "README.md").write_text("no weights")
+    sub = root / "sub"
+    (sub / "ckpt").mkdir(parents=True)
+    for f in checkpoint("qwen2").iterdir():
+        (sub / "ckpt" / f.name).write_bytes(f.read_bytes())
+    return {
+        "tiny/llama": Repo(checkpoint("llama"), sha=SHA, branches={"v1": SHA}),
+        "tiny/mixtral": Repo(checkpoint("mixtral"), sha=SHA),
+        "tiny/minilm": Repo(minilm, sha=SHA),
+        "tiny/sub": Repo(sub, sha=SHA),
+        "tiny/gated": Repo(checkpoint("llama"), sha=SHA, gated=True, token=TOKEN),
+        "tiny/private": Repo(checkpoint("llama"), sha=SHA, private=True, token=TOKEN),
+        "tiny/pickle": Repo(pickle_only, sha=SHA),
+        "tiny/nothing": Repo(nothing, sha=SHA),
+        "tiny/bigheader": Repo(_single_file_with_big_header(root / "big"), sha=SHA),
+        "tiny/hugeheader": Repo(_huge_header_file(root / "huge"), sha=SHA),
+    }
+
+
+@pytest.fixture
+def hub(
+    hub_repos: dict[str, Repo], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[HubServer]:
+    """The server, with huggingface_hub pointed at it (as HF_ENDPOINT does at import), online,
+    an empty cache and no token."""
+    from huggingface_hub import constants
+
+    with HubServer(hub_repos) as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(
+            constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            server.url + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+        monkeypatch.setattr(hub_source, "BACKOFF", 0.01)
+        yield server
+
+
+def _inventory(report: lora_rank.Report) -> Any:
+    tensors = [(t.name, t.dtype, t.shape, t.shard, t.begin, t.end) for t in report.tensors]
+    modules = [(m.name, m.kind, m.shape, m.params, m.is_lora_target) for m in report.modules]
+    return tensors, modules, report.total_params, report.model_type
+
+
+def _range_requests(hub: HubServer, path_part: str = "") -> list[Any]:
+    return [r for r in hub.log if r.range and r.status == 206 and path_part in r.path]
+
+
+@pytest.mark.parametrize("repo", ["tiny/llama", "tiny/mixtral", "tiny/minilm"])
+def test_remote_inventory_equals_local(hub: HubServer, repo: str) -> None:
+    remote = lora_rank.analyze(repo)
+    local = lora_rank.analyze(hub.repos[repo].root)
+    assert _inventory(remote) == _inventory(local)
+    assert remote.path == f"hf://{repo}@{SHA}"
+    shards = {s.rsplit("/", 1)[1] for s in remote.shards}
+    # One range request per shard (the header fits the first range), after one 302 hop.
+    ranged = _range_requests(hub)
+    assert sorted(r.path.split("/")[-1].split("?")[0] for r in ranged) == sorted(shards)
+    assert all(r.body_bytes <= 100_000 for r in ranged)
+    assert not any(r.range is None and r.path.endswith(".safetensors") for r in hub.log)
+
+
+def test_revision_subfolder_and_urls(hub: HubServer) -> None:
+    local = _inventory(lora_rank.analyze(hub.repos["tiny/sub"].root / "ckpt"))
+    assert _inventory(lora_rank.analyze(f"hf://tiny/sub@{SHA}/ckpt")) == local
+    url = f"{hub.url}/tiny/sub/resolve/main/ckpt/model.safetensors.index.json"
+    assert _inventory(lora_rank.analyze(url)) == local
+    llama = _inventory(lora_rank.analyze(hub.repos["tiny/llama"].root))
+    assert _inventory(lora_rank.analyze("tiny/llama", revision="v1")) == llama
+    assert _inventory(lora_rank.analyze("hf://tiny/llama@v1")) == llama
+
+
+def test_plain_url_on_another_server_gets_no_token(
+    hub: HubServer, hub_repos: dict[str, Repo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with HubServer(hub_repos) as other:
+        url = f"{other.url}/tiny/llama/resolve/main/model.safetensors.index.json"
+        remote = lora_rank.analyze(url)
+        assert _inventory(remote) == _inventory(lora_rank.analyze(hub_repos["tiny/llama"].root))
+        assert other.log and not hub.log
+
+
+def test_header_larger_than_the_first_range_takes_a_second_request(hub: HubServer) -> None:
+    remote = lora_rank.analyze("tiny/bigheader")
+    local = lora_rank.analyze(hub.repos["tiny/bigheader"].root)
+    assert _inventory(remote) == _inventory(local)
+    ranged = _range_requests(hub, "model.safetensors")
+    assert ranged[0].range == "bytes=0-99999"
+    assert len(ranged) == 2
+
+
+def test_cached_snapshot_needs_no_network(
+    hub: HubServer, hf_cache_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache_checkpoint.parent))
+    remote = lora_rank.analyze("tiny/llama")
+    assert hub.log == []
+    assert _inventory(remote) == _inventory(lora_rank.analyze(hf_cache_checkpoint))
+    assert remote.remote_shards is None
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert _inventory(lora_rank.analyze("tiny/llama")) == _inventory(remote)
+
+
+ERRORS = [
+    ("nobody/nothing-here", {}, lora_rank.HubError, "nobody/nothing-here: repo not found"),
+    ("tiny/llama", {"revision": "nope"}, lora_rank.HubError, "revision 'nope' not found"),
+    ("tiny/gated", {}, lora_rank.HubError, "gated repo"),
+    ("tiny/private", {}, lora_rank.HubError, "repo not found (or private: log in"),
+    ("tiny/pickle", {}, lora_rank.UnsupportedFormatError, "only pickle-based weights"),
+    ("tiny/nothing", {}, lora_rank.NotACheckpointError, "no *.safetensors files"),
+    ("tiny/hugeheader", {}, lora_rank.HeaderError, "exceeds the safetensors limit"),
+]
+
+
+@pytest.mark.parametrize(("repo", "kw", "exc", "needle"), ERRORS, ids=[e[0] for e in ERRORS])
+def test_errors_are_one_line_and_name_the_repo(
+    hub: HubServer, repo: str, kw: dict[str, str], exc: type, needle: str
+) -> None:
+    with pytest.raises(exc) as info:
+        lora_rank.analyze(repo, **kw)
+    message = str(info.value)
+    assert needle in message and repo.split("/")[1] in message, message
+    assert "\n" not in message
+    if repo == "tiny/gated":
+        assert "HF_TOKEN" in message and "hf auth login" in message
+    if repo == "tiny/pickle":
+        assert not any(".bin" in r.path for r in hub.log)
+
+
+def test_token_opens_gated_and_private_repos(
+    hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    local = _inventory(lora_rank.analyze(hub.repos["tiny/llama"].root))
+    assert _inventory(lora_rank.analyze("tiny/gated")) == local
+    assert _inventory(lora_rank.analyze("tiny/private")) == local
+
+
+def test_offline_and_not_cached(hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(lora_rank.HubError, match=r"tiny/llama: not in the local .*HF_HUB_OFFLINE"):
+        lora_rank.analyze("tiny/llama")
+    assert hub.log == []
+
+
+FAULTS = [
+    ("whole", {"match": "/cdn/", "times": None}, "answered a range request with status 200"),
+    ("bad_range", {"match": "/cdn/", "times": None}, "wrong Content-Range"),
+    ("truncate", {"match": "/cdn/", "times": None}, "truncated response body after 4 attempts"),
+]
+
+
+@pytest.mark.parametrize(("kind", "kw", "needle"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_server_faults_are_errors(
+    hub: HubServer, kind: str, kw: dict[str, Any], needle: str
+) -> None:
+    hub.fault(kind, **kw)
+    with pytest.raises(lora_rank.HubError) as info:
+        lora_rank.analyze("tiny/llama")
+    assert needle in str(info.value) and "tiny/llama" in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "kw"),
+    [
+        ("status", {"status": 500, "times": 2}),
+        ("status", {"status": 429, "times": 1}),
+        ("status", {"status": 503, "times": 1, "match": "/cdn/"}),
+        ("reset", {"times": 1, "match": "/cdn/"}),
+        ("truncate", {"times": 1, "match": "/cdn/"}),
+        ("slow", {"delay": 0.3, "times": 3}),
+    ],
+)
+def test_transient_faults_are_retried(hub: HubServer, kind: str, kw: dict[str, Any]) -> None:
+    fault = hub.fault(kind, **kw)
+    remote = lora_rank.analyze("tiny/llama")
+    assert _inventory(remote) == _inventory(lora_rank.analyze(hub.repos["tiny/llama"].root))
+    assert fault.hits == fault.times
+
+
+def test_retries_are_bounded(hub: HubServer) -> None:
+    hub.fault("status", status=503, times=None, match="/cdn/")
+    with pytest.raises(lora_rank.HubError, match=r"tiny/llama: model-0000.* HTTP error 503"):
+        lora_rank.analyze("tiny/llama")
+    attempts = [r for r in hub.log if "/cdn/" in r.path and r.status == 503]
+    assert 1 < len(attempts) <= 4 * hub_source.RETRIES * len(hub.repos["tiny/llama"].files())
+
+
+@pytest.mark.parametrize("repo", ["tiny/minilm", "tiny/mixtral"])
+def test_remote_spectra_equal_local_bit_for_bit(
+    hub: HubServer, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small buffer: several batches, prefetching.
+    monkeypatch.setattr(hub_source, "SPECTRAL_BUFFER", 2 * 2**20)
+    remote = lora_rank.analyze(repo, spectral=True, seed=3, progress=False, top_k=8)
+    local = lora_rank.analyze(hub.repos[repo].root, spectral=True, seed=3, progress=False, top_k=8)
+    pairs = list(zip(remote.modules, local.modules))
+    assert any(a.spectrum for a, _ in pairs)
+    for a, b in pairs:
+        assert a.spectrum == b.spectrum, a.name
+        assert a.expert_spectra == b.expert_spectra, a.name
+    data = sum(r.body_bytes for r in _range_requests(hub, "/cdn/")) - sum(
+        r.body_bytes for r in _range_requests(hub, "/cdn/") if r.range.startswith("bytes=0-")
+    )
+    from lora_rank.spectral import _job_bytes, _Plan
+
+    analysed = sum(_job_bytes(j) for j in _Plan(local).jobs)
+    assert analysed <= data <= 1.05 * analysed
+    assert not any(r.range is None and "/cdn/" in r.path for r in hub.log)
+
+
+def test_remote_spectra_see_a_changed_etag(hub: HubServer) -> None:
+    report = lora_rank.analyze("tiny/minilm")
+    hub.fault("etag", match="/cdn/", times=None)
+    from lora_rank.spectral import compute_spectra
+
+    with pytest.raises(
+        lora_rank.FileChangedError, match=r"model.safetensors: file changed .* ETag"
+    ):
+        compute_spectra(report, progress=False)
+
+
+def test_cli_analyze_hub_repo_through_hf_endpoint(hub: HubServer, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "home"),
+    }
+    env.pop("HF_HUB_CACHE", None)
+    cmd = [sys.executable, "-m", "lora_rank", "analyze", "tiny/llama", "--format", "json"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    remote = json.loads(out.stdout)
+    local = lora_rank.analyze(hub.repos["tiny/llama"].root)
+    assert remote["total_params"] == local.total_params
+    assert [m["name"] for m in remote["modules"]] == [m.name for m in local.modules]
+    bad = [sys.executable, "-m", "lora_rank", "analyze", "nobody/nothing-here"]
+    out = subprocess.run(bad, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "repo not found" in out.stderr
