@@ -73,7 +73,9 @@ def inventory(runs: int, latency: float) -> dict[str, Any]:
                 times.append(seconds)
                 outputs.add((name, out))
                 if name == "ours" and i == 0:
-                    shard_reqs = [r for r in hub.log if ".safetensors" in r.path and "index" not in r.path]
+                    shard_reqs = [
+                        r for r in hub.log if ".safetensors" in r.path and "index" not in r.path
+                    ]
                     shards = {r.path.split("/")[-1].split("?")[0] for r in shard_reqs}
                     per_shard = {
                         "shards": len(shards),
@@ -85,7 +87,9 @@ def inventory(runs: int, latency: float) -> dict[str, Any]:
                         "all_body_bytes": sum(r.body_bytes for r in hub.log),
                     }
                 if name == "theirs" and i == 0:
-                    shard_reqs = [r for r in hub.log if r.path.endswith(".safetensors") or "/cdn/" in r.path]
+                    shard_reqs = [
+                        r for r in hub.log if r.path.endswith(".safetensors") or "/cdn/" in r.path
+                    ]
                     per_shard["theirs_requests"] = len(hub.log)
                     per_shard["theirs_body_bytes"] = sum(r.body_bytes for r in hub.log)
         return {
@@ -102,7 +106,6 @@ def inventory(runs: int, latency: float) -> dict[str, Any]:
 def spectral(which: str, latency: float) -> dict[str, Any]:
     import lora_rank
     from huggingface_hub import constants
-
     from lora_rank.spectral import _job_bytes, _Plan
 
     ckpt = lora_rank.demo_checkpoint() if which == "minilm" else Path(which)
@@ -133,7 +136,8 @@ def spectral(which: str, latency: float) -> dict[str, Any]:
             "bytes_fetched_for_data": fetched,
             "bytes_fetched_for_headers": header_bytes,
             "ratio_fetched_to_analysed": fetched / analysed,
-            "data_requests": len(data) - sum(1 for r in data if (r.range or "").startswith("bytes=0-")),
+            "data_requests": len(data)
+            - sum(1 for r in data if (r.range or "").startswith("bytes=0-")),
             "spectra_equal_to_local": same,
             "remote_s": remote_s,
             "local_s": local_s,

@@ -1,7 +1,7 @@
 """Type stubs of the Rust extension module ``lora_rank._core``."""
 
 from os import PathLike
-from typing import Any, Callable, Optional, TypedDict
+from typing import Any, Callable, Optional, TypedDict, final
 
 __all__ = [
     "ByteBuffer",
@@ -54,6 +54,7 @@ def checkpoint_from_headers(
 def header_length(prefix: bytes, file_len: int, path: str | PathLike[Any]) -> int: ...
 def parse_index(data: bytes, path: str | PathLike[Any]) -> dict[str, str]: ...
 
+@final
 class ByteBuffer:
     def __new__(cls, size: int) -> ByteBuffer: ...
     def write(self, offset: int, data: bytes) -> None: ...
