@@ -1,14 +1,15 @@
 """The arms of the quality benchmark: for a budget (all-linear's trainable count at rank r),
 the module → rank map each strategy gives MiniLM.
 
-Library arms come from ``lora_rank.recommend`` (presets at ``rank_multiple=1`` so they reach
-the budget; ``auto`` as shipped, ``rank_multiple=4``). The candidate rules under test
-(see ``lora_rank.recommend.strategies`` once ported) allocate over all-linear's 37 modules with
-the library's water-filling (:func:`lora_rank.allocation.allocate`, ranks ∝ score, step 1):
+Library arms come from ``lora_rank.recommend``: presets and the weighted strategies of
+:mod:`lora_rank.strategies` at ``rank_multiple=1``; ``auto`` is the rule ``auto`` followed before
+this benchmark (now ``strategy="spectral"``, ``rank_multiple=4``). The weighted rules allocate
+over all-linear's 37 modules with the library's water-filling
+(:func:`lora_rank.allocation.allocate`, ranks ∝ weight):
 
 - ``shuffled``: ``auto``'s scores permuted across its modules (seeded): the control for
   "the module-level spectral detail matters".
-- ``kind-mlp2``: kind prior, MLP projections weigh 2, attention and the pooler 1 (PEFT's
+- ``kind-prior``: MLP projections weigh 2, attention and the pooler 1 (PEFT's
   method comparison: MLP-only r=10 beat q,v r=32 at equal size on Llama-3.2-3B GSM8K).
 - ``depth``: depth profile, weight (L − layer) for layer 0..L−1 (the pilot's full fine-tune:
   ΔW's effective rank falls ~10× from layer 0 to 5); the pooler weighs L.
@@ -19,7 +20,7 @@ the library's water-filling (:func:`lora_rank.allocation.allocate`, ranks ∝ sc
 - ``alpha``: AlphaLoRA (Qing et al. 2024): layer weight = mean power-law alpha of the layer's
   matrices (library Hill estimate); a higher alpha (less heavy-tailed, less trained) gets more
   rank; the pooler is its own layer.
-- ``pooler8``: task-aware (classification): the head is trained in full by PEFT SEQ_CLS's
+- ``pooler``: task-aware (classification): the head is trained in full by PEFT SEQ_CLS's
   ``modules_to_save`` in every arm; the pooler (what moved most in the pilot's full fine-tune)
   weighs 8, every other linear 1.
 - ``oracle`` (screen only): the allocation that keeps the most ΔW energy at the budget
@@ -32,14 +33,15 @@ import random
 from functools import cache
 from typing import Any, Callable
 
-import numpy as np
-
 import lora_rank
+import numpy as np
 from lora_rank import allocation
 
 R_BUDGETS = (2, 4, 8)
 LIBRARY = ("all-linear", "attention-qv", "auto")
-RULES = ("shuffled", "kind-mlp2", "depth", "snr", "alpha", "pooler8")
+#: Weighted strategies of :mod:`lora_rank.strategies`, run at ``rank_multiple=1``.
+WEIGHTED = ("kind-prior", "depth", "alpha", "pooler")
+RULES = ("shuffled", "snr", *WEIGHTED)
 ATTN = ("attn_q", "attn_k", "attn_v", "attn_o")
 MLP = ("mlp_up", "mlp_down")
 
@@ -79,6 +81,11 @@ def _library(strategy: str, b: int) -> dict[str, int]:
     return report().recommend(strategy, budget=b, **kw).module_ranks()
 
 
+def _spectral_auto(b: int) -> dict[str, int]:
+    """What ``auto`` did before this benchmark (``strategy="spectral"``, rank_multiple 4)."""
+    return report().recommend("spectral", budget=b, rank_multiple=4).module_ranks()
+
+
 def _shuffled(b: int) -> dict[str, int]:
     rec = report().recommend("auto", budget=b)
     scored = [n for n in modules() if lora_rank.scoring.score(modules()[n], None)]
@@ -90,22 +97,6 @@ def _shuffled(b: int) -> dict[str, int]:
     ]
     del rec
     return allocation.allocate(items, b, step=4, min_rank=4)
-
-
-def _kind(m: Any) -> str:
-    return str(m.kind)
-
-
-def _kind_mlp2(b: int) -> dict[str, int]:
-    return _weighted({n: 2.0 if _kind(m) in MLP else 1.0 for n, m in modules().items()}, b)
-
-
-def _depth(b: int) -> dict[str, int]:
-    L = report().num_layers
-    return _weighted(
-        {n: float(L - m.layer) if m.layer is not None else float(L) for n, m in modules().items()},
-        b,
-    )
 
 
 @cache
@@ -128,7 +119,7 @@ def snr(name: str) -> float:
 def _snr(b: int) -> dict[str, int]:
     by_kind: dict[str, list[str]] = {}
     for n, m in modules().items():
-        by_kind.setdefault(_kind(m), []).append(n)
+        by_kind.setdefault(str(m.kind), []).append(n)
     chosen = []
     for names in by_kind.values():
         names = sorted(names, key=snr, reverse=True)
@@ -136,34 +127,18 @@ def _snr(b: int) -> dict[str, int]:
     return _weighted(dict.fromkeys(chosen, 1.0), b)
 
 
-def _alpha(b: int) -> dict[str, int]:
-    layers: dict[Any, list[float]] = {}
-    for m in modules().values():
-        layers.setdefault(m.layer, []).append(float(m.spectrum.alpha))
-    mean = {k: float(np.mean(v)) for k, v in layers.items()}
-    return _weighted({n: mean[m.layer] for n, m in modules().items()}, b)
-
-
-def _pooler8(b: int) -> dict[str, int]:
-    return _weighted(
-        {n: 8.0 if _kind(m) == "other_linear" else 1.0 for n, m in modules().items()}, b
-    )
-
-
-_RULES: dict[str, Callable[[int], dict[str, int]]] = {
-    "shuffled": _shuffled,
-    "kind-mlp2": _kind_mlp2,
-    "depth": _depth,
-    "snr": _snr,
-    "alpha": _alpha,
-    "pooler8": _pooler8,
-}
+_RULES: dict[str, Callable[[int], dict[str, int]]] = {"shuffled": _shuffled, "snr": _snr}
 
 
 def ranks(arm: str, r: int) -> dict[str, int]:
     """Module → rank of ``arm`` at the budget of all-linear rank ``r``."""
     b = budget(r)
-    out = _library(arm, b) if arm in LIBRARY else _RULES[arm](b)
+    if arm == "auto":
+        out = _spectral_auto(b)
+    elif arm in LIBRARY or arm in WEIGHTED:
+        out = _library(arm, b)
+    else:
+        out = _RULES[arm](b)
     used = sum(cost(n) * k for n, k in out.items())
     if used > b:
         raise AssertionError(f"{arm} at r={r} uses {used} > {b}")

