@@ -203,9 +203,13 @@ def _preset_targets(
     used = sum(t.params for t in best)
     notes = []
     if used < allocation.BUDGET_FLOOR * budget:
+        nxt = [b for b in steps if b > fitting[-1]]
+        more = (
+            f"; rank {nxt[0]} would need {sum(t.params for t in targets(nxt[0])):,}" if nxt else ""
+        )
         notes.append(
             f"{strategy!r} at uniform rank {fitting[-1]} uses {used:,} of the {budget:,} budget "
-            f"({used / budget:.1%}); strategy='auto' allocates ranks per module to fill it"
+            f"({used / budget:.1%}){more}"
         )
     return best, notes, fitting[-1]
 
