@@ -2,7 +2,7 @@
 budget? (benches/README.md "Recommendation quality"; design and decision rule in DECISION.md.)
 
     python benches/quality/run.py                       # the committed (reduced) grid + tables
-    python benches/quality/run.py --quick               # smoke run, a few minutes
+    python benches/quality/run.py --quick               # smoke run, a few minutes (no screen)
     python benches/quality/run.py --stage lr|train|screen|tables [--shard i/n] ...
 
 Runs append to ``benches/results/quality/runs.jsonl`` (one JSON line per run; a run already
@@ -83,7 +83,7 @@ def run_one(stage: str, task: str, arm: str, r: int, lr: float, seed: int, epoch
     )
 
 
-def chosen_lr(task: str, r: int, epochs: int) -> float:
+def chosen_lr(task: str, r: int, epochs: int, seeds: tuple[int, ...] = LR_SEEDS) -> float:
     rows = [
         v
         for v in done().values()
@@ -92,7 +92,7 @@ def chosen_lr(task: str, r: int, epochs: int) -> float:
     mean = {}
     for lr in {v["lr"] for v in rows}:
         got = [v["val_nll"] for v in rows if v["lr"] == lr]
-        if len(got) == len(LR_SEEDS):
+        if len(got) == len(seeds):
             mean[lr] = sum(got) / len(got)
     if not mean:
         raise SystemExit(f"no complete learning-rate runs for {task} r={r}: run --stage lr")
@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tasks", default="bbc")
     p.add_argument("--r", type=int, nargs="+", default=[2])
-    p.add_argument("--arms", nargs="+", default=["all-linear", "auto", "attention-qv", "shuffled"])
+    p.add_argument("--arms", nargs="+", default=["all-linear", "auto", "snr"])
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
@@ -133,7 +133,8 @@ def main() -> None:
     if a.stage in ("all", "train"):
         jobs = [(t, r, arm, s) for t in tasks for r in a.r for s in a.seeds for arm in a.arms]
         for t, r, arm, s in jobs[i::n]:
-            run_one("train", t, arm, r, chosen_lr(t, r, a.epochs), s, a.epochs)
+            lr = chosen_lr(t, r, a.epochs, (0,) if a.quick else LR_SEEDS)
+            run_one("train", t, arm, r, lr, s, a.epochs)
     if a.stage in ("all", "tables"):
         import tables
 
