@@ -5,12 +5,17 @@ transformers at run time (that import alone takes seconds and loads torch). So t
 rules are not hand-written: this script serialises transformers' own
 ``get_checkpoint_conversion_mapping`` for every model type, plus the MoE tables PEFT uses to turn
 ``target_modules="all-linear"`` into ``target_parameters``. ``tests/test_rules_data.py``
-regenerates the data and fails when the shipped copy drifts from the installed libraries.
+regenerates the data and fails when its *content* drifts from the installed libraries (the
+versions it was generated with are recorded in the file, not compared: a new transformers
+release that leaves the rules alone changes nothing).
 
 Usage::
 
     python scripts/generate_rules.py            # rewrite the shipped file
-    python scripts/generate_rules.py --check    # exit 1 if it differs
+    python scripts/generate_rules.py --check    # exit 1 and print what changed, if anything
+
+To see whether the newest transformers/PEFT change the rules, run ``--check`` in a virtualenv
+with them installed (README, "Development").
 """
 
 from __future__ import annotations
@@ -77,19 +82,83 @@ def generate() -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    """Stable text form (what is compared by ``--check``), versions excluded."""
+    """Stable text form of the whole document (what is written)."""
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def content(doc: dict[str, Any]) -> dict[str, Any]:
+    """The rules themselves: the document without the versions it was generated with."""
+    return {k: v for k, v in doc.items() if k != "versions"}
+
+
+def _rules_of(doc: dict[str, Any]) -> dict[str, list[Any]]:
+    """Model type or class → its list of transforms (aliases resolved)."""
+    return {name: doc["mappings"][canonical] for name, canonical in doc["model_types"].items()}
+
+
+def _describe(transform: dict[str, Any]) -> str:
+    sources = " | ".join(transform["source_patterns"])
+    targets = " | ".join(transform["target_patterns"])
+    return f"{transform['class']}: {sources} -> {targets}"
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Readable lines saying which model types gained, lost or changed rename rules, and which
+    PEFT MoE tables changed; empty when the content is the same.
+
+    Example:
+        >>> t = {"class": "WeightRenaming", "source_patterns": ["a"], "target_patterns": ["b"]}
+        >>> old = {"model_types": {"x": "x"}, "mappings": {"x": [t]}, "peft_moe": {}}
+        >>> new = {"model_types": {"x": "x", "y": "x"}, "mappings": {"x": [t]}, "peft_moe": {}}
+        >>> describe_changes(old, new)
+        ['+ y: 1 rule(s), first WeightRenaming: a -> b']
+    """
+    lines: list[str] = []
+    before, after = _rules_of(old), _rules_of(new)
+    for name in sorted(set(before) | set(after)):
+        a, b = before.get(name), after.get(name)
+        if a == b:
+            continue
+        if a is None and b is not None:
+            lines.append(f"+ {name}: {len(b)} rule(s), first {_describe(b[0])}")
+        elif b is None and a is not None:
+            lines.append(f"- {name}: its {len(a)} rule(s) are gone")
+        elif a is not None and b is not None:
+            lines.append(f"~ {name}:")
+            gone = [t for t in a if t not in b]
+            added = [t for t in b if t not in a]
+            lines += [f"    - {_describe(t)}" for t in gone]
+            lines += [f"    + {_describe(t)}" for t in added]
+            if not gone and not added:
+                lines.append("    same rules in another order (order decides which rule wins)")
+    for table in sorted(set(old.get("peft_moe", {})) | set(new.get("peft_moe", {}))):
+        a_t, b_t = old.get("peft_moe", {}).get(table, {}), new.get("peft_moe", {}).get(table, {})
+        for key in sorted(set(a_t) | set(b_t)):
+            if a_t.get(key) != b_t.get(key):
+                lines.append(f"~ peft_moe.{table}[{key!r}]: {a_t.get(key)!r} -> {b_t.get(key)!r}")
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the shipped file instead of writing"
+    )
     args = parser.parse_args()
-    text = render(generate())
+    doc = generate()
+    text = render(doc)
     if args.check:
-        same = OUT.exists() and OUT.read_text() == text
-        print("up to date" if same else f"{OUT} differs from the installed transformers/peft")
-        return 0 if same else 1
+        shipped = json.loads(OUT.read_text()) if OUT.exists() else {"model_types": {}}
+        shipped.setdefault("mappings", {})
+        changes = describe_changes(content(shipped), content(doc))
+        was, now = shipped.get("versions", {}), doc["versions"]
+        print(f"shipped rules generated with {was}; installed {now}")
+        if not changes:
+            print("up to date: the installed libraries give the same rules")
+            return 0
+        print(f"{len(changes)} change(s); run python scripts/generate_rules.py to take them:")
+        print("\n".join(changes))
+        return 1
     tmp = OUT.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(OUT)

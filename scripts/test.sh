@@ -2,44 +2,41 @@
 # The full test command: Rust and Python tests plus every linter the project uses.
 # Usage: bash scripts/test.sh          (README, CI: .ci/run calls exactly this)
 # Environment:
-#   LORA_RANK_VENV  virtualenv to (re)use; default ~/.cache/lora-rank/venv. torch from PyPI is a
-#                   large CUDA build: it is installed once per venv and kept.
+#   LORA_RANK_VENV  virtualenv to (re)use; default ~/.cache/lora-rank/venv. It holds exactly the
+#                   versions in requirements/test.txt (scripts/lock.sh makes that file) and is
+#                   re-created when that file changes; torch from PyPI is a large CUDA build, so
+#                   a venv is kept between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 venv=${LORA_RANK_VENV:-$HOME/.cache/lora-rank/venv}
+lock=requirements/test.txt
 export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 step() { printf '\n=== %s\n' "$*"; }
 
-step "python environment ($venv)"
+step "python environment ($venv, exact versions from $lock)"
+# The venv is ours when this script made it (marker file, or the stamp of an older version of
+# this script); only then is it re-created when the lock file changes.
+stamp="$venv/.lora-rank-lock-$(sha256sum "$lock" | cut -c1-16)"
+if [ -x "$venv/bin/python" ] && [ ! -f "$stamp" ]; then
+  if compgen -G "$venv/.lora-rank-*" >/dev/null; then
+    echo "$lock changed since this venv was made: re-creating it"
+    rm -rf "$venv"
+  else
+    echo "$venv was not made by this script: installing $lock into it"
+  fi
+fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
+  touch "$venv/.lora-rank-venv"
 fi
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
-# Reinstall dependencies only when pyproject.toml changes.
-stamp="$venv/.lora-rank-deps-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  python -m pip install -q --upgrade pip
-  python - <<'PY' > "$venv/.lora-rank-requirements.txt"
-import tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-extras = p["optional-dependencies"]
-seen, todo, reqs = set(), ["test"], list(p["dependencies"])
-while todo:
-    e = todo.pop()
-    if e in seen:
-        continue
-    seen.add(e)
-    for r in extras[e]:
-        if r.startswith("lora-rank["):
-            todo.extend(r[len("lora-rank["):-1].split(","))
-        else:
-            reqs.append(r)
-print("\n".join(sorted(set(reqs))))
-PY
-  python -m pip install -q maturin -r "$venv/.lora-rank-requirements.txt"
+  python -m pip install -q "$(grep -E '^pip==' "$lock")"
+  python -m pip install -q --no-deps -r "$lock"
+  python -m pip check
   touch "$stamp"
 fi
 
