@@ -4,11 +4,13 @@
 
 - Presets (:mod:`lora_rank.presets`) pick modules by kind, mapped to each family's own names,
   at a uniform rank ``r`` (or the largest uniform rank within ``budget``).
-- ``strategy="auto"`` scores every candidate from its weight spectrum
-  (:mod:`lora_rank.scoring`: task weight × effective rank) and allocates per-module ranks
-  proportional to the score under the trainable-parameter budget by water-filling
+- Weighted strategies (:mod:`lora_rank.strategies`: ``"spectral"``, ``"kind-prior"``,
+  ``"depth"``, ``"alpha"``, ``"pooler"``) weigh every candidate by one rule and allocate
+  per-module ranks ∝ weight under the trainable-parameter budget by water-filling
   (:mod:`lora_rank.allocation`): trainable ≤ budget and ≥ 97% of it, ranks multiples of
   ``rank_multiple`` in ``[min_rank, min(max_rank, in, out)]``.
+- ``strategy="auto"`` is the strategy :data:`AUTO` names: the one the recommendation-quality
+  benchmark (``benches/quality``) supports; README "What auto does and why".
 
 None of PEFT's own options derives per-module ranks from the weights alone (EVA needs data,
 AdaLoRA a training loop); this does, before the model is loaded.
