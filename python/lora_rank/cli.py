@@ -111,13 +111,14 @@ def _recommend_options(p: argparse.ArgumentParser, *, for_plot: bool) -> None:
     g = p.add_argument_group(
         "recommendation options" + (" (with --metric rank)" if for_plot else "")
     )
-    from .recommend import AUTO, STRATEGIES
+    try:
+        from .recommend import AUTO, STRATEGIES
 
-    g.add_argument(
-        "--strategy",
-        help=f"{', '.join(STRATEGIES)} (default: auto, which is {AUTO}: see the README, "
-        "'What auto does and why')",
-    )
+        names = f"{', '.join(STRATEGIES)} (default: auto, which is {AUTO}: README, 'What auto "
+        names += "does and why')"
+    except ImportError:  # a build without it: the recommend command says so when run
+        names = "a strategy name"
+    g.add_argument("--strategy", help=names)
     g.add_argument(
         "--budget",
         metavar="B",
