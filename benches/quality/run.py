@@ -139,6 +139,10 @@ def main() -> None:
         import tables
 
         print(tables.write(RESULTS))
+    if a.quick:
+        import shutil
+
+        shutil.rmtree(RESULTS)
 
 
 if __name__ == "__main__":
