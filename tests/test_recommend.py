@@ -347,8 +347,9 @@ def test_bad_arguments(path_of: Callable[[str], Path]) -> None:
         {"r": 2.5},
         {"lora_alpha": -1},
         {"rank_multiple": 0},
-        {"min_rank": 6},
-        {"max_rank": 2},
+        {"strategy": "spectral", "min_rank": 6},  # not a multiple of its rank_multiple 4
+        {"strategy": "spectral", "max_rank": 2},
+        {"strategy": "all-linear", "rank_multiple": 4, "min_rank": 6},
         {"layers": "0"},
         {"layers": [0.5]},
         {"exclude": "q_proj"},
