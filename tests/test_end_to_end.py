@@ -1,5 +1,5 @@
 """The whole path a user takes, with the real spectral engine: analyze(spectral=True) →
-recommend("auto", budget) → PEFT. The oracle is PEFT's own trainable count and ranks."""
+recommend("spectral", budget) → PEFT. The oracle is PEFT's own trainable count and ranks."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_spectral_auto_recommendation_is_exact_in_peft(
     report = lora_rank.analyze(path, spectral=True, progress=False)
     assert report.has_spectra
     budget = int(report.total_params * fraction)
-    rec = report.recommend("auto", budget=budget)
+    rec = report.recommend("spectral", budget=budget)
     assert 0.97 * budget <= rec.trainable_params <= budget
     rec.save(tmp_path)
     import peft

@@ -1,7 +1,7 @@
 """recommend() and rank_targets(), checked against PEFT itself on every test architecture.
 
 For each architecture (the 15 tiny fixtures and the real MiniLM) and each preset, and for
-``strategy="auto"`` at three budgets: the model is built from the checkpoint, wrapped with
+``strategy="spectral"`` (what ``auto`` was before benches/quality) at three budgets: the model is built from the checkpoint, wrapped with
 ``get_peft_model(model, rec.to_peft())``, and PEFT's trainable count, wrapped modules and
 parameters, and each wrapped module's rank and alpha must equal the Recommendation; the budget
 must hold (≤ budget, ≥ 97%); ``save`` + ``LoraConfig.from_pretrained`` must give back the same
@@ -194,7 +194,7 @@ def test_auto_matches_peft_within_budget(
 ) -> None:
     report = spectral_report(arch)
     budget = int(fraction * report.total_params) // 512 * 512
-    rec = recommend(report, "auto", budget=budget)
+    rec = recommend(report, "spectral", budget=budget)
     check_against_peft(rec, path_of(arch), tmp_path)
     assert rec.budget == budget
     assert BUDGET_FLOOR * budget <= rec.trainable_params <= budget
@@ -207,7 +207,7 @@ def test_auto_matches_peft_within_budget(
 def test_auto_ranks_follow_scores(spectral_report: Callable[[str], Report]) -> None:
     """A module with a higher score never gets a rank more than one step below one with a
     lower score, and ranks are not all equal (MiniLM's MLP uses more directions)."""
-    rec = recommend(spectral_report("minilm"), "auto", budget="2%")
+    rec = recommend(spectral_report("minilm"), "spectral", budget="2%")
     for a in rec.targets:
         for b in rec.targets:
             if a.score >= b.score:
@@ -224,22 +224,22 @@ def _mlp_share(rec: lora_rank.Recommendation) -> float:
 def test_tasks(spectral_report: Callable[[str], Report]) -> None:
     report = spectral_report("minilm")
     budget = 300_000
-    classification = recommend(report, "auto", budget=budget, task="classification")
+    classification = recommend(report, "spectral", budget=budget, task="classification")
     assert {t.kind for t in classification.targets} <= set(ATTENTION_KINDS)
-    general = recommend(report, "auto", budget=budget)
-    knowledge = recommend(report, "auto", budget=budget, task="knowledge")
-    style = recommend(report, "auto", budget=budget, task="style")
+    general = recommend(report, "spectral", budget=budget)
+    knowledge = recommend(report, "spectral", budget=budget, task="knowledge")
+    style = recommend(report, "spectral", budget=budget, task="style")
     assert _mlp_share(style) < _mlp_share(general) < _mlp_share(knowledge)
     assert _mlp_share(style) > 0
     with pytest.raises(ConfigError, match="unknown task"):
-        recommend(report, "auto", task="chat")
+        recommend(report, "spectral", task="chat")
 
 
 def test_auto_default_budget_is_uniform_r(spectral_report: Callable[[str], Report]) -> None:
     """Without a budget, auto spends what rank r on every scored candidate would."""
     report = spectral_report("llama")
     uniform = recommend(report, "attention-mlp", r=8)
-    rec = recommend(report, "auto", r=8)
+    rec = recommend(report, "spectral", r=8)
     assert rec.budget == uniform.trainable_params
     assert BUDGET_FLOOR * rec.budget <= rec.trainable_params <= rec.budget
 
@@ -262,11 +262,11 @@ def test_auto_computes_missing_spectra(
     )
     report = lora_rank.analyze(path_of("qwen2"))
     assert not report.has_spectra
-    rec = recommend(report, "auto")
+    rec = recommend(report, "spectral")
     assert calls == [report] and report.has_spectra and rec.targets
     monkeypatch.setitem(sys.modules, "lora_rank.spectral", None)  # cannot be imported
     with pytest.raises(ConfigError, match="need weight spectra"):
-        recommend(lora_rank.analyze(path_of("qwen2")), "auto")
+        recommend(lora_rank.analyze(path_of("qwen2")), "spectral")
 
 
 def test_auto_skips_unusable_spectra(spectral_report: Callable[[str], Report]) -> None:
@@ -275,7 +275,7 @@ def test_auto_skips_unusable_spectra(spectral_report: Callable[[str], Report]) -
     saved = q.spectrum
     try:
         q.spectrum = None
-        rec = recommend(report, "auto")
+        rec = recommend(report, "spectral")
         assert q.name not in rec.module_ranks()
         assert any("no spectrum" in w and q.name in w for w in rec.warnings)
     finally:
@@ -314,8 +314,10 @@ def test_preset_with_budget_takes_largest_uniform_rank(path_of: Callable[[str], 
     rec = recommend(report, "attention-qv", budget="0.5%")
     budget = parse_budget("0.5%", report.total_params)
     assert budget is not None and rec.trainable_params <= budget
-    assert recommend(report, "attention-qv", r=rec.r + 4).trainable_params > budget
-    assert rec.r % 4 == 0 and {t.rank for t in rec.targets} == {rec.r}
+    assert recommend(report, "attention-qv", r=rec.r + 1).trainable_params > budget
+    assert {t.rank for t in rec.targets} == {rec.r}
+    stepped = recommend(report, "attention-qv", budget="0.5%", rank_multiple=4)
+    assert stepped.r % 4 == 0 and stepped.r > rec.r - 4
     with pytest.raises(ConfigError, match="below"):
         recommend(report, "attention-qv", budget=100)
 
@@ -345,8 +347,9 @@ def test_bad_arguments(path_of: Callable[[str], Path]) -> None:
         {"r": 2.5},
         {"lora_alpha": -1},
         {"rank_multiple": 0},
-        {"min_rank": 6},
-        {"max_rank": 2},
+        {"strategy": "spectral", "min_rank": 6},  # not a multiple of its rank_multiple 4
+        {"strategy": "spectral", "max_rank": 2},
+        {"strategy": "all-linear", "rank_multiple": 4, "min_rank": 6},
         {"layers": "0"},
         {"layers": [0.5]},
         {"exclude": "q_proj"},
@@ -447,8 +450,8 @@ def test_real_size_counts_match_peft_on_meta(name: str, real_size: Callable[[str
     for strategy, budget in [
         ("all-linear", None),
         ("attention-mlp", None),
-        ("auto", "0.5%"),
-        ("auto", "0.01%"),
+        ("spectral", "0.5%"),
+        ("spectral", "0.01%"),
     ]:
         rec = recommend(report, strategy, budget=budget)
         with torch.device("meta"):
@@ -464,5 +467,5 @@ def test_real_size_counts_match_peft_on_meta(name: str, real_size: Callable[[str
                 ranks[f"{key}.{param}" if param else key] = next(iter(mod.r.values()))
         assert wrapped.get_nb_trainable_parameters()[0] == rec.trainable_params, strategy
         assert ranks == {t.key: t.rank for t in rec.targets}, strategy
-        if rec.budget is not None and strategy == "auto":
+        if rec.budget is not None and strategy == "spectral":
             assert BUDGET_FLOOR * rec.budget <= rec.trainable_params <= rec.budget

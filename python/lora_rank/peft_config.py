@@ -108,7 +108,7 @@ class Recommendation:
     targets: list[Target]
     warnings: list[str] = field(default_factory=list)
     task: Optional[str] = None
-    #: Budget in trainable parameters, when one was given (or derived, for ``"auto"``).
+    #: Budget in trainable parameters, when one was given (or derived, for a weighted strategy).
     budget: Optional[int] = None
     total_params: int = 0
     base_model_name_or_path: Optional[str] = None

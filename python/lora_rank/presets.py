@@ -18,7 +18,7 @@ fused MoE expert tensors (``experts.gate_up_proj``) through ``target_parameters`
 ``"attention8-mlp4"``     q, v at rank ``r`` (8) and the MLP projections at ``r // 2`` (4)
 ========================  ====================================================================
 
-Task weights (used by ``strategy="auto"`` and :func:`lora_rank.recommend.rank_targets`):
+Task weights (used by ``strategy="spectral"`` and :func:`lora_rank.recommend.rank_targets`):
 ``None`` (general) weighs attention and MLP equally; ``"classification"`` targets attention
 only (LoRA's q/v finding; the head should be trained in full); ``"knowledge"`` favours the MLP
 (factual associations live in the MLP layers: Geva et al. 2021, Meng et al. 2022) at 1.0 vs

@@ -4,11 +4,13 @@
 
 - Presets (:mod:`lora_rank.presets`) pick modules by kind, mapped to each family's own names,
   at a uniform rank ``r`` (or the largest uniform rank within ``budget``).
-- ``strategy="auto"`` scores every candidate from its weight spectrum
-  (:mod:`lora_rank.scoring`: task weight × effective rank) and allocates per-module ranks
-  proportional to the score under the trainable-parameter budget by water-filling
+- Weighted strategies (:mod:`lora_rank.strategies`: ``"spectral"``, ``"kind-prior"``,
+  ``"depth"``, ``"alpha"``, ``"pooler"``) weigh every candidate by one rule and allocate
+  per-module ranks ∝ weight under the trainable-parameter budget by water-filling
   (:mod:`lora_rank.allocation`): trainable ≤ budget and ≥ 97% of it, ranks multiples of
   ``rank_multiple`` in ``[min_rank, min(max_rank, in, out)]``.
+- ``strategy="auto"`` is the strategy :data:`AUTO` names: the one the recommendation-quality
+  benchmark (``benches/quality``) supports; README "What auto does and why".
 
 None of PEFT's own options derives per-module ranks from the weights alone (EVA needs data,
 AdaLoRA a training loop); this does, before the model is loaded.
@@ -28,21 +30,42 @@ import re
 from collections.abc import Iterable
 from typing import Any, Optional, Union
 
-from . import allocation, scoring
+from . import allocation, scoring, strategies
 from .errors import ConfigError
 from .peft_config import Recommendation, Target, build
 from .peft_rules import moe_conversion
-from .presets import PRESETS, Candidate, check_task, preset_candidates, select, task_weight
+from .presets import PRESETS, Candidate, check_task, preset_candidates, select
 from .report import Report
 
-__all__ = ["Recommendation", "parse_budget", "rank_targets", "recommend"]
+__all__ = ["Recommendation", "needs_spectra", "parse_budget", "rank_targets", "recommend"]
+
+#: What ``strategy="auto"`` does: the strategy ``benches/quality`` supports (README "What auto
+#: does and why"). Nothing beat all-linear at equal budget there (BBC headlines, budget of
+#: all-linear r=2, 5 seeds: the old spectral rule +0.4 points [-1.5, +2.2], Spectrum's SNR
+#: selection -0.1 [-2.0, +1.9]), so ``auto`` is the uniform allocation: all-linear's modules at
+#: the largest uniform rank within the budget (rank ``r`` without one).
+AUTO = "all-linear"
 
 #: Strategies :func:`recommend` accepts.
-STRATEGIES: tuple[str, ...] = ("auto", *PRESETS)
+STRATEGIES: tuple[str, ...] = ("auto", *strategies.RULES, *PRESETS)
+
+#: Default ``rank_multiple`` of the weighted strategies (presets: 1, any uniform rank).
+WEIGHTED_RANK_MULTIPLE = 4
 
 _SCALE = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
 
 Budget = Union[int, float, str, None]
+
+
+def needs_spectra(strategy: str) -> bool:
+    """Whether ``strategy`` reads weight spectra (so :func:`recommend` computes them).
+
+    Example:
+        >>> needs_spectra("all-linear"), needs_spectra("spectral"), needs_spectra("depth")
+        (False, True, False)
+    """
+    impl = AUTO if strategy == "auto" else strategy
+    return impl in strategies.RULES and strategies.RULES[impl].needs_spectra
 
 
 def parse_budget(budget: Budget, total_params: int) -> Optional[int]:
@@ -174,34 +197,41 @@ def _preset_targets(
         return targets(r), [], r
     fitting = [b for b in steps if sum(t.params for t in targets(b)) <= budget]
     if not fitting:
-        cheapest = sum(t.params for t in targets(steps[0]))
+        reachable = ", ".join(
+            f"{sum(t.params for t in targets(b)):,} (rank {b})" for b in list(steps)[:3]
+        )
         raise ConfigError(
-            f"budget {budget:,} is below the {cheapest:,} trainable parameters of {strategy!r} "
-            f"at rank {steps[0]}"
+            f"budget {budget:,} is below what {strategy!r} needs at its smallest rank: budgets "
+            f"it reaches start at {reachable}, ..."
         )
     best = targets(fitting[-1])
     used = sum(t.params for t in best)
     notes = []
     if used < allocation.BUDGET_FLOOR * budget:
+        nxt = [b for b in steps if b > fitting[-1]]
+        more = (
+            f"; rank {nxt[0]} would need {sum(t.params for t in targets(nxt[0])):,}" if nxt else ""
+        )
         notes.append(
             f"{strategy!r} at uniform rank {fitting[-1]} uses {used:,} of the {budget:,} budget "
-            f"({used / budget:.1%}); strategy='auto' allocates ranks per module to fill it"
+            f"({used / budget:.1%}){more}"
         )
     return best, notes, fitting[-1]
 
 
-_AUTO_RULE = (
-    "score = task weight x effective rank (singular directions holding 90% of |W|_F^2)\n"
-    "rank ~ score: water-filling of sum c*s*log(1 + r/{q}) under the budget (c = params per "
+_WEIGHTED_RULE = (
+    "{rule}\n"
+    "rank ~ weight: water-filling of sum c*w*log(1 + r/{q}) under the budget (c = params per "
     "rank)\n"
     "ranks are multiples of {q} in [{lo}, min({hi}, in, out)]; modules given no step are "
     "not targeted"
 )
 
 
-def _auto_targets(
+def _weighted_targets(
     report: Report,
     cands: list[Candidate],
+    rule: strategies.Rule,
     task: Optional[str],
     r: int,
     budget: Optional[int],
@@ -210,24 +240,27 @@ def _auto_targets(
     max_rank: int,
     ratio: float,
 ) -> tuple[list[Target], list[str], int]:
-    """Targets allocated from spectra (see :mod:`lora_rank.allocation`); also the budget."""
-    _ensure_spectra(report)
+    """Targets allocated ∝ ``rule``'s weights (see :mod:`lora_rank.allocation`); also the
+    budget."""
+    if rule.needs_spectra:
+        _ensure_spectra(report)
+    if rule.all_linear:
+        cands = [c for c in cands if c.module.is_lora_target]
     notes: list[str] = []
     items: list[allocation.Item] = []
     by_key: dict[str, Candidate] = {}
     skipped: dict[str, list[str]] = {}
     for c in cands:
-        w = task_weight(task, c.module.kind)
-        if w <= 0:
-            continue
-        d = scoring.effective_rank(c.module)
+        w = rule.weight(c, task, cands)
+        if w == 0:
+            continue  # not a candidate of this rule (a kind the task weighs 0)
         m = c.module
         cap = min(max_rank, min(m.in_features or 0, m.out_features or 0) // step * step)
         why = (
             "no spectrum"
-            if d is None
+            if w is None
             else "zero or non-finite weights"
-            if d <= 0
+            if not (w > 0 and math.isfinite(w))
             else f"smaller than min_rank {min_rank}"
             if cap < min_rank
             else None
@@ -235,7 +268,7 @@ def _auto_targets(
         if why:
             skipped.setdefault(why, []).append(m.name)
             continue
-        items.append(allocation.Item(c.reach.key, c.reach.cost, cap, w * (d or 0.0)))
+        items.append(allocation.Item(c.reach.key, c.reach.cost, cap, float(w or 0.0)))
         by_key[c.reach.key] = c
     for why, names in skipped.items():
         notes.append(
@@ -274,31 +307,37 @@ def recommend(
     task: Optional[str] = None,
     exclude: Optional[Iterable[str]] = None,
     layers: Optional[Iterable[int]] = None,
-    rank_multiple: int = 4,
+    rank_multiple: Optional[int] = None,
     min_rank: Optional[int] = None,
     max_rank: int = 128,
 ) -> Recommendation:
     """Recommend LoRA targets and ranks for ``report``'s model.
 
     Args:
-        strategy: ``"auto"`` (ranks from the weight spectra; computes them when the report
-            has none) or a preset: ``"all-linear"``, ``"attention-qv"``, ``"attention"``,
-            ``"attention-mlp"``, ``"attention8-mlp4"`` (see :mod:`lora_rank.presets`).
-        r: rank of the presets; for ``"auto"`` without ``budget``, the budget is what rank
-            ``r`` on every scored candidate would cost.
+        strategy: ``"auto"`` (the strategy :data:`AUTO` names: what the recommendation-quality
+            benchmark supports, README "What auto does and why"), a weighted strategy
+            (``"spectral"``, ``"kind-prior"``, ``"depth"``, ``"alpha"``, ``"pooler"``: ranks ∝ a
+            per-module weight, see :mod:`lora_rank.strategies`; those reading spectra compute
+            them when the report has none) or a preset: ``"all-linear"``, ``"attention-qv"``,
+            ``"attention"``, ``"attention-mlp"``, ``"attention8-mlp4"`` (see
+            :mod:`lora_rank.presets`).
+        r: rank of the presets; for a weighted strategy without ``budget``, the budget is what
+            rank ``r`` on every candidate it weighs would cost.
         lora_alpha: alpha for rank ``r`` (default ``2 · r``); every module gets
             ``alpha = rank · lora_alpha / r`` so the LoRA scale alpha/rank is the same everywhere.
         budget: trainable parameters: a count (``2_000_000``, ``"2M"``), a fraction of the
             checkpoint's parameters (``0.005``) or a percentage (``"0.5%"``). With a preset,
-            the largest uniform rank (a multiple of ``rank_multiple``) that fits.
+            the largest uniform rank that fits (any rank, or a multiple of ``rank_multiple``
+            when given); a budget below the smallest rank's cost raises
+            :class:`~lora_rank.ConfigError` naming the budgets the preset reaches.
         task: ``None`` (general: attention and MLP weighted equally), ``"classification"``
             (attention only), ``"knowledge"`` (MLP favoured) or ``"style"`` (attention
-            favoured, MLP included): the weights of ``"auto"`` (and of the scores presets show).
+            favoured, MLP included): the weights of ``"spectral"`` (and of the scores presets show).
         exclude: kinds (``"attn_k"``), runtime names or their dot-suffixes to leave out.
         layers: layer indices to adapt (modules outside numbered layers are then left out).
-        rank_multiple, min_rank, max_rank: ``"auto"`` ranks are multiples of ``rank_multiple``
-            in ``[min_rank, min(max_rank, in, out)]`` (``min_rank`` defaults to
-            ``rank_multiple``).
+        rank_multiple, min_rank, max_rank: ranks are multiples of ``rank_multiple`` (default
+            4 for weighted strategies, 1 for presets) in ``[min_rank, min(max_rank, in, out)]``
+            (``min_rank`` defaults to ``rank_multiple``).
 
     Returns:
         A :class:`~lora_rank.peft_config.Recommendation`, verified against PEFT's matching
@@ -316,6 +355,9 @@ def recommend(
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     check_task(task)
     r = _positive("r", r)
+    impl = AUTO if strategy == "auto" else strategy
+    if rank_multiple is None:
+        rank_multiple = WEIGHTED_RANK_MULTIPLE if impl in strategies.RULES else 1
     step = _positive("rank_multiple", rank_multiple)
     lo = _positive("min_rank", step if min_rank is None else min_rank)
     hi = _positive("max_rank", max_rank)
@@ -335,30 +377,32 @@ def recommend(
     n_budget = parse_budget(budget, report.total_params)
     sel = select(report, exclude=exclude, layers=layers)
     notes = list(sel.warnings)
-    if strategy == "auto":
-        cands = sel.candidates
-        targets, more, n_budget = _auto_targets(
-            report, cands, task, r, n_budget, step, lo, hi, ratio
+    if impl in strategies.RULES:
+        weighted = strategies.RULES[impl]
+        targets, more, n_budget = _weighted_targets(
+            report, sel.candidates, weighted, task, r, n_budget, step, lo, hi, ratio
         )
-        rule = _AUTO_RULE.format(q=step, lo=lo, hi=hi)
+        rule = _WEIGHTED_RULE.format(rule=weighted.description, q=step, lo=lo, hi=hi)
     else:
-        cands, fused = preset_candidates(sel, PRESETS[strategy], report)
+        cands, fused = preset_candidates(sel, PRESETS[impl], report)
         notes += fused
         if not cands:
             raise ConfigError(
-                f"preset {strategy!r} finds no module to target in {report.path} "
+                f"preset {impl!r} finds no module to target in {report.path} "
                 f"(kinds present: {', '.join(report.kind_counts())})"
             )
         targets, more, base = _preset_targets(
-            report, cands, strategy, task, r, n_budget, range(lo, hi + 1, step), ratio
+            report, cands, impl, task, r, n_budget, range(lo, hi + 1, step), ratio
         )
-        rule = f"preset {strategy}: {PRESETS[strategy].description}, rank {base}"
+        rule = f"preset {impl}: {PRESETS[impl].description}, rank {base}"
+    if impl != strategy:
+        rule = f"auto = {impl} (benchmark evidence: README 'What auto does and why')\n{rule}"
     notes += more
     return build(
         report,
         targets,
         strategy=strategy,
-        allow_all_linear=strategy == "all-linear",
+        allow_all_linear=impl == "all-linear",
         task=task,
         budget=n_budget,
         warnings=notes,
@@ -373,7 +417,7 @@ def rank_targets(report: Report, task: Optional[str] = None) -> list[dict[str, A
     unit of rank), ``layer`` and ``depth`` (layer position), and how PEFT reaches it. Rows
     have ``level`` ``"kind"`` or ``"module"``. Computes spectra when the report has none.
 
-    ``score = weight · effective_rank``: ``"auto"`` gives ranks proportional to it (see
+    ``score = weight · effective_rank``: ``"spectral"`` gives ranks proportional to it (see
     :mod:`lora_rank.scoring`). Kinds of weight 0 for ``task`` are listed last.
 
     Example:

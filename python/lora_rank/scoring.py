@@ -1,6 +1,7 @@
 """Scores of candidate LoRA targets from their weight spectra.
 
-The rule (the same one :func:`lora_rank.recommend.recommend` allocates ranks with):
+The rule of ``strategy="spectral"`` (:mod:`lora_rank.strategies`; ``auto`` before
+benches/quality):
 
 - **capacity** ``d`` of a module = its *effective rank*: the number of singular directions
   holding 90% of ‖W‖_F² (``Spectrum.energy_rank_90``; for MoE expert tensors the mean over

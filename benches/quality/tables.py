@@ -1,0 +1,161 @@
+"""Tables of the quality benchmark (markdown): training arms (test accuracy and NLL, mean ± sd
+over seeds), paired differences against the best preset with 95% t-intervals, and the
+weight-space screen."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+PRESETS = ("all-linear", "attention-qv")
+#: Arm names as the tables show them (``auto`` is the rule auto followed before this benchmark).
+SHOWN = {"auto": "old auto (spectral)"}
+
+
+def t95(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, float, int]:
+    """Mean of a − b over common seeds and its 95% t-interval."""
+    seeds = sorted(set(a) & set(b))
+    d = [a[s] - b[s] for s in seeds]
+    if len(d) < 2:
+        return (d[0] if d else math.nan), math.nan, math.nan, len(d)
+    m, sd = statistics.fmean(d), statistics.stdev(d)
+    h = t95(len(d) - 1) * sd / math.sqrt(len(d))
+    return m, m - h, m + h, len(d)
+
+
+def _ms(xs: list[float], scale: float = 1.0, nd: int = 1) -> str:
+    if not xs:
+        return "–"
+    sd = statistics.stdev(xs) * scale if len(xs) > 1 else math.nan
+    return f"{statistics.fmean(xs) * scale:.{nd}f} ± {sd:.{nd}f}"
+
+
+def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    out, decision = [], {}
+    cells = sorted({(r["task"], r["r"], r["epochs"]) for r in rows if r["stage"] == "train"})
+    for task, r, ep in cells:
+        cell = [
+            x
+            for x in rows
+            if x["stage"] == "train" and (x["task"], x["r"], x["epochs"]) == (task, r, ep)
+        ]
+        by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+        for x in cell:
+            by_arm.setdefault(x["arm"], {})[x["seed"]] = x
+        acc = {a: {s: v["test_acc"] for s, v in d.items()} for a, d in by_arm.items()}
+        nll = {a: {s: v["test_nll"] for s, v in d.items()} for a, d in by_arm.items()}
+        present = [p for p in PRESETS if p in acc]
+        best = max(present, key=lambda p: statistics.fmean(acc[p].values())) if present else None
+        lr = cell[0]["lr"]
+        out.append(
+            f"\n**{task}, budget all-linear r={r} ({cell[0]['budget']:,} LoRA parameters), "
+            f"{ep} epochs, lr {lr:g}; best preset: {best}**\n"
+        )
+        out.append(
+            "| arm | trainable | seeds | test acc % (mean ± sd) | test NLL (mean ± sd) | "
+            f"Δacc vs {best} [95% CI] (points) | ΔNLL vs {best} [95% CI] |"
+        )
+        out.append("|---|---|---|---|---|---|---|")
+        for a, d in sorted(by_arm.items(), key=lambda kv: -statistics.fmean(acc[kv[0]].values())):
+            trainable = next(iter(d.values()))["trainable"]
+            if best and a != best:
+                m, lo, hi, n = paired(acc[a], acc[best])
+                dn = paired(nll[a], nll[best])
+                da = f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] (n={n})"
+                dnl = f"{dn[0]:+.3f} [{dn[1]:+.3f}, {dn[2]:+.3f}]"
+                decision[f"{task}/r{r}/{a}"] = {
+                    "d_acc": m,
+                    "lo": lo,
+                    "hi": hi,
+                    "n": n,
+                    "d_nll": dn[0],
+                    "beats": bool(lo > 0 and dn[0] <= 0),
+                }
+            else:
+                da = dnl = "–"
+            out.append(
+                f"| {a} | {trainable:,} | {len(d)} | {_ms(list(acc[a].values()), 100)} | "
+                f"{_ms(list(nll[a].values()), 1, 3)} | {da} | {dnl} |"
+            )
+    lr_rows = [x for x in rows if x["stage"] == "lr"]
+    if lr_rows:
+        out.append("\nLearning-rate choice (all-linear, validation NLL, mean over seeds):\n")
+        out.append("| task | r | epochs | lr | seeds | val NLL | val acc % |")
+        out.append("|---|---|---|---|---|---|---|")
+        for key in sorted({(x["task"], x["r"], x["epochs"], x["lr"]) for x in lr_rows}):
+            g = [x for x in lr_rows if (x["task"], x["r"], x["epochs"], x["lr"]) == key]
+            out.append(
+                f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:g} | {len(g)} | "
+                f"{statistics.fmean(x['val_nll'] for x in g):.3f} | "
+                f"{100 * statistics.fmean(x['val_acc'] for x in g):.1f} |"
+            )
+    return "\n".join(out), decision
+
+
+def screen_tables(results: Path) -> str:
+    out = []
+    for f in sorted(results.glob("screen_*.json")):
+        s = json.loads(f.read_text())
+        ft = s["ft"]
+        out.append(
+            f"\n**Screen, {s['task']}** (full fine-tune: test acc {100 * ft['test_acc']:.1f}%, "
+            f"NLL {ft['test_nll']:.3f}, lr {ft['lr']:g}, {ft['epochs']} epochs, seed 0)\n"
+        )
+        rs = sorted({x["r"] for x in s["rows"] if x["r"] is not None})
+        arms = list(dict.fromkeys(x["arm"] for x in s["rows"] if x["r"] is not None))
+        head = " | ".join(f"r={r}: ΔW kept / acc % / NLL" for r in rs)
+        out.append(f"| arm | {head} |")
+        out.append("|---|" + "---|" * len(rs))
+        for x in s["rows"]:
+            if x["r"] is None:
+                out.append(
+                    f"| {x['arm']} | "
+                    + " | ".join(
+                        f"{100 * x['kept']:.0f}% / {100 * x['acc']:.1f} / {x['nll']:.3f}"
+                        for _ in rs
+                    )
+                    + " |"
+                )
+        for a in arms:
+            cells = []
+            for r in rs:
+                x = next(y for y in s["rows"] if y["arm"] == a and y["r"] == r)
+                cells.append(f"{100 * x['kept']:.0f}% / {100 * x['acc']:.1f} / {x['nll']:.3f}")
+            out.append(f"| {SHOWN.get(a, a)} | " + " | ".join(cells) + " |")
+        prof = s["profile"]
+        layers: dict[str, list[int]] = {}
+        for n, p in prof.items():
+            lay = n.split(".")[2] if n.startswith("encoder.layer.") else "pooler"
+            layers.setdefault(lay, []).append(p["energy_rank_90"])
+        out.append(
+            "\nΔW energy rank 90% by layer (min–max over modules): "
+            + "; ".join(f"{k}: {min(v)}–{max(v)}" for k, v in layers.items())
+        )
+        rel = sorted(prof.items(), key=lambda kv: -kv[1]["rel_norm"])[:3]
+        out[-1] += "; largest ‖ΔW‖/‖W‖: " + ", ".join(f"{n} {p['rel_norm']:.3f}" for n, p in rel)
+    return "\n".join(out)
+
+
+def write(results: Path) -> str:
+    runs = results / "runs.jsonl"
+    rows = (
+        [json.loads(x) for x in runs.read_text().splitlines() if x.strip()] if runs.exists() else []
+    )
+    text, decision = training_tables(rows)
+    md = "# Quality benchmark tables\n" + screen_tables(results) + "\n" + text + "\n"
+    (results / "tables.md").write_text(md)
+    (results / "decision.json").write_text(json.dumps(decision, indent=1))
+    return md
+
+
+if __name__ == "__main__":
+    print(write(Path(__file__).resolve().parents[1] / "results" / "quality"))
