@@ -90,11 +90,15 @@ fn split<T>(items: &[T], chunks: usize) -> Vec<&[T]> {
 /// twice, by both products, and stays in the core's L2 between them).
 const BF16_PANEL_ELEMS: usize = 1 << 19;
 
-/// Whether passes over `src` use the bf16 kernels ([`super::kernels`]).
+/// Whether passes over `src` use the bf16 kernels ([`super::kernels`]); the environment
+/// variable `LORA_RANK_NO_BF16_KERNEL` (any value) turns them off, for side-by-side benches.
 pub fn uses_bf16_kernel(src: &MatrixSource<'_>) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     src.dtype == crate::dtype::Dtype::BF16
         && cfg!(target_endian = "little")
-        && super::kernels::available()
+        && *ON.get_or_init(|| {
+            super::kernels::available() && std::env::var_os("LORA_RANK_NO_BF16_KERNEL").is_none()
+        })
 }
 
 /// [`fused_pass`] with the AVX-512 BF16 kernels on the stored words.
@@ -497,7 +501,7 @@ pub fn randomized(
     let mut prev_deltas: Vec<f64> = Vec::new();
     let mut sv: Vec<f64> = Vec::new();
     let mut converged = false;
-    let mut sv_error = f64::INFINITY;
+    let mut sv_error = f64::NAN;
     let mut iterations = 0;
     let mut density = None;
     let mut prev_shape: Option<shape::Shape> = None;
@@ -547,6 +551,9 @@ pub fn randomized(
             if let Some(e) = &errors {
                 converged = within(&sv, e, cfg.rtol);
                 sv_error = max_rel(&sv, e);
+            } else {
+                // Two iterations: the last change is all there is.
+                sv_error = max_rel(&sv, &deltas);
             }
             prev_deltas = deltas;
         }
