@@ -93,8 +93,20 @@ def _spectra(method: str) -> dict[str, lora_rank.Spectrum]:
     return out
 
 
-def test_minilm_exact_shape_equals_numpy(minilm_matrices: dict[str, np.ndarray]) -> None:
-    got = _spectra("exact")
+@pytest.fixture(scope="module")
+def exact_spectra() -> dict[str, lora_rank.Spectrum]:
+    return _spectra("exact")
+
+
+@pytest.fixture(scope="module")
+def randomized_spectra() -> dict[str, lora_rank.Spectrum]:
+    return _spectra("randomized")
+
+
+def test_minilm_exact_shape_equals_numpy(
+    minilm_matrices: dict[str, np.ndarray], exact_spectra: dict[str, lora_rank.Spectrum]
+) -> None:
+    got = exact_spectra
     checked = 0
     for key, a in minilm_matrices.items():
         if key not in got:
@@ -112,9 +124,9 @@ def test_minilm_exact_shape_equals_numpy(minilm_matrices: dict[str, np.ndarray])
 
 
 def test_minilm_randomized_energy_ranks_within_bounds(
-    minilm_matrices: dict[str, np.ndarray],
+    minilm_matrices: dict[str, np.ndarray], randomized_spectra: dict[str, lora_rank.Spectrum]
 ) -> None:
-    got = _spectra("randomized")
+    got = randomized_spectra
     errs: dict[str, list[float]] = {
         "energy_rank_90": [],
         "energy_rank_95": [],
@@ -137,9 +149,13 @@ def test_minilm_randomized_energy_ranks_within_bounds(
     # shape"); only the exact twin is held to numpy (test above).
 
 
-def test_minilm_pl_alpha_matches_weightwatcher_fit(minilm_matrices: dict[str, np.ndarray]) -> None:
+def test_minilm_pl_alpha_matches_weightwatcher_fit(
+    minilm_matrices: dict[str, np.ndarray],
+    exact_spectra: dict[str, lora_rank.Spectrum],
+    randomized_spectra: dict[str, lora_rank.Spectrum],
+) -> None:
     ww = pytest.importorskip("weightwatcher.WW_powerlaw")
-    exact, rand = _spectra("exact"), _spectra("randomized")
+    exact, rand = exact_spectra, randomized_spectra
     diffs = []
     for key, a in minilm_matrices.items():
         if key not in exact:

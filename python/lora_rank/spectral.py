@@ -210,7 +210,7 @@ def _expected_sizes(report: Report, shard_index: dict[str, int]) -> list[int]:
 def _spectrum(d: Mapping[str, Any]) -> Spectrum:
     """The engine's dict as a :class:`Spectrum`: the dataclass's fields drive the conversion
     (lists become tuples), so a field is defined once."""
-    values = {}
+    values: dict[str, Any] = {}
     for f in dataclasses.fields(Spectrum):
         v = d[f.name]
         values[f.name] = tuple(v) if isinstance(v, list) else v

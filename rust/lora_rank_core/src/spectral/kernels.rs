@@ -193,8 +193,8 @@ unsafe fn rows_times_x<const NV: usize, const MR: usize>(
                 .cast::<u32>()
                 .read_unaligned();
             let bc = bh(_mm512_set1_epi32(w as i32));
-            for v in 0..NV {
-                row[v] = _mm512_dpbf16_ps(row[v], bc, bh(xv[v]));
+            for (a, x) in row.iter_mut().zip(&xv) {
+                *a = _mm512_dpbf16_ps(*a, bc, bh(*x));
             }
         }
     }
@@ -285,19 +285,19 @@ unsafe fn strip<const JT: usize>(
         };
         let pl = bh(_mm512_unpacklo_epi16(a, c));
         let ph = bh(_mm512_unpackhi_epi16(a, c));
-        for t in 0..JT {
+        for (t, (l, h)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
             let yb = bh(_mm512_set1_epi32(*yp.add(i2 * b + j0 + t) as i32));
-            lo[t] = _mm512_dpbf16_ps(lo[t], pl, yb);
-            hi[t] = _mm512_dpbf16_ps(hi[t], ph, yb);
+            *l = _mm512_dpbf16_ps(*l, pl, yb);
+            *h = _mm512_dpbf16_ps(*h, ph, yb);
         }
     }
     // lo lane 4L+t holds k0+8L+t, hi lane 4L+t holds k0+8L+4+t.
     let i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
     let i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-    for t in 0..JT {
+    for (t, (l, h)) in lo.iter().zip(&hi).enumerate() {
         let dst = acc.as_mut_ptr().add((j0 + t) * n + k0);
-        let a0 = _mm512_permutex2var_ps(lo[t], i0, hi[t]);
-        let a1 = _mm512_permutex2var_ps(lo[t], i1, hi[t]);
+        let a0 = _mm512_permutex2var_ps(*l, i0, *h);
+        let a1 = _mm512_permutex2var_ps(*l, i1, *h);
         _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), a0));
         _mm512_storeu_ps(dst.add(16), _mm512_add_ps(_mm512_loadu_ps(dst.add(16)), a1));
     }

@@ -59,7 +59,6 @@ impl Density {
         let mut nodes: Vec<f64> = order.iter().map(|&i| theta[i].max(0.0)).collect();
         let mut exact: Vec<bool> = order.iter().map(|&i| converged[i]).collect();
         let n_unit = exact.iter().filter(|&&e| e).count() as f64;
-        let len = nodes.len();
         let normalize = |raw: Vec<f64>| -> Vec<f64> {
             let sum: f64 = raw.iter().sum();
             let mut w: Vec<f64> = raw
@@ -68,22 +67,24 @@ impl Density {
                 .collect();
             // Peel the null space off the bottom.
             let mut left = null_dim;
-            for i in (0..len).rev() {
+            for (wi, _) in w.iter_mut().zip(&exact).rev().filter(|(_, &e)| !e) {
                 if left <= 0.0 {
                     break;
                 }
-                if exact[i] {
-                    continue;
-                }
-                let take = w[i].min(left);
-                w[i] -= take;
+                let take = wi.min(left);
+                *wi -= take;
                 left -= take;
             }
-            let free: f64 = (0..len).filter(|&i| !exact[i]).map(|i| w[i]).sum();
+            let free: f64 = w
+                .iter()
+                .zip(&exact)
+                .filter(|(_, &e)| !e)
+                .map(|(v, _)| v)
+                .sum();
             let rest = (n_total as f64 - n_unit).max(0.0);
             let scale = if free > 0.0 { rest / free } else { 0.0 };
-            for i in 0..len {
-                w[i] = if exact[i] { 1.0 } else { w[i] * scale };
+            for (wi, &e) in w.iter_mut().zip(&exact) {
+                *wi = if e { 1.0 } else { *wi * scale };
             }
             if null_dim > 0.0 {
                 w.push(null_dim);
@@ -409,7 +410,7 @@ pub fn power_law_fit(lam: &[f64]) -> (f64, f64) {
         let n = (n_all - i) as f64;
         let denom = suffix[i] - n * logs[i];
         let alpha = 1.0 + n / denom;
-        if !(alpha > 1.0) || !alpha.is_finite() {
+        if alpha.is_nan() || alpha <= 1.0 || alpha.is_infinite() {
             continue;
         }
         // D, stopping as soon as it cannot beat the best so far.

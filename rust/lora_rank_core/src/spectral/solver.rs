@@ -8,7 +8,11 @@
 //! extra pass: its new column block is Qᵀ(B·Xᵢ), the product just computed. The Ritz values
 //! (eigenvalues of H, faer's self-adjoint eigensolver in f64) are σ² estimates from below; the
 //! iteration stops when the estimated remaining error of every top-k σⱼ (from its last two
-//! changes, see [`converged_estimate`]) is at most `rtol`·σⱼ, or after `max_iter` passes.
+//! changes, see [`remaining_errors`]) is at most `rtol`·σⱼ, or, from the 4th pass on, when σ₁
+//! meets `rtol` and two consecutive whole-spectrum estimates agree ([`shape_settled`]), or
+//! after `max_iter` passes. The last H also yields the block Gauss quadrature density of WᵀW
+//! ([`quadrature_density`], [`super::shape::Density`]). Passes over bf16 matrices use the
+//! AVX-512 BF16 kernels ([`super::kernels`]) where the CPU has them.
 //!
 //! **Exact**: the Gram matrix over the smaller dimension (AᵀA from row panels, or AAᵀ from
 //! column blocks when the matrix is wide) accumulated in f64, then faer's symmetric
