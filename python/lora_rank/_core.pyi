@@ -74,6 +74,16 @@ class _SpectrumDict(TypedDict):
     method: str
     iterations: int
     converged: bool
+    sv_error: float
+    energy_rank_stderr: list[float]
+    sv_quantiles: list[float]
+    mp_sigma: float
+    mp_edge: float
+    mp_spikes: int
+    spectrum_snr: float
+    mp_snr: float
+    pl_alpha: float
+    pl_xmin: float
 
 def spectra(
     shards: list[tuple[str, int]],

@@ -85,6 +85,17 @@ class Spectrum:
     eigenvalues σᵢ² on the top-k. ``nonfinite`` counts NaN/Inf elements; when nonzero the
     float fields are NaN and the energy ranks 0. See :mod:`lora_rank.spectral`.
 
+    Whole-spectrum statistics (exact in ``"exact"`` mode; from the solver's block Gauss
+    quadrature density in ``"randomized"`` mode): ``energy_rank_stderr`` (standard errors of
+    the three energy ranks), ``sv_quantiles`` (25/50/75% of all singular values),
+    ``mp_sigma`` / ``mp_edge`` / ``mp_spikes`` (Marchenko–Pastur noise scale, bulk edge in
+    singular values, values above it), ``spectrum_snr`` (Spectrum's SNR as its spectrum.py
+    computes it, scale-dependent), ``mp_snr`` (Σσ above the MP edge / Σσ below it,
+    scale-invariant), ``pl_alpha`` / ``pl_xmin`` (WeightWatcher-style power-law fit of the
+    eigenvalues). ``iterations`` (passes over the matrix), ``converged`` (a stopping rule was
+    met; False: ``max_iter`` was reached, and a warning says so) and ``sv_error`` (estimated
+    largest relative error of the top-k singular values) describe the solve.
+
     Example:
         >>> s = Spectrum((2.0, 1.0), 3.0, 2.0, 2.25, 1, 2, 2, True, 2.1, 0, "exact")
         >>> s.stable_rank
@@ -102,11 +113,25 @@ class Spectrum:
     alpha: float
     nonfinite: int
     method: str
+    iterations: int = 0
+    converged: bool = True
+    sv_error: float = 0.0
+    energy_rank_stderr: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    sv_quantiles: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    mp_sigma: float = math.nan
+    mp_edge: float = math.nan
+    mp_spikes: int = 0
+    spectrum_snr: float = math.nan
+    mp_snr: float = math.nan
+    pl_alpha: float = math.nan
+    pl_xmin: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-safe apart from NaN floats)."""
         d = dataclasses.asdict(self)
-        d["singular_values"] = list(self.singular_values)
+        for f in dataclasses.fields(self):
+            if isinstance(d[f.name], tuple):
+                d[f.name] = list(d[f.name])
         return d
 
 

@@ -21,19 +21,36 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
 - **method="exact"**: the Gram matrix over the smaller dimension in f64 and a symmetric
   eigensolver: the whole spectrum. ``"auto"`` (default) uses it when min(rows, cols) ≤ 512.
 - **frobenius_norm** is exact (f64 sum of squares, same pass); **stable_rank** = ‖W‖_F²/σ₁².
-- **energy_rank_90/95/99**: smallest r with Σᵢ≤ᵣ σᵢ² ≥ share·‖W‖_F². Counted from the known σ
-  when they reach the share (always in exact mode: ``energy_rank_exact=True``). Otherwise an
-  estimate (``energy_rank_exact=False``): the M = min(rows, cols) − k unknown values are
-  modelled as λₖ₊ᵢ ∝ σ²ₖ·(1 − (i − ½)/M)^p, decaying from σ²ₖ over the whole remaining range,
-  with p = M·σ²ₖ/R − 1 set by the known remaining energy R = ‖W‖_F² − Σᵢ≤ₖ σᵢ² (flat when
-  p would be negative). On the real MiniLM weights with the top-32 known it underestimates the
-  90%/99% ranks by 12% on average (at most 22%). It is never below the rigorous lower bound
-  k + ⌈(share·‖W‖_F² − Σᵢ≤ₖ σᵢ²)/σ²ₖ⌉.
-- **alpha**: Hill estimator of the power-law exponent of the eigenvalues λᵢ = σᵢ² of WᵀW, on
-  the tail of the top t = top_k eigenvalues with x_min = λₜ: α = 1 + t / Σᵢ≤ₜ ln(λᵢ/λₜ) (the
-  ``PL_Alpha_Hill`` formula of TempBalance / AlphaLoRA / AlphaPruning, which use the top half
-  of the full spectrum as the tail; WeightWatcher instead fits xmin by maximum likelihood, so
-  values differ). NaN when undefined (all top values equal, or fewer than two).
+- **Whole spectrum** (``energy_rank_*``, ``sv_quantiles``, ``mp_*``, ``spectrum_snr``,
+  ``mp_snr``, ``pl_alpha``/``pl_xmin``): every statistic is computed by one function from the
+  N = min(rows, cols) eigenvalues of WᵀW. In exact mode they are the spectrum. In randomized
+  mode they are read off a block Gauss quadrature (stochastic Lanczos) estimate of the spectral
+  density from the same passes: the random start block's 40 columns are the probes, the Ritz
+  values of H = QᵀBQ the nodes, the squared first-block components of its eigenvectors the
+  weights; Ritz values with a negligible residual count as single eigenvalues, a wide matrix's
+  null space is a point mass at 0, and the singular values between nodes are interpolated
+  linearly in count (then scaled to the exact ‖W‖_F²). ``energy_rank_stderr`` is the standard
+  error across the probes.
+- **energy_rank_90/95/99**: smallest r with Σᵢ≤ᵣ σᵢ² ≥ share·‖W‖_F² (``energy_rank_exact``:
+  exact mode, or reached within the converged top-k). Measured against float64 SVD on MiniLM
+  and on LLM-shaped bf16 matrices: benches/README.md ("Spectral shape").
+- **mp_sigma, mp_edge, mp_spikes**: Marchenko–Pastur fit: the noise scale s from the median of
+  the bulk (λ_med = s²·M·median_MP(N/M), M = max(rows, cols)), iterated with the values above
+  the edge s(√M + √N) removed until their count settles.
+- **spectrum_snr**: Spectrum's (Hartford et al. 2024) SNR as its spectrum.py codes it:
+  σ = IQR(S)/1.349, τ = σ(1 + √(N/M)), ΣS[S>τ]/ΣS[S≤τ] divided by S[0] (scale-dependent;
+  its "noise := 1" rule also where it would divide by zero, so never inf). **mp_snr**:
+  Σσ above the MP edge / Σσ below it (scale-invariant, denominator floored at f32 rounding).
+- **pl_alpha, pl_xmin**: WeightWatcher's ``WWFit`` (its default since 0.7) on the eigenvalues
+  above 1e-5: for each candidate x_min the continuous MLE α and the KS distance, least D wins.
+- **Stopping**: besides the top-k rule, a randomized solve stops once σ₁ meets ``rtol`` and two
+  consecutive shape estimates agree (energy ranks within 1%, MP edge within 1%, same spike
+  count, α within 0.02, Spectrum SNR within 1%), from the 4th pass on: noise-like matrices
+  without a spectral gap no longer run to ``max_iter``. ``converged`` says a rule was met;
+  otherwise a warning names the matrix. ``sv_error`` is the top-k error estimate at the stop.
+- **Kernels**: bf16 matrices on CPUs with AVX-512 BF16 run both products of a pass as bf16
+  dot products (``vdpbf16ps``) on the stored words, with X and P·X rounded to bf16
+  (``LORA_RANK_NO_BF16_KERNEL=1`` falls back to decoding to f32).
 - **nonfinite**: count of NaN/Inf elements; when nonzero, every other field is NaN (energy
   ranks 0), a warning is added to the report and issued, and the scan goes on.
 
@@ -47,6 +64,7 @@ modification time changes during the scan (or whose size no longer matches its h
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import warnings as _warnings
@@ -195,19 +213,13 @@ def _expected_sizes(report: Report, shard_index: dict[str, int]) -> list[int]:
 
 
 def _spectrum(d: Mapping[str, Any]) -> Spectrum:
-    return Spectrum(
-        singular_values=tuple(d["singular_values"]),
-        frobenius_norm=d["frobenius_norm"],
-        spectral_norm=d["spectral_norm"],
-        stable_rank=d["stable_rank"],
-        energy_rank_90=d["energy_rank_90"],
-        energy_rank_95=d["energy_rank_95"],
-        energy_rank_99=d["energy_rank_99"],
-        energy_rank_exact=d["energy_rank_exact"],
-        alpha=d["alpha"],
-        nonfinite=d["nonfinite"],
-        method=d["method"],
-    )
+    """The engine's dict as a :class:`Spectrum`: the dataclass's fields drive the conversion
+    (lists become tuples), so a field is defined once."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Spectrum):
+        v = d[f.name]
+        values[f.name] = tuple(v) if isinstance(v, list) else v
+    return Spectrum(**values)
 
 
 def _check_args(
@@ -307,6 +319,12 @@ def compute_spectra(
             warns.append(
                 f"{job[0]}: {spectrum.nonfinite} NaN/Inf value(s); its spectral statistics are NaN"
             )
+        elif not spectrum.converged:
+            warns.append(
+                f"{job[0]}: the randomized solver did not converge in {spectrum.iterations} "
+                f"passes (max_iter); estimated top-{top_k} error {spectrum.sv_error:.1e} "
+                "(raise max_iter or rtol)"
+            )
         if expert is None:
             module.spectrum = spectrum
         else:
@@ -328,4 +346,6 @@ def compute_spectra(
         "oversample": 8,
         "solver": "randomized block Krylov on WᵀW; exact: f64 Gram + symmetric eigensolver",
         "alpha": f"Hill, tail = top {top_k} eigenvalues",
+        "pl_alpha": "WeightWatcher WWFit (KS-optimal x_min) on the whole (estimated) spectrum",
+        "shape": "randomized: block Gauss quadrature density of the Krylov passes",
     }

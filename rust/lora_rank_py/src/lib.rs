@@ -439,6 +439,17 @@ fn scan<'py>(
         d.set_item("method", s.method.name())?;
         d.set_item("iterations", s.iterations)?;
         d.set_item("converged", s.converged)?;
+        d.set_item("sv_error", s.sv_error)?;
+        d.set_item("energy_rank_stderr", s.energy_rank_stderr.to_vec())?;
+        let sh = &s.shape;
+        d.set_item("sv_quantiles", sh.sv_quantiles.to_vec())?;
+        d.set_item("mp_sigma", sh.mp_sigma)?;
+        d.set_item("mp_edge", sh.mp_edge)?;
+        d.set_item("mp_spikes", sh.mp_spikes)?;
+        d.set_item("spectrum_snr", sh.spectrum_snr)?;
+        d.set_item("mp_snr", sh.mp_snr)?;
+        d.set_item("pl_alpha", sh.pl_alpha)?;
+        d.set_item("pl_xmin", sh.pl_xmin)?;
         out.append(d)?;
     }
     Ok(out)

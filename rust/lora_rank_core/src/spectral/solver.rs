@@ -8,7 +8,11 @@
 //! extra pass: its new column block is Qᵀ(B·Xᵢ), the product just computed. The Ritz values
 //! (eigenvalues of H, faer's self-adjoint eigensolver in f64) are σ² estimates from below; the
 //! iteration stops when the estimated remaining error of every top-k σⱼ (from its last two
-//! changes, see [`converged_estimate`]) is at most `rtol`·σⱼ, or after `max_iter` passes.
+//! changes, see [`remaining_errors`]) is at most `rtol`·σⱼ, or, from the 4th pass on, when σ₁
+//! meets `rtol` and two consecutive whole-spectrum estimates agree ([`shape_settled`]), or
+//! after `max_iter` passes. The last H also yields the block Gauss quadrature density of WᵀW
+//! ([`quadrature_density`], [`super::shape::Density`]). Passes over bf16 matrices use the
+//! AVX-512 BF16 kernels ([`super::kernels`]) where the CPU has them.
 //!
 //! **Exact**: the Gram matrix over the smaller dimension (AᵀA from row panels, or AAᵀ from
 //! column blocks when the matrix is wide) accumulated in f64, then faer's symmetric
@@ -21,6 +25,7 @@ use faer::prelude::*;
 use faer::{Accum, Mat, MatRef, Par, Side};
 use rayon::prelude::*;
 
+use super::shape::{self, Density};
 use super::source::{ElementStats, MatrixSource, Panel, Scratch};
 use crate::error::{Error, Result};
 
@@ -52,6 +57,10 @@ pub struct Outcome {
     pub converged: bool,
     /// `sv` is the whole spectrum.
     pub full: bool,
+    /// Randomized: the block Gauss quadrature estimate of the spectral density.
+    pub density: Option<Density>,
+    /// Estimated largest relative error of the top-k values (0 in exact mode).
+    pub sv_error: f64,
 }
 
 fn check_cancel(cancel: &AtomicBool) -> Result<()> {
@@ -81,6 +90,66 @@ fn split<T>(items: &[T], chunks: usize) -> Vec<&[T]> {
     out
 }
 
+/// Target elements of one bf16 panel of the AVX-512 BF16 kernel (1 MiB: the panel is read
+/// twice, by both products, and stays in the core's L2 between them).
+const BF16_PANEL_ELEMS: usize = 1 << 19;
+
+/// Whether passes over `src` use the bf16 kernels ([`super::kernels`]); the environment
+/// variable `LORA_RANK_NO_BF16_KERNEL` (any value) turns them off, for side-by-side benches.
+pub fn uses_bf16_kernel(src: &MatrixSource<'_>) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    src.dtype == crate::dtype::Dtype::BF16
+        && cfg!(target_endian = "little")
+        && *ON.get_or_init(|| {
+            super::kernels::available() && std::env::var_os("LORA_RANK_NO_BF16_KERNEL").is_none()
+        })
+}
+
+/// [`fused_pass`] with the AVX-512 BF16 kernels on the stored words.
+fn fused_pass_bf16(
+    src: &MatrixSource<'_>,
+    panels: &[Panel],
+    x: MatRef<'_, f32>,
+    chunks: usize,
+    want_stats: bool,
+    cancel: &AtomicBool,
+) -> Result<(Mat<f32>, ElementStats)> {
+    let n = src.cols;
+    let b = x.ncols();
+    let xp = super::kernels::PackedX::new(n, b, |k, j| x[(k, j)]);
+    let groups = split(panels, chunks);
+    let parts: Vec<Result<(Vec<f32>, ElementStats)>> = groups
+        .par_iter()
+        .map(|group| {
+            let mut acc = vec![0f32; n * b];
+            let mut bytes = Scratch::default();
+            let (mut decoded, mut y, mut ypair) = (Vec::new(), Vec::new(), Vec::new());
+            let mut st = ElementStats::default();
+            for &p in *group {
+                check_cancel(cancel)?;
+                let words = src.read_panel_bf16(
+                    p,
+                    &mut bytes,
+                    &mut decoded,
+                    want_stats.then_some(&mut st),
+                )?;
+                super::kernels::panel_pass(words, p.rows, n, b, &xp, &mut acc, &mut y, &mut ypair);
+            }
+            Ok((acc, st))
+        })
+        .collect();
+    let mut total = vec![0f32; n * b];
+    let mut stats = ElementStats::default();
+    for part in parts {
+        let (acc, st) = part?;
+        stats.merge(st);
+        for (t, a) in total.iter_mut().zip(&acc) {
+            *t += a;
+        }
+    }
+    Ok((Mat::from_fn(n, b, |k, j| total[j * n + k]), stats))
+}
+
 /// One pass over the matrix: returns AᵀA·X (n × b) and, if asked, the element statistics.
 fn fused_pass(
     src: &MatrixSource<'_>,
@@ -90,6 +159,9 @@ fn fused_pass(
     want_stats: bool,
     cancel: &AtomicBool,
 ) -> Result<(Mat<f32>, ElementStats)> {
+    if uses_bf16_kernel(src) {
+        return fused_pass_bf16(src, panels, x, chunks, want_stats, cancel);
+    }
     let n = src.cols;
     let b = x.ncols();
     let max_rows = panels.iter().map(|p| p.rows).max().unwrap_or(0);
@@ -189,23 +261,38 @@ fn project_out(basis: &[Mat<f32>], z: &mut Mat<f32>) {
     }
 }
 
-/// An orthonormal block spanning the part of `z` orthogonal to `basis`; columns that vanish
-/// (the Krylov space became invariant, or `z` was rank-deficient) are replaced by random
-/// directions. `None` when no room is left (the basis would exceed ℝⁿ).
-fn next_block(basis: &[Mat<f32>], mut z: Mat<f32>, rng: &mut Gaussian) -> Option<Mat<f32>> {
+/// The R factor (b × b, f64) of the part of `w` orthogonal to `basis`: for a Ritz vector y of
+/// H, ‖B·Q·y − θ·Q·y‖ = ‖R·y_last‖ (y_last: y's rows of the last block).
+fn residual_factor(basis: &[Mat<f32>], w: &Mat<f32>) -> Mat<f64> {
+    let mut z = w.clone();
+    project_out(basis, &mut z);
+    let r = z.qr();
+    let r = r.thin_R();
+    Mat::from_fn(r.nrows(), r.ncols(), |i, j| f64::from(r[(i, j)]))
+}
+
+/// An orthonormal block spanning the part of `z` orthogonal to `basis` (`None` when no room is
+/// left: the basis would exceed ℝⁿ), and the R factor of that part ([`residual_factor`]).
+/// Columns that vanish (the Krylov space became invariant, or `z` was rank-deficient) are
+/// replaced by random directions.
+fn next_block(
+    basis: &[Mat<f32>],
+    mut z: Mat<f32>,
+    rng: &mut Gaussian,
+) -> (Option<Mat<f32>>, Mat<f64>) {
     let n = z.nrows();
     let b = z.ncols();
     let dim: usize = basis.iter().map(|q| q.ncols()).sum();
     if dim + b > n {
-        return None;
+        return (None, residual_factor(basis, &z));
     }
     let scale = (0..b)
         .map(|j| z.col(j).norm_l2())
         .fold(0f32, f32::max)
         .max(f32::MIN_POSITIVE);
-    let (q, bad) = orthonormalize(basis, &mut z, scale);
+    let (q, bad, r) = orthonormalize(basis, &mut z, scale);
     if bad.is_empty() {
-        return Some(q);
+        return (Some(q), r);
     }
     // Keep the good directions, refill the vanished ones at random (unit scale), retry once.
     let fresh = rng.matrix(n, b);
@@ -217,13 +304,17 @@ fn next_block(basis: &[Mat<f32>], mut z: Mat<f32>, rng: &mut Gaussian) -> Option
             q[(i, j)]
         }
     });
-    let (q, bad) = orthonormalize(basis, &mut z, 1.0);
-    bad.is_empty().then_some(q)
+    let (q, bad, _) = orthonormalize(basis, &mut z, 1.0);
+    (bad.is_empty().then_some(q), r)
 }
 
-/// Project `basis` out of `z` and QR-factor it: the Q factor and the columns whose R diagonal
-/// is negligible against `scale`.
-fn orthonormalize(basis: &[Mat<f32>], z: &mut Mat<f32>, scale: f32) -> (Mat<f32>, Vec<usize>) {
+/// Project `basis` out of `z` and QR-factor it: the Q factor, the columns whose R diagonal
+/// is negligible against `scale`, and R (in f64).
+fn orthonormalize(
+    basis: &[Mat<f32>],
+    z: &mut Mat<f32>,
+    scale: f32,
+) -> (Mat<f32>, Vec<usize>, Mat<f64>) {
     project_out(basis, z);
     let qr = z.qr();
     let r = qr.thin_R();
@@ -232,7 +323,8 @@ fn orthonormalize(basis: &[Mat<f32>], z: &mut Mat<f32>, scale: f32) -> (Mat<f32>
             r[(j, j)].abs().partial_cmp(&(1e-5 * scale)) != Some(std::cmp::Ordering::Greater)
         })
         .collect();
-    (qr.compute_thin_Q(), bad)
+    let r64 = Mat::from_fn(r.nrows(), r.ncols(), |i, j| f64::from(r[(i, j)]));
+    (qr.compute_thin_Q(), bad, r64)
 }
 
 /// Eigenvalues of the symmetric `h`, descending.
@@ -251,33 +343,137 @@ fn nan_outcome(k: usize, stats: ElementStats, iterations: usize) -> Outcome {
         iterations,
         converged: false,
         full: false,
+        density: None,
+        sv_error: f64::NAN,
     }
 }
 
-/// Whether every Ritz value `sv[j]` is within `rtol` (relative) of its limit, judged from its
-/// last two changes: the last change `deltas[j]` must be below the tolerance, and so must the
-/// remaining error if the changes keep shrinking at the last observed rate ρ = δᵢ/δᵢ₋₁
-/// (geometric tail δᵢ·ρ/(1−ρ), ρ capped at 0.95). Block Krylov converges at least that fast
-/// once the rate settles, so the estimate is conservative; it needs three iterations.
-fn converged_estimate(sv: &[f64], deltas: &[f64], prev_deltas: &[f64], rtol: f64) -> bool {
+/// The quadrature density of the Krylov space so far: eigenpairs of `h` (dim × dim, blocks of
+/// `b`), first-block components, and convergence from the residual factor `r` of the last
+/// block (`None`: the basis spans ℝⁿ, every Ritz pair is exact).
+fn quadrature_density(
+    h: MatRef<'_, f64>,
+    b: usize,
+    r: Option<&Mat<f64>>,
+    dim_n: usize,
+    n_total: usize,
+) -> Option<Density> {
+    let dim = h.nrows();
+    let evd = h.self_adjoint_eigen(Side::Lower).ok()?;
+    let u = evd.U();
+    let s = evd.S().column_vector();
+    let theta: Vec<f64> = (0..dim).map(|i| s[i]).collect();
+    let top = theta.iter().copied().fold(0.0, f64::max);
+    let last = dim - b;
+    let residual = |i: usize| -> f64 {
+        let Some(r) = r else { return 0.0 };
+        (0..r.nrows())
+            .map(|p| {
+                (0..b)
+                    .map(|q| r[(p, q)] * u[(last + q, i)])
+                    .sum::<f64>()
+                    .powi(2)
+            })
+            .sum::<f64>()
+            .sqrt()
+    };
+    // A Ritz value is an eigenvalue (weight 1) when its residual bound |θ − λ| ≤ ‖r‖ is below
+    // half the distance to its neighbours and 10⁻³·θ_max.
+    let converged: Vec<bool> = (0..dim)
+        .map(|i| {
+            let gap_lo = if i > 0 {
+                theta[i] - theta[i - 1]
+            } else {
+                f64::INFINITY
+            };
+            let gap_hi = if i + 1 < dim {
+                theta[i + 1] - theta[i]
+            } else {
+                f64::INFINITY
+            };
+            let res = residual(i);
+            res <= 0.5 * gap_lo.min(gap_hi) && res <= 1e-3 * top
+        })
+        .collect();
+    let first: Vec<Vec<f64>> = (0..b)
+        .map(|p| (0..dim).map(|i| u[(p, i)]).collect())
+        .collect();
+    Some(Density::from_quadrature(
+        &theta, &first, &converged, dim_n, n_total,
+    ))
+}
+
+/// Estimated remaining error of every Ritz value `sv[j]`, from its last two changes: the
+/// last change `deltas[j]`, or, if larger, the remaining error if the changes keep shrinking at
+/// the last observed rate ρ = δᵢ/δᵢ₋₁ (geometric tail δᵢ·ρ/(1−ρ), ρ capped at 0.95). Block
+/// Krylov converges at least that fast once the rate settles, so the estimate is conservative;
+/// it needs three iterations (`None` before).
+fn remaining_errors(deltas: &[f64], prev_deltas: &[f64]) -> Option<Vec<f64>> {
     if prev_deltas.len() != deltas.len() {
-        return false;
+        return None;
     }
+    Some(
+        deltas
+            .iter()
+            .zip(prev_deltas)
+            .map(|(&d, &pd)| {
+                let rho = if pd > 0.0 {
+                    (d / pd).min(0.95)
+                } else if d == 0.0 {
+                    0.0
+                } else {
+                    0.95
+                };
+                d.max(d * rho / (1.0 - rho))
+            })
+            .collect(),
+    )
+}
+
+/// Whether the error estimate of every Ritz value is within `rtol`·σⱼ (+ 10⁻⁷·σ₁).
+fn within(sv: &[f64], errors: &[f64], rtol: f64) -> bool {
     let s1 = sv.first().copied().unwrap_or(0.0);
     sv.iter()
-        .zip(deltas.iter().zip(prev_deltas))
-        .all(|(&s, (&d, &pd))| {
-            let tol = rtol * s + 1e-7 * s1;
-            let rho = if pd > 0.0 {
-                (d / pd).min(0.95)
-            } else if d == 0.0 {
-                0.0
-            } else {
-                0.95
-            };
-            d <= tol && d * rho / (1.0 - rho) <= tol
-        })
+        .zip(errors)
+        .all(|(&s, &e)| e <= rtol * s + 1e-7 * s1)
 }
+
+/// Largest relative error estimate.
+fn max_rel(sv: &[f64], errors: &[f64]) -> f64 {
+    sv.iter()
+        .zip(errors)
+        .map(|(&s, &e)| if s > 0.0 { e / s } else { 0.0 })
+        .fold(0.0, f64::max)
+}
+
+/// Whether two consecutive shape estimates agree to what the statistics need: energy ranks
+/// within 1% (or 1), the MP edge within 1%, the same spike count, α within 0.02, Spectrum's
+/// SNR within 1%.
+fn shape_settled(a: &shape::Shape, b: &shape::Shape) -> bool {
+    let rel = |x: f64, y: f64| {
+        if x == y {
+            true
+        } else {
+            ((x - y).abs() / x.abs().max(y.abs())) <= 0.01
+        }
+    };
+    let ranks = a
+        .energy_ranks
+        .iter()
+        .zip(&b.energy_ranks)
+        .all(|(&x, &y)| x.abs_diff(y) as f64 <= (0.01 * x as f64).max(1.0));
+    let alpha =
+        (a.pl_alpha.is_nan() && b.pl_alpha.is_nan()) || (a.pl_alpha - b.pl_alpha).abs() <= 0.02;
+    ranks
+        && a.mp_spikes == b.mp_spikes
+        && rel(a.mp_edge, b.mp_edge)
+        && alpha
+        && rel(a.spectrum_snr, b.spectrum_snr)
+}
+
+/// First iteration at which the shape stopping rule is tried (the quadrature needs a few
+/// blocks before its density means anything).
+const SHAPE_MIN_ITER: usize = 4;
 
 /// Top singular values by randomized block Krylov (see the module docs).
 pub fn randomized(
@@ -287,9 +483,15 @@ pub fn randomized(
 ) -> Result<Outcome> {
     let m = src.rows();
     let n = src.cols;
-    let k = cfg.top_k.min(m.min(n));
+    let n_total = m.min(n);
+    let k = cfg.top_k.min(n_total);
     let b = cfg.block.max(k).min(n).max(1);
-    let panels = src.panels(panel_rows(n, cfg.panel_elems));
+    let panel_elems = if uses_bf16_kernel(src) {
+        cfg.panel_elems.min(BF16_PANEL_ELEMS)
+    } else {
+        cfg.panel_elems
+    };
+    let panels = src.panels(panel_rows(n, panel_elems));
     let mut rng = Gaussian::new(cfg.seed);
     let mut x = {
         let g = rng.matrix(n, b);
@@ -303,7 +505,10 @@ pub fn randomized(
     let mut prev_deltas: Vec<f64> = Vec::new();
     let mut sv: Vec<f64> = Vec::new();
     let mut converged = false;
+    let mut sv_error = f64::NAN;
     let mut iterations = 0;
+    let mut density = None;
+    let mut prev_shape: Option<shape::Shape> = None;
     while iterations < max_blocks {
         let (w, st) = fused_pass(
             src,
@@ -340,25 +545,51 @@ pub fn randomized(
             }
         }
         let dim = basis.len() * b;
-        let ritz = sym_eigenvalues_desc(h.as_ref().get(..dim, ..dim));
+        let hd = h.as_ref().get(..dim, ..dim);
+        let ritz = sym_eigenvalues_desc(hd);
         sv = ritz.iter().take(k).map(|l| l.max(0.0).sqrt()).collect();
+        let mut errors = None;
         if !prev.is_empty() {
             let deltas: Vec<f64> = sv.iter().zip(&prev).map(|(s, p)| (s - p).abs()).collect();
-            converged = converged_estimate(&sv, &deltas, &prev_deltas, cfg.rtol);
+            errors = remaining_errors(&deltas, &prev_deltas);
+            if let Some(e) = &errors {
+                converged = within(&sv, e, cfg.rtol);
+                sv_error = max_rel(&sv, e);
+            } else {
+                // Two iterations: the last change is all there is.
+                sv_error = max_rel(&sv, &deltas);
+            }
             prev_deltas = deltas;
         }
-        if converged || iterations == max_blocks {
+        prev.clone_from(&sv);
+        let (next, r) = next_block(&basis, w, &mut rng);
+        let exhausted = next.is_none();
+        let last = converged || exhausted || iterations == max_blocks;
+        if last || iterations >= SHAPE_MIN_ITER {
+            let r = if dim >= n { None } else { Some(&r) };
+            density = quadrature_density(hd, b, r, n, n_total);
+        }
+        if exhausted {
+            // The basis spans ℝⁿ (or an invariant subspace): the Ritz values are exact.
+            converged = true;
+            sv_error = 0.0;
+        }
+        if last {
             break;
         }
-        prev.clone_from(&sv);
-        match next_block(&basis, w, &mut rng) {
-            Some(next) => x = next,
-            None => {
-                // The basis spans ℝⁿ (or an invariant subspace): the Ritz values are exact.
+        // Shape rule: σ₁ converged and the statistics of the density have settled.
+        if let (Some(d), Some(e)) = (&density, &errors) {
+            let frob_sq = stats.sum_sq;
+            let lam = d.pseudo_spectrum(n_total, frob_sq);
+            let now = shape::shape(&lam, frob_sq, m, n);
+            let top_ok = within(&sv[..1], &e[..1], cfg.rtol);
+            if top_ok && prev_shape.is_some_and(|p| shape_settled(&p, &now)) {
                 converged = true;
                 break;
             }
+            prev_shape = Some(now);
         }
+        x = next.expect("not exhausted");
     }
     Ok(Outcome {
         sv,
@@ -366,6 +597,8 @@ pub fn randomized(
         iterations,
         converged,
         full: false,
+        density,
+        sv_error,
     })
 }
 
@@ -428,5 +661,7 @@ pub fn exact(src: &MatrixSource<'_>, cfg: &SolverConfig, cancel: &AtomicBool) ->
         iterations: 1,
         converged: true,
         full: true,
+        density: None,
+        sv_error: 0.0,
     })
 }

@@ -194,6 +194,30 @@ impl<'a> MatrixSource<'a> {
         Ok(())
     }
 
+    /// Read `panel` of a BF16 matrix and return its stored words (row-major), without
+    /// decoding; `stats` (when given) gets its elements through `decoded`, a scratch buffer.
+    pub fn read_panel_bf16<'s>(
+        &self,
+        panel: Panel,
+        scratch: &'s mut Scratch,
+        decoded: &mut Vec<f32>,
+        stats: Option<&mut ElementStats>,
+    ) -> Result<&'s [u16]> {
+        debug_assert!(self.dtype == Dtype::BF16 && cfg!(target_endian = "little"));
+        let seg = &self.segments[panel.segment];
+        let row_bytes = self.cols * self.esize;
+        let len = panel.rows * row_bytes;
+        let offset = seg.offset + (panel.row0 * row_bytes) as u64;
+        read_exact_at(seg.file, scratch.bytes_mut(len), offset, seg.path)?;
+        let n = panel.rows * self.cols;
+        if let Some(s) = stats {
+            decoded.resize(n, 0.0);
+            scratch.decode(self.dtype, decoded);
+            s.add(decoded);
+        }
+        Ok(scratch.halves(n))
+    }
+
     /// Read columns `c0..c1` of every row and decode them row-major into
     /// `out[..rows * (c1 - c0)]` (one positioned read per row).
     pub fn read_columns(

@@ -1,0 +1,236 @@
+"""One solver pass side by side, passes per Llama-8B matrix shape, whole-model extrapolation.
+
+    python benches/bench_pass.py                 # all sections (~5 min on 2 idle cores)
+    python benches/bench_pass.py --only pass     # pass throughput only
+    python benches/bench_pass.py --quick         # smoke run: small shapes, temp files
+
+Sections (every timing is min over ``--runs`` interleaved runs, both sides in this process):
+
+- ``pass``: 14336×4096 bf16, block 40, 2 threads. Ours: one fused pass ``acc += Pᵀ(P·X)`` as
+  (time of ``max_iter=7`` − time of ``max_iter=1``) / 6 with ``rtol=1e-12`` (no early stop), with
+  the AVX-512 BF16 kernels and with them off (``LORA_RANK_NO_BF16_KERNEL``: decode to f32 +
+  faer). torch: ``Aᵀ(A·X)`` in f32 and in bf16 on the matrix in memory, and a 4096³ f32 GEMM
+  (the machine's practical peak). GFLOP/s counts 4·m·n·b per pass.
+- ``accuracy``: top-32 max relative error vs the float64 Gram-eigenvalue reference, bf16
+  kernels vs f32 path, 4096×4096 real-like bf16.
+- ``shapes``: every Llama-3-8B matrix shape, real-like (MP bulk + power-law top) and pure
+  Gaussian noise, default settings: passes, time, stop reason; extrapolated to 32 layers +
+  embed_tokens + lm_head (128256×4096).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+LLAMA_SHAPES = {  # name: (rows, cols, count per layer)
+    "q_proj/o_proj": (4096, 4096, 2),
+    "k_proj/v_proj": (1024, 4096, 2),
+    "gate_proj/up_proj": (14336, 4096, 2),
+    "down_proj": (4096, 14336, 1),
+}
+EMBED = (128256, 4096)
+
+
+def write_matrix(path: Path, m: int, n: int, kind: str, seed: int) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    if not path.exists():
+        if kind == "noise":
+            g = torch.Generator().manual_seed(seed)
+            w = (0.02 * torch.randn(m, n, generator=g)).to(torch.bfloat16)
+        else:
+            from checkpoints import _spectral_matrix
+
+            w = _spectral_matrix((m, n), seed=seed)
+        tmp = path.with_suffix(".tmp")
+        save_file({"w": w}, str(tmp))
+        os.replace(tmp, path)
+    return path
+
+
+def spectra(path: Path, m: int, n: int, **kw: Any) -> tuple[float, dict[str, Any]]:
+    from lora_rank import _core
+
+    with open(path, "rb") as f:
+        begin = 8 + int.from_bytes(f.read(8), "little")
+    size = path.stat().st_size
+    t = time.perf_counter()
+    out = _core.spectra(
+        [(str(path), size)], [("w", [(0, begin, m)], n, "BF16")], method="randomized", **kw
+    )
+    return time.perf_counter() - t, out[0]
+
+
+def child_spectra(path: Path, m: int, n: int, env: dict[str, str], **kw: Any) -> float:
+    """Per-pass time of our solver in a fresh process (the kernel switch is read once)."""
+    here, p, runs = str(HERE), str(path), kw["runs"]
+    code = (
+        f"import sys, json; sys.path.insert(0, {here!r}); import bench_pass as b\n"
+        "from pathlib import Path\n"
+        "r = []\n"
+        f"for _ in range({runs}):\n"
+        f"    t1, _ = b.spectra(Path({p!r}), {m}, {n}, max_iter=1, rtol=1e-12, threads=2)\n"
+        f"    t7, _ = b.spectra(Path({p!r}), {m}, {n}, max_iter=7, rtol=1e-12, threads=2)\n"
+        "    r.append((t7 - t1) / 6)\n"
+        "print(json.dumps(r))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return min(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def torch_times(path: Path, runs: int, b: int = 40) -> dict[str, float]:
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(2)
+    a16 = load_file(str(path))["w"]
+    a32 = a16.float()
+    x32 = torch.randn(a32.shape[1], b)
+    x16 = x32.to(torch.bfloat16)
+    g = torch.randn(4096, 4096)
+    res: dict[str, list[float]] = {"torch f32 AT(AX)": [], "torch bf16 AT(AX)": [], "gemm": []}
+    for _ in range(runs):
+        t = time.perf_counter()
+        a32.T @ (a32 @ x32)
+        res["torch f32 AT(AX)"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        a16.T @ (a16 @ x16)
+        res["torch bf16 AT(AX)"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        g @ g
+        res["gemm"].append(time.perf_counter() - t)
+    return {k: min(v) for k, v in res.items()}
+
+
+def section_pass(root: Path, runs: int, m: int, n: int) -> dict[str, Any]:
+    path = write_matrix(root / f"pass_{m}x{n}.safetensors", m, n, "real", m + n)
+    flops = 4 * m * n * 40
+    ours = child_spectra(path, m, n, {}, runs=runs)
+    ours_f32 = child_spectra(path, m, n, {"LORA_RANK_NO_BF16_KERNEL": "1"}, runs=runs)
+    tt = torch_times(path, runs)
+    rows = {
+        "lora_rank bf16 kernels": ours,
+        "lora_rank f32 path": ours_f32,
+        "torch f32 AT(AX)": tt["torch f32 AT(AX)"],
+        "torch bf16 AT(AX)": tt["torch bf16 AT(AX)"],
+    }
+    out = {k: {"s": v, "gflops": flops / v / 1e9} for k, v in rows.items()}
+    out["torch f32 GEMM 4096^3"] = {"s": tt["gemm"], "gflops": 2 * 4096**3 / tt["gemm"] / 1e9}
+    return out
+
+
+def section_accuracy(root: Path, m: int, n: int) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    path = write_matrix(root / f"acc_{m}x{n}.safetensors", m, n, "real", 3 * m + n)
+    a = load_file(str(path))["w"].double()
+    gram = a.T @ a if n <= m else a @ a.T
+    ref = np.sqrt(np.clip(torch.linalg.eigvalsh(gram).numpy()[::-1][:32], 0, None))
+    out = {}
+    for label, env in (("bf16 kernels", {}), ("f32 path", {"LORA_RANK_NO_BF16_KERNEL": "1"})):
+        here, p = str(HERE), str(path)
+        code = (
+            f"import sys, json; sys.path.insert(0, {here!r}); import bench_pass as b\n"
+            "from pathlib import Path\n"
+            f"t, d = b.spectra(Path({p!r}), {m}, {n}, threads=2)\n"
+            "print(json.dumps(d['singular_values']), d['iterations'])"
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
+        )
+        line = r.stdout.strip().splitlines()[-1]
+        sv_json, iters = line.rsplit(" ", 1)
+        sv = np.array(json.loads(sv_json))
+        out[label] = {
+            "top32_max_rel_err": float(np.max(np.abs(sv - ref) / ref)),
+            "iterations": int(iters),
+        }
+    return out
+
+
+def section_shapes(root: Path, quick: bool) -> dict[str, Any]:
+    shapes = dict(LLAMA_SHAPES)
+    if not quick:
+        shapes["embed_tokens/lm_head"] = (*EMBED, 0)
+    out: dict[str, Any] = {}
+    for kind in ("real", "noise"):
+        rows = {}
+        for name, (m, n, count) in shapes.items():
+            if quick:
+                m, n = m // 8, n // 8
+            # The real-data checkpoint's embeddings are Gaussian too (checkpoints._real_tensor).
+            k = "noise" if count == 0 else kind
+            path = write_matrix(root / f"shape_{k}_{m}x{n}.safetensors", m, n, k, m ^ n)
+            t, d = spectra(path, m, n, threads=2)
+            rows[name] = {
+                "shape": [m, n],
+                "count_per_layer": count,
+                "seconds": t,
+                "passes": d["iterations"],
+                "converged": d["converged"],
+                "sv_error": d["sv_error"],
+                "energy_rank_90": d["energy_rank_90"],
+            }
+            print(kind, name, rows[name], flush=True)
+        layer = sum(r["seconds"] * r["count_per_layer"] for r in rows.values())
+        embed = rows.get("embed_tokens/lm_head", {"seconds": 0.0})["seconds"]
+        out[kind] = {
+            "matrices": rows,
+            "layer_s": layer,
+            "embed_s": embed,
+            "llama8b_extrapolated_s": 32 * layer + 2 * embed,
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="pass,accuracy,shapes")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "results" / "pass.json"))
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    tmp = tempfile.TemporaryDirectory() if args.quick else None
+    root = Path(tmp.name) if tmp else HERE / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {"uptime_before": os.getloadavg()}
+    if "pass" in only:
+        m, n = (1792, 512) if args.quick else (14336, 4096)
+        res["pass"] = section_pass(root, 1 if args.quick else args.runs, m, n)
+        print(json.dumps(res["pass"], indent=1), flush=True)
+    if "accuracy" in only:
+        m, n = (512, 512) if args.quick else (4096, 4096)
+        res["accuracy"] = section_accuracy(root, m, n)
+        print(json.dumps(res["accuracy"], indent=1), flush=True)
+    if "shapes" in only:
+        res["shapes"] = section_shapes(root, args.quick)
+        print(json.dumps({k: v["llama8b_extrapolated_s"] for k, v in res["shapes"].items()}))
+    res["uptime_after"] = os.getloadavg()
+    if not args.quick:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
