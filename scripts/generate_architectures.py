@@ -24,6 +24,16 @@ Usage::
     python scripts/generate_architectures.py --check         # diff against the shipped tables
     python scripts/generate_architectures.py --check --classes ViTForImageClassification,...
     python scripts/generate_architectures.py --sample 40     # --check on 40 classes (seeded)
+    python scripts/generate_architectures.py --merge --classes A,B --variants A,B
+                                    # regenerate A and B into the shipped tables, searching
+                                    # their config flags for optional modules (kept from then on)
+
+Config-flag search (``--variants``; the classes are listed in ``_index.json``
+``variant_search`` and every later run repeats it): each top-level boolean of the config is
+flipped on its own and the parameter patterns it adds are recorded with PEFT's answer on that
+model (DeBERTa's ``relative_attention`` adds ``rel_embeddings``). It is run for the test
+architectures and their model types' base classes; the full search on every class would take
+hours here.
 """
 
 from __future__ import annotations
@@ -274,27 +284,76 @@ _GENERIC_FLAGS = frozenset(
 )  # fmt: skip
 
 
+#: Integer config fields that decide which layers are dense or MoE, and a value to try when
+#: the default is 0 or 1 (a dense first layer, every other layer MoE).
+_LAYOUT_INT = re.compile(
+    r"^(?:first_k_dense_replace|interleave_moe_layer_step|moe_layer_freq|decoder_sparse_step|"
+    r"moe_every_k_layers|sparse_step|expert_layer_period)$"
+)
+
+
+def _flips(doc: dict[str, Any]) -> list[tuple[list[str], dict[str, Any]]]:
+    """Config dicts with one flag changed: each boolean (top level and one sub-config deep)
+    flipped, each layout integer of ``_LAYOUT_INT`` moved off 0/1."""
+    out: list[tuple[list[str], dict[str, Any]]] = []
+    scopes: list[tuple[str, dict[str, Any]]] = [("", doc)]
+    scopes += [(f"{k}.", v) for k, v in sorted(doc.items()) if isinstance(v, dict)]
+    for prefix, scope in scopes:
+        for key, value in sorted(scope.items()):
+            if not isinstance(key, str) or key in _GENERIC_FLAGS or key.startswith("_"):
+                continue
+            if isinstance(value, bool):
+                new: Any = not value
+            elif isinstance(value, int) and _LAYOUT_INT.match(key) and value in (0, 1):
+                new = value + 1
+            else:
+                continue
+            changed = {**scope, key: new}
+            out.append(([prefix + key], {**doc, prefix[:-1]: changed} if prefix else changed))
+    return out
+
+
 def _variants(
     cls: Any, config_cls: Any, doc: dict[str, Any], base: dict[str, list[Any]]
 ) -> list[tuple[list[str], dict[str, list[Any]], set[str]]]:
     """Modules that defaults leave out but a flag adds (DeBERTa's ``relative_attention``
-    adds ``rel_embeddings``; ``attention_bias``, untied ``lm_head``): each top-level boolean of
-    the config is flipped on its own, and the patterns it adds are recorded from that model
-    (with PEFT run on it), as ``(flags, records, mixed)``."""
+    adds ``rel_embeddings``; ``attention_bias``, an untied ``lm_head``, DeepSeek-V2's dense
+    first layers with ``first_k_dense_replace``): each flag of ``_flips`` is changed on its own
+    (layer stacks at least 4 deep), and the patterns it adds are recorded from that model, with
+    PEFT run on it, as ``(flags, records, mixed)``."""
+    deep = json.loads(json.dumps(doc))
+    _grow(deep, 4)
     found: list[tuple[list[str], dict[str, list[Any]], set[str]]] = []
-    for key, value in sorted(doc.items()):
-        if not isinstance(value, bool) or key in _GENERIC_FLAGS or key.startswith("_"):
-            continue
+    for flags, changed in _flips(deep):
         try:
-            model = _build(cls, config_cls.from_dict({**doc, key: not value}))
+            model = _build(cls, config_cls.from_dict(changed))
             added = {pattern(n) for n in _parameters(model)} - set(base)
             if not added:
                 continue
             records, mixed, _ = _records(model)
         except Exception:
             continue
-        found.append(([key], {k: records[k] for k in added if k in records}, mixed & added))
+        found.append((flags, {k: records[k] for k in added if k in records}, mixed & added))
     return found
+
+
+def _grow(doc: dict[str, Any], depth: int) -> None:
+    """Raise layer-count fields below ``depth`` to it, dropping per-layer lists that no longer
+    fit (the config derives them again)."""
+    for key, value in list(doc.items()):
+        if isinstance(value, dict):
+            _grow(value, depth)
+        elif (
+            isinstance(key, str)
+            and _LAYER_FIELD.match(key)
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+            and 0 < value < depth
+        ):
+            for other, lst in list(doc.items()):
+                if isinstance(lst, list) and len(lst) == value and other.endswith("layer_types"):
+                    del doc[other]
+            doc[key] = depth
 
 
 def describe(
@@ -549,7 +608,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="print differences instead of writing")
     parser.add_argument("--classes", help="comma-separated classes (implies --check)")
-    parser.add_argument("--sample", type=int, help="--check on this many classes, seeded")
+    parser.add_argument(
+        "--sample", type=int, help="--check on this many more classes, seeded (--seed)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
@@ -568,10 +629,11 @@ def main() -> int:
     log = None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     all_classes = list(_auto_classes())
     chosen = None
-    if args.classes:
-        chosen = args.classes.split(",")
-    elif args.sample:
-        chosen = sorted(random.Random(args.seed).sample(all_classes, args.sample))
+    if args.classes or args.sample:
+        chosen = args.classes.split(",") if args.classes else []
+        if args.sample:
+            rest = [c for c in all_classes if c not in chosen]
+            chosen += sorted(random.Random(args.seed).sample(rest, args.sample))
     old_entries, old_failures, old_variants = _shipped(args.out)
     variants = old_variants | frozenset(filter(None, args.variants.split(",")))
     started = time.monotonic()

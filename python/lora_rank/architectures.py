@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import naming
 
@@ -92,6 +92,9 @@ class Table:
     rules: naming.Rules
     #: PEFT's error when all-linear could not be applied to the class, else None.
     peft_error: Optional[str]
+    #: Checkpoint names stay as stored (no base-model prefix added or stripped): a checkpoint
+    #: resolved through its model type's base class may be of any head class.
+    keep_prefix: bool = False
     #: Renames per key pattern (placeholders for indices); None: rename every key.
     _renames: Optional[
         dict[str, Optional[tuple[str, Optional[naming.Transform], Optional[int]]]]
@@ -110,7 +113,11 @@ class Table:
             >>> t.lookup("lm_head.weight").wrapped
             False
         """
-        return self.records.get(pattern(runtime_name))
+        found = self.records.get(pattern(runtime_name))
+        prefix = self.base_model_prefix
+        if found is None and self.keep_prefix and runtime_name.startswith(f"{prefix}."):
+            found = self.records.get(pattern(runtime_name[len(prefix) + 1 :]))
+        return found
 
     def runtime_name(self, key: str) -> naming.Renamed:
         """Where checkpoint ``key`` goes when transformers loads it into this class (renames,
@@ -151,7 +158,7 @@ class Table:
     def _rename(self, key: str) -> naming.Renamed:
         r = naming.rename_key(key, self.rules)
         prefix = self.base_model_prefix
-        if not prefix or r.converter is not None:
+        if not prefix or r.converter is not None or self.keep_prefix:
             return r
         name = r.runtime
         if name.startswith(prefix + ".") and self._has(name[len(prefix) + 1 :]):
@@ -231,9 +238,12 @@ def _rules(conversions: list[list[Any]], base_model_prefix: str) -> naming.Rules
 
 
 @functools.lru_cache(maxsize=64)
-def table(class_name: str, model_type: Optional[str] = None) -> Optional[Table]:
+def table(
+    class_name: str, model_type: Optional[str] = None, keep_prefix: bool = False
+) -> Optional[Table]:
     """The table of ``class_name`` (None when the class has none); ``model_type`` is where to
-    look first (the class's file is found through the index otherwise).
+    look first (the class's file is found through the index otherwise); ``keep_prefix``: see
+    :attr:`Table.keep_prefix`.
 
     Example:
         >>> table("DebertaV2Model").lookup("encoder.rel_embeddings.weight").category
@@ -271,13 +281,15 @@ def table(class_name: str, model_type: Optional[str] = None) -> Optional[Table]:
         mixed=frozenset(entry.get("mixed", [])),
         rules=rules,
         peft_error=entry.get("peft_error"),
+        keep_prefix=keep_prefix,
         _renames={} if digit_free else None,
     )
 
 
 def table_for_config(config: Optional[dict[str, Any]]) -> tuple[Optional[Table], str]:
     """The table a checkpoint resolves through: its ``architectures[0]`` class, else its model
-    type's base model class; with how it was found (``"class"``, ``"base class"`` or ``""``).
+    type's base model class (checkpoint names then keep their prefix: the head class is not
+    known); with how it was found (``"class"``, ``"base class"`` or ``""``).
 
     Example:
         >>> t, how = table_for_config({"model_type": "vit", "architectures": ["ViTModel"]})
@@ -295,7 +307,7 @@ def table_for_config(config: Optional[dict[str, Any]]) -> tuple[Optional[Table],
             return found, "class"
     base = _index().get("base_classes", {}).get(model_type or "")
     if base is not None:
-        found = table(base, model_type)
+        found = table(base, model_type, keep_prefix=True)
         if found is not None:
             return found, "base class"
     return None, ""
@@ -321,25 +333,27 @@ _LINEAR_ONLY_KINDS_OK = ("moe_expert", "moe_router")
 
 
 def resolve_module(
-    t: Table, name: str, leaves: list[str], name_kind: str, *, bare: bool
+    t: Table, name: str, leaves: list[str], name_kind: Callable[[], str], *, bare: bool
 ) -> Optional[ResolvedModule]:
     """The table's answer for the module ``name`` holding parameters ``leaves`` (``weight``,
     ``bias``; for a bare or fused parameter, ``name`` is the parameter itself); None when the
     table has no record for it (the caller guesses, and says so). ``name_kind`` is the kind the
-    name rules gave: it stays the label unless the class contradicts it.
+    name rules give (called once per name pattern): it stays the label unless the class
+    contradicts it.
 
     Example:
         >>> t = table("DebertaV2Model")
-        >>> r = resolve_module(t, "encoder.rel_embeddings", ["weight"], "other_linear", bare=False)
+        >>> r = resolve_module(t, "encoder.rel_embeddings", ["weight"], lambda: "other_linear",
+        ...                    bare=False)
         >>> r.kind, r.is_linear, r.is_lora_target
         ('embedding', False, False)
     """
-    key = (pattern(name), tuple(leaves), name_kind, bare, name == t.output_embedding)
+    key = (pattern(name), tuple(leaves), bare, name == t.output_embedding)
     if key in t._modules:
         found = t._modules[key]
         if found is None or found.parameter is None:
             return found
-    found = _resolve(t, name, leaves, name_kind, bare)
+    found = _resolve(t, name, leaves, name_kind(), bare)
     t._modules[key] = found
     return found
 
@@ -351,10 +365,13 @@ def _resolve(
     if any(pattern(n) in t.mixed for n in full):
         return None
     records = [t.lookup(n) for n in full]
-    if not records or any(r is None for r in records):
+    main = records[0] if records else None
+    if main is None and len(records) > 1:
+        main = next((r for r in records if r is not None), None)
+    if main is None:
         return None
-    main = records[0]
-    assert main is not None
+    # A bias the defaults leave out (attention_bias=True) belongs to the module its weight names.
+    records = [main if r is None else r for r in records]
     category = main.category
     linear = category in ("linear", "conv1d")
     kind = name_kind

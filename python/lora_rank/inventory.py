@@ -14,6 +14,7 @@ plus ``peft.utils.transformers_weight_conversion`` for MoE models):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ def _peft_moe_tables(model_type: Optional[str]) -> Optional[dict[str, str]]:
     if not mapping or not tables["fused_targets"].get(base):
         return None
     return mapping
+
+
+def _name_kind(g: _Group, ndim: int) -> str:
+    return "other" if g.bare else taxonomy.classify(g.name, ndim)
 
 
 def build_modules(
@@ -131,12 +136,15 @@ def build_modules(
     for g in groups.values():
         weight = g.params.get("weight") or g.params.get("bias") or ()
         ndim = len(weight)
-        kind = "other" if g.bare else taxonomy.classify(g.name, ndim)
         exact = None
         if table is not None:
             leaves = [] if g.fused_param else list(g.params)
             exact = architectures.resolve_module(
-                table, g.name, leaves, kind, bare=g.bare or g.fused_param is not None
+                table,
+                g.name,
+                leaves,
+                functools.partial(_name_kind, g, ndim),
+                bare=g.bare or g.fused_param is not None,
             )
         if exact is not None:
             in_f = out_f = None
@@ -163,6 +171,7 @@ def build_modules(
             )
             continue
         guessed.append(g.name)
+        kind = "other" if g.bare else taxonomy.classify(g.name, ndim)
         if kind == "lm_head" and vocab and ndim == 2 and vocab not in weight:
             kind = "other_linear"
         in_f = out_f = None
@@ -202,11 +211,16 @@ def build_modules(
         )
     modules.sort(key=lambda m: naming.natural_key(m.name))
     if table is None:
+        what = (
+            f"{archs[0] or model_type!r} is none of transformers "
+            f"{architectures.versions().get('transformers', '?')}'s classes"
+            if archs[0] or model_type
+            else "no config.json names the architecture"
+        )
         warnings.append(
-            f"no architecture table for {archs[0] or model_type or 'this checkpoint'!r} (none of "
-            f"transformers {architectures.versions().get('transformers', '?')}'s classes): module "
-            f"classes and all-linear membership of all {len(modules)} modules are guessed from "
-            "names and shapes; use analyze(..., resolve='transformers') for exact ones"
+            f"no architecture table ({what}): module classes and all-linear membership of all "
+            f"{len(modules)} modules are guessed from names and shapes; use "
+            "analyze(..., resolve='transformers') for exact ones"
         )
     elif guessed:
         guessed.sort(key=naming.natural_key)
