@@ -70,8 +70,30 @@ model = get_peft_model(model, LoraConfig(target_modules="all-linear"))
 result = len([n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)])
 """,
         ),
+        Method(
+            "lora_rank_count",
+            "trainable parameters (all-linear, r=8)",
+            "import lora_rank\nfrom lora_rank.recommend import recommend",
+            'result = recommend(lora_rank.analyze(P), "all-linear", r=8).trainable_params\n',
+        ),
+        Method(
+            "peft_count",
+            "trainable parameters (all-linear, r=8)",
+            "import torch, transformers\nfrom peft import LoraConfig, get_peft_model",
+            _META_MODEL
+            + """\
+model = get_peft_model(model, LoraConfig(target_modules="all-linear", r=8))
+result = model.get_nb_trainable_parameters()[0]
+""",
+        ),
     ]
 }
+
+#: Pairs compared against the goals of issue 13: (ours, anchor, mode).
+GOALS = (
+    ("lora_rank", "safe_open", "call"),
+    ("lora_rank_count", "peft_count", "process"),
+)
 
 DESCRIPTIONS = {
     "lora_rank": "`lora_rank.analyze(p)`: Rust header reads + shipped transformers name rules",
@@ -82,11 +104,15 @@ DESCRIPTIONS = {
     '`torch.device("meta")` + `named_modules()` filtered to `nn.Linear`',
     "peft": 'that meta model + `get_peft_model(model, LoraConfig(target_modules="all-linear"))`, '
     "count of `BaseTunerLayer`s",
+    "lora_rank_count": '`recommend(lora_rank.analyze(p), "all-linear", r=8).trainable_params`: '
+    "the exact count PEFT would train, header-only",
+    "peft_count": 'the meta model + `get_peft_model(model, LoraConfig(target_modules="all-linear", '
+    "r=8))` + `get_nb_trainable_parameters()[0]`",
 }
 
 # --quick (CI smoke run, < 1 min with the spectral smoke run): fewer torch imports; "peft"
 # builds the meta-device model too.
-QUICK = {"call": ["lora_rank", "safe_open_np", "peft"], "process": ["lora_rank"]}
+QUICK = {"call": ["lora_rank", "safe_open_np", "peft"], "process": ["lora_rank", "lora_rank_count"]}
 
 
 def run(

@@ -85,6 +85,23 @@ def _by(records: list[dict[str, Any]], ckpt: str, method: str, mode: str) -> dic
     return found[0] if found else {}
 
 
+def goals_markdown(records: list[dict[str, Any]]) -> str:
+    """The pairs of issue 13 (``inventory.GOALS``): ours next to its anchor, same run."""
+    lines = [
+        "| checkpoint | ours | anchor | mode | ours median | anchor median | ours / anchor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in dict.fromkeys(r["checkpoint"] for r in records):
+        for ours, anchor, mode in inventory.GOALS:
+            a, b = _by(records, c, ours, mode), _by(records, c, anchor, mode)
+            if a and b:
+                lines.append(
+                    f"| {c} | `{ours}` | `{anchor}` | {mode} | {_t(a['median'])} | "
+                    f"{_t(b['median'])} | {a['median'] / b['median']:.2f} |"
+                )
+    return "\n".join(lines)
+
+
 def inventory_markdown(records: list[dict[str, Any]]) -> str:
     """Headline table (ours vs the meta-device approach) then one table per checkpoint."""
     ckpts = list(dict.fromkeys(r["checkpoint"] for r in records))
@@ -181,15 +198,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def _check_agreement(records: list[dict[str, Any]]) -> list[str]:
-    """Ours and PEFT must find the same number of all-linear targets."""
+    """Ours and PEFT must find the same number of all-linear targets and count the same
+    trainable parameters."""
     problems = []
     for r in records:
-        if r["method"] == "peft":
-            ours = _by(records, r["checkpoint"], "lora_rank", r["mode"])
+        if r["method"] in ("peft", "peft_count"):
+            mine = "lora_rank" if r["method"] == "peft" else "lora_rank_count"
+            ours = _by(records, r["checkpoint"], mine, r["mode"])
             if ours and ours["result"] != r["result"]:
                 problems.append(
-                    f"{r['checkpoint']}: lora_rank finds {ours['result']} all-linear targets, "
-                    f"PEFT wraps {r['result']}"
+                    f"{r['checkpoint']} ({r['method']}): lora_rank gives {ours['result']}, "
+                    f"PEFT {r['result']}"
                 )
     return problems
 
@@ -245,6 +264,7 @@ def main() -> int:
             f"python -c pass: {_t(results['python_start']['median'])} median; 1-min load "
             f"average during the inventory runs: {min(loads):.1f}–{max(loads):.1f}"
         )
+        md += ["", goals_markdown(results["inventory"])]
         md += ["", inventory_markdown(results["inventory"])]
     if "weightwatcher" in results:
         md += ["", weightwatcher_markdown(results["weightwatcher"])]

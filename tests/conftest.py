@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from checkpoints import ARCHS, save_checkpoint
+from checkpoints import ALL_ARCHS, ARCHS, save_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,7 +36,7 @@ def checkpoint(checkpoint_root: Path) -> Callable[[str], Path]:
     def get(name: str) -> Path:
         out = checkpoint_root / name
         if not (out / "config.json").exists():
-            save_checkpoint(ARCHS[name], out)
+            save_checkpoint(ALL_ARCHS[name], out)
         return out
 
     return get

@@ -81,8 +81,9 @@ def analyze(
         modules, warns = build_modules_from_model(
             tensors, config, raw["root"], trust_remote_code=trust_remote_code
         )
+        resolution = "transformers"
     else:
-        modules, warns = build_modules(tensors, config)
+        modules, warns, resolution = build_modules(tensors, config)
     for w in warns:
         _warnings.warn(w, stacklevel=2)
     report = Report(
@@ -96,6 +97,7 @@ def analyze(
         modules=modules,
         shards=[s["path"] for s in raw["shards"]],
         resolve=resolve,
+        resolution=resolution,
         warnings=warns,
         remote_shards=remote_shards,
     )

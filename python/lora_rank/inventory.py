@@ -14,12 +14,13 @@ plus ``peft.utils.transformers_weight_conversion`` for MoE models):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import naming, taxonomy
+from . import architectures, naming, taxonomy
 from .report import Module, Tensor
 
 
@@ -55,21 +56,31 @@ def _peft_moe_tables(model_type: Optional[str]) -> Optional[dict[str, str]]:
     return mapping
 
 
+def _name_kind(g: _Group, ndim: int) -> str:
+    return "other" if g.bare else taxonomy.classify(g.name, ndim)
+
+
 def build_modules(
     tensors: list[Tensor], config: Optional[dict[str, Any]]
-) -> tuple[list[Module], list[str]]:
-    """Modules (in natural name order, independent of sharding) and warnings for ``tensors`` of a model with ``config``.
+) -> tuple[list[Module], list[str], str]:
+    """Modules (in natural name order, independent of sharding), warnings, and how they were
+    resolved (``"table"``: the generated table of the checkpoint's class or of its model type's
+    base class; ``"heuristic"``: names and shapes) for ``tensors`` of a model with ``config``.
 
     Example:
         >>> t = [Tensor("model.layers.0.self_attn.q_proj.weight", "F32", (8, 4), "m", 0, 128)]
-        >>> mods, _ = build_modules(t, {"model_type": "llama"})
+        >>> mods, _, how = build_modules(t, {"model_type": "llama"})
         >>> (mods[0].kind, mods[0].in_features, mods[0].out_features, mods[0].is_lora_target)
         ('attn_q', 4, 8, True)
+        >>> how, mods[0].module_class
+        ('table', 'Linear')
     """
     config = config or {}
     model_type = config.get("model_type")
-    architectures = config.get("architectures") or [None]
-    rules = naming.rules_for(model_type, architectures[0])
+    archs = config.get("architectures") or [None]
+    table, found_via = architectures.table_for_config(config)
+    rules = table.rules if table is not None else naming.rules_for(model_type, archs[0])
+    rename = table.runtime_name if table is not None else lambda k: naming.rename_key(k, rules)
     warnings: list[str] = []
     if rules.unsupported:
         warnings.append(
@@ -84,7 +95,7 @@ def build_modules(
     )
     fused_converter: dict[str, naming.Transform] = {}
     for t in tensors:
-        r = naming.rename_key(t.name, rules)
+        r = rename(t.name)
         if r.converter is not None and r.source_index is not None:
             fused_parts[r.runtime][r.source_index].append((t.name, t.shape))
             fused_converter[r.runtime] = r.converter
@@ -121,9 +132,45 @@ def build_modules(
     vocab = config.get("vocab_size")
     modules: list[Module] = []
     unclassified: list[str] = []
+    guessed: list[str] = []
     for g in groups.values():
         weight = g.params.get("weight") or g.params.get("bias") or ()
         ndim = len(weight)
+        exact = None
+        if table is not None:
+            leaves = [] if g.fused_param else list(g.params)
+            exact = architectures.resolve_module(
+                table,
+                g.name,
+                leaves,
+                functools.partial(_name_kind, g, ndim),
+                bare=g.bare or g.fused_param is not None,
+            )
+        if exact is not None:
+            in_f = out_f = None
+            if exact.is_linear and ndim == 2:
+                out_f, in_f = (weight[1], weight[0]) if exact.is_conv1d else weight
+            elif ndim == 3 and exact.kind.startswith("moe_expert"):
+                out_f, in_f = weight[1], weight[2]
+            modules.append(
+                Module(
+                    name=g.name,
+                    kind=exact.kind,
+                    layer=taxonomy.layer_index(g.name),
+                    in_features=in_f,
+                    out_features=out_f,
+                    shape=tuple(weight),
+                    dtype=g.dtype,
+                    params=sum(math.prod(s) for s in g.params.values()),
+                    is_lora_target=exact.is_lora_target,
+                    checkpoint_keys=tuple(g.keys),
+                    parameter=exact.parameter,
+                    num_experts=g.num_experts,
+                    module_class=exact.module_class,
+                )
+            )
+            continue
+        guessed.append(g.name)
         kind = "other" if g.bare else taxonomy.classify(g.name, ndim)
         if kind == "lm_head" and vocab and ndim == 2 and vocab not in weight:
             kind = "other_linear"
@@ -163,6 +210,26 @@ def build_modules(
             )
         )
     modules.sort(key=lambda m: naming.natural_key(m.name))
+    if table is None:
+        what = (
+            f"{archs[0] or model_type!r} is none of transformers "
+            f"{architectures.versions().get('transformers', '?')}'s classes"
+            if archs[0] or model_type
+            else "no config.json names the architecture"
+        )
+        warnings.append(
+            f"no architecture table ({what}): module classes and all-linear membership of all "
+            f"{len(modules)} modules are guessed from names and shapes; use "
+            "analyze(..., resolve='transformers') for exact ones"
+        )
+    elif guessed:
+        guessed.sort(key=naming.natural_key)
+        shown = ", ".join(guessed[:5]) + (" ..." if len(guessed) > 5 else "")
+        warnings.append(
+            f"{len(guessed)} module(s) not in the architecture table of {table.class_name} "
+            f"(found via its {found_via}), classes guessed from names and shapes: {shown}; use "
+            "analyze(..., resolve='transformers') for exact ones"
+        )
     if unclassified:
         shown = ", ".join(unclassified[:5]) + (" ..." if len(unclassified) > 5 else "")
         warnings.append(
@@ -170,4 +237,4 @@ def build_modules(
             f"(other_linear): {shown}. If they are not nn.Linear at run time, use "
             "analyze(..., resolve='transformers') for exact module classes"
         )
-    return modules, warnings
+    return modules, warnings, "table" if table is not None else "heuristic"

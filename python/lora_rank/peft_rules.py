@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -30,7 +31,7 @@ from . import inventory, naming
 from .report import Module, Report
 
 #: ``target_modules`` / ``exclude_modules``: a list (exact name or dot-suffix) or one regex.
-NameSpec = Union[str, Sequence[str], None]
+NameSpec = Union[str, Sequence[str], AbstractSet[str], None]
 
 #: PEFT's ``INCLUDE_LINEAR_LAYERS_SHORTHAND``.
 ALL_LINEAR = "all-linear"
@@ -132,7 +133,17 @@ def reach(m: Module, model_type: Optional[str]) -> Optional[Reach]:
 
 
 def _in_list(names: Iterable[str], key: str) -> bool:
-    return any(key == t or key.endswith(f".{t}") for t in names)
+    """``key`` equals an entry or ends with ``.entry``: looked up per dot-suffix of ``key``
+    (linear in the depth of ``key``, not in the length of the list)."""
+    listed = names if isinstance(names, (set, frozenset)) else set(names)
+    if key in listed:
+        return True
+    dot = key.find(".")
+    while dot != -1:
+        if key[dot + 1 :] in listed:
+            return True
+        dot = key.find(".", dot + 1)
+    return False
 
 
 def module_matches(target_modules: NameSpec, name: str) -> bool:
@@ -309,8 +320,12 @@ def applied(config: Mapping[str, Any], universe: Universe) -> dict[str, tuple[in
         tm = sorted(universe.all_linear)
 
     wrapped: list[str] = []
+    exclude = config.get("exclude_modules")
+    # Lists as sets once (the same matching rules, looked up per name suffix).
+    tm = tm if tm is None or isinstance(tm, str) else frozenset(tm)
+    exclude = exclude if exclude is None or isinstance(exclude, str) else frozenset(exclude)
     for name in universe.modules:
-        if excluded(config.get("exclude_modules"), name) or not module_matches(tm, name):
+        if excluded(exclude, name) or not module_matches(tm, name):
             continue
         if layers is not None and not isinstance(tm, str):
             idx = layer_of(name)

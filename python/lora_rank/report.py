@@ -183,7 +183,8 @@ class Module:
     checkpoint_keys: tuple[str, ...] = ()
     parameter: Optional[str] = None
     num_experts: Optional[int] = None
-    #: Class name at runtime when known (``resolve="transformers"``), else None.
+    #: Class name at runtime when known (from the architecture table or
+    #: ``resolve="transformers"``), else None.
     module_class: Optional[str] = None
     spectrum: Optional[Spectrum] = None
     #: One spectrum per expert slice, for MoE expert tensors.
@@ -232,6 +233,10 @@ class Report:
     modules: list[Module]
     shards: list[str]
     resolve: str = "rules"
+    #: How module names, classes and LoRA targets were found: ``"table"`` (the generated
+    #: architecture table of the checkpoint's class), ``"heuristic"`` (names and shapes; a
+    #: warning says so) or ``"transformers"`` (the model built on the meta device).
+    resolution: str = "heuristic"
     warnings: list[str] = field(default_factory=list)
     #: Spectral settings used, when spectra were computed.
     spectral_settings: Optional[dict[str, Any]] = None
@@ -305,6 +310,7 @@ class Report:
             "total_bytes": self.total_bytes,
             "shards": list(self.shards),
             "resolve": self.resolve,
+            "resolution": self.resolution,
             "warnings": list(self.warnings),
             "spectral_settings": self.spectral_settings,
             "tensors": [{**dataclasses.asdict(t), "shape": list(t.shape)} for t in self.tensors],

@@ -1,0 +1,402 @@
+"""Architecture tables: per transformers model class, what every runtime parameter is.
+
+``scripts/generate_architectures.py`` builds every model class of transformers' auto mappings
+on the meta device, runs PEFT's ``target_modules="all-linear"`` on it and writes, per runtime
+parameter pattern (layer and expert indices as ``#``), the owning module's class and category
+(``linear``, ``conv1d``, ``embedding``, ``norm``, ``fused_expert``, ``buffer``, ``other``) and
+whether PEFT wraps it, plus the rename mappings ``get_model_conversion_mapping`` applies to the
+class (with their sub-model scopes). The data is one JSON file per model type under
+``_data/architectures/``, read only when a checkpoint of that type is analysed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable, Optional
+
+from . import naming
+
+_INDEX = re.compile(r"\.\d+(?=\.|$)")
+#: Stands for a layer or expert index while a key is renamed once per pattern: a word
+#: character (as digits are, for ``\w`` and ``\b``) that no rule spells.
+_PLACEHOLDER = "\ua66e"
+_DIGIT_RULE = re.compile(r"\\d|\\D|[0-9]")
+
+#: Flag bits of a parameter record.
+_WRAPPED, _TARGET_PARAMETER = 1, 2
+
+
+def pattern(name: str) -> str:
+    """A runtime name with its layer and expert indices abstracted.
+
+    Example:
+        >>> pattern("model.layers.12.mlp.experts.3.w1.weight")
+        'model.layers.#.mlp.experts.#.w1.weight'
+    """
+    return _INDEX.sub(".#", name)
+
+
+@dataclass(frozen=True)
+class ParamRecord:
+    """What one runtime parameter is, as transformers builds it and PEFT wraps it."""
+
+    #: ``linear``, ``conv1d``, ``embedding``, ``norm``, ``fused_expert``, ``buffer`` or ``other``.
+    category: str
+    #: Class name of the module that owns the parameter.
+    module_class: str
+    #: PEFT's all-linear wraps the owning module (``target_modules``).
+    wrapped: bool
+    #: PEFT's all-linear wraps this parameter (``target_parameters``).
+    target_parameter: bool
+
+
+@dataclass(frozen=True)
+class ScopedTransform(naming.Transform):
+    """A transform that, like transformers' ``WeightTransform._scoped_match``, only applies under
+    its sub-model's prefix (``scope`` None: anywhere)."""
+
+    scope: Optional[str] = None
+    base_model_prefix: str = ""
+
+    def rename(self, key: str) -> tuple[str, Optional[int]]:
+        if self.scope is None:
+            return super().rename(key)
+        scope = f"{self.scope}." if self.scope else ""
+        base = f"{self.base_model_prefix}." if self.base_model_prefix else ""
+        if key.startswith(base + scope):
+            prefix = base + scope
+        elif key.startswith(scope):
+            prefix = scope
+        else:
+            return key, None
+        new, idx = super().rename(key[len(prefix) :])
+        return (prefix + new, idx) if idx is not None else (key, None)
+
+
+@dataclass(frozen=True)
+class Table:
+    """The generated table of one model class."""
+
+    class_name: str
+    model_type: str
+    base_model_prefix: str
+    #: Runtime name of the output embedding (PEFT never wraps it), if the class has one.
+    output_embedding: Optional[str]
+    records: dict[str, ParamRecord]
+    #: Patterns whose parameters differ between layers (not resolved from the table).
+    mixed: frozenset[str]
+    rules: naming.Rules
+    #: PEFT's error when all-linear could not be applied to the class, else None.
+    peft_error: Optional[str]
+    #: Checkpoint names stay as stored (no base-model prefix added or stripped): a checkpoint
+    #: resolved through its model type's base class may be of any head class.
+    keep_prefix: bool = False
+    #: Renames per key pattern (placeholders for indices); None: rename every key.
+    _renames: Optional[
+        dict[str, Optional[tuple[str, Optional[naming.Transform], Optional[int]]]]
+    ] = field(default=None, compare=False, repr=False)
+    _modules: dict[tuple[Any, ...], Optional[ResolvedModule]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def lookup(self, runtime_name: str) -> Optional[ParamRecord]:
+        """The record of a runtime parameter name, or None when the class has no such pattern.
+
+        Example:
+            >>> t = table("LlamaForCausalLM")
+            >>> t.lookup("model.layers.7.self_attn.q_proj.weight")
+            ParamRecord(category='linear', module_class='Linear', wrapped=True, target_parameter=False)
+            >>> t.lookup("lm_head.weight").wrapped
+            False
+        """
+        found = self.records.get(pattern(runtime_name))
+        prefix = self.base_model_prefix
+        if found is None and self.keep_prefix and runtime_name.startswith(f"{prefix}."):
+            found = self.records.get(pattern(runtime_name[len(prefix) + 1 :]))
+        return found
+
+    def runtime_name(self, key: str) -> naming.Renamed:
+        """Where checkpoint ``key`` goes when transformers loads it into this class (renames,
+        at most one converter, then the base-model prefix added or stripped as needed).
+
+        Example:
+            >>> table("ViTForImageClassification").runtime_name(
+            ...     "vit.encoder.layer.0.attention.attention.query.weight").runtime
+            'vit.layers.0.attention.q_proj.weight'
+        """
+        cache = self._renames
+        if cache is None:
+            return self._rename(key)
+        indices = _INDEX.findall(key)
+        abstract = _INDEX.sub("." + _PLACEHOLDER, key) if indices else key
+        if abstract in cache:
+            hit = cache[abstract]
+        else:
+            r = self._rename(abstract)
+            hit = (r.runtime, r.converter, r.source_index)
+            if r.runtime.count(_PLACEHOLDER) != len(indices):
+                hit = None  # an index dropped or added (fused experts): rename each key
+            cache[abstract] = hit
+            if hit is not None and self._fill(hit[0], indices) != self._rename(key).runtime:
+                object.__setattr__(self, "_renames", None)  # never expected; stay exact
+                return self._rename(key)
+        if hit is None:
+            return self._rename(key)
+        return naming.Renamed(key, self._fill(hit[0], indices), hit[1], hit[2])
+
+    @staticmethod
+    def _fill(name: str, indices: list[str]) -> str:
+        if not indices:
+            return name
+        parts = name.split("." + _PLACEHOLDER)
+        return parts[0] + "".join(i + p for i, p in zip(indices, parts[1:]))
+
+    def _rename(self, key: str) -> naming.Renamed:
+        r = naming.rename_key(key, self.rules)
+        prefix = self.base_model_prefix
+        if not prefix or r.converter is not None or self.keep_prefix:
+            return r
+        name = r.runtime
+        if name.startswith(prefix + ".") and self._has(name[len(prefix) + 1 :]):
+            name = name[len(prefix) + 1 :]
+        elif self._has(f"{prefix}.{name}"):
+            name = f"{prefix}.{name}"
+        return naming.Renamed(key, name, r.converter, r.source_index)
+
+    def _has(self, name: str) -> bool:
+        return pattern(name).replace("." + _PLACEHOLDER, ".#") in self.records
+
+
+def _read(name: str) -> Any:
+    path = resources.files("lora_rank").joinpath(f"_data/architectures/{name}")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=1)
+def _index() -> dict[str, Any]:
+    doc: dict[str, Any] = _read("_index.json") or {}
+    return doc
+
+
+@functools.lru_cache(maxsize=64)
+def _model_type_file(model_type: str) -> dict[str, Any]:
+    if "/" in model_type or model_type.startswith("."):
+        return {}
+    doc = _read(f"{model_type}.json")
+    return doc["classes"] if isinstance(doc, dict) else {}
+
+
+def versions() -> dict[str, str]:
+    """transformers and PEFT versions the tables were generated from.
+
+    Example:
+        >>> sorted(versions())
+        ['peft', 'transformers']
+    """
+    return dict(_index().get("versions", {}))
+
+
+def failed_classes() -> dict[str, str]:
+    """Classes of the auto mappings that could not be built, with the reason.
+
+    Example:
+        >>> all(isinstance(reason, str) for reason in failed_classes().values())
+        True
+    """
+    return dict(_index().get("failed", {}))
+
+
+def table_classes() -> list[str]:
+    """Every model class that has a table.
+
+    Example:
+        >>> "ViTForImageClassification" in table_classes()
+        True
+    """
+    return sorted(_index().get("classes", {}))
+
+
+def _rules(conversions: list[list[Any]], base_model_prefix: str) -> naming.Rules:
+    renamings: list[naming.Transform] = []
+    converters: list[naming.Transform] = []
+    unsupported: list[str] = []
+    for ident, scope in [*conversions, ["legacy", None]]:
+        transforms = naming._mapping(ident) or []
+        compiled, skipped = naming._compile(transforms)
+        unsupported.extend(skipped)
+        for t in compiled:
+            scoped = ScopedTransform(
+                t.cls, t.regex, t.source_patterns, t.target_patterns, t.operations,
+                scope=scope, base_model_prefix=base_model_prefix,
+            )  # fmt: skip
+            (converters if t.is_converter else renamings).append(scoped)
+    return naming.Rules(tuple(renamings), tuple(converters), tuple(unsupported))
+
+
+@functools.lru_cache(maxsize=64)
+def table(
+    class_name: str, model_type: Optional[str] = None, keep_prefix: bool = False
+) -> Optional[Table]:
+    """The table of ``class_name`` (None when the class has none); ``model_type`` is where to
+    look first (the class's file is found through the index otherwise); ``keep_prefix``: see
+    :attr:`Table.keep_prefix`.
+
+    Example:
+        >>> table("DebertaV2Model").lookup("encoder.rel_embeddings.weight").category
+        'embedding'
+        >>> table("NoSuchModel") is None
+        True
+    """
+    home = _index().get("classes", {}).get(class_name)
+    entry = _model_type_file(model_type).get(class_name) if model_type else None
+    if entry is None and home is not None:
+        entry, model_type = _model_type_file(home).get(class_name), home
+    if entry is None or model_type is None:
+        return None
+    kinds = _index().get("categories", [])
+    records = {
+        pat: ParamRecord(
+            kinds[cat] if isinstance(cat, int) else cat,
+            cls,
+            bool(flags & _WRAPPED),
+            bool(flags & _TARGET_PARAMETER),
+        )
+        for pat, cat, cls, flags in entry["params"]
+    }
+    prefix = entry.get("base_model_prefix") or ""
+    rules = _rules(entry["conversions"], prefix)
+    digit_free = not any(
+        _DIGIT_RULE.search(p) for t in rules.renamings + rules.converters for p in t.source_patterns
+    )
+    return Table(
+        class_name=class_name,
+        model_type=model_type,
+        base_model_prefix=prefix,
+        output_embedding=entry.get("output_embedding"),
+        records=records,
+        mixed=frozenset(entry.get("mixed", [])),
+        rules=rules,
+        peft_error=entry.get("peft_error"),
+        keep_prefix=keep_prefix,
+        _renames={} if digit_free else None,
+    )
+
+
+def table_for_config(config: Optional[dict[str, Any]]) -> tuple[Optional[Table], str]:
+    """The table a checkpoint resolves through: its ``architectures[0]`` class, else its model
+    type's base model class (checkpoint names then keep their prefix: the head class is not
+    known); with how it was found (``"class"``, ``"base class"`` or ``""``).
+
+    Example:
+        >>> t, how = table_for_config({"model_type": "vit", "architectures": ["ViTModel"]})
+        >>> t.class_name, how
+        ('ViTModel', 'class')
+        >>> table_for_config({"model_type": "vit"})[1]
+        'base class'
+    """
+    config = config or {}
+    model_type = config.get("model_type")
+    archs = config.get("architectures") or []
+    if archs and isinstance(archs[0], str):
+        found = table(archs[0], model_type)
+        if found is not None:
+            return found, "class"
+    base = _index().get("base_classes", {}).get(model_type or "")
+    if base is not None:
+        found = table(base, model_type, keep_prefix=True)
+        if found is not None:
+            return found, "base class"
+    return None, ""
+
+
+@dataclass(frozen=True)
+class ResolvedModule:
+    """One runtime module (or bare / fused parameter) as its class's table describes it."""
+
+    kind: str
+    #: ``nn.Linear`` or transformers' ``Conv1D`` at run time.
+    is_linear: bool
+    #: Conv1D (weight stored ``[in, out]``).
+    is_conv1d: bool
+    is_lora_target: bool
+    #: Full runtime parameter name when PEFT reaches it through ``target_parameters``.
+    parameter: Optional[str]
+    module_class: str
+
+
+#: Name-based kinds that a module of a non-linear class cannot have.
+_LINEAR_ONLY_KINDS_OK = ("moe_expert", "moe_router")
+
+
+def resolve_module(
+    t: Table, name: str, leaves: list[str], name_kind: Callable[[], str], *, bare: bool
+) -> Optional[ResolvedModule]:
+    """The table's answer for the module ``name`` holding parameters ``leaves`` (``weight``,
+    ``bias``; for a bare or fused parameter, ``name`` is the parameter itself); None when the
+    table has no record for it (the caller guesses, and says so). ``name_kind`` is the kind the
+    name rules give (called once per name pattern): it stays the label unless the class
+    contradicts it.
+
+    Example:
+        >>> t = table("DebertaV2Model")
+        >>> r = resolve_module(t, "encoder.rel_embeddings", ["weight"], lambda: "other_linear",
+        ...                    bare=False)
+        >>> r.kind, r.is_linear, r.is_lora_target
+        ('embedding', False, False)
+    """
+    key = (pattern(name), tuple(leaves), bare, name == t.output_embedding)
+    if key in t._modules:
+        found = t._modules[key]
+        if found is None or found.parameter is None:
+            return found
+    found = _resolve(t, name, leaves, name_kind(), bare)
+    t._modules[key] = found
+    return found
+
+
+def _resolve(
+    t: Table, name: str, leaves: list[str], name_kind: str, bare: bool
+) -> Optional[ResolvedModule]:
+    full = [name] if bare or not leaves else [f"{name}.{leaf}" for leaf in leaves]
+    if any(pattern(n) in t.mixed for n in full):
+        return None
+    records = [t.lookup(n) for n in full]
+    main = records[0] if records else None
+    if main is None and len(records) > 1:
+        main = next((r for r in records if r is not None), None)
+    if main is None:
+        return None
+    # A bias the defaults leave out (attention_bias=True) belongs to the module its weight names.
+    records = [main if r is None else r for r in records]
+    category = main.category
+    linear = category in ("linear", "conv1d")
+    kind = name_kind
+    if category == "embedding":
+        kind = "embedding"
+    elif category == "norm":
+        kind = "norm"
+    elif linear:
+        if name == t.output_embedding:
+            kind = "lm_head"
+        elif kind in ("embedding", "norm", "other", "moe_router", "lm_head"):
+            kind = "other_linear"
+    elif category == "fused_expert":
+        kind = kind if kind.startswith("moe_expert") else "other"
+    elif not kind.startswith(_LINEAR_ONLY_KINDS_OK):
+        kind = "other"
+    wrapped = any(r is not None and r.wrapped for r in records)
+    parameter = next(
+        (n for n, r in zip(full, records) if r is not None and r.target_parameter), None
+    )
+    return ResolvedModule(
+        kind=kind,
+        is_linear=linear,
+        is_conv1d=category == "conv1d",
+        is_lora_target=wrapped or parameter is not None,
+        parameter=parameter,
+        module_class=main.module_class,
+    )
