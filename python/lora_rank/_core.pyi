@@ -12,6 +12,7 @@ __all__ = [
     "UnsupportedFormatError",
     "__version__",
     "open_checkpoint",
+    "read_matrix",
     "spectra",
 ]
 
@@ -55,6 +56,17 @@ class _SpectrumDict(TypedDict):
     iterations: int
     converged: bool
 
+_AuxTuple = tuple[str, int, int, list[int], str]
+_QuantTuple = tuple[
+    str, str, int, tuple[int, int], int, _AuxTuple, Optional[_AuxTuple], Optional[_AuxTuple]
+]
+_JobTuple = tuple[str, list[tuple[int, int, int]], int, str]
+
+def read_matrix(
+    shards: list[tuple[str, int]],
+    job: _JobTuple,
+    quant: Optional[list[_QuantTuple]] = None,
+) -> bytes: ...
 def spectra(
     shards: list[tuple[str, int]],
     jobs: list[tuple[str, list[tuple[int, int, int]], int, str]],
@@ -67,4 +79,5 @@ def spectra(
     max_iter: Optional[int] = None,
     threads: Optional[int] = None,
     progress: Optional[Callable[[int, int, str], object]] = None,
+    quant: Optional[list[Optional[list[_QuantTuple]]]] = None,
 ) -> list[_SpectrumDict]: ...
