@@ -258,7 +258,9 @@ def _meta_state(spec: Spec) -> tuple[Any, dict[str, Any], int]:
     return cfg, state, model.num_parameters()
 
 
-def _fp8_state(state: dict[str, Any], block: tuple[int, int]) -> tuple[dict[str, Any], dict[str, str]]:
+def _fp8_state(
+    state: dict[str, Any], block: tuple[int, int]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """``state`` as a block-scaled FP8 checkpoint stores it: every linear weight (2-D, not the
     embeddings, ``lm_head`` or a MoE router ``mlp.gate``) in F8_E4M3, followed by its F32
     ``weight_scale_inv`` of ``[⌈out/b₀⌉, ⌈in/b₁⌉]`` (DeepSeek-V3's layout)."""

@@ -48,7 +48,7 @@ def _int_quantize(
     w: np.ndarray, bits: int, group: int, g_idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """q [out, in] ints, zeros [groups, out] ints and float16 scales [groups, out]."""
-    out_f, in_f = w.shape
+    out_f = w.shape[0]
     groups = int(g_idx.max()) + 1
     maxq = 2**bits - 1
     scales = np.zeros((groups, out_f), np.float16)
@@ -79,7 +79,7 @@ def gptq(
     w: np.ndarray, bits: int, group: int, act_order: bool, v1: bool = True, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """GPTQ tensors (qweight, qzeros, scales, g_idx) of ``w`` [out, in]."""
-    out_f, in_f = w.shape
+    in_f = w.shape[1]
     g_idx = np.arange(in_f) // group
     if act_order:
         perm = np.random.default_rng(seed).permutation(in_f)
@@ -111,7 +111,7 @@ def gptq_reference(t: dict[str, np.ndarray], bits: int, v1: bool = True) -> np.n
 
 def awq(w: np.ndarray, group: int) -> dict[str, np.ndarray]:
     """AWQ GEMM tensors (qweight, qzeros, scales) of ``w`` [out, in], 4 bits."""
-    out_f, in_f = w.shape
+    in_f = w.shape[1]
     q, zeros, scales = _int_quantize(w, 4, group, np.arange(in_f) // group)
 
     def pack_cols(v: np.ndarray) -> np.ndarray:

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lora_rank
 import numpy as np
 import pytest
 import quant_packers as qp
-
-import lora_rank
 from lora_rank import _core
 from lora_rank.spectral import _expected_sizes, _Plan
 
@@ -202,8 +201,11 @@ def _spectral_matrix(m: int, n: int, seed: int) -> np.ndarray:
 
 
 def _single_linear(tmp: Path, tensors: dict[str, Any], qc: dict[str, Any]) -> Path:
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-              "quantization_config": qc}
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "quantization_config": qc,
+    }
     return _save(tmp, tensors, config)
 
 
@@ -264,24 +266,69 @@ def _fp8_tensors() -> dict[str, Any]:
 
 
 MALFORMED: list[tuple[str, Callable[[], dict[str, Any]], dict[str, Any], type, str]] = [
-    ("fp8 scale shape", lambda: {**_fp8_tensors(), "l.weight_scale_inv": np.ones((2, 2), np.float32)},
-     FP8_QC, lora_rank.HeaderError, "'l.weight_scale_inv': shape [2, 2], but the scales of a [40, 32]"),
-    ("fp8 scales missing", lambda: {"l.weight": _fp8_tensors()["l.weight"]},
-     FP8_QC, lora_rank.HeaderError, "'l.weight': an FP8 weight without its block scales"),
-    ("fp8 per-tensor", _fp8_tensors, {"quant_method": "fp8"}, lora_rank.UnsupportedFormatError,
-     "per-tensor FP8"),
-    ("gptq 3 bits", _gptq_tensors, {**GPTQ_QC, "bits": 3}, lora_rank.UnsupportedFormatError,
-     "3-bit weights are not supported"),
-    ("gptq zeros missing", lambda: {k: v for k, v in _gptq_tensors().items() if k != "l.qzeros"},
-     GPTQ_QC, lora_rank.HeaderError, "'l.qweight': packed weights without l.qzeros"),
-    ("gptq packed size vs scales", lambda: {**_gptq_tensors(), "l.scales": np.ones((2, 40), np.float16)},
-     GPTQ_QC, lora_rank.HeaderError, "'l.scales': shape [2, 40], but the scales of a [64, 32]"),
-    ("gptq groups", lambda: {**_gptq_tensors(), "l.scales": np.ones((3, 64), np.float16)},
-     GPTQ_QC, lora_rank.HeaderError, "'l.qzeros': shape [2, 8], but the packed zero points of 3"),
-    ("gptq g_idx length", lambda: {**_gptq_tensors(), "l.g_idx": np.zeros(10, np.int32)},
-     GPTQ_QC, lora_rank.HeaderError, "'l.g_idx': shape [10], but g_idx of the input features"),
-    ("gptq marlin", _gptq_tensors, {**GPTQ_QC, "checkpoint_format": "marlin"},
-     lora_rank.UnsupportedFormatError, "checkpoint_format 'marlin' is not supported"),
+    (
+        "fp8 scale shape",
+        lambda: {**_fp8_tensors(), "l.weight_scale_inv": np.ones((2, 2), np.float32)},
+        FP8_QC,
+        lora_rank.HeaderError,
+        "'l.weight_scale_inv': shape [2, 2], but the scales of a [40, 32]",
+    ),
+    (
+        "fp8 scales missing",
+        lambda: {"l.weight": _fp8_tensors()["l.weight"]},
+        FP8_QC,
+        lora_rank.HeaderError,
+        "'l.weight': an FP8 weight without its block scales",
+    ),
+    (
+        "fp8 per-tensor",
+        _fp8_tensors,
+        {"quant_method": "fp8"},
+        lora_rank.UnsupportedFormatError,
+        "per-tensor FP8",
+    ),
+    (
+        "gptq 3 bits",
+        _gptq_tensors,
+        {**GPTQ_QC, "bits": 3},
+        lora_rank.UnsupportedFormatError,
+        "3-bit weights are not supported",
+    ),
+    (
+        "gptq zeros missing",
+        lambda: {k: v for k, v in _gptq_tensors().items() if k != "l.qzeros"},
+        GPTQ_QC,
+        lora_rank.HeaderError,
+        "'l.qweight': packed weights without l.qzeros",
+    ),
+    (
+        "gptq packed size vs scales",
+        lambda: {**_gptq_tensors(), "l.scales": np.ones((2, 40), np.float16)},
+        GPTQ_QC,
+        lora_rank.HeaderError,
+        "'l.scales': shape [2, 40], but the scales of a [64, 32]",
+    ),
+    (
+        "gptq groups",
+        lambda: {**_gptq_tensors(), "l.scales": np.ones((3, 64), np.float16)},
+        GPTQ_QC,
+        lora_rank.HeaderError,
+        "'l.qzeros': shape [2, 8], but the packed zero points of 3",
+    ),
+    (
+        "gptq g_idx length",
+        lambda: {**_gptq_tensors(), "l.g_idx": np.zeros(10, np.int32)},
+        GPTQ_QC,
+        lora_rank.HeaderError,
+        "'l.g_idx': shape [10], but g_idx of the input features",
+    ),
+    (
+        "gptq marlin",
+        _gptq_tensors,
+        {**GPTQ_QC, "checkpoint_format": "marlin"},
+        lora_rank.UnsupportedFormatError,
+        "checkpoint_format 'marlin' is not supported",
+    ),
 ]
 
 
@@ -289,7 +336,11 @@ MALFORMED: list[tuple[str, Callable[[], dict[str, Any]], dict[str, Any], type, s
     ("case", "make", "qc", "error", "message"), MALFORMED, ids=[c[0] for c in MALFORMED]
 )
 def test_malformed_quantized_checkpoints(
-    case: str, make: Callable[[], dict[str, Any]], qc: dict[str, Any], error: type, message: str,
+    case: str,
+    make: Callable[[], dict[str, Any]],
+    qc: dict[str, Any],
+    error: type,
+    message: str,
     tmp_path: Path,
 ) -> None:
     path = _single_linear(tmp_path, make(), qc)

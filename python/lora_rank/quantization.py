@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import HeaderError, UnsupportedFormatError
 from .report import Module, Quantization, Tensor
@@ -158,11 +158,15 @@ def _bad(t: Tensor, rule: str) -> HeaderError:
     return HeaderError(f"{t.shard}: quantized tensor {t.name!r}: {rule}")
 
 
-def _expect(t: Tensor, shape: tuple[int, ...], dtypes: tuple[str, ...], rule: str) -> None:
+def _expect(
+    t: Tensor, shape: tuple[int, ...], dtypes: tuple[str, ...], rule: Callable[[], str]
+) -> None:
+    """Check ``t``'s dtype and shape; ``rule()`` (built only on failure) says what it is."""
+    if t.dtype in dtypes and t.shape == shape:
+        return
     if t.dtype not in dtypes:
-        raise _bad(t, f"dtype {t.dtype}, but {rule} must be {' or '.join(dtypes)}")
-    if t.shape != shape:
-        raise _bad(t, f"shape {list(t.shape)}, but {rule} needs {list(shape)}")
+        raise _bad(t, f"dtype {t.dtype}, but {rule()} must be {' or '.join(dtypes)}")
+    raise _bad(t, f"shape {list(t.shape)}, but {rule()} needs {list(shape)}")
 
 
 def _fp8(fmt: _Format, p: str, by: dict[str, Tensor]) -> Optional[tuple[Tensor, Quantization]]:
@@ -182,9 +186,9 @@ def _fp8(fmt: _Format, p: str, by: dict[str, Tensor]) -> Optional[tuple[Tensor, 
     (out_f, in_f), (b0, b1) = w.shape, fmt.block
     _expect(
         s,
-        (math.ceil(out_f / b0), math.ceil(in_f / b1)),
+        (-(-out_f // b0), -(-in_f // b1)),
         _SCALE_DTYPES,
-        f"the scales of a {list(w.shape)} weight in {b0}x{b1} blocks",
+        lambda: f"the scales of a {list(w.shape)} weight in {b0}x{b1} blocks",
     )
     q = Quantization(
         "fp8",
@@ -227,18 +231,18 @@ def _int_packed(
             f"out_features {out_f} is not a multiple of {per_word} "
             f"({fmt.bits}-bit packed zero points)",
         )
-    _expect(sc, (groups, out_f), _SCALE_DTYPES, f"the scales of a [{out_f}, {in_f}] weight")
+    _expect(sc, (groups, out_f), _SCALE_DTYPES, lambda: f"the scales of a [{out_f}, {in_f}] weight")
     _expect(
         qz,
         (groups, out_f // per_word),
         ("I32", "U32"),
-        f"the packed zero points of {groups} group(s) of {out_f} outputs",
+        lambda: f"the packed zero points of {groups} group(s) of {out_f} outputs",
     )
     aux = [("scales", sc.name), ("zeros", qz.name)]
     gi = by.get(p + ".g_idx")
     group = fmt.block[0] if fmt.block[0] > 0 else in_f
     if gi is not None and fmt.method == "gptq":
-        _expect(gi, (in_f,), ("I32",), "g_idx of the input features")
+        _expect(gi, (in_f,), ("I32",), lambda: "g_idx of the input features")
         aux.append(("g_idx", gi.name))
     elif groups != math.ceil(in_f / group):
         raise _bad(
@@ -311,7 +315,8 @@ def logical_tensors(tensors: list[Tensor], config: Optional[dict[str, Any]], pat
         logical, q = found
         quantized[logical.name] = q
         replaced[q.weight_key] = logical
-        dropped.update(n for _, n in q.aux)
+        for _, n in q.aux:
+            dropped.add(n)
     if not quantized:
         warnings.append(f"quantization_config says {fmt.method!r}, but no tensor is quantized")
     out = [replaced.get(t.name, t) for t in tensors if t.name not in dropped]

@@ -12,6 +12,11 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   (an expert's ``gate_proj`` + ``up_proj``) is read as their row stack, an expert slice of a
   stored 3-D tensor as its contiguous block. Conv1D weights (stored ``[in, out]``) need nothing
   special: singular values do not change under transposition.
+- **Quantized weights** (FP8 block-scaled, GPTQ, AWQ; :mod:`lora_rank.quantization`): the
+  engine reads the packed panel and dequantizes it into the ``f32`` panel (FP8 × block scale;
+  int × scale − scale·zero with the group of each input row, act-order ``g_idx`` included);
+  scales and zero points are read once per matrix. GPTQ/AWQ matrices are streamed as Wᵀ
+  (their stored orientation), which has the same singular values.
 - **method="randomized"**: randomized block Krylov on WᵀW (Halko–Martinsson–Tropp; Musco &
   Musco), blocks of ``top_k + 8`` columns, every block kept; each iteration is one fused pass
   over the matrix. It stops when the estimated relative error of every top-k singular value

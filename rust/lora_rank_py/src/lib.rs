@@ -150,9 +150,7 @@ type JobTuple = (String, Vec<(usize, u64, usize)>, usize, String);
 
 fn parse_dtype(name: &str, dtype: &str) -> PyResult<Dtype> {
     Dtype::parse(dtype).ok_or_else(|| {
-        pyo3::exceptions::PyValueError::new_err(format!(
-            "tensor {name:?}: unknown dtype {dtype:?}"
-        ))
+        pyo3::exceptions::PyValueError::new_err(format!("tensor {name:?}: unknown dtype {dtype:?}"))
     })
 }
 

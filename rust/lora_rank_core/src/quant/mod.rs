@@ -172,7 +172,10 @@ fn read_floats<'f>(
         return Err(header_error(
             path,
             &aux.name,
-            format!("dtype {} where F32, F16 or BF16 scales are expected", aux.dtype.name()),
+            format!(
+                "dtype {} where F32, F16 or BF16 scales are expected",
+                aux.dtype.name()
+            ),
         ));
     }
     let bytes = read_aux(aux, open)?;
@@ -260,7 +263,11 @@ impl Dequant {
             Format::Gptq | Format::Awq => {
                 let awq = spec.format == Format::Awq;
                 let bits = spec.bits;
-                let ok_bits = if awq { bits == 4 } else { matches!(bits, 2 | 4 | 8) };
+                let ok_bits = if awq {
+                    bits == 4
+                } else {
+                    matches!(bits, 2 | 4 | 8)
+                };
                 if !ok_bits {
                     return Err(bad(format!(
                         "{bits}-bit {} packing is not supported (supported: {})",
@@ -290,7 +297,12 @@ impl Dequant {
                     return Err(bad("group size must be positive".into()));
                 }
                 let groups = spec.scales.shape.first().copied().unwrap_or(0);
-                expect_shape(path, &spec.scales, &[groups, cols], "the scales of the weight")?;
+                expect_shape(
+                    path,
+                    &spec.scales,
+                    &[groups, cols],
+                    "the scales of the weight",
+                )?;
                 let zeros = spec
                     .zeros
                     .as_ref()
@@ -305,8 +317,10 @@ impl Dequant {
                     Some(g) if !awq => {
                         expect_shape(path, g, &[rows], "g_idx of the input dim")?;
                         let words = read_words(g, open)?;
-                        if let Some((i, &v)) =
-                            words.iter().enumerate().find(|(_, &v)| v as usize >= groups)
+                        if let Some((i, &v)) = words
+                            .iter()
+                            .enumerate()
+                            .find(|(_, &v)| v as usize >= groups)
                         {
                             return Err(header_error(
                                 path,
@@ -338,12 +352,14 @@ impl Dequant {
                 let packed = read_words(zeros, open)?;
                 let mask = (1u32 << bits) - 1;
                 let zpw = cols / per_word;
+                // Column of nibble n within a word's run of per_word columns.
+                let col_of = |n: usize| if awq { AWQ_ORDER[n] } else { n };
                 let mut offset = vec![0f32; groups * cols];
                 for g in 0..groups {
                     for k in 0..zpw {
                         let w = packed[g * zpw + k];
                         for n in 0..per_word {
-                            let c = k * per_word + if awq { AWQ_ORDER[n] } else { n };
+                            let c = k * per_word + col_of(n);
                             let z = ((w >> (n as u32 * bits)) & mask) + spec.zero_offset;
                             offset[g * cols + c] = -(scale[g * cols + c] * z as f32);
                         }
@@ -381,10 +397,8 @@ impl Dequant {
                     let src = &raw[r * cols..(r + 1) * cols];
                     let dst = &mut out[r * cols..(r + 1) * cols];
                     let srow = &scale[((row0 + r) / block[0]) * scale_cols..];
-                    for ((d, s), &sc) in dst
-                        .chunks_mut(block[1])
-                        .zip(src.chunks(block[1]))
-                        .zip(srow)
+                    for ((d, s), &sc) in
+                        dst.chunks_mut(block[1]).zip(src.chunks(block[1])).zip(srow)
                     {
                         for (o, &b) in d.iter_mut().zip(s) {
                             *o = lut[b as usize] * sc;
@@ -409,7 +423,8 @@ impl Dequant {
                     let s = &scale[g * cols..(g + 1) * cols];
                     let z = &offset[g * cols..(g + 1) * cols];
                     let dst = &mut out[r * cols..(r + 1) * cols];
-                    for (((o, w), &s), &z) in dst.iter_mut().zip(words.chunks_exact(4)).zip(s).zip(z)
+                    for (((o, w), &s), &z) in
+                        dst.iter_mut().zip(words.chunks_exact(4)).zip(s).zip(z)
                     {
                         let q = (u32::from_le_bytes([w[0], w[1], w[2], w[3]]) >> shift) & mask;
                         *o = (q as f32).mul_add(s, z);
@@ -497,7 +512,12 @@ mod tests {
             .collect();
         let scales: Vec<f32> = (0..16).map(|k| 0.5 + k as f32 / 16.0).collect();
         let g_idx: Vec<u32> = vec![1, 0, 1, 0, 1, 0, 1, 0];
-        let (f, off) = file_of(&[words(&qweight), words(&zeros), halves(&scales), words(&g_idx)]);
+        let (f, off) = file_of(&[
+            words(&qweight),
+            words(&zeros),
+            halves(&scales),
+            words(&g_idx),
+        ]);
         let file = f.reopen().unwrap();
         let path = f.path().to_path_buf();
         let open = |_: usize| -> Result<(&File, &Path)> { Ok((&file, path.as_path())) };

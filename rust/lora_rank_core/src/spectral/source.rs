@@ -175,7 +175,11 @@ impl<'a> MatrixSource<'a> {
             return (self.rows() * self.cols * self.esize) as u64;
         }
         let seg_bytes = |(s, d): (&Segment<'_>, &Dequant)| s.rows.div_ceil(d.pack) * d.row_bytes;
-        self.segments.iter().zip(&self.dequant).map(seg_bytes).sum::<usize>() as u64
+        self.segments
+            .iter()
+            .zip(&self.dequant)
+            .map(seg_bytes)
+            .sum::<usize>() as u64
     }
 
     /// Split the rows into panels of at most `panel_rows` rows (panels never straddle two
