@@ -27,7 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.append(str(HERE.parent / "tests"))  # after benches/: its checkpoints.py wins
 
 from checkpoints import DATA, _spectral_matrix  # noqa: E402
 from measure import stats  # noqa: E402
