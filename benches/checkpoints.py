@@ -56,6 +56,47 @@ LLAMA3_8B = dict(
 )
 
 
+# config.json of deepseek-ai/DeepSeek-V3 (its quantization_config is added by the builder).
+DEEPSEEK_V3 = dict(
+    vocab_size=129280,
+    hidden_size=7168,
+    intermediate_size=18432,
+    moe_intermediate_size=2048,
+    num_hidden_layers=61,
+    num_attention_heads=128,
+    num_key_value_heads=128,
+    n_shared_experts=1,
+    n_routed_experts=256,
+    routed_scaling_factor=2.5,
+    kv_lora_rank=512,
+    q_lora_rank=1536,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+    qk_nope_head_dim=128,
+    n_group=8,
+    topk_group=4,
+    num_experts_per_tok=8,
+    first_k_dense_replace=3,
+    norm_topk_prob=True,
+    hidden_act="silu",
+    max_position_embeddings=163840,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    rope_parameters={
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 40.0,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "original_max_position_embeddings": 4096,
+    },
+    bos_token_id=0,
+    eos_token_id=1,
+)
+
+
 @dataclass(frozen=True)
 class Spec:
     """One benchmark model: transformers config/model classes, real config values, shard count."""
@@ -66,6 +107,9 @@ class Spec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     # Number of shards of the real hub checkpoint; the shard size is chosen to match it.
     shards: int = 1
+    # FP8 block size of a block-scaled FP8 checkpoint (DeepSeek-V3 style), else None: every
+    # linear weight is then F8_E4M3 with an F32 ``weight_scale_inv`` per block.
+    fp8_block: tuple[int, int] | None = None
 
     def key(self) -> str:
         """Stamp of everything the built files depend on."""
@@ -140,6 +184,14 @@ SPARSE: dict[str, Spec] = {
             ),
             shards=19,
         ),
+        Spec(
+            "deepseek-v3-fp8",
+            "DeepseekV3Config",
+            "DeepseekV3ForCausalLM",
+            DEEPSEEK_V3,
+            shards=163,
+            fp8_block=(128, 128),
+        ),
     ]
 }
 
@@ -176,6 +228,8 @@ class Layout:
     # shard file name -> [(tensor name, shape)] in state-dict order
     shards: dict[str, list[tuple[str, tuple[int, ...]]]]
     index: dict[str, Any] | None
+    # Tensor name -> safetensors dtype where it is not BF16 (FP8 checkpoints).
+    dtypes: dict[str, str] = field(default_factory=dict)
 
 
 def _config(spec: Spec) -> Any:
@@ -204,6 +258,36 @@ def _meta_state(spec: Spec) -> tuple[Any, dict[str, Any], int]:
     return cfg, state, model.num_parameters()
 
 
+def _fp8_state(
+    state: dict[str, Any], block: tuple[int, int]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``state`` as a block-scaled FP8 checkpoint stores it: every linear weight (2-D, not the
+    embeddings, ``lm_head`` or a MoE router ``mlp.gate``) in F8_E4M3, followed by its F32
+    ``weight_scale_inv`` of ``[⌈out/b₀⌉, ⌈in/b₁⌉]`` (DeepSeek-V3's layout)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    dtypes: dict[str, str] = {}
+    for k, v in state.items():
+        linear = (
+            k.endswith(".weight")
+            and v.dim() == 2
+            and "embed_tokens" not in k
+            and not k.startswith("lm_head")
+            and not k.endswith("mlp.gate.weight")
+        )
+        if not linear:
+            out[k] = v
+            continue
+        rows, cols = v.shape
+        out[k] = torch.empty(v.shape, dtype=torch.float8_e4m3fn, device="meta")
+        dtypes[k] = "F8_E4M3"
+        scale = (-(-rows // block[0]), -(-cols // block[1]))
+        out[k + "_scale_inv"] = torch.empty(scale, dtype=torch.float32, device="meta")
+        dtypes[k + "_scale_inv"] = "F32"
+    return out, dtypes
+
+
 def _split(state: dict[str, Any], max_shard_size: int) -> Any:
     from huggingface_hub import split_torch_state_dict_into_shards
 
@@ -228,6 +312,15 @@ def _shard_size_for(state: dict[str, Any], shards: int) -> int:
 def layout(spec: Spec, max_shard_size: int | None = None) -> Layout:
     """The files ``save_pretrained`` writes for ``spec`` in bf16, without any tensor data."""
     cfg, state, nparams = _meta_state(spec)
+    dtypes: dict[str, str] = {}
+    if spec.fp8_block is not None:
+        state, dtypes = _fp8_state(state, spec.fp8_block)
+        cfg.quantization_config = {
+            "activation_scheme": "dynamic",
+            "fmt": "e4m3",
+            "quant_method": "fp8",
+            "weight_block_size": list(spec.fp8_block),
+        }
     if max_shard_size is None:
         max_shard_size = _shard_size_for(state, spec.shards)
     split = _split(state, max_shard_size)
@@ -241,20 +334,26 @@ def layout(spec: Spec, max_shard_size: int | None = None) -> Layout:
             "metadata": {"total_parameters": nparams, **split.metadata},
             "weight_map": split.tensor_to_filename,
         }
-    return Layout(cfg, shards, index)
+    return Layout(cfg, shards, index, dtypes)
 
 
-def safetensors_header(tensors: list[tuple[str, tuple[int, ...]]], dtype: str = "BF16") -> bytes:
+def safetensors_header(
+    tensors: list[tuple[str, tuple[int, ...]]],
+    dtype: str = "BF16",
+    dtypes: dict[str, str] | None = None,
+) -> bytes:
     """Header bytes (length prefix + JSON + space padding) exactly as ``safetensors`` writes
-    them for tensors of one dtype: sorted by name, contiguous, padded to 8 bytes."""
-    itemsize = {"BF16": 2, "F16": 2, "F32": 4}[dtype]
+    them: sorted by name, contiguous, padded to 8 bytes; each tensor of ``dtype`` unless
+    ``dtypes`` names another."""
+    itemsize = {"BF16": 2, "F16": 2, "F32": 4, "F8_E4M3": 1}
     entries: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in sorted(tensors):
-        n = itemsize
+        dt = (dtypes or {}).get(name, dtype)
+        n = itemsize[dt]
         for d in shape:
             n *= d
-        entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        entries[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     text = json.dumps(entries, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
@@ -307,7 +406,7 @@ def write_sparse(lay: Layout, out: Path) -> None:
     """Write the header of every shard and extend it to its full size with a hole."""
     _write_meta_files(lay, out)
     for fname, tensors in lay.shards.items():
-        header = safetensors_header(tensors)
+        header = safetensors_header(tensors, dtypes=lay.dtypes)
         with open(out / fname, "wb") as f:
             f.write(header)
             f.truncate(len(header) + _data_size(header))

@@ -16,6 +16,7 @@ __all__ = [
     "header_length",
     "open_checkpoint",
     "parse_index",
+    "read_matrix",
     "spectra",
     "spectra_in_memory",
 ]
@@ -85,6 +86,17 @@ class _SpectrumDict(TypedDict):
     pl_alpha: float
     pl_xmin: float
 
+_AuxTuple = tuple[str, int, int, list[int], str]
+_QuantTuple = tuple[
+    str, str, int, tuple[int, int], int, _AuxTuple, Optional[_AuxTuple], Optional[_AuxTuple]
+]
+_JobTuple = tuple[str, list[tuple[int, int, int]], int, str]
+
+def read_matrix(
+    shards: list[tuple[str, int]],
+    job: _JobTuple,
+    quant: Optional[list[_QuantTuple]] = None,
+) -> bytes: ...
 def spectra(
     shards: list[tuple[str, int]],
     jobs: list[tuple[str, list[tuple[int, int, int]], int, str]],
@@ -97,6 +109,7 @@ def spectra(
     max_iter: Optional[int] = None,
     threads: Optional[int] = None,
     progress: Optional[Callable[[int, int, str], object]] = None,
+    quant: Optional[list[Optional[list[_QuantTuple]]]] = None,
 ) -> list[_SpectrumDict]: ...
 def spectra_in_memory(
     buffers: list[tuple[str, int, ByteBuffer]],

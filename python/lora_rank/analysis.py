@@ -7,6 +7,7 @@ import os
 import warnings as _warnings
 from typing import Any, Callable, Optional, Union
 
+from . import quantization
 from .errors import ConfigError
 from .inventory import build_modules
 from .report import Report, Tensor
@@ -75,15 +76,20 @@ def analyze(
         Tensor(name, dtype, tuple(shape), shard_names[shard], begin, end)
         for name, dtype, shape, shard, begin, end in raw["tensors"]
     ]
+    logical = quantization.logical_tensors(
+        tensors, config, os.path.join(raw["root"], "config.json")
+    )
     if resolve == "transformers":
         from .resolve_transformers import build_modules_from_model
 
         modules, warns = build_modules_from_model(
-            tensors, config, raw["root"], trust_remote_code=trust_remote_code
+            logical.tensors, config, raw["root"], trust_remote_code=trust_remote_code
         )
         resolution = "transformers"
     else:
-        modules, warns, resolution = build_modules(tensors, config)
+        modules, warns, resolution = build_modules(logical.tensors, config)
+    quantization.attach(modules, logical)
+    warns = logical.warnings + warns
     for w in warns:
         _warnings.warn(w, stacklevel=2)
     report = Report(
@@ -91,7 +97,7 @@ def analyze(
         model_type=(config or {}).get("model_type"),
         architectures=list((config or {}).get("architectures") or []),
         config=config,
-        total_params=sum(t.numel for t in tensors),
+        total_params=sum(t.numel for t in logical.tensors),
         total_bytes=sum(t.nbytes for t in tensors),
         tensors=tensors,
         modules=modules,
@@ -100,6 +106,7 @@ def analyze(
         resolution=resolution,
         warnings=warns,
         remote_shards=remote_shards,
+        stored_elements=quantization.stored_elements(tensors) if logical.quantized else None,
     )
     if spectral:
         from .spectral import compute_spectra

@@ -150,6 +150,50 @@ class RemoteShard:
     size: int
 
 
+@dataclass(frozen=True)
+class Quantization:
+    """How a quantized module's weight is stored (see :mod:`lora_rank.quantization`).
+
+    ``method`` is ``"fp8"`` (block-scaled), ``"gptq"`` or ``"awq"``; ``bits`` the stored
+    bits per weight; ``group_size`` the GPTQ/AWQ group along ``in_features`` (-1: one group);
+    ``block_size`` the FP8 scale block ``(rows, cols)``. ``weight_key`` is the stored weight
+    (``qweight`` or ``weight``) of ``storage_dtype`` and ``stored_shape``; ``aux`` lists the
+    auxiliary tensors by role (``scales``, ``zeros``, ``g_idx``); ``stored_elements`` counts
+    the elements of all of them as stored.
+
+    Example:
+        >>> q = Quantization("gptq", 4, 128, None, "I32", (512, 4096), "l.qweight",
+        ...                  (("scales", "l.scales"), ("zeros", "l.qzeros")), 2_392_064)
+        >>> q.aux_keys
+        ('l.scales', 'l.qzeros')
+    """
+
+    method: str
+    bits: int
+    group_size: Optional[int]
+    block_size: Optional[tuple[int, int]]
+    storage_dtype: str
+    stored_shape: tuple[int, ...]
+    weight_key: str
+    aux: tuple[tuple[str, str], ...]
+    stored_elements: int
+    #: GPTQ ``checkpoint_format`` (``"gptq"``: v1, zero points stored minus one; ``"gptq_v2"``).
+    checkpoint_format: Optional[str] = None
+
+    @property
+    def aux_keys(self) -> tuple[str, ...]:
+        """Names of the auxiliary tensors."""
+        return tuple(name for _, name in self.aux)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form."""
+        d = dataclasses.asdict(self)
+        d["stored_shape"] = list(self.stored_shape)
+        d["block_size"] = list(self.block_size) if self.block_size else None
+        d["aux"] = dict(self.aux)
+        return d
+
+
 @dataclass
 class Module:
     """A runtime module (or, for fused MoE experts, a runtime parameter) of the model.
@@ -163,6 +207,8 @@ class Module:
     ``shape`` is the runtime weight shape (``[out, in]`` for Linear, ``[in, out]`` for
     GPT-2's Conv1D, ``[experts, out, in]`` for fused experts); ``in_features`` and
     ``out_features`` are always the mathematical ones. ``params`` counts weight + bias.
+    For a quantized module, shape, features and ``params`` are the logical (dequantized) ones,
+    ``dtype`` is the storage dtype and ``quantization`` says how it is stored.
 
     Example:
         >>> m = Module("model.layers.0.mlp.up_proj", "mlp_up", 0, 16, 48, (48, 16), "BF16",
@@ -189,6 +235,8 @@ class Module:
     spectrum: Optional[Spectrum] = None
     #: One spectrum per expert slice, for MoE expert tensors.
     expert_spectra: Optional[tuple[Spectrum, ...]] = None
+    #: How the weight is stored, for quantized modules.
+    quantization: Optional[Quantization] = None
 
     @property
     def short_name(self) -> str:
@@ -200,8 +248,9 @@ class Module:
         d: dict[str, Any] = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("spectrum", "expert_spectra")
+            if f.name not in ("spectrum", "expert_spectra", "quantization")
         }
+        d["quantization"] = self.quantization.to_dict() if self.quantization else None
         d["shape"] = list(self.shape)
         d["checkpoint_keys"] = list(self.checkpoint_keys)
         d["spectrum"] = self.spectrum.to_dict() if self.spectrum else None
@@ -226,7 +275,8 @@ class Report:
     model_type: Optional[str]
     architectures: list[str]
     config: Optional[dict[str, Any]]
-    #: Sum of elements of all tensors in the files (buffers included, tied weights once).
+    #: Sum of elements of all tensors in the files (buffers included, tied weights once);
+    #: logical (dequantized) counts for quantized weights.
     total_params: int
     total_bytes: int
     tensors: list[Tensor]
@@ -242,6 +292,9 @@ class Report:
     spectral_settings: Optional[dict[str, Any]] = None
     #: For a remote checkpoint (hub repo or URL), where each of :attr:`shards` is read from.
     remote_shards: Optional[list[RemoteShard]] = None
+    #: Elements as stored when the checkpoint is quantized (packed words, scales and zero
+    #: points); ``total_params`` then counts the logical (dequantized) parameters.
+    stored_elements: Optional[int] = None
 
     # -- lookups ---------------------------------------------------------------------------
     def module(self, name: str) -> Module:
@@ -308,6 +361,7 @@ class Report:
             "config": self.config,
             "total_params": self.total_params,
             "total_bytes": self.total_bytes,
+            "stored_elements": self.stored_elements,
             "shards": list(self.shards),
             "resolve": self.resolve,
             "resolution": self.resolution,

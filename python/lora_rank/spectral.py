@@ -12,6 +12,11 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   (an expert's ``gate_proj`` + ``up_proj``) is read as their row stack, an expert slice of a
   stored 3-D tensor as its contiguous block. Conv1D weights (stored ``[in, out]``) need nothing
   special: singular values do not change under transposition.
+- **Quantized weights** (FP8 block-scaled, GPTQ, AWQ; :mod:`lora_rank.quantization`): the
+  engine reads the packed panel and dequantizes it into the ``f32`` panel (FP8 × block scale;
+  int × scale − scale·zero with the group of each input row, act-order ``g_idx`` included);
+  scales and zero points are read once per matrix. GPTQ/AWQ matrices are streamed as Wᵀ
+  (their stored orientation), which has the same singular values.
 - **method="randomized"**: randomized block Krylov on WᵀW (Halko–Martinsson–Tropp; Musco &
   Musco), blocks of ``top_k + 8`` columns, every block kept; each iteration is one fused pass
   over the matrix. It stops when the estimated relative error of every top-k singular value
@@ -72,8 +77,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
-from . import _core
-from .errors import ConfigError
+from . import _core, quantization
+from .errors import ConfigError, UnsupportedFormatError
 from .progress import ProgressCallback, progress_reporter
 from .report import Module, Report, Spectrum, Tensor
 
@@ -108,6 +113,8 @@ class _Plan:
 
     def __init__(self, report: Report) -> None:
         self.jobs: list[Job] = []
+        #: Per job: None, or one engine quantization tuple per segment.
+        self.quant: list[Optional[list[quantization.QuantTuple]]] = []
         #: (module, expert index or None) per job.
         self.targets: list[tuple[Module, Optional[int]]] = []
         self.tensors = {t.name: t for t in report.tensors}
@@ -127,11 +134,60 @@ class _Plan:
         segments = [self._segment(t, t.begin, t.shape[0]) for t in parts]
         return (name, segments, parts[0].shape[1], parts[0].dtype)
 
-    def _add(self, job: Job, module: Module, expert: Optional[int]) -> None:
+    def _add(
+        self,
+        job: Job,
+        module: Module,
+        expert: Optional[int],
+        quant: Optional[list[quantization.QuantTuple]] = None,
+    ) -> None:
         self.jobs.append(job)
         self.targets.append((module, expert))
+        self.quant.append(quant)
+
+    def _add_quantized(self, m: Module) -> None:
+        """Jobs of a quantized module: the engine dequantizes while streaming."""
+        parts = quantization.stored_parts(m, self.tensors)
+        specs = [quantization.engine_spec(q, self.tensors, self.shard_index) for q in parts]
+        if m.num_experts is None:
+            if len(parts) != 1:
+                self.warnings.append(f"{m.name}: {len(parts)} quantized weights; no spectrum")
+                return
+            (spec, rows, cols), q = specs[0], parts[0]
+            seg = self._segment(self.tensors[q.weight_key], self.tensors[q.weight_key].begin, rows)
+            self._add((q.weight_key, [seg], cols, q.storage_dtype), m, None, [spec])
+            return
+        by_expert: dict[int, list[int]] = defaultdict(list)
+        for i, q in enumerate(parts):
+            match = _EXPERT_INDEX.search(q.weight_key)
+            if match is None:
+                self.warnings.append(f"{m.name}: expert tensors not recognised; no expert spectra")
+                return
+            by_expert[int(match.group(1))].append(i)
+        for e, idx in sorted(by_expert.items()):
+            widths = {specs[i][2] for i in idx}
+            if len(widths) != 1 or (len(idx) > 1 and parts[idx[0]].method != "fp8"):
+                self.warnings.append(
+                    f"{m.name}: the quantized parts of expert {e} cannot be read as one row "
+                    "stack (GPTQ/AWQ store the transpose); no expert spectra"
+                )
+                return
+        for e, idx in sorted(by_expert.items()):
+            segs = [
+                self._segment(
+                    self.tensors[parts[i].weight_key],
+                    self.tensors[parts[i].weight_key].begin,
+                    specs[i][1],
+                )
+                for i in idx
+            ]
+            job = (f"{m.name}[{e}]", segs, specs[idx[0]][2], parts[idx[0]].storage_dtype)
+            self._add(job, m, e, [specs[i][0] for i in idx])
 
     def _add_module(self, m: Module) -> None:
+        if m.quantization is not None:
+            self._add_quantized(m)
+            return
         stored = [self.tensors[k] for k in m.checkpoint_keys if k in self.tensors]
         weights = [t for t in stored if _is_weight(t.name) and len(t.shape) in (2, 3)]
         if not weights:
@@ -279,6 +335,11 @@ def compute_spectra(
     shards = [(path, size) for path, size in zip(report.shards, sizes)]
     results: Sequence[Mapping[str, Any]]
     if report.remote_shards is not None:
+        if any(q is not None for q in plan.quant):
+            raise UnsupportedFormatError(
+                f"{report.path}: spectra of a remote quantized checkpoint are not supported "
+                "yet; analyze a local copy (the inventory works remotely)"
+            )
         from .sources.hub import remote_spectra
 
         total = sum(_job_bytes(job) for job in plan.jobs)
@@ -309,6 +370,7 @@ def compute_spectra(
                     max_iter=max_iter,
                     threads=threads,
                     progress=callback,
+                    quant=plan.quant,
                 )
             )
     experts: dict[str, dict[int, Spectrum]] = defaultdict(dict)

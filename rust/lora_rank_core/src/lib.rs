@@ -4,6 +4,7 @@
 //! - [`header`]: safetensors header parsing and validation;
 //! - [`dtype`]: dtypes and block decoding to `f32`;
 //! - [`io`]: positioned reads that turn truncation into errors, never SIGBUS;
+//! - [`quant`]: dequantization of FP8 block-scaled, GPTQ and AWQ weights while streaming;
 //! - [`spectral`]: streaming randomized / exact singular values and spectral statistics.
 //!
 //! No Python here: the `lora_rank_py` crate wraps this one.
@@ -13,6 +14,7 @@ pub mod dtype;
 pub mod error;
 pub mod header;
 pub mod io;
+pub mod quant;
 pub mod spectral;
 
 pub use checkpoint::{open, Checkpoint, Shard, TensorRef};

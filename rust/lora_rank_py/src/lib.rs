@@ -9,7 +9,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use lora_rank_core::{checkpoint, spectral, Dtype, Error};
+use lora_rank_core::{checkpoint, quant, spectral, Dtype, Error};
 
 create_exception!(
     lora_rank,
@@ -193,14 +193,124 @@ fn checkpoint_dict<'py>(
     Ok(out)
 }
 
+/// `(name, shard, offset, shape, dtype)` of an auxiliary tensor of a quantized weight.
+type AuxTuple = (String, usize, u64, Vec<usize>, String);
+/// `(format, weight name, bits, (block rows, block cols), zero offset, scales, zeros, g_idx)`.
+type QuantTuple = (
+    String,
+    String,
+    u32,
+    (usize, usize),
+    u32,
+    AuxTuple,
+    Option<AuxTuple>,
+    Option<AuxTuple>,
+);
+type JobTuple = (String, Vec<(usize, u64, usize)>, usize, String);
+
+fn parse_dtype(name: &str, dtype: &str) -> PyResult<Dtype> {
+    Dtype::parse(dtype).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!("tensor {name:?}: unknown dtype {dtype:?}"))
+    })
+}
+
+fn to_aux((name, shard, offset, shape, dtype): AuxTuple) -> PyResult<quant::AuxTensor> {
+    let dtype = parse_dtype(&name, &dtype)?;
+    Ok(quant::AuxTensor {
+        name,
+        shard,
+        offset,
+        shape,
+        dtype,
+    })
+}
+
+fn to_quant(q: QuantTuple) -> PyResult<quant::QuantSpec> {
+    let (format, weight, bits, block, zero_offset, scales, zeros, g_idx) = q;
+    let format = quant::Format::parse(&format).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "tensor {weight:?}: unknown quantization format {format:?}"
+        ))
+    })?;
+    Ok(quant::QuantSpec {
+        format,
+        weight,
+        bits,
+        block: [block.0, block.1],
+        zero_offset,
+        scales: to_aux(scales)?,
+        zeros: zeros.map(to_aux).transpose()?,
+        g_idx: g_idx.map(to_aux).transpose()?,
+    })
+}
+
+/// Engine jobs from Python tuples; `quant[i]` (when given) is job i's per-segment
+/// quantization, None for a plain matrix.
+fn to_jobs(
+    jobs: Vec<JobTuple>,
+    quant: Option<Vec<Option<Vec<QuantTuple>>>>,
+) -> PyResult<Vec<spectral::Job>> {
+    let mut quant = quant.unwrap_or_default().into_iter();
+    jobs.into_iter()
+        .map(|(name, segs, cols, dtype)| {
+            let dtype = parse_dtype(&name, &dtype)?;
+            let segments = segs
+                .into_iter()
+                .map(|(shard, offset, rows)| spectral::SegmentSpec {
+                    shard,
+                    offset,
+                    rows,
+                })
+                .collect();
+            let quant = quant
+                .next()
+                .flatten()
+                .unwrap_or_default()
+                .into_iter()
+                .map(to_quant)
+                .collect::<PyResult<Vec<_>>>()?;
+            Ok(spectral::Job {
+                name,
+                segments,
+                cols,
+                dtype,
+                quant,
+            })
+        })
+        .collect()
+}
+
+/// The decoded (dequantized for quantized weights) matrix of one job as little-endian f32
+/// bytes, row-major: a check for small matrices (tests), never used by the spectral scan.
+#[pyfunction]
+#[pyo3(signature = (shards, job, quant=None))]
+fn read_matrix<'py>(
+    py: Python<'py>,
+    shards: Vec<(std::path::PathBuf, u64)>,
+    job: JobTuple,
+    quant: Option<Vec<QuantTuple>>,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    let shards: Vec<spectral::ShardFile> = shards
+        .into_iter()
+        .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
+        .collect();
+    let job = to_jobs(vec![job], Some(vec![quant]))?.remove(0);
+    let values = py
+        .detach(|| spectral::read_matrix(&shards, &job))
+        .map_err(to_pyerr)?;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(pyo3::types::PyBytes::new(py, &bytes))
+}
+
 /// Spectral statistics of matrices streamed from safetensors shards (see `lora_rank.spectral`).
 ///
 /// `shards`: `(path, size implied by the header)`; `jobs`: `(name, [(shard, offset, rows)],
-/// cols, dtype)`. The scan runs on a worker thread with the GIL released; this thread wakes
+/// cols, dtype)`; `quant`: per job, None or one quantization tuple per segment (then rows
+/// and cols are the logical ones; see `lora_rank_core::quant`). The scan runs on a worker thread with the GIL released; this thread wakes
 /// every 100 ms to report progress and check for Ctrl-C (which cancels the scan).
 #[pyfunction]
 #[pyo3(signature = (shards, jobs, *, top_k=32, method="auto", rtol=None, seed=0, oversample=8,
-                    max_iter=None, threads=None, progress=None))]
+                    max_iter=None, threads=None, progress=None, quant=None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn spectra<'py>(
     py: Python<'py>,
@@ -214,12 +324,14 @@ fn spectra<'py>(
     max_iter: Option<usize>,
     threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
+    quant: Option<Vec<Option<Vec<QuantTuple>>>>,
 ) -> PyResult<Bound<'py, PyList>> {
     let shards: Vec<spectral::ShardFile> = shards
         .into_iter()
         .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
         .collect();
     let settings = (top_k, method, rtol, seed, oversample, max_iter);
+    let jobs = to_jobs(jobs, quant)?;
     scan(py, Shards::Files(shards), jobs, settings, threads, progress)
 }
 
@@ -287,6 +399,7 @@ fn spectra_in_memory<'py>(
         .map(|(path, start, mut buf)| (path, start, std::mem::take(&mut buf.data)))
         .collect();
     let settings = (top_k, method, rtol, seed, oversample, max_iter);
+    let jobs = to_jobs(jobs, None)?;
     scan(
         py,
         Shards::Memory(memory),
@@ -339,7 +452,7 @@ type SettingsArgs<'a> = (usize, &'a str, Option<f64>, u64, usize, Option<usize>)
 fn scan<'py>(
     py: Python<'py>,
     shards: Shards,
-    jobs: Vec<(String, Vec<(usize, u64, usize)>, usize, String)>,
+    jobs: Vec<spectral::Job>,
     (top_k, method, rtol, seed, oversample, max_iter): SettingsArgs<'_>,
     threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
@@ -357,27 +470,6 @@ fn scan<'py>(
         seed,
         oversample,
     };
-    let jobs = jobs
-        .into_iter()
-        .map(|(name, segs, cols, dtype)| {
-            let dtype = Dtype::parse(&dtype)
-                .ok_or_else(|| value_error(format!("tensor {name:?}: unknown dtype {dtype:?}")))?;
-            let segments = segs
-                .into_iter()
-                .map(|(shard, offset, rows)| spectral::SegmentSpec {
-                    shard,
-                    offset,
-                    rows,
-                })
-                .collect();
-            Ok(spectral::Job {
-                name,
-                segments,
-                cols,
-                dtype,
-            })
-        })
-        .collect::<PyResult<Vec<_>>>()?;
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
     let cancel = Arc::new(AtomicBool::new(false));
     let state = Arc::new(spectral::Progress::default());
@@ -478,5 +570,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(checkpoint_from_headers, m)?)?;
     m.add_function(wrap_pyfunction!(header_length, m)?)?;
     m.add_function(wrap_pyfunction!(parse_index, m)?)?;
+    m.add_function(wrap_pyfunction!(read_matrix, m)?)?;
     Ok(())
 }

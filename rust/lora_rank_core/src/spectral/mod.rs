@@ -32,6 +32,7 @@ use rayon::prelude::*;
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::io::ByteSource;
+use crate::quant::{Dequant, QuantSpec};
 use solver::{Outcome, SolverConfig};
 use source::{MatrixSource, Segment};
 
@@ -157,11 +158,23 @@ pub struct Job {
     pub segments: Vec<SegmentSpec>,
     pub cols: usize,
     pub dtype: Dtype,
+    /// Empty for a plain matrix; else one per segment, and `rows`/`cols` are the logical
+    /// (dequantized) ones (see [`crate::quant`]).
+    pub quant: Vec<QuantSpec>,
 }
 
 impl Job {
     pub fn rows(&self) -> usize {
         self.segments.iter().map(|s| s.rows).sum()
+    }
+
+    /// Stored bytes of segment `i`.
+    fn segment_bytes(&self, i: usize) -> u64 {
+        let rows = self.segments[i].rows;
+        match self.quant.get(i) {
+            Some(q) => q.stored_bytes(rows, self.cols),
+            None => (rows * self.cols * self.dtype.byte_size().unwrap_or(1)) as u64,
+        }
     }
 }
 
@@ -314,7 +327,18 @@ fn validate(shards: &[ShardBytes], job: &Job) -> Result<()> {
         .first()
         .and_then(|s| shards.get(s.shard))
         .map_or_else(|| PathBuf::from("<checkpoint>"), |s| s.path().to_path_buf());
-    if !job.dtype.is_decodable_float() {
+    if !job.quant.is_empty() && job.quant.len() != job.segments.len() {
+        return Err(Error::Header {
+            path: first,
+            msg: format!(
+                "tensor {:?}: {} quantization specs for {} segments",
+                job.name,
+                job.quant.len(),
+                job.segments.len()
+            ),
+        });
+    }
+    if job.quant.is_empty() && !job.dtype.is_decodable_float() {
         return Err(Error::Unsupported {
             path: first,
             msg: format!(
@@ -324,25 +348,28 @@ fn validate(shards: &[ShardBytes], job: &Job) -> Result<()> {
             ),
         });
     }
-    let esize = job.dtype.byte_size().unwrap_or(1) as u64;
-    for s in &job.segments {
-        let shard = shards.get(s.shard).ok_or_else(|| Error::Header {
+    let aux = job.quant.iter().flat_map(|q| q.aux());
+    let ranges = job
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (job.name.as_str(), s.shard, s.offset, job.segment_bytes(i)))
+        .chain(aux.map(|a| (a.name.as_str(), a.shard, a.offset, a.nbytes())));
+    for (name, index, offset, len) in ranges {
+        let shard = shards.get(index).ok_or_else(|| Error::Header {
             path: first.clone(),
             msg: format!(
-                "tensor {:?} refers to shard {} of {}",
-                job.name,
-                s.shard,
+                "tensor {name:?} refers to shard {index} of {}",
                 shards.len()
             ),
         })?;
-        let end = s.offset + s.rows as u64 * job.cols as u64 * esize;
+        let end = offset + len;
         let (lo, hi) = shard.range();
-        if end > hi || s.offset < lo {
+        if end > hi || offset < lo {
             return Err(Error::Header {
                 path: shard.path().to_path_buf(),
                 msg: format!(
-                    "tensor {:?} (bytes {}..{end}) is outside bytes {lo}..{hi} of the file",
-                    job.name, s.offset
+                    "tensor {name:?} (bytes {offset}..{end}) is outside bytes {lo}..{hi} of the file"
                 ),
             });
         }
@@ -386,23 +413,16 @@ fn run_job(
     cancel: &AtomicBool,
 ) -> Result<Spectrum> {
     let shard_of = |i: usize| files[i].as_ref().expect("shards of jobs are open");
-    for s in &job.segments {
-        shard_of(s.shard).check_unchanged(&job.name)?;
-    }
-    let segments = job
+    let read_shards = job
         .segments
         .iter()
-        .map(|s| {
-            let f = shard_of(s.shard);
-            Segment {
-                bytes: f.bytes(),
-                path: &f.path,
-                offset: s.offset,
-                rows: s.rows,
-            }
-        })
-        .collect();
-    let src = MatrixSource::new(segments, job.cols, job.dtype);
+        .map(|s| s.shard)
+        .chain(job.quant.iter().flat_map(|q| q.aux()).map(|a| a.shard))
+        .collect::<Vec<_>>();
+    for &i in &read_shards {
+        shard_of(i).check_unchanged(&job.name)?;
+    }
+    let src = matrix_source(files, job)?;
     let (rows, cols) = (src.rows(), job.cols);
     let method = resolve_method(settings, rows, cols);
     let cfg = SolverConfig {
@@ -434,8 +454,8 @@ fn run_job(
     } else {
         solver::randomized(&src, &cfg, cancel)?
     };
-    for s in &job.segments {
-        shard_of(s.shard).check_unchanged(&job.name)?;
+    for &i in &read_shards {
+        shard_of(i).check_unchanged(&job.name)?;
     }
     Ok(summarize(outcome, settings.top_k, rows, cols, method))
 }
@@ -508,6 +528,73 @@ fn summarize(o: Outcome, top_k: usize, rows: usize, cols: usize, method: Method)
     }
 }
 
+/// The streaming source of `job` over the open shards (quantized segments get their
+/// auxiliary tensors read and checked here).
+fn matrix_source<'a>(files: &'a [Option<OpenShard<'a>>], job: &Job) -> Result<MatrixSource<'a>> {
+    let shard_of = |i: usize| files[i].as_ref().expect("shards of jobs are open");
+    let segments = job
+        .segments
+        .iter()
+        .map(|s| {
+            let f = shard_of(s.shard);
+            Segment {
+                bytes: f.bytes(),
+                path: &f.path,
+                offset: s.offset,
+                rows: s.rows,
+            }
+        })
+        .collect();
+    Ok(if job.quant.is_empty() {
+        MatrixSource::new(segments, job.cols, job.dtype)
+    } else {
+        let open = |i: usize| -> Result<(ByteSource<'a>, &'a Path)> {
+            let f = shard_of(i);
+            Ok((f.bytes(), f.path.as_path()))
+        };
+        let dequant = job
+            .quant
+            .iter()
+            .zip(&job.segments)
+            .map(|(q, s)| Dequant::load(q, s.rows, job.cols, job.dtype, &open))
+            .collect::<Result<Vec<_>>>()?;
+        MatrixSource::quantized(segments, job.cols, job.dtype, dequant)
+    })
+}
+
+/// The whole decoded (dequantized) matrix of `job`, row-major: for tests and checks of
+/// small matrices only (it is the one full copy the spectral path never makes).
+pub fn read_matrix(shards: &[ShardFile], job: &Job) -> Result<Vec<f32>> {
+    let shards: Vec<ShardBytes> = shards.iter().map(ShardBytes::File).collect();
+    validate(&shards, job)?;
+    let files = open_used(&shards, std::slice::from_ref(job))?;
+    let src = matrix_source(&files, job)?;
+    let mut out = vec![0f32; src.rows() * src.cols];
+    let mut scratch = source::Scratch::default();
+    let mut row = 0;
+    for p in src.panels(PANEL_ELEMENTS / src.cols.max(1)) {
+        src.read_panel(p, &mut scratch, &mut out[row * src.cols..], None)?;
+        row += p.rows;
+    }
+    Ok(out)
+}
+
+/// The shards `jobs` read (segments and auxiliary tensors), opened and size-checked.
+fn open_used<'a>(shards: &[ShardBytes<'a>], jobs: &[Job]) -> Result<Vec<Option<OpenShard<'a>>>> {
+    let mut used = vec![false; shards.len()];
+    for s in jobs.iter().flat_map(|j| &j.segments) {
+        used[s.shard] = true;
+    }
+    for a in jobs.iter().flat_map(|j| &j.quant).flat_map(|q| q.aux()) {
+        used[a.shard] = true;
+    }
+    shards
+        .iter()
+        .zip(&used)
+        .map(|(s, &u)| u.then(|| OpenShard::open(*s)).transpose())
+        .collect()
+}
+
 /// Spectra of every job, in order, on the current rayon pool. Checks each shard's size
 /// against its header first and its (size, mtime) before and after every matrix
 /// ([`Error::Changed`]); stops with [`Error::Interrupted`] soon after `cancel` is set.
@@ -534,24 +621,15 @@ pub fn compute_from(
     for job in jobs {
         validate(shards, job)?;
     }
-    let mut used = vec![false; shards.len()];
-    for s in jobs.iter().flat_map(|j| &j.segments) {
-        used[s.shard] = true;
-    }
-    let files: Vec<Option<OpenShard>> = shards
-        .iter()
-        .zip(&used)
-        .map(|(&s, &u)| u.then(|| OpenShard::open(s)).transpose())
-        .collect::<Result<_>>()?;
+    let files = open_used(shards, jobs)?;
     let threads = rayon::current_num_threads();
     // Parallelism comes from our own panel groups and job batches; faer's small dense kernels
     // (QR of a block, Rayleigh–Ritz) run sequentially inside them instead of contending.
     faer::set_global_parallelism(Par::Seq);
     let advise = |job: &Job, advice: libc::c_int| {
-        let esize = job.dtype.byte_size().unwrap_or(1);
-        for s in &job.segments {
+        for (i, s) in job.segments.iter().enumerate() {
             if let Some(f) = &files[s.shard] {
-                f.advise(s.offset, (s.rows * job.cols * esize) as u64, advice);
+                f.advise(s.offset, job.segment_bytes(i), advice);
             }
         }
     };
@@ -665,6 +743,7 @@ mod tests {
             }],
             cols,
             dtype: Dtype::F32,
+            quant: Vec::new(),
         }
     }
 
@@ -734,6 +813,7 @@ mod tests {
             ],
             cols: 90,
             dtype: Dtype::F32,
+            quant: Vec::new(),
         };
         let sp = &run(&file, &[j], &Settings::default()).unwrap()[0];
         assert_eq!(sp.method, Method::Exact);

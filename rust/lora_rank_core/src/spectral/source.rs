@@ -14,6 +14,7 @@ use half::slice::HalfFloatSliceExt;
 use crate::dtype::{decode_into, Dtype};
 use crate::error::Result;
 use crate::io::ByteSource;
+use crate::quant::Dequant;
 
 /// A contiguous run of `rows` full rows starting at byte `offset` of a shard.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +126,9 @@ pub struct MatrixSource<'a> {
     pub dtype: Dtype,
     /// Bytes per element.
     esize: usize,
+    /// One per segment for a quantized matrix (rows and cols are then the logical ones),
+    /// else empty.
+    dequant: Vec<Dequant>,
 }
 
 impl<'a> MatrixSource<'a> {
@@ -138,6 +142,24 @@ impl<'a> MatrixSource<'a> {
             cols,
             dtype,
             esize,
+            dequant: Vec::new(),
+        }
+    }
+
+    /// A quantized matrix: segment `i` is dequantized by `dequant[i]` (see [`crate::quant`]).
+    pub fn quantized(
+        segments: Vec<Segment<'a>>,
+        cols: usize,
+        dtype: Dtype,
+        dequant: Vec<Dequant>,
+    ) -> Self {
+        assert_eq!(segments.len(), dequant.len());
+        MatrixSource {
+            segments,
+            cols,
+            dtype,
+            esize: 1,
+            dequant,
         }
     }
 
@@ -148,15 +170,25 @@ impl<'a> MatrixSource<'a> {
 
     /// Number of stored bytes.
     pub fn nbytes(&self) -> u64 {
-        (self.rows() * self.cols * self.esize) as u64
+        if self.dequant.is_empty() {
+            return (self.rows() * self.cols * self.esize) as u64;
+        }
+        let seg_bytes = |(s, d): (&Segment<'_>, &Dequant)| s.rows.div_ceil(d.pack) * d.row_bytes;
+        self.segments
+            .iter()
+            .zip(&self.dequant)
+            .map(seg_bytes)
+            .sum::<usize>() as u64
     }
 
     /// Split the rows into panels of at most `panel_rows` rows (panels never straddle two
     /// segments).
     pub fn panels(&self, panel_rows: usize) -> Vec<Panel> {
-        let r = panel_rows.max(1);
         let mut out = Vec::new();
         for (segment, seg) in self.segments.iter().enumerate() {
+            // Quantized panels start on a stored row (GPTQ packs several logical rows in one).
+            let pack = self.dequant.get(segment).map_or(1, |d| d.pack);
+            let r = panel_rows.max(1).next_multiple_of(pack);
             let mut row0 = 0;
             while row0 < seg.rows {
                 let rows = r.min(seg.rows - row0);
@@ -181,6 +213,18 @@ impl<'a> MatrixSource<'a> {
         stats: Option<&mut ElementStats>,
     ) -> Result<()> {
         let seg = &self.segments[panel.segment];
+        if let Some(d) = self.dequant.get(panel.segment) {
+            let len = panel.rows.div_ceil(d.pack) * d.row_bytes;
+            let offset = seg.offset + ((panel.row0 / d.pack) * d.row_bytes) as u64;
+            seg.bytes
+                .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
+            let out = &mut out[..panel.rows * self.cols];
+            d.decode(scratch.bytes(len), panel.row0, panel.rows, out);
+            if let Some(s) = stats {
+                s.add(out);
+            }
+            return Ok(());
+        }
         let row_bytes = self.cols * self.esize;
         let len = panel.rows * row_bytes;
         let offset = seg.offset + (panel.row0 * row_bytes) as u64;
@@ -208,7 +252,8 @@ impl<'a> MatrixSource<'a> {
         let row_bytes = self.cols * self.esize;
         let len = panel.rows * row_bytes;
         let offset = seg.offset + (panel.row0 * row_bytes) as u64;
-        read_exact_at(seg.file, scratch.bytes_mut(len), offset, seg.path)?;
+        seg.bytes
+                .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
         let n = panel.rows * self.cols;
         if let Some(s) = stats {
             decoded.resize(n, 0.0);
@@ -229,6 +274,9 @@ impl<'a> MatrixSource<'a> {
         mut stats: Option<&mut ElementStats>,
     ) -> Result<()> {
         let width = c1 - c0;
+        if !self.dequant.is_empty() {
+            return self.read_quantized_columns(c0, c1, scratch, out, stats);
+        }
         let row_bytes = self.cols * self.esize;
         let len = width * self.esize;
         let mut row = 0;
@@ -244,6 +292,34 @@ impl<'a> MatrixSource<'a> {
                 }
                 row += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// [`MatrixSource::read_columns`] of a quantized matrix: whole stored rows are read and
+    /// dequantized a few at a time, and the columns kept (packed words span columns).
+    fn read_quantized_columns(
+        &self,
+        c0: usize,
+        c1: usize,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+        mut stats: Option<&mut ElementStats>,
+    ) -> Result<()> {
+        let width = c1 - c0;
+        let rows = (super::PANEL_ELEMENTS / self.cols.max(1)).max(1);
+        let mut full = vec![0f32; rows.next_multiple_of(32) * self.cols];
+        let mut row = 0;
+        for p in self.panels(rows) {
+            self.read_panel(p, scratch, &mut full, None)?;
+            for r in 0..p.rows {
+                let dst = &mut out[(row + r) * width..(row + r + 1) * width];
+                dst.copy_from_slice(&full[r * self.cols + c0..r * self.cols + c1]);
+                if let Some(s) = stats.as_deref_mut() {
+                    s.add(dst);
+                }
+            }
+            row += p.rows;
         }
         Ok(())
     }

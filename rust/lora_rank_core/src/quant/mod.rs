@@ -1,0 +1,623 @@
+//! Dequantization of quantized linear weights, panel by panel, while streaming.
+//!
+//! A quantized weight is read in its stored layout and turned into `f32` rows of its *logical*
+//! matrix; the auxiliary tensors (scales, zero points, `g_idx`) are small (1/128 of the
+//! weight or less) and are read whole once per matrix. Never a full dequantized copy.
+//!
+//! Formats (the logical matrix streamed is given per format; singular values do not depend
+//! on the orientation):
+//! - [`Format::Fp8Block`] (DeepSeek-V3 / transformers `FineGrainedFP8`): `weight` F8_E4M3 or
+//!   F8_E5M2 `[out, in]`, `weight_scale_inv` F32/BF16/F16 `[⌈out/b₀⌉, ⌈in/b₁⌉]`;
+//!   W\[i, j\] = w\[i, j\] · s\[i / b₀, j / b₁\] (partial last blocks allowed). Streamed as
+//!   `[out, in]`.
+//! - [`Format::Gptq`]: `qweight` I32 `[in·bits/32, out]` (32/bits values per word along the
+//!   input dim, lowest bits first), `qzeros` I32 `[groups, out·bits/32]` (packed along out),
+//!   `scales` F16 `[groups, out]`, optional `g_idx` I32 `[in]` (act-order);
+//!   W\[j, i\] = s\[g, j\] · (q\[i, j\] − (z\[g, j\] + zero_offset)) with g = g_idx\[i\] or
+//!   i / group. `zero_offset` is 1 for GPTQ v1 checkpoints (they store z − 1), 0 for v2.
+//!   Streamed as Wᵀ `[in, out]`.
+//! - [`Format::Awq`] (AutoAWQ GEMM): `qweight` I32 `[in, out/8]`, `qzeros` I32
+//!   `[groups, out/8]`, `scales` F16 `[groups, out]`; nibble n of a word holds column
+//!   8k + [`AWQ_ORDER`]\[n\]; W\[j, i\] = s\[g, j\] · (q − z), g = i / group. Streamed as Wᵀ.
+
+use std::path::Path;
+
+use crate::dtype::{decode_into, f8_e4m3_to_f32, f8_e5m2_to_f32, Dtype};
+use crate::error::{Error, Result};
+use crate::io::ByteSource;
+
+/// AutoAWQ's packing order: nibble `n` of a packed word holds column `8k + AWQ_ORDER[n]`.
+pub const AWQ_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
+/// A quantization format the solver can dequantize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Fp8Block,
+    Gptq,
+    Awq,
+}
+
+impl Format {
+    /// Parse `"fp8_block"`, `"gptq"` or `"awq"`.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "fp8_block" => Some(Format::Fp8Block),
+            "gptq" => Some(Format::Gptq),
+            "awq" => Some(Format::Awq),
+            _ => None,
+        }
+    }
+}
+
+/// One auxiliary tensor (scales, zero points, `g_idx`) at an absolute byte offset of a shard.
+#[derive(Debug, Clone)]
+pub struct AuxTensor {
+    pub name: String,
+    pub shard: usize,
+    pub offset: u64,
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+}
+
+impl AuxTensor {
+    /// Bytes of data.
+    pub fn nbytes(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64 * self.dtype.bits() / 8
+    }
+}
+
+/// How one stored segment of a matrix is quantized.
+#[derive(Debug, Clone)]
+pub struct QuantSpec {
+    pub format: Format,
+    /// Name of the stored (packed) weight tensor, for messages.
+    pub weight: String,
+    pub bits: u32,
+    /// FP8: the block `[rows, cols]`; GPTQ/AWQ: `[group size along the input dim, 0]`.
+    pub block: [usize; 2],
+    /// Added to the stored zero point (GPTQ v1: 1).
+    pub zero_offset: u32,
+    pub scales: AuxTensor,
+    pub zeros: Option<AuxTensor>,
+    pub g_idx: Option<AuxTensor>,
+}
+
+impl QuantSpec {
+    /// Logical rows held by one stored row.
+    pub fn pack(&self) -> usize {
+        match self.format {
+            Format::Gptq => (32 / self.bits.max(1)) as usize,
+            _ => 1,
+        }
+    }
+
+    /// Bytes of one stored row of a matrix with `cols` logical columns.
+    pub fn stored_row_bytes(&self, cols: usize) -> usize {
+        match self.format {
+            Format::Fp8Block => cols,
+            Format::Gptq => cols * 4,
+            Format::Awq => cols * self.bits as usize / 8,
+        }
+    }
+
+    /// Bytes of the stored weight holding `rows` logical rows.
+    pub fn stored_bytes(&self, rows: usize, cols: usize) -> u64 {
+        (rows.div_ceil(self.pack()) * self.stored_row_bytes(cols)) as u64
+    }
+
+    /// The auxiliary tensors.
+    pub fn aux(&self) -> impl Iterator<Item = &AuxTensor> {
+        std::iter::once(&self.scales)
+            .chain(self.zeros.as_ref())
+            .chain(self.g_idx.as_ref())
+    }
+}
+
+/// A quantized segment ready to dequantize: the auxiliary tensors decoded.
+#[derive(Debug, Clone)]
+pub struct Dequant {
+    /// Logical rows per stored row.
+    pub pack: usize,
+    /// Bytes per stored row.
+    pub row_bytes: usize,
+    cols: usize,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Fp8 {
+        lut: Box<[f32; 256]>,
+        scale: Vec<f32>,
+        scale_cols: usize,
+        block: [usize; 2],
+    },
+    Int {
+        bits: u32,
+        awq: bool,
+        /// `[groups, cols]`, columns in logical order.
+        scale: Vec<f32>,
+        /// −scale·zero, `[groups, cols]`.
+        offset: Vec<f32>,
+        /// Group of each logical row.
+        group: Vec<u32>,
+    },
+}
+
+fn header_error(path: &Path, tensor: &str, rule: String) -> Error {
+    Error::Header {
+        path: path.to_path_buf(),
+        msg: format!("quantized tensor {tensor:?}: {rule}"),
+    }
+}
+
+/// Read a whole auxiliary tensor's bytes.
+fn read_aux<'f>(
+    aux: &AuxTensor,
+    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+) -> Result<Vec<u8>> {
+    let (file, path) = open(aux.shard)?;
+    let mut buf = vec![0u8; aux.nbytes() as usize];
+    file.read_exact_at(&mut buf, aux.offset, path)?;
+    Ok(buf)
+}
+
+fn read_floats<'f>(
+    aux: &AuxTensor,
+    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+) -> Result<Vec<f32>> {
+    let (_, path) = open(aux.shard)?;
+    if !matches!(aux.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return Err(header_error(
+            path,
+            &aux.name,
+            format!(
+                "dtype {} where F32, F16 or BF16 scales are expected",
+                aux.dtype.name()
+            ),
+        ));
+    }
+    let bytes = read_aux(aux, open)?;
+    let mut out = vec![0f32; aux.shape.iter().product()];
+    decode_into(aux.dtype, &bytes, &mut out);
+    Ok(out)
+}
+
+fn read_words<'f>(
+    aux: &AuxTensor,
+    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+) -> Result<Vec<u32>> {
+    let (_, path) = open(aux.shard)?;
+    if !matches!(aux.dtype, Dtype::I32 | Dtype::U32) {
+        return Err(header_error(
+            path,
+            &aux.name,
+            format!("dtype {} where I32 is expected", aux.dtype.name()),
+        ));
+    }
+    let bytes = read_aux(aux, open)?;
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn expect_shape(path: &Path, aux: &AuxTensor, want: &[usize], rule: &str) -> Result<()> {
+    if aux.shape != want {
+        return Err(header_error(
+            path,
+            &aux.name,
+            format!("shape {:?}, but {rule} needs {want:?}", aux.shape),
+        ));
+    }
+    Ok(())
+}
+
+impl Dequant {
+    /// Check `spec` against the logical `rows × cols` matrix stored as `dtype` and read its
+    /// auxiliary tensors through `open(shard) → (file, path)`.
+    pub fn load<'f>(
+        spec: &QuantSpec,
+        rows: usize,
+        cols: usize,
+        dtype: Dtype,
+        open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+    ) -> Result<Dequant> {
+        let (_, path) = open(spec.scales.shard)?;
+        let bad = |rule: String| header_error(path, &spec.weight, rule);
+        let kind = match spec.format {
+            Format::Fp8Block => {
+                let decode: fn(u8) -> f32 = match dtype {
+                    Dtype::F8_E4M3 => f8_e4m3_to_f32,
+                    Dtype::F8_E5M2 => f8_e5m2_to_f32,
+                    other => {
+                        return Err(bad(format!(
+                            "FP8 block-scaled weights must be F8_E4M3 or F8_E5M2, not {}",
+                            other.name()
+                        )))
+                    }
+                };
+                let [br, bc] = spec.block;
+                if br == 0 || bc == 0 {
+                    return Err(bad(format!("block size {br}×{bc} must be positive")));
+                }
+                let want = [rows.div_ceil(br), cols.div_ceil(bc)];
+                expect_shape(
+                    path,
+                    &spec.scales,
+                    &want,
+                    &format!("a [{rows}, {cols}] weight in {br}×{bc} blocks"),
+                )?;
+                let mut lut = Box::new([0f32; 256]);
+                for (b, v) in lut.iter_mut().enumerate() {
+                    *v = decode(b as u8);
+                }
+                Kind::Fp8 {
+                    lut,
+                    scale: read_floats(&spec.scales, open)?,
+                    scale_cols: want[1],
+                    block: spec.block,
+                }
+            }
+            Format::Gptq | Format::Awq => {
+                let awq = spec.format == Format::Awq;
+                let bits = spec.bits;
+                let ok_bits = if awq {
+                    bits == 4
+                } else {
+                    matches!(bits, 2 | 4 | 8)
+                };
+                if !ok_bits {
+                    return Err(bad(format!(
+                        "{bits}-bit {} packing is not supported (supported: {})",
+                        if awq { "AWQ" } else { "GPTQ" },
+                        if awq { "4" } else { "2, 4, 8" }
+                    )));
+                }
+                if !matches!(dtype, Dtype::I32 | Dtype::U32) {
+                    return Err(bad(format!(
+                        "packed weights must be I32, not {}",
+                        dtype.name()
+                    )));
+                }
+                let per_word = (32 / bits) as usize;
+                if !awq && rows % per_word != 0 {
+                    return Err(bad(format!(
+                        "in_features {rows} is not a multiple of {per_word} ({bits}-bit packing)"
+                    )));
+                }
+                if cols % per_word != 0 {
+                    return Err(bad(format!(
+                        "out_features {cols} is not a multiple of {per_word} (packed zero points)"
+                    )));
+                }
+                let group = spec.block[0];
+                if group == 0 {
+                    return Err(bad("group size must be positive".into()));
+                }
+                let groups = spec.scales.shape.first().copied().unwrap_or(0);
+                expect_shape(
+                    path,
+                    &spec.scales,
+                    &[groups, cols],
+                    "the scales of the weight",
+                )?;
+                let zeros = spec
+                    .zeros
+                    .as_ref()
+                    .ok_or_else(|| bad("zero points (qzeros) are missing".into()))?;
+                expect_shape(
+                    path,
+                    zeros,
+                    &[groups, cols / per_word],
+                    "packed zero points of the scales' groups",
+                )?;
+                let group_of: Vec<u32> = match &spec.g_idx {
+                    Some(g) if !awq => {
+                        expect_shape(path, g, &[rows], "g_idx of the input dim")?;
+                        let words = read_words(g, open)?;
+                        if let Some((i, &v)) = words
+                            .iter()
+                            .enumerate()
+                            .find(|(_, &v)| v as usize >= groups)
+                        {
+                            return Err(header_error(
+                                path,
+                                &g.name,
+                                format!(
+                                    "g_idx[{i}] = {} is not a group index below {groups}",
+                                    v as i32
+                                ),
+                            ));
+                        }
+                        words
+                    }
+                    _ => {
+                        if groups != rows.div_ceil(group) {
+                            return Err(header_error(
+                                path,
+                                &spec.scales.name,
+                                format!(
+                                    "{groups} groups, but {rows} input features in groups of \
+                                     {group} make {}",
+                                    rows.div_ceil(group)
+                                ),
+                            ));
+                        }
+                        (0..rows).map(|i| (i / group) as u32).collect()
+                    }
+                };
+                let scale = read_floats(&spec.scales, open)?;
+                let packed = read_words(zeros, open)?;
+                let mask = (1u32 << bits) - 1;
+                let zpw = cols / per_word;
+                // Column of nibble n within a word's run of per_word columns.
+                let col_of = |n: usize| if awq { AWQ_ORDER[n] } else { n };
+                let mut offset = vec![0f32; groups * cols];
+                for g in 0..groups {
+                    for k in 0..zpw {
+                        let w = packed[g * zpw + k];
+                        for n in 0..per_word {
+                            let c = k * per_word + col_of(n);
+                            let z = ((w >> (n as u32 * bits)) & mask) + spec.zero_offset;
+                            offset[g * cols + c] = -(scale[g * cols + c] * z as f32);
+                        }
+                    }
+                }
+                Kind::Int {
+                    bits,
+                    awq,
+                    scale,
+                    offset,
+                    group: group_of,
+                }
+            }
+        };
+        Ok(Dequant {
+            pack: spec.pack(),
+            row_bytes: spec.stored_row_bytes(cols),
+            cols,
+            kind,
+        })
+    }
+
+    /// Dequantize logical rows `row0..row0 + rows` (`row0` a multiple of [`Dequant::pack`])
+    /// from `raw`, the stored rows holding them, into `out[..rows * cols]` (row-major).
+    pub fn decode(&self, raw: &[u8], row0: usize, rows: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        match &self.kind {
+            Kind::Fp8 {
+                lut,
+                scale,
+                scale_cols,
+                block,
+            } => {
+                for r in 0..rows {
+                    let src = &raw[r * cols..(r + 1) * cols];
+                    let dst = &mut out[r * cols..(r + 1) * cols];
+                    let srow = &scale[((row0 + r) / block[0]) * scale_cols..];
+                    for ((d, s), &sc) in
+                        dst.chunks_mut(block[1]).zip(src.chunks(block[1])).zip(srow)
+                    {
+                        for (o, &b) in d.iter_mut().zip(s) {
+                            *o = lut[b as usize] * sc;
+                        }
+                    }
+                }
+            }
+            Kind::Int {
+                bits,
+                awq: false,
+                scale,
+                offset,
+                group,
+            } => {
+                let pack = self.pack;
+                let mask = (1u32 << bits) - 1;
+                for r in 0..rows {
+                    let i = row0 + r;
+                    let words = &raw[(r / pack) * self.row_bytes..][..self.row_bytes];
+                    let shift = ((i % pack) as u32) * bits;
+                    let g = group[i] as usize;
+                    let s = &scale[g * cols..(g + 1) * cols];
+                    let z = &offset[g * cols..(g + 1) * cols];
+                    let dst = &mut out[r * cols..(r + 1) * cols];
+                    for (((o, w), &s), &z) in
+                        dst.iter_mut().zip(words.chunks_exact(4)).zip(s).zip(z)
+                    {
+                        let q = (u32::from_le_bytes([w[0], w[1], w[2], w[3]]) >> shift) & mask;
+                        *o = (q as f32).mul_add(s, z);
+                    }
+                }
+            }
+            Kind::Int {
+                awq: true,
+                scale,
+                offset,
+                group,
+                ..
+            } => {
+                for r in 0..rows {
+                    let i = row0 + r;
+                    let words = &raw[r * self.row_bytes..(r + 1) * self.row_bytes];
+                    let g = group[i] as usize;
+                    let s = &scale[g * cols..(g + 1) * cols];
+                    let z = &offset[g * cols..(g + 1) * cols];
+                    let dst = &mut out[r * cols..(r + 1) * cols];
+                    for (k, w) in words.chunks_exact(4).enumerate() {
+                        let w = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                        for (n, &c) in AWQ_ORDER.iter().enumerate() {
+                            let q = (w >> (4 * n as u32)) & 15;
+                            let c = 8 * k + c;
+                            dst[c] = (q as f32).mul_add(s[c], z[c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn aux(name: &str, offset: u64, shape: &[usize], dtype: Dtype) -> AuxTensor {
+        AuxTensor {
+            name: name.into(),
+            shard: 0,
+            offset,
+            shape: shape.to_vec(),
+            dtype,
+        }
+    }
+
+    /// A file holding `parts` back to back; returns it and each part's offset.
+    fn file_of(parts: &[Vec<u8>]) -> (tempfile::NamedTempFile, Vec<u64>) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut offsets = Vec::new();
+        let mut at = 0u64;
+        for p in parts {
+            offsets.push(at);
+            f.write_all(p).unwrap();
+            at += p.len() as u64;
+        }
+        f.flush().unwrap();
+        (f, offsets)
+    }
+
+    fn words(v: &[u32]) -> Vec<u8> {
+        v.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn halves(v: &[f32]) -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn gptq_v1_act_order_and_awq_order_dequantize_by_hand() {
+        // 8 inputs × 8 outputs, 2 groups; q[i, j] = (i + j) % 16; stored zeros z − 1 = 3 / 6.
+        let (rows, cols) = (8usize, 8usize);
+        let q = |i: usize, j: usize| ((i + j) % 16) as u32;
+        let qweight: Vec<u32> = (0..cols)
+            .map(|j| (0..8).fold(0, |w, i| w | (q(i, j) << (4 * i))))
+            .collect();
+        let zeros: Vec<u32> = [3u32, 6]
+            .iter()
+            .map(|&z| (0..8).fold(0, |w, n| w | (z << (4 * n))))
+            .collect();
+        let scales: Vec<f32> = (0..16).map(|k| 0.5 + k as f32 / 16.0).collect();
+        let g_idx: Vec<u32> = vec![1, 0, 1, 0, 1, 0, 1, 0];
+        let (f, off) = file_of(&[
+            words(&qweight),
+            words(&zeros),
+            halves(&scales),
+            words(&g_idx),
+        ]);
+        let file = f.reopen().unwrap();
+        let path = f.path().to_path_buf();
+        let open = |_: usize| -> Result<(ByteSource<'_>, &Path)> {
+            Ok((ByteSource::File(&file), path.as_path()))
+        };
+        let spec = QuantSpec {
+            format: Format::Gptq,
+            weight: "w.qweight".into(),
+            bits: 4,
+            block: [4, 0],
+            zero_offset: 1,
+            scales: aux("w.scales", off[2], &[2, cols], Dtype::F16),
+            zeros: Some(aux("w.qzeros", off[1], &[2, 1], Dtype::I32)),
+            g_idx: Some(aux("w.g_idx", off[3], &[rows], Dtype::I32)),
+        };
+        let d = Dequant::load(&spec, rows, cols, Dtype::I32, &open).unwrap();
+        let mut out = vec![0f32; rows * cols];
+        d.decode(&words(&qweight), 0, rows, &mut out);
+        for i in 0..rows {
+            let g = g_idx[i] as usize;
+            let z = [4.0f32, 7.0][g];
+            for j in 0..cols {
+                let s = half::f16::from_f32(scales[g * cols + j]).to_f32();
+                let want = s * (q(i, j) as f32 - z);
+                assert!((out[i * cols + j] - want).abs() <= 1e-6 * want.abs().max(1.0));
+            }
+        }
+
+        // AWQ: one input row per stored row, columns interleaved within each word.
+        let awq_q: Vec<u32> = (0..rows)
+            .map(|i| (0..8).fold(0, |w, n| w | (q(i, AWQ_ORDER[n]) << (4 * n))))
+            .collect();
+        let spec = QuantSpec {
+            format: Format::Awq,
+            zero_offset: 0,
+            g_idx: None,
+            ..spec
+        };
+        let d = Dequant::load(&spec, rows, cols, Dtype::I32, &open).unwrap();
+        d.decode(&words(&awq_q), 0, rows, &mut out);
+        for i in 0..rows {
+            let g = i / 4;
+            for j in 0..cols {
+                let s = half::f16::from_f32(scales[g * cols + j]).to_f32();
+                let want = s * (q(i, j) as f32 - [3.0f32, 6.0][g]);
+                assert!((out[i * cols + j] - want).abs() <= 1e-6 * want.abs().max(1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_specs_name_tensor_and_rule() {
+        let (f, _) = file_of(&[vec![0u8; 4096]]);
+        let file = f.reopen().unwrap();
+        let path = f.path().to_path_buf();
+        let open = |_: usize| -> Result<(ByteSource<'_>, &Path)> {
+            Ok((ByteSource::File(&file), path.as_path()))
+        };
+        let fp8 = QuantSpec {
+            format: Format::Fp8Block,
+            weight: "l.weight".into(),
+            bits: 8,
+            block: [128, 128],
+            zero_offset: 0,
+            scales: aux("l.weight_scale_inv", 0, &[2, 2], Dtype::F32),
+            zeros: None,
+            g_idx: None,
+        };
+        let err = Dequant::load(&fp8, 300, 256, Dtype::F8_E4M3, &open).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"l.weight_scale_inv\"") && msg.contains("[3, 2]"),
+            "{msg}"
+        );
+        let err = Dequant::load(&fp8, 256, 256, Dtype::BF16, &open).unwrap_err();
+        assert!(err.to_string().contains("F8_E4M3 or F8_E5M2"), "{err}");
+        let gptq = QuantSpec {
+            format: Format::Gptq,
+            weight: "l.qweight".into(),
+            bits: 3,
+            block: [128, 0],
+            zero_offset: 1,
+            scales: aux("l.scales", 0, &[1, 64], Dtype::F16),
+            zeros: Some(aux("l.qzeros", 0, &[1, 8], Dtype::I32)),
+            g_idx: None,
+        };
+        let err = Dequant::load(&gptq, 64, 64, Dtype::I32, &open).unwrap_err();
+        assert!(err.to_string().contains("3-bit GPTQ"), "{err}");
+        let no_zeros = QuantSpec {
+            bits: 4,
+            zeros: None,
+            ..gptq.clone()
+        };
+        let err = Dequant::load(&no_zeros, 64, 64, Dtype::I32, &open).unwrap_err();
+        assert!(err.to_string().contains("qzeros) are missing"), "{err}");
+        let groups = QuantSpec {
+            bits: 4,
+            block: [16, 0],
+            ..gptq
+        };
+        let err = Dequant::load(&groups, 64, 64, Dtype::I32, &open).unwrap_err();
+        assert!(err.to_string().contains("make 4"), "{err}");
+    }
+}

@@ -1,0 +1,143 @@
+"""Quantize known weights with each format's published packing, and dequantize them again
+with numpy: the fixtures and the reference of the quantization tests.
+
+- FP8 block-scaled (DeepSeek-V3 / transformers ``FineGrainedFP8``): per block
+  scale_inv = amax / 448, q = e4m3(W / scale_inv); W ≈ q · scale_inv.
+- GPTQ (AutoGPTQ / GPTQModel ``pack``): asymmetric min/max per group and output;
+  ``qweight[i // 8, j] |= q[j, i] << 4·(i % 8)``, ``qzeros[g, j // 8] |= (z − 1) << 4·(j % 8)``
+  for v1 checkpoints (``z`` for v2), act-order groups through ``g_idx``.
+- AWQ (AutoAWQ ``WQLinear_GEMM``): ``qweight[i, j // 8]`` holds column 8k + order[n] in
+  nibble n, order = [0, 2, 4, 6, 1, 3, 5, 7]; the same for ``qzeros``; no −1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def fp8_block(w: np.ndarray, block: tuple[int, int]) -> tuple[Any, np.ndarray]:
+    """(torch float8_e4m3fn weight, float32 scale_inv) of ``w`` [out, in]."""
+    import torch
+
+    out_f, in_f = w.shape
+    b0, b1 = block
+    gr, gc = -(-out_f // b0), -(-in_f // b1)
+    scale = np.zeros((gr, gc), np.float32)
+    q = np.zeros_like(w, dtype=np.float32)
+    for r in range(gr):
+        for c in range(gc):
+            blk = w[r * b0 : (r + 1) * b0, c * b1 : (c + 1) * b1]
+            s = np.float32(max(np.abs(blk).max(), 1e-12) / 448.0)
+            scale[r, c] = s
+            q[r * b0 : (r + 1) * b0, c * b1 : (c + 1) * b1] = blk / s
+    return torch.from_numpy(q).to(torch.float8_e4m3fn), scale
+
+
+def fp8_reference(q: Any, scale: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+    """Dequantized float32 matrix (f32 product, as transformers computes it)."""
+    vals = q.float().numpy()
+    s = np.repeat(np.repeat(scale, block[0], axis=0), block[1], axis=1)
+    return (vals * s[: vals.shape[0], : vals.shape[1]]).astype(np.float32)
+
+
+def _int_quantize(
+    w: np.ndarray, bits: int, group: int, g_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q [out, in] ints, zeros [groups, out] ints and float16 scales [groups, out]."""
+    out_f = w.shape[0]
+    groups = int(g_idx.max()) + 1
+    maxq = 2**bits - 1
+    scales = np.zeros((groups, out_f), np.float16)
+    zeros = np.zeros((groups, out_f), np.int64)
+    for g in range(groups):
+        cols = w[:, g_idx == g]
+        lo, hi = np.minimum(cols.min(axis=1), 0), np.maximum(cols.max(axis=1), 0)
+        s = np.maximum((hi - lo) / maxq, 1e-8)
+        scales[g] = s.astype(np.float16)
+        # Zero points in 1..maxq so that v1's stored z − 1 never wraps.
+        zeros[g] = np.clip(np.round(-lo / scales[g].astype(np.float64)), 1, maxq)
+    s_full = scales[g_idx].T.astype(np.float64)
+    z_full = zeros[g_idx].T
+    q = np.clip(np.round(w / s_full) + z_full, 0, maxq).astype(np.int64)
+    return q, zeros, scales
+
+
+def _pack_rows(vals: np.ndarray, bits: int) -> np.ndarray:
+    """Pack along axis 0: word r holds rows r·(32/bits) … (lowest bits first)."""
+    per = 32 // bits
+    out = np.zeros((vals.shape[0] // per, vals.shape[1]), np.uint32)
+    for k in range(per):
+        out |= (vals[k::per].astype(np.uint32) & (2**bits - 1)) << np.uint32(bits * k)
+    return out.view(np.int32)
+
+
+def gptq(
+    w: np.ndarray, bits: int, group: int, act_order: bool, v1: bool = True, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """GPTQ tensors (qweight, qzeros, scales, g_idx) of ``w`` [out, in]."""
+    in_f = w.shape[1]
+    g_idx = np.arange(in_f) // group
+    if act_order:
+        perm = np.random.default_rng(seed).permutation(in_f)
+        g_idx = np.empty(in_f, np.int64)
+        g_idx[perm] = np.arange(in_f) // group
+    q, zeros, scales = _int_quantize(w, bits, group, g_idx)
+    stored_z = zeros - 1 if v1 else zeros
+    return {
+        "qweight": np.ascontiguousarray(_pack_rows(q.T, bits)),
+        "qzeros": np.ascontiguousarray(_pack_rows(stored_z.T, bits).T),
+        "scales": scales,
+        "g_idx": g_idx.astype(np.int32),
+    }
+
+
+def gptq_reference(t: dict[str, np.ndarray], bits: int, v1: bool = True) -> np.ndarray:
+    """Dequantized float32 W [out, in] from GPTQ tensors (numpy, AutoGPTQ's formula)."""
+    per, mask = 32 // bits, 2**bits - 1
+    qw = t["qweight"].view(np.uint32)
+    q = np.stack([(qw >> np.uint32(bits * k)) & mask for k in range(per)], axis=1)
+    q = q.reshape(-1, qw.shape[1])  # [in, out]
+    qz = t["qzeros"].view(np.uint32)
+    z = np.stack([(qz >> np.uint32(bits * k)) & mask for k in range(per)], axis=2)
+    z = z.reshape(qz.shape[0], -1).astype(np.int64) + int(v1)  # [groups, out]
+    g = t["g_idx"]
+    s = t["scales"].astype(np.float32)
+    return (s[g] * (q.astype(np.float32) - z[g].astype(np.float32))).T.copy()
+
+
+def awq(w: np.ndarray, group: int) -> dict[str, np.ndarray]:
+    """AWQ GEMM tensors (qweight, qzeros, scales) of ``w`` [out, in], 4 bits."""
+    in_f = w.shape[1]
+    q, zeros, scales = _int_quantize(w, 4, group, np.arange(in_f) // group)
+
+    def pack_cols(v: np.ndarray) -> np.ndarray:
+        out = np.zeros((v.shape[0], v.shape[1] // 8), np.uint32)
+        for n, c in enumerate(AWQ_ORDER):
+            out |= v[:, c::8].astype(np.uint32) << np.uint32(4 * n)
+        return out.view(np.int32)
+
+    return {
+        "qweight": np.ascontiguousarray(pack_cols(q.T)),
+        "qzeros": np.ascontiguousarray(pack_cols(zeros)),
+        "scales": scales,
+    }
+
+
+def awq_reference(t: dict[str, np.ndarray], group: int) -> np.ndarray:
+    """Dequantized float32 W [out, in] from AWQ tensors."""
+
+    def unpack_cols(p: np.ndarray) -> np.ndarray:
+        p = p.view(np.uint32)
+        out = np.zeros((p.shape[0], p.shape[1] * 8), np.int64)
+        for n, c in enumerate(AWQ_ORDER):
+            out[:, c::8] = (p >> np.uint32(4 * n)) & 15
+        return out
+
+    q, z = unpack_cols(t["qweight"]), unpack_cols(t["qzeros"])
+    g = np.arange(q.shape[0]) // group
+    s = t["scales"].astype(np.float32)
+    return (s[g] * (q.astype(np.float32) - z[g].astype(np.float32))).T.copy()

@@ -1,0 +1,365 @@
+"""Quantized checkpoints (FP8 block-scaled, GPTQ, AWQ): inventory, dequantization and spectra.
+
+Fixtures are the tiny llama's real weights quantized with each format's published packing
+(``quant_packers``); the references are numpy (float32 dequantization, float64 SVD), PEFT on
+the unquantized model for targets and trainable counts, and transformers'
+``Fp8Dequantize`` for FP8 bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lora_rank
+import numpy as np
+import pytest
+import quant_packers as qp
+from lora_rank import _core
+from lora_rank.spectral import _expected_sizes, _Plan
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FP8_BLOCK = (16, 24)  # partial column blocks on the 32-wide inputs
+GROUP = 16
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    out: dict[str, np.ndarray] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def _save(out: Path, tensors: dict[str, Any], config: dict[str, Any]) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in tensors.items()},
+        str(out / "model.safetensors"),
+    )
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def _is_linear(name: str) -> bool:
+    return name.endswith(".weight") and name.split(".")[-2] in LINEARS
+
+
+def quantize_checkpoint(src: Path, out: Path, method: str) -> tuple[Path, dict[str, np.ndarray]]:
+    """``src`` with every decoder linear quantized by ``method``; returns the path and the
+    reference-dequantized weight of each module ([out, in] float32)."""
+    weights = _load(src)
+    config = json.loads((src / "config.json").read_text())
+    tensors: dict[str, Any] = {}
+    ref: dict[str, np.ndarray] = {}
+    for name, w in weights.items():
+        if not _is_linear(name):
+            tensors[name] = w
+            continue
+        p = name.removesuffix(".weight")
+        w = w.astype(np.float32)
+        if method == "fp8":
+            q, scale = qp.fp8_block(w, FP8_BLOCK)
+            tensors[name], tensors[p + ".weight_scale_inv"] = q, scale
+            ref[p] = qp.fp8_reference(q, scale, FP8_BLOCK)
+        elif method == "gptq":
+            t = qp.gptq(w, 4, GROUP, act_order=p.endswith("down_proj"), seed=len(p))
+            tensors.update({f"{p}.{k}": v for k, v in t.items()})
+            ref[p] = qp.gptq_reference(t, 4)
+        else:
+            t = qp.awq(w, GROUP)
+            tensors.update({f"{p}.{k}": v for k, v in t.items()})
+            ref[p] = qp.awq_reference(t, GROUP)
+    config["quantization_config"] = {
+        "fp8": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": list(FP8_BLOCK)},
+        "gptq": {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "desc_act": True},
+        "awq": {"quant_method": "awq", "bits": 4, "group_size": GROUP, "version": "gemm"},
+    }[method]
+    return _save(out, tensors, config), ref
+
+
+@pytest.fixture(scope="module")
+def quantized(
+    checkpoint: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], tuple[Path, dict[str, np.ndarray]]]:
+    cache: dict[str, tuple[Path, dict[str, np.ndarray]]] = {}
+
+    def get(method: str) -> tuple[Path, dict[str, np.ndarray]]:
+        if method not in cache:
+            out = tmp_path_factory.mktemp(f"quant-{method}")
+            cache[method] = quantize_checkpoint(checkpoint("llama"), out, method)
+        return cache[method]
+
+    return get
+
+
+def _dequantized(report: lora_rank.Report) -> dict[str, np.ndarray]:
+    """Every quantized module's matrix as the engine decodes it, in the streamed orientation
+    made [out, in] again."""
+    plan = _Plan(report)
+    shards = list(zip(report.shards, _expected_sizes(report, plan.shard_index)))
+    out = {}
+    for (module, _), job, quant in zip(plan.targets, plan.jobs, plan.quant):
+        if quant is None:
+            continue
+        rows, cols = sum(s[2] for s in job[1]), job[2]
+        m = np.frombuffer(_core.read_matrix(shards, job, quant), np.float32).reshape(rows, cols)
+        out[module.name] = m if quant[0][0] == "fp8_block" else m.T
+    return out
+
+
+METHODS = ("fp8", "gptq", "awq")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inventory_is_the_logical_model(
+    method: str, quantized: Any, checkpoint: Callable[[str], Path]
+) -> None:
+    path, ref = quantized(method)
+    plain = lora_rank.analyze(checkpoint("llama"))
+    report = lora_rank.analyze(path)
+    summary = lambda r: [  # noqa: E731
+        (m.name, m.kind, m.in_features, m.out_features, m.params, m.is_lora_target)
+        for m in r.modules
+    ]
+    assert summary(report) == summary(plain)
+    assert report.total_params == plain.total_params
+    assert report.stored_elements == sum(t.numel for t in report.tensors)
+    assert report.stored_elements != report.total_params
+    quantized_mods = [m for m in report.modules if m.quantization is not None]
+    assert {m.name for m in quantized_mods} == set(ref)
+    for m in quantized_mods:
+        q = m.quantization
+        assert q is not None and q.method == method
+        assert all(k.startswith(m.name + ".") for k in m.checkpoint_keys)
+        roles = dict(q.aux)
+        if method == "fp8":
+            assert (q.bits, q.block_size, m.dtype) == (8, FP8_BLOCK, "F8_E4M3")
+            assert roles == {"scales": m.name + ".weight_scale_inv"}
+        else:
+            assert (q.bits, q.group_size, m.dtype) == (4, GROUP, "I32")
+            assert roles["zeros"] == m.name + ".qzeros"
+            assert ("g_idx" in roles) == (method == "gptq")
+        assert m.to_dict()["quantization"]["method"] == method
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_trainable_count_equals_peft(
+    method: str, quantized: Any, checkpoint: Callable[[str], Path]
+) -> None:
+    from peft import LoraConfig
+    from peft_oracle import apply_peft
+
+    path, _ = quantized(method)
+    report = lora_rank.analyze(path)
+    r = 4
+    names = sorted({m.short_name for m in report.lora_targets})
+    peft = apply_peft(checkpoint("llama"), LoraConfig(r=r, target_modules=names))
+    assert peft.modules == {m.name for m in report.lora_targets}
+    assert peft.trainable == sum(
+        r * (m.in_features or 0) + r * (m.out_features or 0) for m in report.lora_targets
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dequantization_is_bit_exact_against_numpy(method: str, quantized: Any) -> None:
+    path, ref = quantized(method)
+    got = _dequantized(lora_rank.analyze(path))
+    assert set(got) == set(ref)
+    for name, w in ref.items():
+        assert got[name].shape == w.shape, name
+        np.testing.assert_array_equal(got[name], w, err_msg=name)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_spectra_are_of_the_dequantized_weights(method: str, quantized: Any) -> None:
+    path, ref = quantized(method)
+    report = lora_rank.analyze(path, spectral=True, method="exact", top_k=8, progress=False)
+    for name, w in ref.items():
+        s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
+        sp = report.module(name).spectrum
+        assert sp is not None
+        np.testing.assert_allclose(sp.singular_values, s[:8], rtol=1e-4, err_msg=name)
+        assert sp.frobenius_norm == pytest.approx(np.linalg.norm(w.astype(np.float64)), rel=1e-6)
+
+
+def _spectral_matrix(m: int, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    k = min(64, m, n)
+    u, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    s = 3.0 * np.arange(1, k + 1) ** -0.7
+    noise = 0.01 * rng.standard_normal((m, n))
+    return ((u * s) @ v.T + noise).astype(np.float32)
+
+
+def _single_linear(tmp: Path, tensors: dict[str, Any], qc: dict[str, Any]) -> Path:
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "quantization_config": qc,
+    }
+    return _save(tmp, tensors, config)
+
+
+@pytest.mark.parametrize("method", ["gptq", "fp8"])
+def test_large_matrix_streams_in_panels(method: str, tmp_path: Path) -> None:
+    """1024 × 2048 (GPTQ act-order, 4 panels of 512 streamed rows; FP8 128×128): bit-exact
+    dequantization and randomized spectra within the bf16 bounds of numpy's float64 SVD."""
+    w = _spectral_matrix(1024, 2048, 3)
+    p = "model.layers.0.mlp.down_proj"
+    if method == "gptq":
+        t = qp.gptq(w, 4, 128, act_order=True)
+        ref = qp.gptq_reference(t, 4)
+        qc = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+        tensors: dict[str, Any] = {f"{p}.{k}": v for k, v in t.items()}
+    else:
+        q, scale = qp.fp8_block(w, (128, 128))
+        ref = qp.fp8_reference(q, scale, (128, 128))
+        qc = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+        tensors = {f"{p}.weight": q, f"{p}.weight_scale_inv": scale}
+    report = lora_rank.analyze(_single_linear(tmp_path, tensors, qc))
+    np.testing.assert_array_equal(_dequantized(report)[p], ref)
+    lora_rank.spectral.compute_spectra(report, method="randomized", progress=False)
+    s = np.linalg.svd(ref.astype(np.float64), compute_uv=False)
+    sp = report.module(p).spectrum
+    assert sp is not None
+    rel = np.abs(np.array(sp.singular_values) - s[:32]) / s[:32]
+    assert rel[0] <= 5e-3 and rel.max() <= 1e-2, rel
+
+
+def test_fp8_matches_transformers_dequantize_bit_for_bit(tmp_path: Path) -> None:
+    import torch
+    from transformers.integrations.finegrained_fp8 import Fp8Dequantize
+
+    w = _spectral_matrix(384, 256, 5)
+    q, scale = qp.fp8_block(w, (128, 128))
+    theirs = Fp8Dequantize(None)._dequantize_one(
+        q, torch.from_numpy(scale), output_dtype=torch.float32
+    )
+    p = "model.layers.0.self_attn.o_proj"
+    tensors = {f"{p}.weight": q, f"{p}.weight_scale_inv": scale}
+    qc = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    report = lora_rank.analyze(_single_linear(tmp_path, tensors, qc))
+    np.testing.assert_array_equal(_dequantized(report)[p], theirs.numpy())
+
+
+def _gptq_tensors() -> dict[str, Any]:
+    t = qp.gptq(_spectral_matrix(64, 32, 1), 4, 16, act_order=False)
+    return {f"l.{k}": v for k, v in t.items()}
+
+
+GPTQ_QC = {"quant_method": "gptq", "bits": 4, "group_size": 16}
+FP8_QC = {"quant_method": "fp8", "weight_block_size": [16, 16]}
+
+
+def _fp8_tensors() -> dict[str, Any]:
+    q, scale = qp.fp8_block(_spectral_matrix(40, 32, 2), (16, 16))
+    return {"l.weight": q, "l.weight_scale_inv": scale}
+
+
+MALFORMED: list[tuple[str, Callable[[], dict[str, Any]], dict[str, Any], type, str]] = [
+    (
+        "fp8 scale shape",
+        lambda: {**_fp8_tensors(), "l.weight_scale_inv": np.ones((2, 2), np.float32)},
+        FP8_QC,
+        lora_rank.HeaderError,
+        "'l.weight_scale_inv': shape [2, 2], but the scales of a [40, 32]",
+    ),
+    (
+        "fp8 scales missing",
+        lambda: {"l.weight": _fp8_tensors()["l.weight"]},
+        FP8_QC,
+        lora_rank.HeaderError,
+        "'l.weight': an FP8 weight without its block scales",
+    ),
+    (
+        "fp8 per-tensor",
+        _fp8_tensors,
+        {"quant_method": "fp8"},
+        lora_rank.UnsupportedFormatError,
+        "per-tensor FP8",
+    ),
+    (
+        "gptq 3 bits",
+        _gptq_tensors,
+        {**GPTQ_QC, "bits": 3},
+        lora_rank.UnsupportedFormatError,
+        "3-bit weights are not supported",
+    ),
+    (
+        "gptq zeros missing",
+        lambda: {k: v for k, v in _gptq_tensors().items() if k != "l.qzeros"},
+        GPTQ_QC,
+        lora_rank.HeaderError,
+        "'l.qweight': packed weights without l.qzeros",
+    ),
+    (
+        "gptq packed size vs scales",
+        lambda: {**_gptq_tensors(), "l.scales": np.ones((2, 40), np.float16)},
+        GPTQ_QC,
+        lora_rank.HeaderError,
+        "'l.scales': shape [2, 40], but the scales of a [64, 32]",
+    ),
+    (
+        "gptq groups",
+        lambda: {**_gptq_tensors(), "l.scales": np.ones((3, 64), np.float16)},
+        GPTQ_QC,
+        lora_rank.HeaderError,
+        "'l.qzeros': shape [2, 8], but the packed zero points of 3",
+    ),
+    (
+        "gptq g_idx length",
+        lambda: {**_gptq_tensors(), "l.g_idx": np.zeros(10, np.int32)},
+        GPTQ_QC,
+        lora_rank.HeaderError,
+        "'l.g_idx': shape [10], but g_idx of the input features",
+    ),
+    (
+        "gptq marlin",
+        _gptq_tensors,
+        {**GPTQ_QC, "checkpoint_format": "marlin"},
+        lora_rank.UnsupportedFormatError,
+        "checkpoint_format 'marlin' is not supported",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "qc", "error", "message"), MALFORMED, ids=[c[0] for c in MALFORMED]
+)
+def test_malformed_quantized_checkpoints(
+    case: str,
+    make: Callable[[], dict[str, Any]],
+    qc: dict[str, Any],
+    error: type,
+    message: str,
+    tmp_path: Path,
+) -> None:
+    path = _single_linear(tmp_path, make(), qc)
+    with pytest.raises(error) as info:
+        lora_rank.analyze(path)
+    assert message in str(info.value)
+
+
+def test_unsupported_method_and_unconfirmed_format_warn(tmp_path: Path) -> None:
+    tensors = _gptq_tensors()
+    path = _single_linear(tmp_path / "bnb", tensors, {"quant_method": "bitsandbytes"})
+    with pytest.warns(UserWarning, match="'bitsandbytes' is not supported by lora_rank yet"):
+        report = lora_rank.analyze(path)
+    assert all(m.quantization is None for m in report.modules)
+    path = _save(tmp_path / "noconfig", tensors, {"model_type": "llama"})
+    with pytest.warns(UserWarning, match="looks GPTQ/AWQ-quantized"):
+        lora_rank.analyze(path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = lora_rank.analyze(_single_linear(tmp_path / "ok", tensors, GPTQ_QC))
+    assert not [w for w in seen if "quantiz" in str(w.message)]
+    assert report.module("l").quantization is not None
