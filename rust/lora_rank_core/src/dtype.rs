@@ -108,7 +108,7 @@ impl Dtype {
     /// Bytes per element for byte-addressable dtypes (`None` for sub-byte ones).
     pub fn byte_size(self) -> Option<usize> {
         let bits = self.bits();
-        (bits % 8 == 0).then_some((bits / 8) as usize)
+        bits.is_multiple_of(8).then_some((bits / 8) as usize)
     }
 }
 

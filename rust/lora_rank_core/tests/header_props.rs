@@ -43,7 +43,7 @@ fn tensor_specs() -> impl Strategy<Value = Vec<(String, usize, Vec<usize>)>> {
         m.into_iter()
             .filter(|(name, _)| name != "__metadata__")
             .map(|(name, (d, mut shape))| {
-                while shape.iter().product::<usize>() * DTYPES[d].1 % 8 != 0 {
+                while !(shape.iter().product::<usize>() * DTYPES[d].1).is_multiple_of(8) {
                     shape.push(2);
                 }
                 (name, d, shape)
