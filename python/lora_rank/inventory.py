@@ -170,7 +170,10 @@ def build_modules(
                 )
             )
             continue
-        guessed.append(g.name)
+        if not g.bare:
+            # A bare tensor the class does not have (a stored non-persistent buffer such as
+            # BERT's position_ids, dropped on load) has no class to guess and is never a target.
+            guessed.append(g.name)
         kind = "other" if g.bare else taxonomy.classify(g.name, ndim)
         if kind == "lm_head" and vocab and ndim == 2 and vocab not in weight:
             kind = "other_linear"
