@@ -281,12 +281,12 @@ impl Dequant {
                     )));
                 }
                 let per_word = (32 / bits) as usize;
-                if !awq && rows % per_word != 0 {
+                if !awq && !rows.is_multiple_of(per_word) {
                     return Err(bad(format!(
                         "in_features {rows} is not a multiple of {per_word} ({bits}-bit packing)"
                     )));
                 }
-                if cols % per_word != 0 {
+                if !cols.is_multiple_of(per_word) {
                     return Err(bad(format!(
                         "out_features {cols} is not a multiple of {per_word} (packed zero points)"
                     )));

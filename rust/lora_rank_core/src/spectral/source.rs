@@ -253,7 +253,7 @@ impl<'a> MatrixSource<'a> {
         let len = panel.rows * row_bytes;
         let offset = seg.offset + (panel.row0 * row_bytes) as u64;
         seg.bytes
-                .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
+            .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
         let n = panel.rows * self.cols;
         if let Some(s) = stats {
             decoded.resize(n, 0.0);
