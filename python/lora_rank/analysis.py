@@ -7,7 +7,7 @@ import os
 import warnings as _warnings
 from typing import Any, Callable, Optional, Union
 
-from . import quantization
+from . import naming, quantization
 from .errors import ConfigError
 from .inventory import build_modules
 from .report import Report, Tensor
@@ -104,6 +104,8 @@ def analyze(
         shards=[s["path"] for s in raw["shards"]],
         resolve=resolve,
         resolution=resolution,
+        rules_version=naming.rules_versions(),
+        installed_version=naming.installed_versions(),
         warnings=warns,
         remote_shards=remote_shards,
         stored_elements=quantization.stored_elements(tensors) if logical.quantized else None,

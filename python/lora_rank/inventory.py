@@ -222,16 +222,16 @@ def build_modules(
         )
         warnings.append(
             f"no architecture table ({what}): module classes and all-linear membership of all "
-            f"{len(modules)} modules are guessed from names and shapes; use "
-            "analyze(..., resolve='transformers') for exact ones"
+            f"{len(modules)} modules are guessed from names and shapes{naming.version_note()}; "
+            "use analyze(..., resolve='transformers') for exact ones"
         )
     elif guessed:
         guessed.sort(key=naming.natural_key)
         shown = ", ".join(guessed[:5]) + (" ..." if len(guessed) > 5 else "")
         warnings.append(
             f"{len(guessed)} module(s) not in the architecture table of {table.class_name} "
-            f"(found via its {found_via}), classes guessed from names and shapes: {shown}; use "
-            "analyze(..., resolve='transformers') for exact ones"
+            f"(found via its {found_via}), classes guessed from names and shapes: {shown}"
+            f"{naming.version_note()}; use analyze(..., resolve='transformers') for exact ones"
         )
     if unclassified:
         shown = ", ".join(unclassified[:5]) + (" ..." if len(unclassified) > 5 else "")

@@ -76,6 +76,43 @@ def rules_versions() -> dict[str, str]:
     return dict(_document()["versions"])
 
 
+@functools.lru_cache(maxsize=1)
+def installed_versions() -> dict[str, Optional[str]]:
+    """Versions of transformers and PEFT installed here (None when absent), read from the
+    package metadata: nothing is imported.
+
+    Example:
+        >>> import transformers
+        >>> installed_versions()["transformers"] == transformers.__version__
+        True
+    """
+    from importlib import metadata
+
+    found: dict[str, Optional[str]] = {}
+    for dist in ("transformers", "peft"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def version_note() -> str:
+    """``""``, or a sentence saying that the installed transformers/PEFT differ from the ones
+    the shipped rules and tables were generated with (for warnings about guessed modules).
+
+    Example:
+        >>> version_note() == "" or version_note().startswith(" (the shipped")
+        True
+    """
+    shipped, installed = rules_versions(), installed_versions()
+    differ = [d for d, v in installed.items() if v is not None and v != shipped.get(d)]
+    if not differ:
+        return ""
+    pairs = ", ".join(f"{d} {shipped.get(d)} vs {installed[d]} installed" for d in differ)
+    return f" (the shipped rules and tables were generated with {pairs})"
+
+
 def _compile(transforms: list[dict[str, Any]]) -> tuple[list[Transform], list[str]]:
     compiled, unsupported = [], []
     for t in transforms:

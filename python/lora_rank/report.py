@@ -295,6 +295,12 @@ class Report:
     #: Elements as stored when the checkpoint is quantized (packed words, scales and zero
     #: points); ``total_params`` then counts the logical (dequantized) parameters.
     stored_elements: Optional[int] = None
+    #: Versions of transformers and PEFT the shipped rename rules were generated with ...
+    rules_version: dict[str, str] = field(default_factory=dict)
+    #: ... and the versions installed here (None: not installed), read from package metadata
+    #: without importing them. When they differ, ``resolve="transformers"`` gives the exact
+    #: answer for the installed release; the fast path warns only where a module is guessed.
+    installed_version: dict[str, Optional[str]] = field(default_factory=dict)
 
     # -- lookups ---------------------------------------------------------------------------
     def module(self, name: str) -> Module:
@@ -365,6 +371,8 @@ class Report:
             "shards": list(self.shards),
             "resolve": self.resolve,
             "resolution": self.resolution,
+            "rules_version": dict(self.rules_version),
+            "installed_version": dict(self.installed_version),
             "warnings": list(self.warnings),
             "spectral_settings": self.spectral_settings,
             "tensors": [{**dataclasses.asdict(t), "shape": list(t.shape)} for t in self.tensors],
