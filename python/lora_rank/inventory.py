@@ -148,7 +148,9 @@ def build_modules(
             )
         if exact is not None:
             in_f = out_f = None
-            if exact.is_linear and ndim == 2:
+            # A 2-D weight PEFT reaches through target_parameters (a custom router) gets
+            # LoRA factors shaped like a Linear's: in and out from [out, in].
+            if (exact.is_linear or exact.parameter is not None) and ndim == 2:
                 out_f, in_f = (weight[1], weight[0]) if exact.is_conv1d else weight
             elif ndim == 3 and exact.kind.startswith("moe_expert"):
                 out_f, in_f = weight[1], weight[2]
