@@ -40,31 +40,19 @@ class _CheckpointDict(TypedDict):
 
 def open_checkpoint(path: str | PathLike[Any], threads: int | None = None) -> _CheckpointDict: ...
 
-class _SpectrumDict(TypedDict):
-    singular_values: list[float]
-    frobenius_norm: float
-    spectral_norm: float
-    stable_rank: float
-    energy_rank_90: int
-    energy_rank_95: int
-    energy_rank_99: int
-    energy_rank_exact: bool
-    alpha: float
-    nonfinite: int
-    method: str
-    iterations: int
-    converged: bool
-
+# Each result dict has exactly the fields of ``lora_rank.report.Spectrum``, in its order (the
+# one definition; ``Spectrum.from_core`` converts by field name and tests/test_architecture.py
+# fails when the binding's keys or value types differ).
 def spectra(
     shards: list[tuple[str, int]],
     jobs: list[tuple[str, list[tuple[int, int, int]], int, str]],
     *,
-    top_k: int = 32,
-    method: str = "auto",
-    rtol: Optional[float] = None,
-    seed: int = 0,
-    oversample: int = 8,
-    max_iter: Optional[int] = None,
-    threads: Optional[int] = None,
+    top_k: int,
+    method: str,
+    rtol: float,
+    max_iter: int,
+    seed: int,
+    threads: Optional[int],
+    oversample: int,
     progress: Optional[Callable[[int, int, str], object]] = None,
-) -> list[_SpectrumDict]: ...
+) -> list[dict[str, Any]]: ...

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import os
 import warnings as _warnings
-from typing import Any, Callable, Optional, Union
+from typing import Optional, Union
 
-from . import _core
 from .errors import ConfigError
-from .inventory import build_modules
-from .report import Report, Tensor
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-#: Progress callback: ``progress(done, total, tensor_name)``.
-ProgressCallback = Callable[[int, int, str], None]
+from .inventory.modules import build_modules
+from .report import Report
+from .sources.local import PathLike, open_local
+from .spectral.progress import ProgressCallback
+from .spectral.settings import SpectralSettings
 
 
 def analyze(
     path: PathLike,
     *,
     spectral: bool = False,
-    top_k: int = 32,
-    method: str = "auto",
+    settings: Optional[SpectralSettings] = None,
+    top_k: Optional[int] = None,
+    method: Optional[str] = None,
     rtol: Optional[float] = None,
-    seed: int = 0,
+    seed: Optional[int] = None,
     threads: Optional[int] = None,
     progress: Union[bool, ProgressCallback, None] = None,
     resolve: str = "rules",
@@ -37,8 +33,11 @@ def analyze(
         path: a directory with ``model.safetensors.index.json`` or ``*.safetensors`` files, a
             single ``.safetensors`` file, or a Hugging Face cache entry/snapshot directory.
         spectral: also compute per-matrix spectral statistics (reads the tensor data).
-        top_k, method, rtol, seed: spectral solver settings (see :mod:`lora_rank.spectral`).
-        threads: worker threads (default: all cores).
+        settings: spectral solver settings (default
+            :class:`~lora_rank.spectral.settings.SpectralSettings`()); its ``threads`` also
+            reads the headers.
+        top_k, method, rtol, seed, threads: override those fields of ``settings`` (None keeps
+            them; ``threads``: worker threads, default all cores).
         progress: a callback ``(done, total, name)``, True for a progress bar, False for none;
             None shows a bar only in a terminal.
         resolve: ``"rules"`` (default: names from shipped transformers rules, header-only, no
@@ -59,78 +58,36 @@ def analyze(
     """
     if resolve not in ("rules", "transformers"):
         raise ConfigError(f"resolve must be 'rules' or 'transformers', not {resolve!r}")
-    raw = _core.open_checkpoint(os.fspath(path), threads)
-    config: Optional[dict[str, Any]] = None
-    if raw["config_json"] is not None:
-        config = _parse_config(raw["config_json"], os.path.join(raw["root"], "config.json"))
-    shard_names = [s["name"] for s in raw["shards"]]
-    tensors = [
-        Tensor(name, dtype, tuple(shape), shard_names[shard], begin, end)
-        for name, dtype, shape, shard, begin, end in raw["tensors"]
-    ]
+    chosen = (settings or SpectralSettings()).replace(
+        top_k=top_k, method=method, rtol=rtol, seed=seed, threads=threads
+    )
+    ckpt = open_local(path, chosen.threads)
     if resolve == "transformers":
-        from .resolve_transformers import build_modules_from_model
+        from .inventory.transformers import build_modules_from_model
 
         modules, warns = build_modules_from_model(
-            tensors, config, raw["root"], trust_remote_code=trust_remote_code
+            ckpt.tensors, ckpt.config, ckpt.root, trust_remote_code=trust_remote_code
         )
     else:
-        modules, warns = build_modules(tensors, config)
+        modules, warns = build_modules(ckpt.tensors, ckpt.config)
     for w in warns:
         _warnings.warn(w, stacklevel=2)
+    config = ckpt.config or {}
     report = Report(
-        path=raw["root"],
-        model_type=(config or {}).get("model_type"),
-        architectures=list((config or {}).get("architectures") or []),
-        config=config,
-        total_params=sum(t.numel for t in tensors),
-        total_bytes=sum(t.nbytes for t in tensors),
-        tensors=tensors,
+        path=ckpt.root,
+        model_type=config.get("model_type"),
+        architectures=list(config.get("architectures") or []),
+        config=ckpt.config,
+        total_params=sum(t.numel for t in ckpt.tensors),
+        total_bytes=sum(t.nbytes for t in ckpt.tensors),
+        tensors=ckpt.tensors,
         modules=modules,
-        shards=[s["path"] for s in raw["shards"]],
+        shards=ckpt.shards,
         resolve=resolve,
         warnings=warns,
     )
     if spectral:
-        from .spectral import compute_spectra
+        from .spectral.compute import compute_spectra
 
-        compute_spectra(
-            report,
-            top_k=top_k,
-            method=method,
-            rtol=rtol,
-            seed=seed,
-            threads=threads,
-            progress=progress,
-        )
+        compute_spectra(report, chosen, progress=progress)
     return report
-
-
-#: config.json fields the inventory reads, and the JSON types they must have.
-_CONFIG_TYPES: dict[str, type] = {"model_type": str, "architectures": list, "vocab_size": int}
-
-
-def _parse_config(text: str, path: str) -> dict[str, Any]:
-    """``config.json`` as a dict; a file that is not a JSON object, or whose ``model_type``,
-    ``architectures`` or ``vocab_size`` has the wrong type, is a :class:`ConfigError`.
-
-    Example:
-        >>> _parse_config('{"model_type": "bert"}', "config.json")
-        {'model_type': 'bert'}
-    """
-    try:
-        parsed = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"{path} is not a JSON object")
-    for key, expected in _CONFIG_TYPES.items():
-        value = parsed.get(key)
-        if value is None:
-            continue
-        bad = not isinstance(value, expected) or isinstance(value, bool)
-        if key == "architectures" and not bad:
-            bad = not all(isinstance(a, str) for a in value)
-        if bad:
-            raise ConfigError(f"{path}: {key} has the wrong type: {value!r}"[:300])
-    return parsed

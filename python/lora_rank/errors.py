@@ -23,6 +23,11 @@ class ConfigError(LoraRankError, ValueError):
     """An argument or option is invalid (bad budget string, unknown preset, ...)."""
 
 
+class PeftEmulationError(LoraRankError, RuntimeError):
+    """A config lora_rank built does not do in PEFT what lora_rank intended (an internal error,
+    not bad input: please report it with the model's config.json)."""
+
+
 __all__ = [
     "CheckpointIndexError",
     "ConfigError",
@@ -30,5 +35,6 @@ __all__ = [
     "HeaderError",
     "LoraRankError",
     "NotACheckpointError",
+    "PeftEmulationError",
     "UnsupportedFormatError",
 ]

@@ -138,9 +138,10 @@ fn open_checkpoint<'py>(
 /// `shards`: `(path, size implied by the header)`; `jobs`: `(name, [(shard, offset, rows)],
 /// cols, dtype)`. The scan runs on a worker thread with the GIL released; this thread wakes
 /// every 100 ms to report progress and check for Ctrl-C (which cancels the scan).
+/// Every setting is required: the defaults live in `lora_rank.spectral.settings`.
 #[pyfunction]
-#[pyo3(signature = (shards, jobs, *, top_k=32, method="auto", rtol=None, seed=0, oversample=8,
-                    max_iter=None, threads=None, progress=None))]
+#[pyo3(signature = (shards, jobs, *, top_k, method, rtol, max_iter, seed, threads, oversample,
+                    progress=None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn spectra<'py>(
     py: Python<'py>,
@@ -148,11 +149,11 @@ fn spectra<'py>(
     jobs: Vec<(String, Vec<(usize, u64, usize)>, usize, String)>,
     top_k: usize,
     method: &str,
-    rtol: Option<f64>,
+    rtol: f64,
+    max_iter: usize,
     seed: u64,
-    oversample: usize,
-    max_iter: Option<usize>,
     threads: Option<usize>,
+    oversample: usize,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,11 +164,12 @@ fn spectra<'py>(
     let settings = spectral::Settings {
         top_k,
         method,
-        rtol: rtol.unwrap_or(spectral::DEFAULT_RTOL),
-        max_iter: max_iter.unwrap_or(spectral::DEFAULT_MAX_ITER),
+        rtol,
+        max_iter,
         seed,
         oversample,
     };
+    settings.validate().map_err(value_error)?;
     let shards: Vec<spectral::ShardFile> = shards
         .into_iter()
         .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })

@@ -30,11 +30,6 @@ use crate::error::{Error, Result};
 use solver::{Outcome, SolverConfig};
 use source::{MatrixSource, Segment};
 
-/// Default convergence tolerance of the randomized solver: the estimated relative error of
-/// every top-k singular value at which it stops.
-pub const DEFAULT_RTOL: f64 = 3e-3;
-/// Default cap on randomized iterations (passes over the matrix).
-pub const DEFAULT_MAX_ITER: usize = 24;
 /// Matrices with fewer elements than this are small: processed single-threaded, several at once.
 const LARGE_ELEMENTS: usize = 1 << 20;
 /// `auto` uses the exact mode when min(rows, cols) is at most this (or twice the block).
@@ -70,25 +65,48 @@ impl Method {
     }
 }
 
-/// Settings of one [`compute`] call.
+/// Settings of one [`compute`] call. The defaults live in one place, Python's
+/// `lora_rank.spectral.settings.SpectralSettings`, which passes every field; this crate only
+/// validates them ([`Settings::validate`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub top_k: usize,
     pub method: Method,
+    /// Convergence tolerance of the randomized solver: the estimated relative error of every
+    /// top-k singular value at which it stops.
     pub rtol: f64,
+    /// Cap on randomized iterations (passes over the matrix).
     pub max_iter: usize,
     pub seed: u64,
     /// Extra Krylov block columns beyond `top_k`.
     pub oversample: usize,
 }
 
+impl Settings {
+    /// Why these settings cannot run, if they cannot.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.top_k == 0 {
+            return Err("top_k must be at least 1".into());
+        }
+        if !(self.rtol > 0.0 && self.rtol < 1.0) {
+            return Err(format!("rtol must be in (0, 1), not {}", self.rtol));
+        }
+        if self.max_iter == 0 {
+            return Err("max_iter must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Test fixture: the values of Python's `SpectralSettings()`.
+#[cfg(test)]
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             top_k: 32,
             method: Method::Auto,
-            rtol: DEFAULT_RTOL,
-            max_iter: DEFAULT_MAX_ITER,
+            rtol: 3e-3,
+            max_iter: 24,
             seed: 0,
             oversample: 8,
         }

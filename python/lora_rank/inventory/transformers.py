@@ -14,9 +14,9 @@ import math
 from collections import defaultdict
 from typing import Any, Optional
 
-from . import naming, taxonomy
-from .errors import ConfigError
-from .report import Module, Tensor
+from ..errors import ConfigError
+from ..report import Module, Tensor
+from . import kinds, naming
 
 
 def _build_meta_model(root: str, config: dict[str, Any], trust_remote_code: bool) -> Any:
@@ -86,8 +86,9 @@ def build_modules_from_model(
     """Modules of the checkpoint named, shaped and classified by the meta-device model.
 
     Example:
-        >>> report = lora_rank.analyze(path, resolve="transformers")  # doctest: +SKIP
-        >>> report.module("lm_head").module_class  # doctest: +SKIP
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), resolve="transformers")
+        >>> report.module("encoder.layer.0.attention.self.query").module_class
         'Linear'
     """
     import torch
@@ -130,7 +131,7 @@ def build_modules_from_model(
             shape = tuple(p.shape) if p is not None else tuple(stored[0].shape)
             count = math.prod(shape)
             cls_name = None
-        kind = taxonomy.classify(entry, len(shape))
+        kind = kinds.classify(entry, len(shape))
         if isinstance(mod, torch.nn.Embedding):
             kind = "embedding"
         elif "Norm" in (cls_name or "") and len(shape) == 1:
@@ -147,7 +148,7 @@ def build_modules_from_model(
             Module(
                 name=entry,
                 kind=kind,
-                layer=taxonomy.layer_index(entry),
+                layer=kinds.layer_index(entry),
                 in_features=in_f,
                 out_features=out_f,
                 shape=shape,

@@ -19,8 +19,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import naming, taxonomy
-from .report import Module, Tensor
+from ..report import Module, Tensor
+from . import kinds, naming
+from .rules import peft_moe_table
 
 
 @dataclass
@@ -40,19 +41,6 @@ class _Group:
 def _split_param(runtime: str) -> tuple[str, str]:
     module, _, leaf = runtime.rpartition(".")
     return module, leaf
-
-
-def _peft_moe_tables(model_type: Optional[str]) -> Optional[dict[str, str]]:
-    """PEFT's ``_MOE_TARGET_MODULE_MAPPING`` entry for ``model_type`` (None when PEFT converts
-    nothing for it)."""
-    tables = naming._document()["peft_moe"]
-    base = tables["model_to_pattern"].get(model_type or "")
-    if base is None:
-        return None
-    mapping: Optional[dict[str, str]] = tables["target_module_mapping"].get(base)
-    if not mapping or not tables["fused_targets"].get(base):
-        return None
-    return mapping
 
 
 def build_modules(
@@ -115,8 +103,9 @@ def build_modules(
         g.params["weight"] = shape
         g.num_experts = shape[0] if len(shape) == 3 else None
 
-    conv1d = model_type in taxonomy.CONV1D_MODEL_TYPES
-    moe_targets = _peft_moe_tables(model_type)
+    conv1d = model_type in kinds.CONV1D_MODEL_TYPES
+    moe_table = peft_moe_table(model_type)
+    moe_targets = moe_table[0] if moe_table is not None else None
     fused_runtime = bool(rules.converters) and any("experts" in n for n in fused_parts)
     vocab = config.get("vocab_size")
     modules: list[Module] = []
@@ -124,7 +113,7 @@ def build_modules(
     for g in groups.values():
         weight = g.params.get("weight") or g.params.get("bias") or ()
         ndim = len(weight)
-        kind = "other" if g.bare else taxonomy.classify(g.name, ndim)
+        kind = "other" if g.bare else kinds.classify(g.name, ndim)
         if kind == "lm_head" and vocab and ndim == 2 and vocab not in weight:
             kind = "other_linear"
         in_f = out_f = None
@@ -135,7 +124,7 @@ def build_modules(
         parameter = None
         # nn.Linear at run time: 2-D weights other than embeddings; routers of models whose
         # experts transformers fuses are custom modules holding a bare ``weight``.
-        is_linear = ndim == 2 and kind not in taxonomy.NON_LINEAR_KINDS and "weight" in g.params
+        is_linear = ndim == 2 and kind not in kinds.NON_LINEAR_KINDS and "weight" in g.params
         if kind == "moe_router" and fused_runtime:
             is_linear = False
         is_target = is_linear and kind != "lm_head"
@@ -144,13 +133,13 @@ def build_modules(
                 is_target, parameter = True, g.name
             elif kind == "moe_router" and "gate.weight" in moe_targets.values():
                 is_target, parameter = True, f"{g.name}.weight"
-        if kind == "other_linear" and taxonomy.match_rule(g.name) is None:
+        if kind == "other_linear" and kinds.match_rule(g.name) is None:
             unclassified.append(g.name)
         modules.append(
             Module(
                 name=g.name,
                 kind=kind,
-                layer=taxonomy.layer_index(g.name),
+                layer=kinds.layer_index(g.name),
                 in_features=in_f,
                 out_features=out_f,
                 shape=tuple(weight),
