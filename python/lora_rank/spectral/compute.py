@@ -10,12 +10,12 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   panels with positioned reads and decoded from its stored dtype (F32, F16, BF16, F64,
   F8_E4M3, F8_E5M2) into ``f32`` panels; no full copy of a matrix is ever made.
 - **method="randomized"**: randomized block Krylov on WᵀW (Halko–Martinsson–Tropp; Musco &
-  Musco), blocks of ``top_k + oversample`` columns, every block kept; each iteration is one fused pass
-  over the matrix. It stops when the estimated relative error of every top-k singular value
-  is at most ``rtol`` (:class:`~lora_rank.spectral.settings.SpectralSettings`; the estimate extrapolates each value's last two changes
+  Musco), blocks of ``top_k + oversample`` columns, every block kept; each iteration is one
+  fused pass over the matrix. It stops when the estimated relative error of every top-k
+  singular value is at most ``rtol`` (the estimate extrapolates each value's last two changes
   geometrically), or after ``max_iter`` passes (``Spectrum.iterations`` says how many ran,
-  ``Spectrum.converged`` whether ``rtol`` was met). Ritz values approach the true σ
-  from below.
+  ``Spectrum.converged`` whether ``rtol`` was met). Ritz values approach the true σ from below.
+  The settings and their defaults: :class:`~lora_rank.spectral.settings.SpectralSettings`.
 - **method="exact"**: the Gram matrix over the smaller dimension in f64 and a symmetric
   eigensolver: the whole spectrum. ``"auto"`` (default) uses it when min(rows, cols) ≤ 512.
 - **frobenius_norm** is exact (f64 sum of squares, same pass); **stable_rank** = ‖W‖_F²/σ₁².
