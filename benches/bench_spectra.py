@@ -108,14 +108,17 @@ def timed(fn: Callable[[], Any], runs: int) -> tuple[dict[str, Any], Any]:
 
 def ours_fn(path: Path, m: int, n: int, threads: int, rtol: float | None = None) -> Callable:
     from lora_rank import _core
+    from lora_rank.spectral.settings import SpectralSettings
+
+    settings = SpectralSettings(top_k=TOP_K, method="randomized", threads=threads).replace(
+        rtol=rtol
+    )
 
     shards = [(str(path), path.stat().st_size)]
     jobs = [("w", [(0, header_begin(path), m)], n, "BF16")]
 
     def run() -> dict[str, Any]:
-        return _core.spectra(
-            shards, jobs, top_k=TOP_K, method="randomized", rtol=rtol, threads=threads
-        )[0]
+        return _core.spectra(shards, jobs, **settings.core_kwargs())[0]
 
     return run
 

@@ -106,7 +106,7 @@ def inventory(runs: int, latency: float) -> dict[str, Any]:
 def spectral(which: str, latency: float) -> dict[str, Any]:
     import lora_rank
     from huggingface_hub import constants
-    from lora_rank.spectral import _job_bytes, _Plan
+    from lora_rank.spectral.jobs import Plan, job_bytes
 
     ckpt = lora_rank.demo_checkpoint() if which == "minilm" else Path(which)
     with HubServer({"org/real": Repo(ckpt, sha="5" * 40)}, latency=latency) as hub:
@@ -124,14 +124,14 @@ def spectral(which: str, latency: float) -> dict[str, Any]:
         data = [r for r in hub.log if "/cdn/" in r.path and r.status == 206]
         header_bytes = sum(r.body_bytes for r in data if (r.range or "").startswith("bytes=0-"))
         fetched = sum(r.body_bytes for r in data) - header_bytes
-        analysed = sum(_job_bytes(j) for j in _Plan(local).jobs)
+        analysed = sum(job_bytes(j) for j in Plan(local).jobs)
         same = all(
             a.spectrum == b.spectrum and a.expert_spectra == b.expert_spectra
             for a, b in zip(remote.modules, local.modules)
         )
         return {
             "checkpoint": str(ckpt),
-            "matrices": len(_Plan(local).jobs),
+            "matrices": len(Plan(local).jobs),
             "bytes_analysed": analysed,
             "bytes_fetched_for_data": fetched,
             "bytes_fetched_for_headers": header_bytes,

@@ -73,7 +73,7 @@ result = len([n for n, m in model.named_modules() if isinstance(m, BaseTunerLaye
         Method(
             "lora_rank_count",
             "trainable parameters (all-linear, r=8)",
-            "import lora_rank\nfrom lora_rank.recommend import recommend",
+            "import lora_rank\nfrom lora_rank.recommend.strategies import recommend",
             'result = recommend(lora_rank.analyze(P), "all-linear", r=8).trainable_params\n',
         ),
         Method(

@@ -233,26 +233,12 @@ def _conversions(model: Any, rules: dict[str, Any]) -> list[list[Any]]:
 
 
 def _peft(model: Any) -> tuple[set[str], set[str], Optional[str]]:
-    import peft
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from lora_rank.inventory.transformers import peft_targets
 
     try:
-        wrapped = peft.get_peft_model(model, peft.LoraConfig(target_modules="all-linear"))
+        modules, params = peft_targets(model)
     except Exception as e:
         return set(), set(), f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    modules: set[str] = set()
-    params: set[str] = set()
-    for name, mod in wrapped.named_modules():
-        if not isinstance(mod, BaseTunerLayer):
-            continue
-        name = name.removeprefix("base_model.model.")
-        while name.endswith(".base_layer"):
-            name = name.removesuffix(".base_layer")
-        param = getattr(mod, "parameter_name", None)
-        if param:
-            params.add(f"{name}.{param}")
-        else:
-            modules.add(name)
     return modules, params, None
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import lora_rank
 import pytest
 from checkpoints import ARCHS, WIDE_ARCHS, load_model
-from lora_rank import architectures
-from lora_rank.recommend import recommend
+from lora_rank.inventory import architectures
+from lora_rank.recommend.strategies import recommend
 from peft_oracle import PeftResult, apply_peft
 
 ALL = sorted({**ARCHS, **WIDE_ARCHS})
@@ -211,7 +211,7 @@ def test_tables_cover_the_auto_mappings() -> None:
 def test_import_reads_no_table() -> None:
     code = (
         "import lora_rank, sys\n"
-        "from lora_rank import architectures as a\n"
+        "from lora_rank.inventory import architectures as a\n"
         "assert a._index.cache_info().currsize == 0\n"
         "assert a._model_type_file.cache_info().currsize == 0\n"
         "assert 'torch' not in sys.modules\n"

@@ -204,11 +204,12 @@ def test_missing_module_is_one_line(
 ) -> None:
     """A lora_rank part missing from the build (or an optional dependency) is a one-line
     error, not a traceback."""
-    monkeypatch.setitem(sys.modules, "lora_rank.recommend", None)
+    monkeypatch.setitem(sys.modules, "lora_rank.recommend.strategies", None)
     status, _, err = main(capsys, "recommend", "--demo", "--strategy", "attention-qv")
     assert status == 2
     assert err.strip() == (
-        "lora-rank recommend: error: this lora_rank build has no lora_rank.recommend module yet"
+        "lora-rank recommend: error: this lora_rank build has no lora_rank.recommend.strategies "
+        "module yet"
     )
     missing = ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
     assert cli._user_error(missing) == 'this needs matplotlib: pip install "lora-rank[plot]"'

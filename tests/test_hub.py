@@ -271,9 +271,9 @@ def test_remote_spectra_equal_local_bit_for_bit(
     data = sum(r.body_bytes for r in _range_requests(hub, "/cdn/")) - sum(
         r.body_bytes for r in _range_requests(hub, "/cdn/") if r.range.startswith("bytes=0-")
     )
-    from lora_rank.spectral import _job_bytes, _Plan
+    from lora_rank.spectral.jobs import Plan, job_bytes
 
-    analysed = sum(_job_bytes(j) for j in _Plan(local).jobs)
+    analysed = sum(job_bytes(j) for j in Plan(local).jobs)
     assert analysed <= data <= 1.05 * analysed
     assert not any(r.range is None and "/cdn/" in r.path for r in hub.log)
 
@@ -281,7 +281,7 @@ def test_remote_spectra_equal_local_bit_for_bit(
 def test_remote_spectra_see_a_changed_etag(hub: HubServer) -> None:
     report = lora_rank.analyze("tiny/minilm")
     hub.fault("etag", match="/cdn/", times=None)
-    from lora_rank.spectral import compute_spectra
+    from lora_rank.spectral.compute import compute_spectra
 
     with pytest.raises(
         lora_rank.FileChangedError, match=r"model.safetensors: file changed .* ETag"

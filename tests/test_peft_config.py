@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lora_rank import Recommendation
-from lora_rank.patterns import embed, regex, suffix_list
-from lora_rank.peft_config import Target, build
-from lora_rank.peft_rules import PeftEmulationError
+from lora_rank.errors import PeftEmulationError
+from lora_rank.peft.config import build
+from lora_rank.peft.patterns import embed, regex, suffix_list
+from lora_rank.peft.recommendation import Target
 from peft_oracle import apply_peft
 
 #: Roles of a synthetic layer: name parts after the layer index (BERT's ambiguous "dense"s,
@@ -152,7 +153,7 @@ def test_build_refuses_a_key_that_overmatches(
     report = lora_rank.analyze(checkpoint("bert"))
     targets = _bert_plan(report)
     assert build(report, targets, strategy="x").rank_pattern  # needs a key
-    monkeypatch.setattr("lora_rank.peft_config.patterns.regex", lambda sel, uni: "dense|query")
+    monkeypatch.setattr("lora_rank.peft.config.patterns.regex", lambda sel, uni: "dense|query")
     with pytest.raises(PeftEmulationError):
         build(report, targets, strategy="x")
 

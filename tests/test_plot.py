@@ -17,7 +17,7 @@ from lora_rank.report import Spectrum
 
 pytest.importorskip("matplotlib")
 
-from lora_rank import plot
+from lora_rank.render import plot
 
 
 def _numpy_spectrum(w: np.ndarray, top_k: int = 16) -> Spectrum:

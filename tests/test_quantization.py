@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import quant_packers as qp
 from lora_rank import _core
-from lora_rank.spectral import _expected_sizes, _Plan
+from lora_rank.spectral.compute import compute_spectra
+from lora_rank.spectral.jobs import Plan, shard_files
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FP8_BLOCK = (16, 24)  # partial column blocks on the 32-wide inputs
@@ -103,8 +104,8 @@ def quantized(
 def _dequantized(report: lora_rank.Report) -> dict[str, np.ndarray]:
     """Every quantized module's matrix as the engine decodes it, in the streamed orientation
     made [out, in] again."""
-    plan = _Plan(report)
-    shards = list(zip(report.shards, _expected_sizes(report, plan.shard_index)))
+    plan = Plan(report)
+    shards = shard_files(report)
     out = {}
     for (module, _), job, quant in zip(plan.targets, plan.jobs, plan.quant):
         if quant is None:
@@ -227,7 +228,7 @@ def test_large_matrix_streams_in_panels(method: str, tmp_path: Path) -> None:
         tensors = {f"{p}.weight": q, f"{p}.weight_scale_inv": scale}
     report = lora_rank.analyze(_single_linear(tmp_path, tensors, qc))
     np.testing.assert_array_equal(_dequantized(report)[p], ref)
-    lora_rank.spectral.compute_spectra(report, method="randomized", progress=False)
+    compute_spectra(report, method="randomized", progress=False)
     s = np.linalg.svd(ref.astype(np.float64), compute_uv=False)
     sp = report.module(p).spectrum
     assert sp is not None

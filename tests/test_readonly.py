@@ -19,7 +19,7 @@ import pytest
 
 HAVE = {
     m: importlib.util.find_spec(f"lora_rank.{m}") is not None
-    for m in ("spectral", "recommend", "plot", "cli")
+    for m in ("spectral", "recommend", "render.plot", "cli")
 }
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -96,17 +96,17 @@ def op_recommend(path: Path, out: Path) -> None:
 
 
 def op_plot(path: Path, out: Path) -> None:
-    _skip_unless("spectral", "plot")
+    _skip_unless("spectral", "render.plot")
     if not HAVE_MATPLOTLIB:
         pytest.skip("matplotlib (the plot extra) not installed")
-    from lora_rank import plot
+    from lora_rank.render import plot
 
     report = lora_rank.analyze(path, spectral=True, progress=False)
     assert plot.figure_bytes(plot.heatmap(report, "stable_rank"), "png").startswith(b"\x89PNG")
 
 
 def op_cli(path: Path, out: Path) -> None:
-    _skip_unless("spectral", "recommend", "plot", "cli")
+    _skip_unless("spectral", "recommend", "render.plot", "cli")
     from lora_rank.cli import main
 
     p = str(path)

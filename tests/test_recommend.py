@@ -19,9 +19,10 @@ import lora_rank
 import pytest
 from checkpoints import ARCHS, load_model
 from lora_rank import ConfigError, Report, Spectrum
-from lora_rank.allocation import BUDGET_FLOOR
-from lora_rank.presets import ATTENTION_KINDS, MLP_KINDS, PRESETS
-from lora_rank.recommend import parse_budget, rank_targets, recommend
+from lora_rank.recommend.allocation import BUDGET_FLOOR
+from lora_rank.recommend.budget import parse_budget
+from lora_rank.recommend.presets import ATTENTION_KINDS, MLP_KINDS, PRESETS
+from lora_rank.recommend.strategies import rank_targets, recommend
 from peft_oracle import PeftResult, apply_peft
 
 ARCH_NAMES = [*ARCHS, "minilm"]
@@ -258,13 +259,15 @@ def test_auto_computes_missing_spectra(
         fill_spectra(report, path_of("qwen2"))
 
     monkeypatch.setitem(
-        sys.modules, "lora_rank.spectral", types.SimpleNamespace(compute_spectra=compute_spectra)
+        sys.modules,
+        "lora_rank.spectral.compute",
+        types.SimpleNamespace(compute_spectra=compute_spectra),
     )
     report = lora_rank.analyze(path_of("qwen2"))
     assert not report.has_spectra
     rec = recommend(report, "spectral")
     assert calls == [report] and report.has_spectra and rec.targets
-    monkeypatch.setitem(sys.modules, "lora_rank.spectral", None)  # cannot be imported
+    monkeypatch.setitem(sys.modules, "lora_rank.spectral.compute", None)  # cannot be imported
     with pytest.raises(ConfigError, match="need weight spectra"):
         recommend(lora_rank.analyze(path_of("qwen2")), "spectral")
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lora_rank import naming
+from lora_rank.inventory import naming
 
 ROOT = Path(__file__).resolve().parent.parent
 

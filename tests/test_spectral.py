@@ -17,8 +17,9 @@ import lora_rank
 import numpy as np
 import pytest
 from lora_rank import _core
-from lora_rank.progress import progress_reporter
-from lora_rank.spectral import compute_spectra
+from lora_rank.spectral.compute import compute_spectra
+from lora_rank.spectral.progress import progress_reporter
+from lora_rank.spectral.settings import SpectralSettings
 
 TOP_K = 32
 
@@ -331,7 +332,9 @@ def test_ctrl_c_interrupts_the_scan(tmp_path: Path) -> None:
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         _core.spectra(
-            [(str(path), path.stat().st_size)], jobs, method="randomized", rtol=1e-9, threads=2
+            [(str(path), path.stat().st_size)],
+            jobs,
+            **SpectralSettings(method="randomized", rtol=1e-9, threads=2).core_kwargs(),
         )
     timer.join()
     assert time.monotonic() - start < 1.3

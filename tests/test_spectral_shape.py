@@ -14,7 +14,8 @@ import lora_rank
 import numpy as np
 import pytest
 from lora_rank import _core
-from lora_rank.spectral import compute_spectra
+from lora_rank.spectral.compute import compute_spectra
+from lora_rank.spectral.settings import SpectralSettings
 
 
 def _mp_median(y: float) -> float:
@@ -196,7 +197,9 @@ def test_llm_like_bf16_matrix_energy_ranks(tmp_path: Path) -> None:
         begin, size = _write_bf16(path, a)
         stored = torch.from_numpy(a).to(torch.bfloat16).double().numpy()
         d = _core.spectra(
-            [(str(path), size)], [("w", [(0, begin, m)], n, "BF16")], method="randomized"
+            [(str(path), size)],
+            [("w", [(0, begin, m)], n, "BF16")],
+            **SpectralSettings(method="randomized").core_kwargs(),
         )[0]
         want = _oracle(stored)
         for k in ("energy_rank_90", "energy_rank_95", "energy_rank_99"):
@@ -225,7 +228,7 @@ def test_snr_finite_for_low_rank_and_flat_matrices(tmp_path: Path) -> None:
             d = _core.spectra(
                 [(str(path), path.stat().st_size)],
                 [("w", [(0, begin, a.shape[0])], a.shape[1], "F32")],
-                method=method,
+                **SpectralSettings(method=method).core_kwargs(),
             )[0]
             assert math.isfinite(d["spectrum_snr"]), (name, method)
             assert math.isfinite(d["mp_snr"]), (name, method)
@@ -238,7 +241,11 @@ def test_engine_dict_carries_every_spectrum_field(tmp_path: Path) -> None:
     save_file({"w": np.ones((8, 8), dtype=np.float32)}, str(path))
     with open(path, "rb") as f:
         begin = 8 + int.from_bytes(f.read(8), "little")
-    d = _core.spectra([(str(path), path.stat().st_size)], [("w", [(0, begin, 8)], 8, "F32")])[0]
+    d = _core.spectra(
+        [(str(path), path.stat().st_size)],
+        [("w", [(0, begin, 8)], 8, "F32")],
+        **SpectralSettings().core_kwargs(),
+    )[0]
     assert set(d) == {f.name for f in dataclasses.fields(lora_rank.Spectrum)}
 
 

@@ -1,4 +1,4 @@
-"""The weighted strategies (lora_rank.strategies) and ``auto`` on the real MiniLM, with PEFT as
+"""The weighted strategies (lora_rank.recommend.weights) and ``auto`` on the real MiniLM, with PEFT as
 the oracle of what is wrapped and counted; presets at any budget."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import lora_rank
 import pytest
 from lora_rank import ConfigError, Report
-from lora_rank.allocation import BUDGET_FLOOR
-from lora_rank.presets import ATTENTION_KINDS, MLP_KINDS
-from lora_rank.recommend import AUTO, recommend
-from lora_rank.strategies import RULES
+from lora_rank.recommend.allocation import BUDGET_FLOOR
+from lora_rank.recommend.presets import ATTENTION_KINDS, MLP_KINDS
+from lora_rank.recommend.strategies import AUTO, recommend
+from lora_rank.recommend.weights import RULES
 from test_recommend import check_against_peft
 
 #: all-linear's cost of one unit of rank on MiniLM: 6 layers x (4 x 768 + 2 x 1920) + 768.

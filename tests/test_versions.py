@@ -12,7 +12,7 @@ import lora_rank
 import peft
 import pytest
 import transformers
-from lora_rank import naming
+from lora_rank.inventory import naming
 
 DATA = Path(lora_rank.__file__).parent / "_data" / "transformers_rules.json"
 
@@ -35,7 +35,7 @@ def test_installed_versions_import_nothing() -> None:
     import sys
 
     code = (
-        "import sys; from lora_rank import naming; v = naming.installed_versions(); "
+        "import sys; from lora_rank.inventory import naming; v = naming.installed_versions(); "
         "assert v['transformers'] and v['peft'], v; "
         "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
         "assert not bad, bad; print('ok')"

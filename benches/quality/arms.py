@@ -2,10 +2,10 @@
 the module → rank map each strategy gives MiniLM.
 
 Library arms come from ``lora_rank.recommend``: presets and the weighted strategies of
-:mod:`lora_rank.strategies` at ``rank_multiple=1``; ``auto`` is the rule ``auto`` followed before
+:mod:`lora_rank.recommend.weights` at ``rank_multiple=1``; ``auto`` is the rule ``auto`` followed before
 this benchmark (now ``strategy="spectral"``, ``rank_multiple=4``). The weighted rules allocate
 over all-linear's 37 modules with the library's water-filling
-(:func:`lora_rank.allocation.allocate`, ranks ∝ weight):
+(:func:`lora_rank.recommend.allocation.allocate`, ranks ∝ weight):
 
 - ``shuffled``: ``auto``'s scores permuted across its modules (seeded): the control for
   "the module-level spectral detail matters".
@@ -35,11 +35,11 @@ from typing import Any, Callable
 
 import lora_rank
 import numpy as np
-from lora_rank import allocation
+from lora_rank.recommend import allocation, scoring
 
 R_BUDGETS = (2, 4, 8)
 LIBRARY = ("all-linear", "attention-qv", "auto")
-#: Weighted strategies of :mod:`lora_rank.strategies`, run at ``rank_multiple=1``.
+#: Weighted strategies of :mod:`lora_rank.recommend.weights`, run at ``rank_multiple=1``.
 WEIGHTED = ("kind-prior", "depth", "alpha", "pooler")
 RULES = ("shuffled", "snr", *WEIGHTED)
 ATTN = ("attn_q", "attn_k", "attn_v", "attn_o")
@@ -88,8 +88,8 @@ def _spectral_auto(b: int) -> dict[str, int]:
 
 def _shuffled(b: int) -> dict[str, int]:
     rec = report().recommend("auto", budget=b)
-    scored = [n for n in modules() if lora_rank.scoring.score(modules()[n], None)]
-    scores = [lora_rank.scoring.score(modules()[n], None) for n in scored]
+    scored = [n for n in modules() if scoring.score(modules()[n], None)]
+    scores = [scoring.score(modules()[n], None) for n in scored]
     random.Random(0).shuffle(scores)
     items = [
         allocation.Item(n, cost(n), min(128, modules()[n].in_features // 4 * 4), s)

@@ -1,6 +1,8 @@
 """lora_rank: choose LoRA target modules and ranks from a checkpoint's safetensors headers and
 weight spectra, without loading the model.
 
+The public API; the package layout is described in ``docs/architecture.md``.
+
 Example:
     >>> import lora_rank
     >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
@@ -19,10 +21,13 @@ from .errors import (
     HubError,
     LoraRankError,
     NotACheckpointError,
+    PeftEmulationError,
     UnsupportedFormatError,
 )
-from .peft_config import Recommendation
-from .report import KINDS, Module, Report, Spectrum, Tensor
+from .inventory.kinds import KINDS
+from .peft.recommendation import Recommendation
+from .report import Module, Report, Spectrum, Tensor
+from .spectral.settings import SpectralSettings
 
 __all__ = [
     "KINDS",
@@ -34,8 +39,10 @@ __all__ = [
     "LoraRankError",
     "Module",
     "NotACheckpointError",
+    "PeftEmulationError",
     "Recommendation",
     "Report",
+    "SpectralSettings",
     "Spectrum",
     "Tensor",
     "UnsupportedFormatError",

@@ -61,31 +61,6 @@ class ByteBuffer:
     def write(self, offset: int, data: bytes) -> None: ...
     def __len__(self) -> int: ...
 
-class _SpectrumDict(TypedDict):
-    singular_values: list[float]
-    frobenius_norm: float
-    spectral_norm: float
-    stable_rank: float
-    energy_rank_90: int
-    energy_rank_95: int
-    energy_rank_99: int
-    energy_rank_exact: bool
-    alpha: float
-    nonfinite: int
-    method: str
-    iterations: int
-    converged: bool
-    sv_error: float
-    energy_rank_stderr: list[float]
-    sv_quantiles: list[float]
-    mp_sigma: float
-    mp_edge: float
-    mp_spikes: int
-    spectrum_snr: float
-    mp_snr: float
-    pl_alpha: float
-    pl_xmin: float
-
 _AuxTuple = tuple[str, int, int, list[int], str]
 _QuantTuple = tuple[
     str, str, int, tuple[int, int], int, _AuxTuple, Optional[_AuxTuple], Optional[_AuxTuple]
@@ -97,30 +72,34 @@ def read_matrix(
     job: _JobTuple,
     quant: Optional[list[_QuantTuple]] = None,
 ) -> bytes: ...
+
+# Each result dict has exactly the fields of ``lora_rank.report.Spectrum``, in its order (the
+# one definition; ``Spectrum.from_core`` converts by field name and tests/test_architecture.py
+# fails when the binding's keys or value types differ).
 def spectra(
     shards: list[tuple[str, int]],
-    jobs: list[tuple[str, list[tuple[int, int, int]], int, str]],
+    jobs: list[_JobTuple],
     *,
-    top_k: int = 32,
-    method: str = "auto",
-    rtol: Optional[float] = None,
-    seed: int = 0,
-    oversample: int = 8,
-    max_iter: Optional[int] = None,
-    threads: Optional[int] = None,
+    top_k: int,
+    method: str,
+    rtol: float,
+    max_iter: int,
+    seed: int,
+    threads: Optional[int],
+    oversample: int,
     progress: Optional[Callable[[int, int, str], object]] = None,
     quant: Optional[list[Optional[list[_QuantTuple]]]] = None,
-) -> list[_SpectrumDict]: ...
+) -> list[dict[str, Any]]: ...
 def spectra_in_memory(
     buffers: list[tuple[str, int, ByteBuffer]],
-    jobs: list[tuple[str, list[tuple[int, int, int]], int, str]],
+    jobs: list[_JobTuple],
     *,
-    top_k: int = 32,
-    method: str = "auto",
-    rtol: Optional[float] = None,
-    seed: int = 0,
-    oversample: int = 8,
-    max_iter: Optional[int] = None,
-    threads: Optional[int] = None,
+    top_k: int,
+    method: str,
+    rtol: float,
+    max_iter: int,
+    seed: int,
+    threads: Optional[int],
+    oversample: int,
     progress: Optional[Callable[[int, int, str], object]] = None,
-) -> list[_SpectrumDict]: ...
+) -> list[dict[str, Any]]: ...

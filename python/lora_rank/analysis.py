@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings as _warnings
-from typing import Any, Callable, Optional, Union
+from typing import Optional, Union
 
-from . import naming, quantization
 from .errors import ConfigError
-from .inventory import build_modules
-from .report import Report, Tensor
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-#: Progress callback: ``progress(done, total, tensor_name)``.
-ProgressCallback = Callable[[int, int, str], None]
+from .inventory import naming, quantization
+from .inventory.modules import build_modules
+from .inventory.rules import versions as rules_versions
+from .report import Report
+from .sources.hub import open_source
+from .sources.local import PathLike
+from .spectral.progress import ProgressCallback
+from .spectral.settings import SpectralSettings
 
 
 def analyze(
@@ -23,10 +22,11 @@ def analyze(
     *,
     revision: Optional[str] = None,
     spectral: bool = False,
-    top_k: int = 32,
-    method: str = "auto",
+    settings: Optional[SpectralSettings] = None,
+    top_k: Optional[int] = None,
+    method: Optional[str] = None,
     rtol: Optional[float] = None,
-    seed: int = 0,
+    seed: Optional[int] = None,
     threads: Optional[int] = None,
     progress: Union[bool, ProgressCallback, None] = None,
     resolve: str = "rules",
@@ -43,8 +43,11 @@ def analyze(
             requests (see :mod:`lora_rank.sources.hub`).
         revision: branch, tag or commit of a hub repo (default ``main``).
         spectral: also compute per-matrix spectral statistics (reads the tensor data).
-        top_k, method, rtol, seed: spectral solver settings (see :mod:`lora_rank.spectral`).
-        threads: worker threads (default: all cores).
+        settings: spectral solver settings (default
+            :class:`~lora_rank.spectral.settings.SpectralSettings`()); its ``threads`` also
+            reads the headers.
+        top_k, method, rtol, seed, threads: override those fields of ``settings`` (None keeps
+            them; ``threads``: worker threads, default all cores).
         progress: a callback ``(done, total, name)``, True for a progress bar, False for none;
             None shows a bar only in a terminal.
         resolve: ``"rules"`` (default: names from shipped transformers rules, header-only, no
@@ -65,25 +68,19 @@ def analyze(
     """
     if resolve not in ("rules", "transformers"):
         raise ConfigError(f"resolve must be 'rules' or 'transformers', not {resolve!r}")
-    from .sources.hub import open_source
-
-    raw, remote_shards = open_source(os.fspath(path), revision, threads)
-    config: Optional[dict[str, Any]] = None
-    if raw["config_json"] is not None:
-        config = _parse_config(raw["config_json"], os.path.join(raw["root"], "config.json"))
-    shard_names = [s["name"] for s in raw["shards"]]
-    tensors = [
-        Tensor(name, dtype, tuple(shape), shard_names[shard], begin, end)
-        for name, dtype, shape, shard, begin, end in raw["tensors"]
-    ]
+    chosen = (settings or SpectralSettings()).replace(
+        top_k=top_k, method=method, rtol=rtol, seed=seed, threads=threads
+    )
+    ckpt = open_source(os.fspath(path), revision, chosen.threads)
+    config = ckpt.config
     logical = quantization.logical_tensors(
-        tensors, config, os.path.join(raw["root"], "config.json")
+        ckpt.tensors, config, os.path.join(ckpt.root, "config.json"), ckpt.shards
     )
     if resolve == "transformers":
-        from .resolve_transformers import build_modules_from_model
+        from .inventory.transformers import build_modules_from_model
 
         modules, warns = build_modules_from_model(
-            logical.tensors, config, raw["root"], trust_remote_code=trust_remote_code
+            logical.tensors, config, ckpt.root, trust_remote_code=trust_remote_code
         )
         resolution = "transformers"
     else:
@@ -93,63 +90,25 @@ def analyze(
     for w in warns:
         _warnings.warn(w, stacklevel=2)
     report = Report(
-        path=raw["root"],
+        path=ckpt.root,
         model_type=(config or {}).get("model_type"),
         architectures=list((config or {}).get("architectures") or []),
         config=config,
         total_params=sum(t.numel for t in logical.tensors),
-        total_bytes=sum(t.nbytes for t in tensors),
-        tensors=tensors,
+        total_bytes=sum(t.nbytes for t in ckpt.tensors),
+        tensors=ckpt.tensors,
         modules=modules,
-        shards=[s["path"] for s in raw["shards"]],
+        shards=ckpt.shards,
         resolve=resolve,
         resolution=resolution,
-        rules_version=naming.rules_versions(),
+        rules_version=rules_versions(),
         installed_version=naming.installed_versions(),
         warnings=warns,
-        remote_shards=remote_shards,
-        stored_elements=quantization.stored_elements(tensors) if logical.quantized else None,
+        remote_shards=ckpt.remote_shards,
+        stored_elements=quantization.stored_elements(ckpt.tensors) if logical.quantized else None,
     )
     if spectral:
-        from .spectral import compute_spectra
+        from .spectral.compute import compute_spectra
 
-        compute_spectra(
-            report,
-            top_k=top_k,
-            method=method,
-            rtol=rtol,
-            seed=seed,
-            threads=threads,
-            progress=progress,
-        )
+        compute_spectra(report, chosen, progress=progress)
     return report
-
-
-#: config.json fields the inventory reads, and the JSON types they must have.
-_CONFIG_TYPES: dict[str, type] = {"model_type": str, "architectures": list, "vocab_size": int}
-
-
-def _parse_config(text: str, path: str) -> dict[str, Any]:
-    """``config.json`` as a dict; a file that is not a JSON object, or whose ``model_type``,
-    ``architectures`` or ``vocab_size`` has the wrong type, is a :class:`ConfigError`.
-
-    Example:
-        >>> _parse_config('{"model_type": "bert"}', "config.json")
-        {'model_type': 'bert'}
-    """
-    try:
-        parsed = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"{path} is not a JSON object")
-    for key, expected in _CONFIG_TYPES.items():
-        value = parsed.get(key)
-        if value is None:
-            continue
-        bad = not isinstance(value, expected) or isinstance(value, bool)
-        if key == "architectures" and not bad:
-            bad = not all(isinstance(a, str) for a in value)
-        if bad:
-            raise ConfigError(f"{path}: {key} has the wrong type: {value!r}"[:300])
-    return parsed

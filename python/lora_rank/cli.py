@@ -20,17 +20,20 @@ import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
-from .errors import ConfigError, LoraRankError
-from .plot import METRICS
+from .errors import ConfigError, LoraRankError, PeftEmulationError
+from .recommend.presets import TASKS
+from .recommend.strategies import AUTO, STRATEGIES, needs_spectra
+from .render.plot import METRICS
+from .spectral.settings import SpectralSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from .peft_config import Recommendation
+    from .peft.recommendation import Recommendation
     from .report import Report
 
 PROG = "lora-rank"
@@ -93,9 +96,9 @@ def _common_options() -> _Parser:
     p.add_argument(
         "--top-k",
         type=_positive_int,
-        default=32,
         metavar="K",
-        help="singular values computed per matrix when spectra are needed (default: 32)",
+        help="singular values computed per matrix when spectra are needed "
+        f"(default: {SpectralSettings.top_k})",
     )
     p.add_argument(
         "--threads", type=_positive_int, metavar="N", help="worker threads (default: all cores)"
@@ -116,14 +119,13 @@ def _recommend_options(p: argparse.ArgumentParser, *, for_plot: bool) -> None:
     g = p.add_argument_group(
         "recommendation options" + (" (with --metric rank)" if for_plot else "")
     )
-    try:
-        from .recommend import AUTO, STRATEGIES
-
-        names = f"{', '.join(STRATEGIES)} (default: auto, which is {AUTO}: README, 'What auto "
-        names += "does and why')"
-    except ImportError:  # a build without it: the recommend command says so when run
-        names = "a strategy name"
-    g.add_argument("--strategy", help=names)
+    g.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        metavar="STRATEGY",
+        help=f"{', '.join(STRATEGIES)} (default: auto, which is {AUTO}: README, 'What auto "
+        "does and why')",
+    )
     g.add_argument(
         "--budget",
         metavar="B",
@@ -133,6 +135,8 @@ def _recommend_options(p: argparse.ArgumentParser, *, for_plot: bool) -> None:
     g.add_argument("--r", type=_positive_int, metavar="R", help="LoRA rank (default: 8)")
     g.add_argument(
         "--task",
+        choices=[t for t in TASKS if t],
+        metavar="TASK",
         help="classification (attention only), knowledge or style (attention + MLP)",
     )
     g.add_argument(
@@ -155,6 +159,16 @@ def _listing_options(p: argparse.ArgumentParser, row: str, formats: dict[str, st
     )
 
 
+def _command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], **texts: str
+) -> argparse.ArgumentParser:
+    """The subcommand ``name`` (running ``func``), with the common options and ``texts``
+    (``help``, ``description``)."""
+    p: argparse.ArgumentParser = sub.add_parser(name, parents=[_common_options()], **texts)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lora-rank`` argument parser.
 
@@ -173,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    a = sub.add_parser(
+    a = _command(
+        sub,
         "analyze",
-        parents=[_common_options()],
+        cmd_analyze,
         help="inventory the modules (and with --spectral their spectra)",
         description="Summarise a checkpoint: modules by kind, shapes, parameters and, with "
         "--spectral, stable rank, energy rank and alpha of every weight matrix.",
@@ -185,11 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _listing_options(a, "module", {"json": "the full Report.to_json()", "csv": "the rows"})
     a.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    a.set_defaults(func=cmd_analyze)
 
-    r = sub.add_parser(
+    r = _command(
+        sub,
         "recommend",
-        parents=[_common_options()],
+        cmd_recommend,
         help="recommend LoRA targets and ranks; write adapter_config.json",
         description="Recommend LoRA target modules and per-module ranks, print the exact "
         "trainable-parameter count and write a PEFT adapter_config.json.",
@@ -199,11 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", help="write DIR/adapter_config.json (created if missing)"
     )
     _listing_options(r, "adapted module", {"json": "the recommendation as a dict"})
-    r.set_defaults(func=cmd_recommend)
 
-    pl = sub.add_parser(
+    pl = _command(
+        sub,
         "plot",
-        parents=[_common_options()],
+        cmd_plot,
         help="draw a layer × module-kind heatmap or singular-value spectra",
         description="Draw a heatmap of one statistic per layer and module kind, or with "
         "--spectra the singular values of chosen modules. Computes spectra.",
@@ -222,7 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. 'layers.0.self_attn.q_proj' '*.31.*')",
     )
     _recommend_options(pl, for_plot=True)
-    pl.set_defaults(func=cmd_plot)
     return parser
 
 
@@ -250,6 +264,11 @@ def _checkpoint_path(args: argparse.Namespace) -> Union[str, Path]:
     return str(args.path)
 
 
+def _spectral_settings(args: argparse.Namespace) -> SpectralSettings:
+    """The solver settings the options give (defaults for the options not given)."""
+    return SpectralSettings().replace(top_k=args.top_k, threads=args.threads)
+
+
 def _analyze(args: argparse.Namespace, spectral: bool) -> Report:
     from .analysis import analyze
 
@@ -257,8 +276,7 @@ def _analyze(args: argparse.Namespace, spectral: bool) -> Report:
         _checkpoint_path(args),
         revision=args.revision,
         spectral=spectral,
-        top_k=args.top_k,
-        threads=args.threads,
+        settings=_spectral_settings(args),
         progress=False if args.quiet else None,
         resolve=args.resolve,
     )
@@ -306,14 +324,14 @@ def _note(args: argparse.Namespace, message: str) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """``lora-rank analyze``."""
-    from . import tables
+    from .render import rows, tables
+    from .render.format import to_csv
 
     report = _analyze(args, spectral=args.spectral)
     if args.format == "json":
         _emit(args, report.to_json(indent=2) + "\n")
     elif args.format == "csv":
-        rows = tables.module_rows(report) if args.per_module else tables.kind_rows(report)
-        _emit(args, tables.to_csv(rows))
+        _emit(args, to_csv(rows.module_rows(report) if args.per_module else rows.kind_rows(report)))
     else:
         _emit(args, None, lambda width: tables.report_renderables(report, args.per_module, width))
     if args.format == "table" and not args.output:
@@ -331,14 +349,14 @@ def _recommend_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _recommendation(args: argparse.Namespace) -> tuple[Report, Recommendation]:
     strategy = args.strategy or "auto"
     if args.budget is not None:
-        from .recommend import parse_budget
+        from .recommend.budget import parse_budget
 
         # Check the syntax now, before a long spectral scan (fractions resolve later).
         parse_budget(args.budget, 1 << 62)
-    from .recommend import needs_spectra
-
     report = _analyze(args, spectral=needs_spectra(strategy))
-    return report, report.recommend(strategy, **_recommend_kwargs(args))
+    return report, report.recommend(
+        strategy, spectral_settings=_spectral_settings(args), **_recommend_kwargs(args)
+    )
 
 
 def _check_out_dir(out: Path) -> None:
@@ -360,7 +378,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
         sys.stdout.write(json.dumps(_nan_to_none(rec.to_dict()), indent=2) + "\n")
     else:
-        from . import tables
+        from .render import tables
 
         console = _console()
         for r in tables.recommendation_renderables(rec, args.per_module, console.width):
@@ -385,8 +403,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: the file name must end in .png, .svg or .pdf")
     if not Path(args.out).resolve().parent.is_dir():
         raise UsageError(f"--out {args.out}: directory {Path(args.out).parent} does not exist")
-    from . import plot
     from .atomic import write_atomic
+    from .render import plot
 
     if args.spectra and args.metric:
         raise UsageError("--metric is for the heatmap; --spectra draws singular values instead")
@@ -419,6 +437,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def _user_error(e: BaseException) -> Optional[str]:
     """One-line message for an error the user can fix, None for a bug."""
+    if isinstance(e, PeftEmulationError):
+        return None  # an internal error: show the traceback
     if isinstance(e, OSError) and e.strerror and e.filename:
         return f"{e.filename}: {e.strerror}"
     if isinstance(e, (LoraRankError, OSError)):

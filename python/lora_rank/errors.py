@@ -28,6 +28,11 @@ class HubError(LoraRankError):
     (gated or private), offline and not cached, or a server answering range requests wrongly."""
 
 
+class PeftEmulationError(LoraRankError, RuntimeError):
+    """A config lora_rank built does not do in PEFT what lora_rank intended (an internal error,
+    not bad input: please report it with the model's config.json)."""
+
+
 __all__ = [
     "CheckpointIndexError",
     "ConfigError",
@@ -36,5 +41,6 @@ __all__ = [
     "HubError",
     "LoraRankError",
     "NotACheckpointError",
+    "PeftEmulationError",
     "UnsupportedFormatError",
 ]

@@ -11,38 +11,16 @@ import dataclasses
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
+
+from .inventory.kinds import KINDS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from .recommend import Recommendation
-
-#: Every module kind, in display order.
-KINDS: tuple[str, ...] = (
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_o",
-    "attn_qkv",
-    "mlp_gate",
-    "mlp_up",
-    "mlp_down",
-    "mlp_gate_up",
-    "moe_expert_gate",
-    "moe_expert_up",
-    "moe_expert_gate_up",
-    "moe_expert_down",
-    "moe_shared_expert_gate",
-    "moe_router",
-    "embedding",
-    "lm_head",
-    "classifier",
-    "norm",
-    "other_linear",
-    "other",
-)
+    from .peft.recommendation import Recommendation
 
 
 @dataclass(frozen=True)
@@ -50,7 +28,7 @@ class Tensor:
     """One tensor as stored in a safetensors shard.
 
     Example:
-        >>> t = Tensor("w", "BF16", (4, 8), "model.safetensors", 8, 72)
+        >>> t = Tensor("w", "BF16", (4, 8), 0, 8, 72)
         >>> t.numel, t.nbytes
         (32, 64)
     """
@@ -58,7 +36,8 @@ class Tensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    shard: str
+    #: Index of the shard file holding the tensor, into :attr:`Report.shards`.
+    shard: int
     #: Absolute byte range of the data in the shard file.
     begin: int
     end: int
@@ -78,12 +57,11 @@ class Tensor:
 class Spectrum:
     """Spectral statistics of one weight matrix (see :func:`lora_rank.analyze`, ``spectral=True``).
 
-    ``singular_values`` are the top-k, descending. ``energy_rank_*`` is the smallest k whose
-    Σσᵢ² reaches that share of ‖W‖_F²; ``energy_rank_exact`` says whether the known σ sufficed
-    (otherwise the value is an estimate from a linear model of the unknown tail, never below
-    the rigorous lower bound). ``alpha`` is the Hill estimate of the power-law exponent of the
-    eigenvalues σᵢ² on the top-k. ``nonfinite`` counts NaN/Inf elements; when nonzero the
-    float fields are NaN and the energy ranks 0. See :mod:`lora_rank.spectral`.
+    This dataclass is the one definition of a spectrum's fields: the Rust engine's result dicts
+    (``_core.spectra``) carry exactly these keys, in this order, and :meth:`from_core` converts
+    them by field name; ``tests/test_architecture.py`` fails when the binding and the dataclass
+    disagree. See :mod:`lora_rank.spectral.compute` for how
+    each value is computed.
 
     Whole-spectrum statistics (exact in ``"exact"`` mode; from the solver's block Gauss
     quadrature density in ``"randomized"`` mode): ``energy_rank_stderr`` (standard errors of
@@ -98,22 +76,34 @@ class Spectrum:
 
     Example:
         >>> s = Spectrum((2.0, 1.0), 3.0, 2.0, 2.25, 1, 2, 2, True, 2.1, 0, "exact")
-        >>> s.stable_rank
-        2.25
+        >>> s.stable_rank, s.converged
+        (2.25, True)
     """
 
+    #: The top-k singular values, descending.
     singular_values: tuple[float, ...]
+    #: ‖W‖_F, exact (f64 sum of squares).
     frobenius_norm: float
+    #: σ₁.
     spectral_norm: float
+    #: ‖W‖_F² / σ₁².
     stable_rank: float
+    #: Smallest r whose Σᵢ≤ᵣ σᵢ² reaches 90% of ‖W‖_F² (95%, 99% below).
     energy_rank_90: int
     energy_rank_95: int
     energy_rank_99: int
+    #: Whether the known σ sufficed for the energy ranks (else an estimate from a model of the
+    #: unknown tail, never below the rigorous lower bound).
     energy_rank_exact: bool
+    #: Hill estimate of the power-law exponent of the eigenvalues σᵢ² on the top-k.
     alpha: float
+    #: NaN/Inf elements; when nonzero the float fields are NaN and the energy ranks 0.
     nonfinite: int
+    #: ``"exact"`` or ``"randomized"``: what the solver used.
     method: str
+    #: Solver passes over the matrix (randomized; 0 for exact).
     iterations: int = 0
+    #: Whether the randomized solver met ``rtol`` before ``max_iter`` (always True for exact).
     converged: bool = True
     sv_error: float = 0.0
     energy_rank_stderr: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -125,6 +115,22 @@ class Spectrum:
     mp_snr: float = math.nan
     pl_alpha: float = math.nan
     pl_xmin: float = math.nan
+
+    @classmethod
+    def from_core(cls, d: Mapping[str, Any]) -> Spectrum:
+        """The spectrum of one ``_core.spectra`` result dict, field by field name (lists
+        become tuples), so a field is defined once.
+
+        Example:
+            >>> d = {f.name: 0 for f in dataclasses.fields(Spectrum)}
+            >>> Spectrum.from_core({**d, "singular_values": [2.0, 1.0]}).singular_values
+            (2.0, 1.0)
+        """
+        values = {f.name: d[f.name] for f in dataclasses.fields(cls)}
+        for k, v in values.items():
+            if isinstance(v, list):
+                values[k] = tuple(v)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-safe apart from NaN floats)."""
@@ -152,7 +158,7 @@ class RemoteShard:
 
 @dataclass(frozen=True)
 class Quantization:
-    """How a quantized module's weight is stored (see :mod:`lora_rank.quantization`).
+    """How a quantized module's weight is stored (see :mod:`lora_rank.inventory.quantization`).
 
     ``method`` is ``"fp8"`` (block-scaled), ``"gptq"`` or ``"awq"``; ``bits`` the stored
     bits per weight; ``group_size`` the GPTQ/AWQ group along ``in_features`` (-1: one group);
@@ -266,9 +272,9 @@ class Report:
 
     Example:
         >>> import lora_rank
-        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())  # doctest: +SKIP
-        >>> report.model_type, report.total_params  # doctest: +SKIP
-        ('bert', 22713728)
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> report.model_type, report.total_params, report.shards[report.tensors[0].shard][-17:]
+        ('bert', 22713728, 'model.safetensors')
     """
 
     path: str
@@ -339,15 +345,17 @@ class Report:
 
     # -- recommendation --------------------------------------------------------------------
     def recommend(self, strategy: str = "auto", **kwargs: Any) -> Recommendation:
-        """Recommend LoRA targets and ranks; see :func:`lora_rank.recommend.recommend`."""
-        from .recommend import recommend
+        """Recommend LoRA targets and ranks; see :func:`lora_rank.recommend.strategies.recommend`."""
+        # Lazy import (deliberate cycle): recommend reads reports; a report offers the method.
+        from .recommend.strategies import recommend
 
         return recommend(self, strategy, **kwargs)
 
     def rank_targets(self, task: Optional[str] = None) -> list[dict[str, Any]]:
         """Candidate target kinds and modules sorted by score; see
-        :func:`lora_rank.recommend.rank_targets`."""
-        from .recommend import rank_targets
+        :func:`lora_rank.recommend.strategies.rank_targets`."""
+        # Lazy import (deliberate cycle), as in :meth:`recommend`.
+        from .recommend.strategies import rank_targets
 
         return rank_targets(self, task=task)
 
@@ -356,9 +364,10 @@ class Report:
         """Plain-dict form of the whole report.
 
         Example:
-            >>> d = report.to_dict()  # doctest: +SKIP
-            >>> sorted(d)[:3]  # doctest: +SKIP
-            ['architectures', 'config', 'model_type']
+            >>> import lora_rank
+            >>> d = lora_rank.analyze(lora_rank.demo_checkpoint()).to_dict()
+            >>> sorted(d)[:3]
+            ['architectures', 'config', 'installed_version']
         """
         return {
             "path": self.path,
@@ -409,8 +418,9 @@ class Report:
         )
 
     def _repr_html_(self) -> str:
-        """Notebook display: summary and per-kind table (see :mod:`lora_rank.html`)."""
-        from .html import report_html
+        """Notebook display: summary and per-kind table (see :mod:`lora_rank.render.html`)."""
+        # Lazy import (deliberate cycle): render reads reports; notebooks display them.
+        from .render.html import report_html
 
         return report_html(self)
 

@@ -42,6 +42,8 @@ from urllib.parse import quote, urlsplit
 
 from .. import _core
 from ..errors import FileChangedError, HubError, NotACheckpointError, UnsupportedFormatError
+from .checkpoint import Checkpoint
+from .local import open_local
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx2
@@ -665,25 +667,25 @@ def remote_spectra(
 
 def open_source(
     source: str, revision: Optional[str] = None, threads: Optional[int] = None
-) -> tuple[dict[str, Any], Optional[list[RemoteShard]]]:
-    """``_core``'s checkpoint dict of a local path, a cached hub snapshot or a remote
-    checkpoint, with the remote shards (None when read locally).
+) -> Checkpoint:
+    """The checkpoint at a local path, in a cached hub snapshot or on the hub (its
+    ``remote_shards`` say where; None when read locally).
 
     Example:
         >>> import lora_rank
-        >>> raw, remote = open_source(str(lora_rank.demo_checkpoint()))
-        >>> len(raw["shards"]), remote
+        >>> ckpt = open_source(str(lora_rank.demo_checkpoint()))
+        >>> len(ckpt.shards), ckpt.remote_shards
         (1, None)
     """
     src = parse_source(source, revision)
     if src is None:
         if revision is not None:
             raise HubError(f"{source}: revision= applies to hub repos, not to local paths")
-        return dict(_core.open_checkpoint(source, threads)), None
+        return open_local(source, threads)
     cached = cached_snapshot(src)
     if cached is not None:
         try:
-            return dict(_core.open_checkpoint(cached, threads)), None
+            return open_local(cached, threads)
         except FileNotFoundError:
             if offline():
                 raise HubError(
@@ -691,4 +693,4 @@ def open_source(
                     "mode is on (HF_HUB_OFFLINE=1)"
                 ) from None
     remote = open_remote(src, threads)
-    return remote.raw, remote.shards
+    return Checkpoint.from_core(remote.raw, remote.shards)

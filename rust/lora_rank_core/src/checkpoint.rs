@@ -6,7 +6,7 @@
 //! `.safetensors` file, and a Hugging Face cache entry (`models--org--name`, resolved through
 //! `refs/main` to `snapshots/<rev>/`, whose files are symlinks into `blobs/`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -481,39 +481,42 @@ fn collect_tensors(shards: &[Shard]) -> Vec<TensorRef> {
     out
 }
 
-/// Without an index, a tensor name must appear in exactly one file.
-fn check_unique_names(dir: &Path, shards: &[Shard]) -> Result<()> {
+/// The first tensor name stored in two shards: `(name, first shard, second shard)`.
+fn duplicate_name(shards: &[Shard]) -> Option<(&str, &str, &str)> {
     let mut owner: HashMap<&str, &str> = HashMap::new();
     for s in shards {
         for t in &s.header.tensors {
             if let Some(first) = owner.insert(&t.name, &s.name) {
-                return Err(Error::not_a_checkpoint(
-                    dir,
-                    format!(
-                        "tensor {:?} is stored in both {first} and {}",
-                        t.name, s.name
-                    ),
-                ));
+                return Some((&t.name, first, &s.name));
             }
         }
     }
-    Ok(())
+    None
+}
+
+/// Without an index, a tensor name must appear in exactly one file.
+fn check_unique_names(dir: &Path, shards: &[Shard]) -> Result<()> {
+    match duplicate_name(shards) {
+        Some((name, first, second)) => Err(Error::not_a_checkpoint(
+            dir,
+            format!("tensor {name:?} is stored in both {first} and {second}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The index and the shards must agree exactly.
 fn cross_check_index(index_path: &Path, weight_map: &WeightMap, shards: &[Shard]) -> Result<()> {
-    let mut found: HashMap<&str, &str> = HashMap::new();
+    if let Some((name, first, second)) = duplicate_name(shards) {
+        return Err(Error::index(
+            index_path,
+            format!("tensor {name:?} is stored in two shards, {first} and {second}"),
+        ));
+    }
+    let mut found: HashSet<&str> = HashSet::new();
     for s in shards {
         for t in &s.header.tensors {
-            if let Some(first) = found.insert(&t.name, &s.name) {
-                return Err(Error::index(
-                    index_path,
-                    format!(
-                        "tensor {:?} is stored in two shards, {first} and {}",
-                        t.name, s.name
-                    ),
-                ));
-            }
+            found.insert(&t.name);
             match weight_map.get(&t.name) {
                 None => {
                     return Err(Error::index(
@@ -538,7 +541,7 @@ fn cross_check_index(index_path: &Path, weight_map: &WeightMap, shards: &[Shard]
         }
     }
     for (tensor, shard) in weight_map {
-        if !found.contains_key(tensor.as_str()) {
+        if !found.contains(tensor.as_str()) {
             return Err(Error::index(
                 index_path,
                 format!("tensor {tensor:?} is listed in weight_map but absent from shard {shard}"),

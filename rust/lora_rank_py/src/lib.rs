@@ -308,9 +308,10 @@ fn read_matrix<'py>(
 /// cols, dtype)`; `quant`: per job, None or one quantization tuple per segment (then rows
 /// and cols are the logical ones; see `lora_rank_core::quant`). The scan runs on a worker thread with the GIL released; this thread wakes
 /// every 100 ms to report progress and check for Ctrl-C (which cancels the scan).
+/// Every setting is required: the defaults live in `lora_rank.spectral.settings`.
 #[pyfunction]
-#[pyo3(signature = (shards, jobs, *, top_k=32, method="auto", rtol=None, seed=0, oversample=8,
-                    max_iter=None, threads=None, progress=None, quant=None))]
+#[pyo3(signature = (shards, jobs, *, top_k, method, rtol, max_iter, seed, threads, oversample,
+                    progress=None, quant=None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn spectra<'py>(
     py: Python<'py>,
@@ -318,11 +319,11 @@ fn spectra<'py>(
     jobs: Vec<(String, Vec<(usize, u64, usize)>, usize, String)>,
     top_k: usize,
     method: &str,
-    rtol: Option<f64>,
+    rtol: f64,
+    max_iter: usize,
     seed: u64,
-    oversample: usize,
-    max_iter: Option<usize>,
     threads: Option<usize>,
+    oversample: usize,
     progress: Option<Bound<'py, PyAny>>,
     quant: Option<Vec<Option<Vec<QuantTuple>>>>,
 ) -> PyResult<Bound<'py, PyList>> {
@@ -330,7 +331,7 @@ fn spectra<'py>(
         .into_iter()
         .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
         .collect();
-    let settings = (top_k, method, rtol, seed, oversample, max_iter);
+    let settings = (top_k, method, rtol, max_iter, seed, oversample);
     let jobs = to_jobs(jobs, quant)?;
     scan(py, Shards::Files(shards), jobs, settings, threads, progress)
 }
@@ -378,8 +379,8 @@ impl ByteBuffer {
 /// and a job's segments refer to a buffer by index, with absolute shard offsets. The same
 /// solver, so the same spectra as from the files.
 #[pyfunction]
-#[pyo3(signature = (buffers, jobs, *, top_k=32, method="auto", rtol=None, seed=0, oversample=8,
-                    max_iter=None, threads=None, progress=None))]
+#[pyo3(signature = (buffers, jobs, *, top_k, method, rtol, max_iter, seed, threads, oversample,
+                    progress=None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn spectra_in_memory<'py>(
     py: Python<'py>,
@@ -387,18 +388,18 @@ fn spectra_in_memory<'py>(
     jobs: Vec<(String, Vec<(usize, u64, usize)>, usize, String)>,
     top_k: usize,
     method: &str,
-    rtol: Option<f64>,
+    rtol: f64,
+    max_iter: usize,
     seed: u64,
-    oversample: usize,
-    max_iter: Option<usize>,
     threads: Option<usize>,
+    oversample: usize,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
     let memory = buffers
         .into_iter()
         .map(|(path, start, mut buf)| (path, start, std::mem::take(&mut buf.data)))
         .collect();
-    let settings = (top_k, method, rtol, seed, oversample, max_iter);
+    let settings = (top_k, method, rtol, max_iter, seed, oversample);
     let jobs = to_jobs(jobs, None)?;
     scan(
         py,
@@ -443,8 +444,9 @@ impl Shards {
     }
 }
 
-/// `(top_k, method, rtol, seed, oversample, max_iter)` as given to `spectra`.
-type SettingsArgs<'a> = (usize, &'a str, Option<f64>, u64, usize, Option<usize>);
+/// `(top_k, method, rtol, max_iter, seed, oversample)` as given to `spectra`: every value from
+/// Python's `SpectralSettings` (the defaults live there only).
+type SettingsArgs<'a> = (usize, &'a str, f64, usize, u64, usize);
 
 /// Run a scan on a worker thread with the GIL released, reporting progress and checking for
 /// Ctrl-C every 100 ms, and convert the results.
@@ -453,7 +455,7 @@ fn scan<'py>(
     py: Python<'py>,
     shards: Shards,
     jobs: Vec<spectral::Job>,
-    (top_k, method, rtol, seed, oversample, max_iter): SettingsArgs<'_>,
+    (top_k, method, rtol, max_iter, seed, oversample): SettingsArgs<'_>,
     threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
@@ -465,11 +467,12 @@ fn scan<'py>(
     let settings = spectral::Settings {
         top_k,
         method,
-        rtol: rtol.unwrap_or(spectral::DEFAULT_RTOL),
-        max_iter: max_iter.unwrap_or(spectral::DEFAULT_MAX_ITER),
+        rtol,
+        max_iter,
         seed,
         oversample,
     };
+    settings.validate().map_err(value_error)?;
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
     let cancel = Arc::new(AtomicBool::new(false));
     let state = Arc::new(spectral::Progress::default());

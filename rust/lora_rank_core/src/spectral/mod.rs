@@ -36,11 +36,6 @@ use crate::quant::{Dequant, QuantSpec};
 use solver::{Outcome, SolverConfig};
 use source::{MatrixSource, Segment};
 
-/// Default convergence tolerance of the randomized solver: the estimated relative error of
-/// every top-k singular value at which it stops.
-pub const DEFAULT_RTOL: f64 = 3e-3;
-/// Default cap on randomized iterations (passes over the matrix).
-pub const DEFAULT_MAX_ITER: usize = 24;
 /// Matrices with fewer elements than this are small: processed single-threaded, several at once.
 const LARGE_ELEMENTS: usize = 1 << 20;
 /// `auto` uses the exact mode when min(rows, cols) is at most this (or twice the block).
@@ -76,25 +71,48 @@ impl Method {
     }
 }
 
-/// Settings of one [`compute`] call.
+/// Settings of one [`compute`] call. The defaults live in one place, Python's
+/// `lora_rank.spectral.settings.SpectralSettings`, which passes every field; this crate only
+/// validates them ([`Settings::validate`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub top_k: usize,
     pub method: Method,
+    /// Convergence tolerance of the randomized solver: the estimated relative error of every
+    /// top-k singular value at which it stops.
     pub rtol: f64,
+    /// Cap on randomized iterations (passes over the matrix).
     pub max_iter: usize,
     pub seed: u64,
     /// Extra Krylov block columns beyond `top_k`.
     pub oversample: usize,
 }
 
+impl Settings {
+    /// Why these settings cannot run, if they cannot.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.top_k == 0 {
+            return Err("top_k must be at least 1".into());
+        }
+        if !(self.rtol > 0.0 && self.rtol < 1.0) {
+            return Err(format!("rtol must be in (0, 1), not {}", self.rtol));
+        }
+        if self.max_iter == 0 {
+            return Err("max_iter must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Test fixture: the values of Python's `SpectralSettings()`.
+#[cfg(test)]
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             top_k: 32,
             method: Method::Auto,
-            rtol: DEFAULT_RTOL,
-            max_iter: DEFAULT_MAX_ITER,
+            rtol: 3e-3,
+            max_iter: 24,
             seed: 0,
             oversample: 8,
         }
@@ -679,21 +697,9 @@ mod tests {
 
     /// A `rows × cols` matrix U·diag(s)·Vᵀ with random orthonormal U, V (row-major values).
     fn with_spectrum(rows: usize, cols: usize, s: &[f64], seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        let mut gauss = |r: usize, c: usize| {
-            Mat::<f64>::from_fn(r, c, |_, _| {
-                // Irwin–Hall approximation is enough for random rotations.
-                (0..12)
-                    .map(|_| {
-                        state = state
-                            .wrapping_mul(6_364_136_223_846_793_005)
-                            .wrapping_add(1_442_695_040_888_963_407);
-                        (state >> 11) as f64 / (1u64 << 53) as f64
-                    })
-                    .sum::<f64>()
-                    - 6.0
-            })
-        };
+        // Irwin–Hall approximation is enough for random rotations.
+        let mut g = solver_test_gaussian(seed);
+        let mut gauss = |r: usize, c: usize| Mat::<f64>::from_fn(r, c, |_, _| g());
         let k = s.len();
         let u = gauss(rows, k).qr().compute_thin_Q();
         let v = gauss(cols, k).qr().compute_thin_Q();

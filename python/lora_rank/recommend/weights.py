@@ -1,9 +1,9 @@
 """Weighted allocation strategies: each gives every candidate a weight from one rule, and
 ranks are allocated ∝ weight under the budget by the water-filling of
-:mod:`lora_rank.allocation` (multiples of ``rank_multiple`` in ``[min_rank, max_rank]``).
+:mod:`lora_rank.recommend.allocation` (multiples of ``rank_multiple`` in ``[min_rank, max_rank]``).
 
 ==================  ==========================================================================
-``"spectral"``      task weight × effective rank of W (energy rank 90%; :mod:`lora_rank.scoring`)
+``"spectral"``      task weight × effective rank of W (energy rank 90%; :mod:`lora_rank.recommend.scoring`)
                     over the kinds the task weighs (the pooler and other linears weigh 0).
                     This was ``"auto"`` before the recommendation-quality benchmark.
 ``"kind-prior"``    MLP projections weigh 2, attention and other linear layers 1, over

@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any, Callable, Optional
 
 from . import naming
+from .rules import conversion_mapping
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 #: Stands for a layer or expert index while a key is renamed once per pattern: a word
@@ -225,7 +226,7 @@ def _rules(conversions: list[list[Any]], base_model_prefix: str) -> naming.Rules
     converters: list[naming.Transform] = []
     unsupported: list[str] = []
     for ident, scope in [*conversions, ["legacy", None]]:
-        transforms = naming._mapping(ident) or []
+        transforms = conversion_mapping(ident) or []
         compiled, skipped = naming._compile(transforms)
         unsupported.extend(skipped)
         for t in compiled:

@@ -1,6 +1,6 @@
 """Compact HTML tables for notebooks: what ``Report._repr_html_`` and
 ``Recommendation._repr_html_`` return. Every value is HTML-escaped. The rows come from
-:mod:`lora_rank.tables`, so the notebook shows what the terminal shows.
+:mod:`lora_rank.render.rows`, so the notebook shows what the terminal shows.
 
 Example:
     >>> import lora_rank
@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any, Optional
 
-from .tables import (
+from .format import fmt_number, fmt_range
+from .rows import (
     SPECTRAL_COLUMNS,
-    fmt_number,
-    fmt_range,
     kind_rows,
     recommendation_kind_rows,
     recommendation_summary,
@@ -26,8 +25,8 @@ from .tables import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .peft_config import Recommendation
-    from .report import Report
+    from ..peft.recommendation import Recommendation
+    from ..report import Report
 
 _STYLE = "border-collapse:collapse;font-size:0.9em;margin:0.3em 0"
 _CELL = "padding:1px 8px;text-align:{align}"

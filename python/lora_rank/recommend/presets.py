@@ -1,7 +1,7 @@
 """Which modules a recommendation may target: kind groups, the presets, task weights, and the
 selection of candidate modules (``layers`` / ``exclude`` filters) shared by every strategy.
 
-Presets are defined on module *kinds* (:data:`lora_rank.report.KINDS`), so each family gets its
+Presets are defined on module *kinds* (:data:`lora_rank.inventory.kinds.KINDS`), so each family gets its
 own names: ``q_proj``/``v_proj`` on Llama, ``query``/``value`` on BERT, ``q``/``v`` on T5, the
 fused ``c_attn`` / ``qkv_proj`` / ``query_key_value`` where q, k and v are one matrix, and the
 fused MoE expert tensors (``experts.gate_up_proj``) through ``target_parameters``.
@@ -18,7 +18,7 @@ fused MoE expert tensors (``experts.gate_up_proj``) through ``target_parameters`
 ``"attention8-mlp4"``     q, v at rank ``r`` (8) and the MLP projections at ``r // 2`` (4)
 ========================  ====================================================================
 
-Task weights (used by ``strategy="spectral"`` and :func:`lora_rank.recommend.rank_targets`):
+Task weights (used by ``strategy="spectral"`` and :func:`lora_rank.recommend.strategies.rank_targets`):
 ``None`` (general) weighs attention and MLP equally; ``"classification"`` targets attention
 only (LoRA's q/v finding; the head should be trained in full); ``"knowledge"`` favours the MLP
 (factual associations live in the MLP layers: Geva et al. 2021, Meng et al. 2022) at 1.0 vs
@@ -38,9 +38,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import ConfigError
-from .peft_rules import Reach, reach
-from .report import KINDS, Module, Report
+from ..errors import ConfigError
+from ..inventory.kinds import KINDS
+from ..peft.rules import Reach, reach
+from ..report import Module, Report
 
 ATTENTION_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k.startswith("attn_"))
 #: MLP projections, dense and MoE experts (routers and shared-expert gates are not).

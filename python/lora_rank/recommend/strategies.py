@@ -1,13 +1,13 @@
 """``recommend()`` and ``rank_targets()``: LoRA target modules and per-module ranks for a
 :class:`~lora_rank.report.Report`, emitted as an exact PEFT config
-(:class:`~lora_rank.peft_config.Recommendation`).
+(:class:`~lora_rank.peft.recommendation.Recommendation`).
 
-- Presets (:mod:`lora_rank.presets`) pick modules by kind, mapped to each family's own names,
+- Presets (:mod:`lora_rank.recommend.presets`) pick modules by kind, mapped to each family's own names,
   at a uniform rank ``r`` (or the largest uniform rank within ``budget``).
-- Weighted strategies (:mod:`lora_rank.strategies`: ``"spectral"``, ``"kind-prior"``,
+- Weighted strategies (:mod:`lora_rank.recommend.weights`: ``"spectral"``, ``"kind-prior"``,
   ``"depth"``, ``"alpha"``, ``"pooler"``) weigh every candidate by one rule and allocate
   per-module ranks ∝ weight under the trainable-parameter budget by water-filling
-  (:mod:`lora_rank.allocation`): trainable ≤ budget and ≥ 97% of it, ranks multiples of
+  (:mod:`lora_rank.recommend.allocation`): trainable ≤ budget and ≥ 97% of it, ranks multiples of
   ``rank_multiple`` in ``[min_rank, min(max_rank, in, out)]``.
 - ``strategy="auto"`` is the strategy :data:`AUTO` names: the one the recommendation-quality
   benchmark (``benches/quality``) supports; README "What auto does and why".
@@ -26,18 +26,20 @@ Example:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-from . import allocation, scoring, strategies
-from .errors import ConfigError
-from .peft_config import Recommendation, Target, build
-from .peft_rules import moe_conversion
+from ..errors import ConfigError
+from ..peft.config import build
+from ..peft.recommendation import Recommendation, Target
+from ..peft.rules import moe_conversion
+from ..report import Report
+from ..spectral.settings import SpectralSettings
+from . import allocation, scoring, weights
+from .budget import Budget, parse_budget
 from .presets import PRESETS, Candidate, check_task, preset_candidates, select
-from .report import Report
 
-__all__ = ["Recommendation", "needs_spectra", "parse_budget", "rank_targets", "recommend"]
+__all__ = ["AUTO", "STRATEGIES", "needs_spectra", "rank_targets", "recommend"]
 
 #: What ``strategy="auto"`` does: the strategy ``benches/quality`` supports (README "What auto
 #: does and why"). Nothing beat all-linear at equal budget there (BBC headlines, budget of
@@ -47,14 +49,10 @@ __all__ = ["Recommendation", "needs_spectra", "parse_budget", "rank_targets", "r
 AUTO = "all-linear"
 
 #: Strategies :func:`recommend` accepts.
-STRATEGIES: tuple[str, ...] = ("auto", *strategies.RULES, *PRESETS)
+STRATEGIES: tuple[str, ...] = ("auto", *weights.RULES, *PRESETS)
 
 #: Default ``rank_multiple`` of the weighted strategies (presets: 1, any uniform rank).
 WEIGHTED_RANK_MULTIPLE = 4
-
-_SCALE = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
-
-Budget = Union[int, float, str, None]
 
 
 def needs_spectra(strategy: str) -> bool:
@@ -65,59 +63,7 @@ def needs_spectra(strategy: str) -> bool:
         (False, True, False)
     """
     impl = AUTO if strategy == "auto" else strategy
-    return impl in strategies.RULES and strategies.RULES[impl].needs_spectra
-
-
-def parse_budget(budget: Budget, total_params: int) -> Optional[int]:
-    """A budget in trainable parameters: an int is a count; a float in (0, 1) or a string
-    ``"0.5%"`` / ``"0.005"`` a fraction of ``total_params``; ``"2M"``, ``"500k"``, ``"2e6"``
-    counts. Anything else raises :class:`~lora_rank.ConfigError`.
-
-    Example:
-        >>> parse_budget("0.5%", 1_000_000), parse_budget(0.01, 1_000_000), parse_budget("2M", 1)
-        (5000, 10000, 2000000)
-    """
-    if budget is None:
-        return None
-    value: float
-    if isinstance(budget, bool):
-        pass
-    elif isinstance(budget, int):
-        if budget > 0:
-            return budget
-    elif isinstance(budget, float):
-        if 0 < budget < 1:
-            return _fraction(budget, total_params, budget)
-        if budget >= 1 and budget.is_integer():
-            return int(budget)
-    elif isinstance(budget, str):
-        text = budget.strip().replace("_", "").replace(",", "").lower()
-        try:
-            if text.endswith("%"):
-                value = float(text[:-1])
-                if 0 < value <= 100:
-                    return _fraction(value / 100, total_params, budget)
-            elif text and text[-1] in _SCALE:
-                value = float(text[:-1]) * _SCALE[text[-1]]
-                if value >= 1:
-                    return int(value)
-            else:
-                return parse_budget(
-                    int(text) if re.fullmatch(r"\d+", text) else float(text), total_params
-                )
-        except (ValueError, ConfigError):
-            pass
-    raise ConfigError(
-        f"invalid budget {budget!r}: give a parameter count (2000000, '2M'), a fraction of the "
-        "model's parameters (0.005) or a percentage ('0.5%')"
-    )
-
-
-def _fraction(f: float, total: int, given: Budget) -> int:
-    n = math.floor(f * total)
-    if n < 1:
-        raise ConfigError(f"budget {given!r} of {total:,} parameters is less than one parameter")
-    return n
+    return impl in weights.RULES and weights.RULES[impl].needs_spectra
 
 
 def _positive(name: str, value: Any) -> int:
@@ -126,20 +72,26 @@ def _positive(name: str, value: Any) -> int:
     return value
 
 
-def _ensure_spectra(report: Report) -> None:
-    """Compute spectra into ``report`` when it has none (reads every weight matrix)."""
+def _ensure_spectra(report: Report, settings: Optional[SpectralSettings]) -> None:
+    """Compute spectra into ``report`` with ``settings`` (default: :class:`SpectralSettings`())
+    when it has none (reads every weight matrix)."""
     if report.has_spectra:
         return
     try:
-        from .spectral import compute_spectra
+        # Lazy: a build without the spectral engine still recommends presets.
+        from ..spectral.compute import compute_spectra
     except ImportError as e:
-        if e.name != f"{__package__}.spectral":
+        if e.name != compute_module:
             raise
         raise ConfigError(
             "strategy='auto' and rank_targets() need weight spectra, and this lora_rank build "
             "cannot compute them: use a preset (strategy='attention-mlp', ...)"
         ) from None
-    compute_spectra(report)
+    compute_spectra(report, settings=settings)
+
+
+#: The module :func:`_ensure_spectra` imports compute_spectra from.
+compute_module = f"{__package__.rpartition('.')[0]}.spectral.compute"
 
 
 def _target(c: Candidate, rank: int, ratio: float, score: float = math.nan) -> Target:
@@ -231,7 +183,7 @@ _WEIGHTED_RULE = (
 def _weighted_targets(
     report: Report,
     cands: list[Candidate],
-    rule: strategies.Rule,
+    rule: weights.Rule,
     task: Optional[str],
     r: int,
     budget: Optional[int],
@@ -239,11 +191,12 @@ def _weighted_targets(
     min_rank: int,
     max_rank: int,
     ratio: float,
+    spectral_settings: Optional[SpectralSettings],
 ) -> tuple[list[Target], list[str], int]:
-    """Targets allocated ∝ ``rule``'s weights (see :mod:`lora_rank.allocation`); also the
-    budget."""
+    """Targets allocated ∝ ``rule``'s weights (see :mod:`lora_rank.recommend.allocation`);
+    also the budget."""
     if rule.needs_spectra:
-        _ensure_spectra(report)
+        _ensure_spectra(report, spectral_settings)
     if rule.all_linear:
         cands = [c for c in cands if c.module.is_lora_target]
     notes: list[str] = []
@@ -310,6 +263,7 @@ def recommend(
     rank_multiple: Optional[int] = None,
     min_rank: Optional[int] = None,
     max_rank: int = 128,
+    spectral_settings: Optional[SpectralSettings] = None,
 ) -> Recommendation:
     """Recommend LoRA targets and ranks for ``report``'s model.
 
@@ -317,10 +271,10 @@ def recommend(
         strategy: ``"auto"`` (the strategy :data:`AUTO` names: what the recommendation-quality
             benchmark supports, README "What auto does and why"), a weighted strategy
             (``"spectral"``, ``"kind-prior"``, ``"depth"``, ``"alpha"``, ``"pooler"``: ranks ∝ a
-            per-module weight, see :mod:`lora_rank.strategies`; those reading spectra compute
+            per-module weight, see :mod:`lora_rank.recommend.weights`; those reading spectra compute
             them when the report has none) or a preset: ``"all-linear"``, ``"attention-qv"``,
             ``"attention"``, ``"attention-mlp"``, ``"attention8-mlp4"`` (see
-            :mod:`lora_rank.presets`).
+            :mod:`lora_rank.recommend.presets`).
         r: rank of the presets; for a weighted strategy without ``budget``, the budget is what
             rank ``r`` on every candidate it weighs would cost.
         lora_alpha: alpha for rank ``r`` (default ``2 · r``); every module gets
@@ -338,9 +292,11 @@ def recommend(
         rank_multiple, min_rank, max_rank: ranks are multiples of ``rank_multiple`` (default
             4 for weighted strategies, 1 for presets) in ``[min_rank, min(max_rank, in, out)]``
             (``min_rank`` defaults to ``rank_multiple``).
+        spectral_settings: solver settings for the spectra a weighted strategy computes when
+            the report has none (default :class:`~lora_rank.spectral.settings.SpectralSettings`()).
 
     Returns:
-        A :class:`~lora_rank.peft_config.Recommendation`, verified against PEFT's matching
+        A :class:`~lora_rank.peft.recommendation.Recommendation`, verified against PEFT's matching
         rules; ``trainable_params`` is PEFT's count.
 
     Example:
@@ -348,8 +304,9 @@ def recommend(
         >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
         >>> report.recommend("attention-qv").target_modules
         ['query', 'value']
-        >>> rec = report.recommend("auto", budget="0.5%")  # doctest: +SKIP
-        >>> print(rec.explain())  # doctest: +SKIP
+        >>> rec = report.recommend("auto", budget="0.5%")
+        >>> rec.budget, rec.trainable_params <= rec.budget
+        (113568, True)
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -357,7 +314,7 @@ def recommend(
     r = _positive("r", r)
     impl = AUTO if strategy == "auto" else strategy
     if rank_multiple is None:
-        rank_multiple = WEIGHTED_RANK_MULTIPLE if impl in strategies.RULES else 1
+        rank_multiple = WEIGHTED_RANK_MULTIPLE if impl in weights.RULES else 1
     step = _positive("rank_multiple", rank_multiple)
     lo = _positive("min_rank", step if min_rank is None else min_rank)
     hi = _positive("max_rank", max_rank)
@@ -377,10 +334,20 @@ def recommend(
     n_budget = parse_budget(budget, report.total_params)
     sel = select(report, exclude=exclude, layers=layers)
     notes = list(sel.warnings)
-    if impl in strategies.RULES:
-        weighted = strategies.RULES[impl]
+    if impl in weights.RULES:
+        weighted = weights.RULES[impl]
         targets, more, n_budget = _weighted_targets(
-            report, sel.candidates, weighted, task, r, n_budget, step, lo, hi, ratio
+            report,
+            sel.candidates,
+            weighted,
+            task,
+            r,
+            n_budget,
+            step,
+            lo,
+            hi,
+            ratio,
+            spectral_settings,
         )
         rule = _WEIGHTED_RULE.format(rule=weighted.description, q=step, lo=lo, hi=hi)
     else:
@@ -410,7 +377,12 @@ def recommend(
     )
 
 
-def rank_targets(report: Report, task: Optional[str] = None) -> list[dict[str, Any]]:
+def rank_targets(
+    report: Report,
+    task: Optional[str] = None,
+    *,
+    spectral_settings: Optional[SpectralSettings] = None,
+) -> list[dict[str, Any]]:
     """Every candidate module kind, then every candidate module, each sorted by score (best
     first), with the score's components: task ``weight``, ``effective_rank`` (energy rank
     90%), ``stable_rank``, ``alpha``, ``spectral_norm``, ``params_per_rank`` (cost of one
@@ -418,16 +390,16 @@ def rank_targets(report: Report, task: Optional[str] = None) -> list[dict[str, A
     have ``level`` ``"kind"`` or ``"module"``. Computes spectra when the report has none.
 
     ``score = weight · effective_rank``: ``"spectral"`` gives ranks proportional to it (see
-    :mod:`lora_rank.scoring`). Kinds of weight 0 for ``task`` are listed last.
+    :mod:`lora_rank.recommend.scoring`). Kinds of weight 0 for ``task`` are listed last.
 
     Example:
         >>> import lora_rank
-        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)  # doctest: +SKIP
-        >>> [row["name"] for row in report.rank_targets() if row["level"] == "kind"][:2]  # doctest: +SKIP
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)
+        >>> [row["name"] for row in report.rank_targets() if row["level"] == "kind"][:2]
         ['mlp_up', 'mlp_down']
     """
     check_task(task)
-    _ensure_spectra(report)
+    _ensure_spectra(report, spectral_settings)
     last = scoring.last_layer(report)
     rows = [scoring.module_row(c, task, last) for c in select(report).candidates]
     return scoring.sort_rows(scoring.kind_rows(rows)) + scoring.sort_rows(rows)

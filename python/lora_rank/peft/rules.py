@@ -27,19 +27,15 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from . import inventory, naming
-from .report import Module, Report
+from ..errors import PeftEmulationError
+from ..inventory.rules import peft_moe_table
+from ..report import Module, Report
 
 #: ``target_modules`` / ``exclude_modules``: a list (exact name or dot-suffix) or one regex.
 NameSpec = Union[str, Sequence[str], AbstractSet[str], None]
 
 #: PEFT's ``INCLUDE_LINEAR_LAYERS_SHORTHAND``.
 ALL_LINEAR = "all-linear"
-
-
-class PeftEmulationError(RuntimeError):
-    """A config lora_rank built does not do in PEFT what lora_rank intended (an internal error:
-    please report it with the model's config.json)."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +85,8 @@ def moe_conversion(model_type: Optional[str]) -> Optional[MoeConversion]:
         >>> moe_conversion("qwen2_moe") is None, moe_conversion("llama") is None
         (True, True)
     """
-    mapping = inventory._peft_moe_tables(model_type)
-    if mapping is None:
-        return None
-    tables = naming._document()["peft_moe"]
-    base = tables["model_to_pattern"][model_type]
-    fused = {new: tuple(olds) for new, olds in tables["fused_targets"][base].items()}
-    return MoeConversion(dict(mapping), fused)
+    table = peft_moe_table(model_type)
+    return None if table is None else MoeConversion(*table)
 
 
 def _has_bias(m: Module) -> bool:

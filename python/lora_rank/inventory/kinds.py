@@ -13,6 +13,32 @@ import functools
 import re
 from typing import Optional
 
+#: Every module kind, in display order.
+KINDS: tuple[str, ...] = (
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_o",
+    "attn_qkv",
+    "mlp_gate",
+    "mlp_up",
+    "mlp_down",
+    "mlp_gate_up",
+    "moe_expert_gate",
+    "moe_expert_up",
+    "moe_expert_gate_up",
+    "moe_expert_down",
+    "moe_shared_expert_gate",
+    "moe_router",
+    "embedding",
+    "lm_head",
+    "classifier",
+    "norm",
+    "other_linear",
+    "other",
+)
+
+
 # Name pieces used by several rules.
 _ATTN = r"(?:(?:attention\.)?self|self_attn|self_attention|attention|attn|SelfAttention|EncDecAttention|encoder_attn|cross_attn|crossattention|mixer)"
 _MLP = r"(?:mlp|feed_forward|ffn|DenseReluDense|shared_expert|shared_experts)"

@@ -14,9 +14,9 @@ import math
 from collections import defaultdict
 from typing import Any, Optional
 
-from . import naming, taxonomy
-from .errors import ConfigError
-from .report import Module, Tensor
+from ..errors import ConfigError
+from ..report import Module, Tensor
+from . import kinds, naming
 
 
 def _build_meta_model(root: str, config: dict[str, Any], trust_remote_code: bool) -> Any:
@@ -42,8 +42,17 @@ def _build_meta_model(root: str, config: dict[str, Any], trust_remote_code: bool
         return transformers.AutoModel.from_config(cfg)
 
 
-def _peft_targets(model: Any) -> tuple[set[str], set[str]]:
-    """Modules and parameters PEFT wraps for ``target_modules="all-linear"``."""
+def peft_targets(model: Any) -> tuple[set[str], set[str]]:
+    """Modules and parameters PEFT wraps for ``target_modules="all-linear"`` on ``model`` (a
+    torch model; imports peft). ``scripts/generate_architectures.py`` records them per class.
+
+    Example:
+        >>> import transformers
+        >>> cfg = transformers.BertConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2,
+        ...                               intermediate_size=16, vocab_size=10)
+        >>> sorted(peft_targets(transformers.BertModel(cfg))[0])[:2]
+        ['encoder.layer.0.attention.output.dense', 'encoder.layer.0.attention.self.key']
+    """
     import peft
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -86,8 +95,9 @@ def build_modules_from_model(
     """Modules of the checkpoint named, shaped and classified by the meta-device model.
 
     Example:
-        >>> report = lora_rank.analyze(path, resolve="transformers")  # doctest: +SKIP
-        >>> report.module("lm_head").module_class  # doctest: +SKIP
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), resolve="transformers")
+        >>> report.module("encoder.layer.0.attention.self.query").module_class
         'Linear'
     """
     import torch
@@ -99,7 +109,7 @@ def build_modules_from_model(
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
     modules_by_name = dict(model.named_modules())
-    target_modules, target_params = _peft_targets(model)
+    target_modules, target_params = peft_targets(model)
 
     groups: dict[str, list[Tensor]] = defaultdict(list)
     entry_of: dict[str, str] = {}
@@ -130,7 +140,7 @@ def build_modules_from_model(
             shape = tuple(p.shape) if p is not None else tuple(stored[0].shape)
             count = math.prod(shape)
             cls_name = None
-        kind = taxonomy.classify(entry, len(shape))
+        kind = kinds.classify(entry, len(shape))
         if isinstance(mod, torch.nn.Embedding):
             kind = "embedding"
         elif "Norm" in (cls_name or "") and len(shape) == 1:
@@ -147,7 +157,7 @@ def build_modules_from_model(
             Module(
                 name=entry,
                 kind=kind,
-                layer=taxonomy.layer_index(entry),
+                layer=kinds.layer_index(entry),
                 in_features=in_f,
                 out_features=out_f,
                 shape=shape,

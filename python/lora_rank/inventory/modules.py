@@ -17,11 +17,13 @@ from __future__ import annotations
 import functools
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import architectures, naming, taxonomy
-from .report import Module, Tensor
+from ..report import Module, Tensor
+from . import architectures, kinds, naming
+from .rules import peft_moe_table
 
 
 @dataclass
@@ -43,21 +45,42 @@ def _split_param(runtime: str) -> tuple[str, str]:
     return module, leaf
 
 
-def _peft_moe_tables(model_type: Optional[str]) -> Optional[dict[str, str]]:
-    """PEFT's ``_MOE_TARGET_MODULE_MAPPING`` entry for ``model_type`` (None when PEFT converts
-    nothing for it)."""
-    tables = naming._document()["peft_moe"]
-    base = tables["model_to_pattern"].get(model_type or "")
-    if base is None:
-        return None
-    mapping: Optional[dict[str, str]] = tables["target_module_mapping"].get(base)
-    if not mapping or not tables["fused_targets"].get(base):
-        return None
-    return mapping
-
-
 def _name_kind(g: _Group, ndim: int) -> str:
-    return "other" if g.bare else taxonomy.classify(g.name, ndim)
+    return "other" if g.bare else kinds.classify(g.name, ndim)
+
+
+def _guess(
+    g: _Group,
+    ndim: int,
+    weight: Sequence[int],
+    conv1d: bool,
+    fused_runtime: bool,
+    moe_targets: Optional[dict[str, str]],
+    vocab: Any,
+) -> tuple[str, bool, Optional[str], Optional[int], Optional[int]]:
+    """Kind, all-linear membership, PEFT parameter path and in/out features of a module the
+    architecture table does not have, guessed from its name and shape."""
+    kind = _name_kind(g, ndim)
+    if kind == "lm_head" and vocab and ndim == 2 and vocab not in weight:
+        kind = "other_linear"
+    in_f = out_f = None
+    if ndim == 2:
+        out_f, in_f = (weight[1], weight[0]) if conv1d and kind != "embedding" else weight
+    elif ndim == 3 and kind.startswith("moe_expert"):
+        out_f, in_f = weight[1], weight[2]
+    parameter = None
+    # nn.Linear at run time: 2-D weights other than embeddings; routers of models whose
+    # experts transformers fuses are custom modules holding a bare ``weight``.
+    is_linear = ndim == 2 and kind not in kinds.NON_LINEAR_KINDS and "weight" in g.params
+    if kind == "moe_router" and fused_runtime:
+        is_linear = False
+    is_target = is_linear and kind != "lm_head"
+    if moe_targets is not None:
+        if g.fused_param and _split_param(g.name)[1] in moe_targets.values():
+            is_target, parameter = True, g.name
+        elif kind == "moe_router" and "gate.weight" in moe_targets.values():
+            is_target, parameter = True, f"{g.name}.weight"
+    return kind, is_target, parameter, in_f, out_f
 
 
 def build_modules(
@@ -126,8 +149,9 @@ def build_modules(
         g.params["weight"] = shape
         g.num_experts = shape[0] if len(shape) == 3 else None
 
-    conv1d = model_type in taxonomy.CONV1D_MODEL_TYPES
-    moe_targets = _peft_moe_tables(model_type)
+    conv1d = model_type in kinds.CONV1D_MODEL_TYPES
+    moe_table = peft_moe_table(model_type)
+    moe_targets = moe_table[0] if moe_table is not None else None
     fused_runtime = bool(rules.converters) and any("experts" in n for n in fused_parts)
     vocab = config.get("vocab_size")
     modules: list[Module] = []
@@ -146,63 +170,33 @@ def build_modules(
                 functools.partial(_name_kind, g, ndim),
                 bare=g.bare or g.fused_param is not None,
             )
+        in_f = out_f = None
+        parameter = module_class = None
         if exact is not None:
-            in_f = out_f = None
+            kind, is_target = exact.kind, exact.is_lora_target
+            parameter, module_class = exact.parameter, exact.module_class
             # A 2-D weight PEFT reaches through target_parameters (a custom router) gets
             # LoRA factors shaped like a Linear's: in and out from [out, in].
             if (exact.is_linear or exact.parameter is not None) and ndim == 2:
                 out_f, in_f = (weight[1], weight[0]) if exact.is_conv1d else weight
             elif ndim == 3 and exact.kind.startswith("moe_expert"):
                 out_f, in_f = weight[1], weight[2]
-            modules.append(
-                Module(
-                    name=g.name,
-                    kind=exact.kind,
-                    layer=taxonomy.layer_index(g.name),
-                    in_features=in_f,
-                    out_features=out_f,
-                    shape=tuple(weight),
-                    dtype=g.dtype,
-                    params=sum(math.prod(s) for s in g.params.values()),
-                    is_lora_target=exact.is_lora_target,
-                    checkpoint_keys=tuple(g.keys),
-                    parameter=exact.parameter,
-                    num_experts=g.num_experts,
-                    module_class=exact.module_class,
-                )
+        else:
+            if not g.bare:
+                # A bare tensor the class does not have (a stored non-persistent buffer such as
+                # BERT's position_ids, dropped on load) has no class to guess and is never a
+                # target.
+                guessed.append(g.name)
+            kind, is_target, parameter, in_f, out_f = _guess(
+                g, ndim, weight, conv1d, fused_runtime, moe_targets, vocab
             )
-            continue
-        if not g.bare:
-            # A bare tensor the class does not have (a stored non-persistent buffer such as
-            # BERT's position_ids, dropped on load) has no class to guess and is never a target.
-            guessed.append(g.name)
-        kind = "other" if g.bare else taxonomy.classify(g.name, ndim)
-        if kind == "lm_head" and vocab and ndim == 2 and vocab not in weight:
-            kind = "other_linear"
-        in_f = out_f = None
-        if ndim == 2:
-            out_f, in_f = (weight[1], weight[0]) if conv1d and kind != "embedding" else weight
-        elif ndim == 3 and kind.startswith("moe_expert"):
-            out_f, in_f = weight[1], weight[2]
-        parameter = None
-        # nn.Linear at run time: 2-D weights other than embeddings; routers of models whose
-        # experts transformers fuses are custom modules holding a bare ``weight``.
-        is_linear = ndim == 2 and kind not in taxonomy.NON_LINEAR_KINDS and "weight" in g.params
-        if kind == "moe_router" and fused_runtime:
-            is_linear = False
-        is_target = is_linear and kind != "lm_head"
-        if moe_targets is not None:
-            if g.fused_param and _split_param(g.name)[1] in moe_targets.values():
-                is_target, parameter = True, g.name
-            elif kind == "moe_router" and "gate.weight" in moe_targets.values():
-                is_target, parameter = True, f"{g.name}.weight"
-        if kind == "other_linear" and taxonomy.match_rule(g.name) is None:
-            unclassified.append(g.name)
+            if kind == "other_linear" and kinds.match_rule(g.name) is None:
+                unclassified.append(g.name)
         modules.append(
             Module(
                 name=g.name,
                 kind=kind,
-                layer=taxonomy.layer_index(g.name),
+                layer=kinds.layer_index(g.name),
                 in_features=in_f,
                 out_features=out_f,
                 shape=tuple(weight),
@@ -212,6 +206,7 @@ def build_modules(
                 checkpoint_keys=tuple(g.keys),
                 parameter=parameter,
                 num_experts=g.num_experts,
+                module_class=module_class,
             )
         )
     modules.sort(key=lambda m: naming.natural_key(m.name))

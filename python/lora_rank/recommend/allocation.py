@@ -1,6 +1,6 @@
 """Per-module LoRA ranks under a trainable-parameter budget: discrete water-filling.
 
-Each item ``i`` has a score ``s_i`` (task weight × effective rank, see :mod:`lora_rank.scoring`),
+Each item ``i`` has a score ``s_i`` (task weight × effective rank, see :mod:`lora_rank.recommend.scoring`),
 a cost ``c_i`` (trainable parameters per unit of rank) and a cap (its largest allowed rank).
 The ranks maximise
 

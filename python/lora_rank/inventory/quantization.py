@@ -29,11 +29,12 @@ it (:class:`~lora_rank.report.Quantization`), never listed as modules.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .errors import HeaderError, UnsupportedFormatError
-from .report import Module, Quantization, Tensor
+from ..errors import HeaderError, UnsupportedFormatError
+from ..report import Module, Quantization, Tensor
 
 #: Stored-tensor suffixes that betray a quantized checkpoint, by format family.
 _SIGNATURES = {
@@ -154,8 +155,17 @@ def _signature_warning(tensors: list[Tensor]) -> list[str]:
     return []
 
 
-def _bad(t: Tensor, rule: str) -> HeaderError:
-    return HeaderError(f"{t.shard}: quantized tensor {t.name!r}: {rule}")
+class _Malformed(Exception):
+    """A quantized tensor breaks ``rule``; :func:`logical_tensors` turns it into a
+    :class:`HeaderError` naming the shard file."""
+
+    def __init__(self, tensor: Tensor, rule: str) -> None:
+        super().__init__(rule)
+        self.tensor, self.rule = tensor, rule
+
+
+def _bad(t: Tensor, rule: str) -> _Malformed:
+    return _Malformed(t, rule)
 
 
 def _expect(
@@ -278,12 +288,18 @@ class Logical:
     warnings: list[str]
 
 
-def logical_tensors(tensors: list[Tensor], config: Optional[dict[str, Any]], path: str) -> Logical:
+def logical_tensors(
+    tensors: list[Tensor],
+    config: Optional[dict[str, Any]],
+    path: str,
+    shards: Optional[Sequence[str]] = None,
+) -> Logical:
     """Replace each quantized weight of ``tensors`` by its logical weight (see the module docs).
+    ``shards`` are the file names a tensor's shard index points into (for error messages).
 
     Example:
-        >>> t = [Tensor("l.weight", "F8_E4M3", (256, 200), "m", 0, 51200),
-        ...      Tensor("l.weight_scale_inv", "F32", (2, 2), "m", 51200, 51216)]
+        >>> t = [Tensor("l.weight", "F8_E4M3", (256, 200), 0, 0, 51200),
+        ...      Tensor("l.weight_scale_inv", "F32", (2, 2), 0, 51200, 51216)]
         >>> cfg = {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
         >>> lg = logical_tensors(t, cfg, "config.json")
         >>> [x.name for x in lg.tensors], lg.quantized["l.weight"].block_size
@@ -309,7 +325,12 @@ def logical_tensors(tensors: list[Tensor], config: Optional[dict[str, Any]], pat
     replaced: dict[str, Tensor] = {}
     dropped: set[str] = set()
     for p in prefixes:
-        found = _fp8(fmt, p, by) if fmt.method == "fp8" else _int_packed(fmt, p, by)
+        try:
+            found = _fp8(fmt, p, by) if fmt.method == "fp8" else _int_packed(fmt, p, by)
+        except _Malformed as e:
+            t = e.tensor
+            where = shards[t.shard] if shards is not None and 0 <= t.shard < len(shards) else path
+            raise HeaderError(f"{where}: quantized tensor {t.name!r}: {e.rule}") from None
         if found is None:
             continue
         logical, q = found
@@ -350,9 +371,7 @@ _Aux = tuple[str, int, int, list[int], str]
 QuantTuple = tuple[str, str, int, tuple[int, int], int, _Aux, Optional[_Aux], Optional[_Aux]]
 
 
-def engine_spec(
-    q: Quantization, tensors: dict[str, Tensor], shard_index: dict[str, int]
-) -> tuple[QuantTuple, int, int]:
+def engine_spec(q: Quantization, tensors: dict[str, Tensor]) -> tuple[QuantTuple, int, int]:
     """The engine's quantization tuple for one stored weight, and the logical (rows, cols) it
     streams: ``[out, in]`` for FP8, ``[in, out]`` (the transpose, same singular values) for
     GPTQ/AWQ."""
@@ -362,7 +381,7 @@ def engine_spec(
         if name is None:
             return None
         t = tensors[name]
-        return (t.name, shard_index[t.shard], t.begin, list(t.shape), t.dtype)
+        return (t.name, t.shard, t.begin, list(t.shape), t.dtype)
 
     scales = aux("scales")
     assert scales is not None

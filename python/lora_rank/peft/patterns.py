@@ -1,6 +1,6 @@
 r"""Compact name patterns that select exactly a given set of names: the shortest dot-suffix
 lists (PEFT's list semantics) and regexes grouped by module template and layer (PEFT's
-``rank_pattern`` key semantics, :func:`lora_rank.peft_rules.key_matches`).
+``rank_pattern`` key semantics, :func:`lora_rank.peft.rules.key_matches`).
 
 A regex groups names that differ only in their layer index: the selected ``q_proj`` of layers
 0, 3 and 7 become ``(?:0|3|7)\.self_attn\.q_proj``, and where every layer is selected just
@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Optional
 
-from .peft_rules import key_matches
+from .rules import key_matches
 
 
 def _covered(name: str, suffix: str) -> bool:

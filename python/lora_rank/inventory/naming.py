@@ -2,20 +2,24 @@
 
 transformers 5 renames some checkpoint keys while loading, and fuses per-expert MoE weights
 (``block_sparse_moe.experts.3.w1.weight``) into stacked parameters
-(``mlp.experts.gate_up_proj``). The rules come from ``_data/transformers_rules.json``, which
-``scripts/generate_rules.py`` writes from transformers' ``get_checkpoint_conversion_mapping``;
-this module re-applies them exactly as ``transformers.core_model_loading.rename_source_key``
-does: every matching renaming in order, then at most one converter.
+(``mlp.experts.gate_up_proj``). The rules come from the shipped data
+(:mod:`lora_rank.inventory.rules`), generated from transformers'
+``get_checkpoint_conversion_mapping``; this module re-applies them exactly as
+``transformers.core_model_loading.rename_source_key`` does: every matching renaming in order, then at most one converter.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Optional
+
+from .rules import conversion_mapping, document, versions
+
+# tests/test_rules_data.py reads the raw document as ``naming._document()``; every other reader
+# goes through :mod:`lora_rank.inventory.rules`.
+_document = document
 
 #: Transform classes whose renaming is the generic one of ``WeightTransform``.
 _GENERIC = {"WeightRenaming", "PrefixChange", "WeightConverter"}
@@ -60,23 +64,6 @@ class Rules:
 
 
 @functools.lru_cache(maxsize=1)
-def _document() -> dict[str, Any]:
-    text = resources.files("lora_rank").joinpath("_data/transformers_rules.json").read_text()
-    doc: dict[str, Any] = json.loads(text)
-    return doc
-
-
-def rules_versions() -> dict[str, str]:
-    """Versions of transformers and PEFT the shipped rules were generated from.
-
-    Example:
-        >>> sorted(rules_versions())
-        ['peft', 'transformers']
-    """
-    return dict(_document()["versions"])
-
-
-@functools.lru_cache(maxsize=1)
 def installed_versions() -> dict[str, Optional[str]]:
     """Versions of transformers and PEFT installed here (None when absent), read from the
     package metadata: nothing is imported.
@@ -105,7 +92,7 @@ def version_note() -> str:
         >>> version_note() == "" or version_note().startswith(" (the shipped")
         True
     """
-    shipped, installed = rules_versions(), installed_versions()
+    shipped, installed = versions(), installed_versions()
     differ = [d for d, v in installed.items() if v is not None and v != shipped.get(d)]
     if not differ:
         return ""
@@ -131,12 +118,6 @@ def _compile(transforms: list[dict[str, Any]]) -> tuple[list[Transform], list[st
     return compiled, unsupported
 
 
-def _mapping(identifier: Optional[str]) -> Optional[list[dict[str, Any]]]:
-    doc = _document()
-    canonical = doc["model_types"].get(identifier or "")
-    return None if canonical is None else list(doc["mappings"][canonical])
-
-
 @functools.cache
 def rules_for(model_type: Optional[str], architecture: Optional[str] = None) -> Rules:
     """Compiled rename rules for the root model, chosen as transformers'
@@ -149,10 +130,10 @@ def rules_for(model_type: Optional[str], architecture: Optional[str] = None) -> 
         >>> [t.target_patterns[0] for t in rules_for("gpt_neox", "GPTNeoXForCausalLM").renamings][0]
         'lm_head.'
     """
-    transforms = _mapping(architecture)
+    transforms = conversion_mapping(architecture)
     if transforms is None:
-        transforms = _mapping(model_type) or []
-    compiled, unsupported = _compile(transforms + (_mapping("legacy") or []))
+        transforms = conversion_mapping(model_type) or []
+    compiled, unsupported = _compile(transforms + (conversion_mapping("legacy") or []))
     return Rules(
         tuple(t for t in compiled if not t.is_converter),
         tuple(t for t in compiled if t.is_converter),

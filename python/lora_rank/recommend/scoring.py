@@ -1,6 +1,6 @@
 """Scores of candidate LoRA targets from their weight spectra.
 
-The rule of ``strategy="spectral"`` (:mod:`lora_rank.strategies`; ``auto`` before
+The rule of ``strategy="spectral"`` (:mod:`lora_rank.recommend.weights`; ``auto`` before
 benches/quality):
 
 - **capacity** ``d`` of a module = its *effective rank*: the number of singular directions
@@ -8,7 +8,7 @@ benches/quality):
   experts, each of which gets its own rank-``r`` adapter). It counts the directions the trained
   weight actually uses; unlike the stable rank ‖W‖_F²/σ₁² it is not collapsed by one outlier
   singular value (common in MLP projections). When it is unknown (0) the stable rank is used.
-- **weight** ``w`` of its kind for the task (:func:`lora_rank.presets.task_weight`).
+- **weight** ``w`` of its kind for the task (:func:`lora_rank.recommend.presets.task_weight`).
 - **score** = ``w · d``. A rank-``r`` adapter reaches ``r / d`` of the module's used directions;
   the allocation gives every module the same reach per unit of weight (rank ∝ score), which
   is what AdaLoRA's learned budgets look like (more rank to the MLP and output projections,
@@ -17,7 +17,6 @@ benches/quality):
 Layer position (``depth`` = layer / last layer) is reported, not weighted.
 
 Example:
-    >>> from lora_rank.report import Spectrum
     >>> s = Spectrum((2.0, 1.0), 3.0, 2.0, 2.25, 14, 20, 30, False, 2.1, 0, "exact")
     >>> m = Module("model.layers.0.mlp.up_proj", "mlp_up", 0, 32, 48, (48, 32), "F32", 1536,
     ...            True, spectrum=s)
@@ -31,8 +30,8 @@ import math
 import statistics
 from typing import Any, Optional
 
+from ..report import Module, Report, Spectrum
 from .presets import Candidate, task_weight
-from .report import Module, Report, Spectrum
 
 
 def spectra_of(m: Module) -> list[Spectrum]:
@@ -71,7 +70,7 @@ def _mean(values: list[float]) -> float:
 
 
 def module_row(c: Candidate, task: Optional[str], last_layer: int) -> dict[str, Any]:
-    """One :func:`lora_rank.recommend.rank_targets` row: score and its components."""
+    """One :func:`lora_rank.recommend.strategies.rank_targets` row: score and its components."""
     m = c.module
     spectra = spectra_of(m)
     d = effective_rank(m)

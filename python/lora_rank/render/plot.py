@@ -1,4 +1,4 @@
-"""Figures of a :class:`~lora_rank.report.Report`: a layer × module-kind heatmap of one spectral
+r"""Figures of a :class:`~lora_rank.report.Report`: a layer × module-kind heatmap of one spectral
 statistic (or of the recommended LoRA rank), and the singular-value spectra of chosen modules.
 
 Both return a :class:`matplotlib.figure.Figure` built without ``pyplot`` (no global state, no
@@ -7,10 +7,11 @@ extra) is imported only here, inside the functions.
 
 Example:
     >>> import lora_rank
-    >>> from lora_rank.plot import heatmap
-    >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)  # doctest: +SKIP
-    >>> fig = heatmap(report, "stable_rank")  # doctest: +SKIP
-    >>> fig.savefig("heatmap.png")  # doctest: +SKIP
+    >>> from lora_rank.render.plot import heatmap
+    >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)
+    >>> fig = heatmap(report, "stable_rank")
+    >>> figure_bytes(fig, "png")[:4]
+    b'\x89PNG'
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .errors import ConfigError, LoraRankError
-from .report import KINDS, Module, Report
-from .tables import finite, layer_prefix, module_spectra
+from ..errors import ConfigError, LoraRankError
+from ..inventory.kinds import KINDS
+from ..report import Module, Report
+from .format import finite
+from .rows import layer_prefix, module_spectra
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -174,9 +177,9 @@ def heatmap(
 
     Example:
         >>> import lora_rank
-        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)  # doctest: +SKIP
-        >>> fig = heatmap(report, "stable_rank")  # doctest: +SKIP
-        >>> fig.axes[0].get_xlabel()  # doctest: +SKIP
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)
+        >>> fig = heatmap(report, "stable_rank")
+        >>> fig.axes[0].get_xlabel()
         'module kind'
     """
     import matplotlib as mpl
@@ -295,9 +298,9 @@ def spectra(report: Report, modules: Sequence[str]) -> Figure:
 
     Example:
         >>> import lora_rank
-        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)  # doctest: +SKIP
-        >>> fig = spectra(report, ["*.query"])  # doctest: +SKIP
-        >>> fig.axes[0].get_yscale()  # doctest: +SKIP
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True)
+        >>> fig = spectra(report, ["*.query"])
+        >>> fig.axes[0].get_yscale()
         'log'
     """
     from matplotlib.figure import Figure

@@ -1,0 +1,10 @@
+"""From stored tensors to runtime modules, header-only. ``rules`` is the one reader of the
+shipped transformers/PEFT rules data; ``naming`` replays transformers' key renaming and expert
+fusion; ``kinds`` classifies modules (attention q/k/v/o, MLP, experts, router, ...) and holds
+:data:`~lora_rank.inventory.kinds.KINDS`; ``modules`` groups tensors into
+:class:`~lora_rank.report.Module` s and marks what PEFT's ``all-linear`` wraps;
+``transformers`` does the same exactly from a meta-device model. Later: generated architecture
+tables (``architectures``) and quantized formats (``quantization``). May import: ``errors``,
+``report`` and each other (``rules`` ← ``naming`` ← ``modules``); never ``spectral``,
+``recommend``, ``peft`` or ``render``. torch/transformers only inside ``transformers``.
+"""

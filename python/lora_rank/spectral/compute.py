@@ -1,0 +1,174 @@
+"""Spectral statistics of every weight matrix, streamed from the shards by the Rust engine.
+
+:func:`compute_spectra` fills :attr:`Module.spectrum` for every 2-D weight (linear layers,
+embeddings, ``lm_head``, routers) and :attr:`Module.expert_spectra` (one per expert) for MoE
+expert modules. It is what ``lora_rank.analyze(path, spectral=True)`` runs.
+
+How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
+
+- **Reading**: each matrix is read in row panels with positioned reads and decoded from its
+  stored dtype (F32, F16, BF16, F64, F8_E4M3, F8_E5M2) into ``f32`` panels; no full copy of a
+  matrix is ever made. A runtime matrix that transformers fuses from several stored tensors
+  (an expert's ``gate_proj`` + ``up_proj``) is read as their row stack, an expert slice of a
+  stored 3-D tensor as its contiguous block. Conv1D weights (stored ``[in, out]``) need nothing
+  special: singular values do not change under transposition.
+- **Quantized weights** (FP8 block-scaled, GPTQ, AWQ; :mod:`lora_rank.inventory.quantization`): the
+  engine reads the packed panel and dequantizes it into the ``f32`` panel (FP8 × block scale;
+  int × scale − scale·zero with the group of each input row, act-order ``g_idx`` included);
+  scales and zero points are read once per matrix. GPTQ/AWQ matrices are streamed as Wᵀ
+  (their stored orientation), which has the same singular values.
+- **method="randomized"**: randomized block Krylov on WᵀW (Halko–Martinsson–Tropp; Musco &
+  Musco), blocks of ``top_k + oversample`` columns, every block kept; each iteration is one fused pass
+  over the matrix. It stops when the estimated relative error of every top-k singular value
+  is at most ``rtol`` (the estimate extrapolates each value's last two changes geometrically),
+  or after ``max_iter`` passes. The settings and their defaults:
+  :class:`~lora_rank.spectral.settings.SpectralSettings`. Ritz values approach the true σ
+  from below.
+- **method="exact"**: the Gram matrix over the smaller dimension in f64 and a symmetric
+  eigensolver: the whole spectrum. ``"auto"`` (default) uses it when min(rows, cols) ≤ 512.
+- **frobenius_norm** is exact (f64 sum of squares, same pass); **stable_rank** = ‖W‖_F²/σ₁².
+- **Whole spectrum** (``energy_rank_*``, ``sv_quantiles``, ``mp_*``, ``spectrum_snr``,
+  ``mp_snr``, ``pl_alpha``/``pl_xmin``): every statistic is computed by one function from the
+  N = min(rows, cols) eigenvalues of WᵀW. In exact mode they are the spectrum. In randomized
+  mode they are read off a block Gauss quadrature (stochastic Lanczos) estimate of the spectral
+  density from the same passes: the random start block's 40 columns are the probes, the Ritz
+  values of H = QᵀBQ the nodes, the squared first-block components of its eigenvectors the
+  weights; Ritz values with a negligible residual count as single eigenvalues, a wide matrix's
+  null space is a point mass at 0, and the singular values between nodes are interpolated
+  linearly in count (then scaled to the exact ‖W‖_F²). ``energy_rank_stderr`` is the standard
+  error across the probes.
+- **energy_rank_90/95/99**: smallest r with Σᵢ≤ᵣ σᵢ² ≥ share·‖W‖_F² (``energy_rank_exact``:
+  exact mode, or reached within the converged top-k). Measured against float64 SVD on MiniLM
+  and on LLM-shaped bf16 matrices: benches/README.md ("Spectral shape").
+- **mp_sigma, mp_edge, mp_spikes**: Marchenko–Pastur fit: the noise scale s from the median of
+  the bulk (λ_med = s²·M·median_MP(N/M), M = max(rows, cols)), iterated with the values above
+  the edge s(√M + √N) removed until their count settles.
+- **spectrum_snr**: Spectrum's (Hartford et al. 2024) SNR as its spectrum.py codes it:
+  σ = IQR(S)/1.349, τ = σ(1 + √(N/M)), ΣS[S>τ]/ΣS[S≤τ] divided by S[0] (scale-dependent;
+  its "noise := 1" rule also where it would divide by zero, so never inf). **mp_snr**:
+  Σσ above the MP edge / Σσ below it (scale-invariant, denominator floored at f32 rounding).
+- **pl_alpha, pl_xmin**: WeightWatcher's ``WWFit`` (its default since 0.7) on the eigenvalues
+  above 1e-5: for each candidate x_min the continuous MLE α and the KS distance, least D wins.
+- **Stopping**: besides the top-k rule, a randomized solve stops once σ₁ meets ``rtol`` and two
+  consecutive shape estimates agree (energy ranks within 1%, MP edge within 1%, same spike
+  count, α within 0.02, Spectrum SNR within 1%), from the 4th pass on: noise-like matrices
+  without a spectral gap no longer run to ``max_iter``. ``converged`` says a rule was met;
+  otherwise a warning names the matrix. ``sv_error`` is the top-k error estimate at the stop.
+- **Kernels**: bf16 matrices on CPUs with AVX-512 BF16 run both products of a pass as bf16
+  dot products (``vdpbf16ps``) on the stored words, with X and P·X rounded to bf16
+  (``LORA_RANK_NO_BF16_KERNEL=1`` falls back to decoding to f32).
+- **nonfinite**: count of NaN/Inf elements; when nonzero, every other field is NaN (energy
+  ranks 0), a warning is added to the report and issued, and the scan goes on.
+
+Threads: a pool of ``threads`` (default: all cores); large matrices are split into panel
+groups reduced in a fixed order, small ones run in parallel with each other, so results are
+deterministic for a given ``seed`` and thread count. The GIL is released during the scan;
+Ctrl-C stops it within a fraction of a second with KeyboardInterrupt. A shard whose size or
+modification time changes during the scan (or whose size no longer matches its header) raises
+:class:`~lora_rank.FileChangedError`.
+"""
+
+from __future__ import annotations
+
+import warnings as _warnings
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+from .. import _core
+from ..errors import UnsupportedFormatError
+from ..report import Report, Spectrum
+from .jobs import ELEMENT_SIZE, Plan, job_bytes, shard_files
+from .progress import ProgressCallback, progress_reporter
+from .settings import SpectralSettings
+
+
+def compute_spectra(
+    report: Report,
+    settings: Optional[SpectralSettings] = None,
+    *,
+    progress: Union[bool, ProgressCallback, None] = None,
+    **overrides: Any,
+) -> None:
+    """Compute spectra of every weight matrix of ``report`` in place (see the module docs).
+
+    Args:
+        report: from :func:`lora_rank.analyze` (the checkpoint must not have changed since).
+        settings: solver settings (default :class:`SpectralSettings`()).
+        progress: ``callback(done, total, name)`` per matrix, True for a bar, False for none,
+            None for a bar only when stderr is a terminal.
+        overrides: fields of ``settings`` to change (``top_k=8``, ``method="exact"``, ...;
+            None keeps the field).
+
+    Raises:
+        ConfigError: an invalid setting.
+        FileChangedError: a shard changed since ``analyze`` read its header.
+        UnsupportedFormatError: a weight's dtype cannot be decoded (integer/packed formats).
+
+    Example:
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> compute_spectra(report, top_k=8, progress=False)
+        >>> s = report.module("encoder.layer.0.attention.self.query").spectrum
+        >>> round(s.singular_values[0], 2), s.method, s.converged
+        (6.12, 'exact', True)
+    """
+    chosen = (settings or SpectralSettings()).replace(**overrides)
+    plan = Plan(report)
+    results: Sequence[Mapping[str, Any]]
+    if report.remote_shards is not None:
+        if any(q is not None for q in plan.quant):
+            raise UnsupportedFormatError(
+                f"{report.path}: spectra of a remote quantized checkpoint are not supported "
+                "yet; analyze a local copy (the inventory works remotely)"
+            )
+        # Lazy: the hub source is needed for remote checkpoints only.
+        from ..sources.hub import remote_spectra
+
+        total = sum(job_bytes(job) for job in plan.jobs)
+        with progress_reporter(progress, len(plan.jobs), total_bytes=total) as callback:
+            results = remote_spectra(
+                report.remote_shards,
+                plan.jobs,
+                ELEMENT_SIZE,
+                progress=callback,
+                fetched=getattr(callback, "fetched", None),
+                **chosen.core_kwargs(),
+            )
+    else:
+        with progress_reporter(progress, len(plan.jobs)) as callback:
+            results = list(
+                _core.spectra(
+                    shard_files(report),
+                    plan.jobs,
+                    **chosen.core_kwargs(),
+                    progress=callback,
+                    quant=plan.quant,
+                )
+            )
+    experts: dict[str, dict[int, Spectrum]] = defaultdict(dict)
+    warns = list(plan.warnings)
+    for (module, expert), job, d in zip(plan.targets, plan.jobs, results):
+        spectrum = Spectrum.from_core(d)
+        if spectrum.nonfinite:
+            warns.append(
+                f"{job[0]}: {spectrum.nonfinite} NaN/Inf value(s); its spectral statistics are NaN"
+            )
+        elif not spectrum.converged:
+            warns.append(
+                f"{job[0]}: the randomized solver did not converge in {spectrum.iterations} "
+                f"passes (max_iter); estimated top-{chosen.top_k} error {spectrum.sv_error:.1e} "
+                "(raise max_iter or rtol)"
+            )
+        if expert is None:
+            module.spectrum = spectrum
+        else:
+            experts[module.name][expert] = spectrum
+    for module in report.modules:
+        if module.name in experts:
+            per = experts[module.name]
+            module.expert_spectra = tuple(per[e] for e in sorted(per))
+    for w in warns:
+        _warnings.warn(w, stacklevel=3)
+    report.warnings.extend(warns)
+    report.spectral_settings = chosen.describe()
