@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lora_rank.inventory import naming
+from lora_rank.inventory import naming, rules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,6 +80,6 @@ def test_rename_equals_transformers(model_type: str, key: str) -> None:
 
 
 def test_every_shipped_mapping_compiles() -> None:
-    doc = naming._document()
+    doc = rules.document()
     for model_type in doc["model_types"]:
         naming.rules_for(model_type)

@@ -3,8 +3,9 @@ shipped transformers/PEFT rules data; ``naming`` replays transformers' key renam
 fusion; ``kinds`` classifies modules (attention q/k/v/o, MLP, experts, router, ...) and holds
 :data:`~lora_rank.inventory.kinds.KINDS`; ``modules`` groups tensors into
 :class:`~lora_rank.report.Module` s and marks what PEFT's ``all-linear`` wraps;
-``transformers`` does the same exactly from a meta-device model. Later: generated architecture
-tables (``architectures``) and quantized formats (``quantization``). May import: ``errors``,
+``transformers`` does the same exactly from a meta-device model; ``architectures`` reads the
+generated per-class tables (runtime names, module classes, all-linear membership) and
+``quantization`` turns packed quantized weights into logical ones. May import: ``errors``,
 ``report`` and each other (``rules`` ← ``naming`` ← ``modules``); never ``spectral``,
 ``recommend``, ``peft`` or ``render``. torch/transformers only inside ``transformers``.
 """

@@ -15,11 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .rules import conversion_mapping, document, versions
-
-# tests/test_rules_data.py reads the raw document as ``naming._document()``; every other reader
-# goes through :mod:`lora_rank.inventory.rules`.
-_document = document
+from .rules import conversion_mapping, versions
 
 #: Transform classes whose renaming is the generic one of ``WeightTransform``.
 _GENERIC = {"WeightRenaming", "PrefixChange", "WeightConverter"}

@@ -1,5 +1,6 @@
 """What a source hands on: a :class:`Checkpoint` (shard paths, tensors as stored, config), the
-same whether the bytes are local (:mod:`lora_rank.sources.local`) or, later, remote.
+same whether the bytes are local (:mod:`lora_rank.sources.local`) or remote
+(:mod:`lora_rank.sources.hub`).
 
 Example:
     >>> parse_config('{"model_type": "bert"}', "config.json")
