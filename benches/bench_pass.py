@@ -62,14 +62,14 @@ def write_matrix(path: Path, m: int, n: int, kind: str, seed: int) -> Path:
 
 def spectra(path: Path, m: int, n: int, **kw: Any) -> tuple[float, dict[str, Any]]:
     from lora_rank import _core
+    from lora_rank.spectral.settings import SpectralSettings
 
     with open(path, "rb") as f:
         begin = 8 + int.from_bytes(f.read(8), "little")
     size = path.stat().st_size
     t = time.perf_counter()
-    out = _core.spectra(
-        [(str(path), size)], [("w", [(0, begin, m)], n, "BF16")], method="randomized", **kw
-    )
+    settings = SpectralSettings(method="randomized", **kw)
+    out = _core.spectra([(str(path), size)], [("w", [(0, begin, m)], n, "BF16")], settings)
     return time.perf_counter() - t, out[0]
 
 

@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     from lora_rank import _core
+    from lora_rank.spectral.settings import SpectralSettings
 
     m, n = (int(x) for x in args.size.split("x"))
     files = build(m, n, DATA)
@@ -121,9 +122,7 @@ def main() -> None:
             return _core.spectra(
                 shards,
                 [j],
-                top_k=TOP_K,
-                method="randomized",
-                threads=args.threads,
+                SpectralSettings(top_k=TOP_K, method="randomized", threads=args.threads),
                 quant=[quant],
             )[0]
 

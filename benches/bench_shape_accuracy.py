@@ -111,13 +111,13 @@ def errors(got: list[dict[str, float]], want: list[dict[str, float]]) -> dict[st
 
 def run_core(path: Path, jobs: list[tuple[str, int, int, int, str]], method: str) -> list[dict]:
     from lora_rank import _core
+    from lora_rank.spectral.settings import SpectralSettings
 
     size = path.stat().st_size
     return _core.spectra(
         [(str(path), size)],
         [(name, [(0, off, m)], n, dt) for name, off, m, n, dt in jobs],
-        method=method,
-        threads=2,
+        SpectralSettings(method=method, threads=2),
     )
 
 

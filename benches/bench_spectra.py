@@ -118,7 +118,7 @@ def ours_fn(path: Path, m: int, n: int, threads: int, rtol: float | None = None)
     jobs = [("w", [(0, header_begin(path), m)], n, "BF16")]
 
     def run() -> dict[str, Any]:
-        return _core.spectra(shards, jobs, **settings.core_kwargs())[0]
+        return _core.spectra(shards, jobs, settings)[0]
 
     return run
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import types
 import typing
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def test_spectrum_contract_binding_and_dataclass_agree(minilm: Path) -> None:
     assert "_SpectrumDict" not in STUB.read_text()
     report = lora_rank.analyze(minilm)
     plan = Plan(report)
-    results = _core.spectra(shard_files(report), plan.jobs[:2], **SpectralSettings().core_kwargs())
+    results = _core.spectra(shard_files(report), plan.jobs[:2], SpectralSettings())
     for got in results:
         assert list(got) == fields
         for key, value in got.items():
@@ -181,21 +182,29 @@ def test_spectrum_contract_binding_and_dataclass_agree(minilm: Path) -> None:
         Spectrum.from_core({k: v for k, v in results[0].items() if k != "converged"})
 
 
-def test_spectral_settings_are_the_binding_keywords_without_defaults() -> None:
-    spectra = _stub_function("spectra")
-    keywords = [a.arg for a in spectra.args.kwonlyargs]
-    defaults = dict(zip(keywords, spectra.args.kw_defaults))
-    settings = [f.name for f in dataclasses.fields(SpectralSettings)]
-    # Besides the settings: the progress callback and the quantized formats of the jobs.
-    assert sorted(k for k in keywords if k not in ("progress", "quant")) == sorted(settings)
-    assert all(defaults[k] is None for k in settings), "the defaults live in SpectralSettings"
-    with pytest.raises(TypeError):
-        _core.spectra([], [], top_k=8)  # type: ignore[call-arg]
+def test_binding_reads_exactly_the_settings_fields() -> None:
+    """``_core.spectra`` takes one settings object and reads every field of
+    ``SpectralSettings`` from it by name (a field Rust does not read fails here, and so does
+    one it reads that the dataclass lacks); the stub declares no solver keyword of its own."""
+    for name in ("spectra", "spectra_in_memory"):
+        stub = _stub_function(name)
+        assert [a.arg for a in stub.args.args][-1] == "settings", name
+        assert [a.arg for a in stub.args.kwonlyargs] in (["progress", "quant"], ["progress"])
+    fields = dataclasses.asdict(SpectralSettings())
+    assert _core.spectra([], [], SpectralSettings()) == []
+    assert _core.spectra([], [], types.SimpleNamespace(**fields)) == []  # type: ignore[arg-type]
+    for missing in fields:
+        partial = types.SimpleNamespace(**{k: v for k, v in fields.items() if k != missing})
+        with pytest.raises(AttributeError, match=missing):
+            _core.spectra([], [], partial)  # type: ignore[arg-type]
+        with pytest.raises(AttributeError, match=missing):
+            _core.spectra_in_memory([], [], partial)  # type: ignore[arg-type]
 
 
 def test_rust_refuses_invalid_settings_it_is_given() -> None:
     """Rust validates what Python passes, even when the dataclass is bypassed."""
-    kwargs = SpectralSettings().core_kwargs()
+    fields = dataclasses.asdict(SpectralSettings())
     for bad in ({"top_k": 0}, {"rtol": 0.0}, {"max_iter": 0}, {"method": "svd"}):
+        given = types.SimpleNamespace(**{**fields, **bad})
         with pytest.raises(ValueError):
-            _core.spectra([], [], **{**kwargs, **bad})
+            _core.spectra([], [], given)  # type: ignore[arg-type]

@@ -334,7 +334,7 @@ def test_ctrl_c_interrupts_the_scan(tmp_path: Path) -> None:
         _core.spectra(
             [(str(path), path.stat().st_size)],
             jobs,
-            **SpectralSettings(method="randomized", rtol=1e-9, threads=2).core_kwargs(),
+            SpectralSettings(method="randomized", rtol=1e-9, threads=2),
         )
     timer.join()
     assert time.monotonic() - start < 1.3

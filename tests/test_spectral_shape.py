@@ -199,7 +199,7 @@ def test_llm_like_bf16_matrix_energy_ranks(tmp_path: Path) -> None:
         d = _core.spectra(
             [(str(path), size)],
             [("w", [(0, begin, m)], n, "BF16")],
-            **SpectralSettings(method="randomized").core_kwargs(),
+            SpectralSettings(method="randomized"),
         )[0]
         want = _oracle(stored)
         for k in ("energy_rank_90", "energy_rank_95", "energy_rank_99"):
@@ -228,7 +228,7 @@ def test_snr_finite_for_low_rank_and_flat_matrices(tmp_path: Path) -> None:
             d = _core.spectra(
                 [(str(path), path.stat().st_size)],
                 [("w", [(0, begin, a.shape[0])], a.shape[1], "F32")],
-                **SpectralSettings(method=method).core_kwargs(),
+                SpectralSettings(method=method),
             )[0]
             assert math.isfinite(d["spectrum_snr"]), (name, method)
             assert math.isfinite(d["mp_snr"]), (name, method)
@@ -244,7 +244,7 @@ def test_engine_dict_carries_every_spectrum_field(tmp_path: Path) -> None:
     d = _core.spectra(
         [(str(path), path.stat().st_size)],
         [("w", [(0, begin, 8)], 8, "F32")],
-        **SpectralSettings().core_kwargs(),
+        SpectralSettings(),
     )[0]
     assert set(d) == {f.name for f in dataclasses.fields(lora_rank.Spectrum)}
 

@@ -3,6 +3,8 @@
 from os import PathLike
 from typing import Any, Callable, Optional, TypedDict, final
 
+from lora_rank.spectral.settings import SpectralSettings
+
 __all__ = [
     "ByteBuffer",
     "CheckpointIndexError",
@@ -79,27 +81,15 @@ def read_matrix(
 def spectra(
     shards: list[tuple[str, int]],
     jobs: list[_JobTuple],
+    settings: SpectralSettings,
     *,
-    top_k: int,
-    method: str,
-    rtol: float,
-    max_iter: int,
-    seed: int,
-    threads: Optional[int],
-    oversample: int,
     progress: Optional[Callable[[int, int, str], object]] = None,
     quant: Optional[list[Optional[list[_QuantTuple]]]] = None,
 ) -> list[dict[str, Any]]: ...
 def spectra_in_memory(
     buffers: list[tuple[str, int, ByteBuffer]],
     jobs: list[_JobTuple],
+    settings: SpectralSettings,
     *,
-    top_k: int,
-    method: str,
-    rtol: float,
-    max_iter: int,
-    seed: int,
-    threads: Optional[int],
-    oversample: int,
     progress: Optional[Callable[[int, int, str], object]] = None,
 ) -> list[dict[str, Any]]: ...

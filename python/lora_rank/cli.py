@@ -126,25 +126,26 @@ def _recommend_options(p: argparse.ArgumentParser, *, for_plot: bool) -> None:
         help=f"{', '.join(STRATEGIES)} (default: auto, which is {AUTO}: README, 'What auto "
         "does and why')",
     )
+    g.add_argument("--r", type=_positive_int, metavar="R", help="LoRA rank (default: 8)")
     g.add_argument(
         "--budget",
         metavar="B",
         help="trainable parameters: 0.5%% of the model, a fraction (0.005) or a count "
         "(2000000, 2M)",
     )
-    g.add_argument("--r", type=_positive_int, metavar="R", help="LoRA rank (default: 8)")
     g.add_argument(
         "--task",
         choices=[t for t in TASKS if t],
         metavar="TASK",
-        help="classification (attention only), knowledge or style (attention + MLP)",
+        help="weights of attention and MLP modules: "
+        + ", ".join(f"{t} ({a:g}, {m:g})" for t, (a, m) in TASKS.items() if t),
     )
-    g.add_argument(
-        "--exclude",
-        nargs="+",
-        metavar="NAME",
-        help="modules to leave out (runtime names or suffixes)",
-    )
+    _modules_option(g, "--exclude", "modules to leave out (runtime names or suffixes)")
+
+
+def _modules_option(p: Any, flag: str, help: str) -> None:
+    """An option taking one or more module names (``p``: a parser or an argument group)."""
+    p.add_argument(flag, nargs="+", metavar="MODULE", help=help)
 
 
 def _listing_options(p: argparse.ArgumentParser, row: str, formats: dict[str, str]) -> None:
@@ -229,11 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(METRICS),
         help="heatmap statistic (default: stable_rank; rank: the recommended LoRA rank)",
     )
-    pl.add_argument(
+    _modules_option(
+        pl,
         "--spectra",
-        nargs="+",
-        metavar="MODULE",
-        help="plot the singular values of these modules instead (names, suffixes or globs, "
+        "plot the singular values of these modules instead (names, suffixes or globs, "
         "e.g. 'layers.0.self_attn.q_proj' '*.31.*')",
     )
     _recommend_options(pl, for_plot=True)
@@ -333,7 +333,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         _emit(args, to_csv(rows.module_rows(report) if args.per_module else rows.kind_rows(report)))
     else:
-        _emit(args, None, lambda width: tables.report_renderables(report, args.per_module, width))
+        _emit(args, None, lambda width: tables.renderables(report, args.per_module, width))
     if args.format == "table" and not args.output:
         target = "--demo" if args.demo else "PATH"
         more = "" if args.spectral else f"{PROG} analyze {target} --spectral (spectra); "
@@ -381,7 +381,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         from .render import tables
 
         console = _console()
-        for r in tables.recommendation_renderables(rec, args.per_module, console.width):
+        for r in tables.renderables(rec, args.per_module, console.width):
             console.print(r)
     for w in rec.warnings:
         _note(args, f"{PROG}: warning: {' '.join(w.split())}")

@@ -9,14 +9,14 @@ Example:
 
 from __future__ import annotations
 
-from ._core import (
-    CheckpointIndexError,
-    FileChangedError,
-    HeaderError,
-    LoraRankError,
-    NotACheckpointError,
-    UnsupportedFormatError,
-)
+# Raised by the Rust engine, defined in ``_core``; re-exported here (``X as X``) so that every
+# error is imported from this module.
+from ._core import CheckpointIndexError as CheckpointIndexError
+from ._core import FileChangedError as FileChangedError
+from ._core import HeaderError as HeaderError
+from ._core import LoraRankError as LoraRankError
+from ._core import NotACheckpointError as NotACheckpointError
+from ._core import UnsupportedFormatError as UnsupportedFormatError
 
 
 class ConfigError(LoraRankError, ValueError):
@@ -31,16 +31,3 @@ class HubError(LoraRankError):
 class PeftEmulationError(LoraRankError, RuntimeError):
     """A config lora_rank built does not do in PEFT what lora_rank intended (an internal error,
     not bad input: please report it with the model's config.json)."""
-
-
-__all__ = [
-    "CheckpointIndexError",
-    "ConfigError",
-    "FileChangedError",
-    "HeaderError",
-    "HubError",
-    "LoraRankError",
-    "NotACheckpointError",
-    "PeftEmulationError",
-    "UnsupportedFormatError",
-]

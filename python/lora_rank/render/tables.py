@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..report import Report
 from .format import fmt_number, fmt_range
@@ -73,8 +73,10 @@ def spectra_table(report: Report, rows: Optional[list[dict[str, Any]]] = None) -
 
     Example:
         >>> import lora_rank
-        >>> spectra_table(lora_rank.analyze(lora_rank.demo_checkpoint())).row_count
-        0
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True, progress=False)
+        >>> table = spectra_table(report)
+        >>> [c.header for c in table.columns][:3], table.row_count
+        (['kind', 'matrices', 'stable rank'], 8)
     """
     rows = kind_rows(report) if rows is None else rows
     table = _table(
@@ -204,23 +206,32 @@ def pairs_table(pairs: Sequence[tuple[str, str]]) -> Table:
     return table
 
 
-def report_renderables(
-    report: Report, per_module: bool = False, width: int = 120
+def renderables(
+    shown: Union[Report, Recommendation], per_module: bool = False, width: int = 120
 ) -> list[RenderableType]:
-    """Everything ``lora-rank analyze`` prints for ``report``, in order.
+    """Everything ``lora-rank analyze`` prints for a report, or ``lora-rank recommend`` for a
+    recommendation, in order.
 
     Example:
         >>> import lora_rank
-        >>> shown = report_renderables(lora_rank.analyze(lora_rank.demo_checkpoint()))
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> shown = renderables(report)
         >>> len(shown), shown[2].title
         (3, 'Modules by kind')
+        >>> [type(r).__name__ for r in renderables(report.recommend("attention-qv"), True)]
+        ['Table', 'str', 'Table', 'str']
     """
+    if not isinstance(shown, Report):
+        head = pairs_table(recommendation_summary(shown))
+        body = target_table(shown, width) if per_module else recommendation_table(shown)
+        lines: list[RenderableType] = [head, "", body]
+        return [*lines, f"[dim]{shown.rule}[/]"] if shown.rule else lines
     if per_module:
-        return [summary_table(report), "", module_table(report, width)]
-    rows = kind_rows(report)
-    out: list[RenderableType] = [summary_table(report), "", kind_table(report, rows)]
-    if report.has_spectra:
-        out += ["", spectra_table(report, rows)]
+        return [summary_table(shown), "", module_table(shown, width)]
+    rows = kind_rows(shown)
+    out: list[RenderableType] = [summary_table(shown), "", kind_table(shown, rows)]
+    if shown.has_spectra:
+        out += ["", spectra_table(shown, rows)]
     return out
 
 
@@ -292,22 +303,3 @@ def target_table(rec: Recommendation, width: int = 120) -> Table:
             fmt_number(t.params),
         )
     return table
-
-
-def recommendation_renderables(
-    rec: Recommendation, per_module: bool = False, width: int = 120
-) -> list[RenderableType]:
-    """Everything ``lora-rank recommend`` prints for ``rec``, in order.
-
-    Example:
-        >>> import lora_rank
-        >>> rec = lora_rank.analyze(lora_rank.demo_checkpoint()).recommend("attention-qv")
-        >>> [type(r).__name__ for r in recommendation_renderables(rec, per_module=True)]
-        ['Table', 'str', 'Table', 'str']
-    """
-    head = pairs_table(recommendation_summary(rec))
-    body = target_table(rec, width) if per_module else recommendation_table(rec)
-    out: list[RenderableType] = [head, "", body]
-    if rec.rule:
-        out.append(f"[dim]{rec.rule}[/]")
-    return out

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import httpx2
 
     from ..report import RemoteShard
+    from ..spectral.settings import SpectralSettings
 
 #: The name of a repo id: ``namespace/name`` (what the Hub accepts).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -585,9 +586,9 @@ def remote_spectra(
     jobs: list[Job],
     element_sizes: Mapping[str, int],
     *,
+    settings: SpectralSettings,
     progress: Optional[Callable[[int, int, str], object]],
     fetched: Optional[Callable[[int], None]] = None,
-    **settings: Any,
 ) -> list[dict[str, Any]]:
     """Spectra of ``jobs`` (as for ``_core.spectra``) on remote shards: each batch of matrices
     fetched once by range requests (contiguous ranges merged) into ``_core.ByteBuffer``s and
@@ -655,7 +656,7 @@ def remote_spectra(
                 if progress is not None:
                     progress(base + k, len(jobs), name)
 
-            out = _core.spectra_in_memory(buffers, local_jobs, progress=report, **settings)
+            out = _core.spectra_in_memory(buffers, local_jobs, settings, progress=report)
             del buffers
             for i, d in zip(batch, out):
                 results[i] = dict(d)

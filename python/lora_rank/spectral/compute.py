@@ -132,8 +132,8 @@ def compute_spectra(
                 plan.jobs,
                 ELEMENT_SIZE,
                 progress=callback,
+                settings=chosen,
                 fetched=getattr(callback, "fetched", None),
-                **chosen.core_kwargs(),
             )
     else:
         with progress_reporter(progress, len(plan.jobs)) as callback:
@@ -141,7 +141,7 @@ def compute_spectra(
                 _core.spectra(
                     shard_files(report),
                     plan.jobs,
-                    **chosen.core_kwargs(),
+                    chosen,
                     progress=callback,
                     quant=plan.quant,
                 )

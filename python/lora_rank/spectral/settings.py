@@ -87,15 +87,6 @@ class SpectralSettings:
         given = {k: v for k, v in changes.items() if v is not None}
         return dataclasses.replace(self, **given) if given else self
 
-    def core_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``_core.spectra`` (every field, by name).
-
-        Example:
-            >>> sorted(SpectralSettings().core_kwargs())[:3]
-            ['max_iter', 'method', 'oversample']
-        """
-        return dataclasses.asdict(self)
-
     def describe(self) -> dict[str, Any]:
         """What :attr:`lora_rank.Report.spectral_settings` records: every field (threads
         resolved to the core count when None) and a description of the solver.

@@ -308,22 +308,15 @@ fn read_matrix<'py>(
 /// cols, dtype)`; `quant`: per job, None or one quantization tuple per segment (then rows
 /// and cols are the logical ones; see `lora_rank_core::quant`). The scan runs on a worker thread with the GIL released; this thread wakes
 /// every 100 ms to report progress and check for Ctrl-C (which cancels the scan).
-/// Every setting is required: the defaults live in `lora_rank.spectral.settings`.
+/// `settings`: a `SpectralSettings` (its fields are read by name; the defaults live there).
 #[pyfunction]
-#[pyo3(signature = (shards, jobs, *, top_k, method, rtol, max_iter, seed, threads, oversample,
-                    progress=None, quant=None))]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[pyo3(signature = (shards, jobs, settings, *, progress=None, quant=None))]
+#[allow(clippy::type_complexity)]
 fn spectra<'py>(
     py: Python<'py>,
     shards: Vec<(std::path::PathBuf, u64)>,
     jobs: Vec<(String, Vec<(usize, u64, usize)>, usize, String)>,
-    top_k: usize,
-    method: &str,
-    rtol: f64,
-    max_iter: usize,
-    seed: u64,
-    threads: Option<usize>,
-    oversample: usize,
+    settings: SettingsArg,
     progress: Option<Bound<'py, PyAny>>,
     quant: Option<Vec<Option<Vec<QuantTuple>>>>,
 ) -> PyResult<Bound<'py, PyList>> {
@@ -331,9 +324,8 @@ fn spectra<'py>(
         .into_iter()
         .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
         .collect();
-    let settings = (top_k, method, rtol, max_iter, seed, oversample);
     let jobs = to_jobs(jobs, quant)?;
-    scan(py, Shards::Files(shards), jobs, settings, threads, progress)
+    scan(py, Shards::Files(shards), jobs, settings, progress)
 }
 
 /// A fixed-size byte buffer filled piece by piece (e.g. from an HTTP response body) and handed
@@ -379,36 +371,21 @@ impl ByteBuffer {
 /// and a job's segments refer to a buffer by index, with absolute shard offsets. The same
 /// solver, so the same spectra as from the files.
 #[pyfunction]
-#[pyo3(signature = (buffers, jobs, *, top_k, method, rtol, max_iter, seed, threads, oversample,
-                    progress=None))]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[pyo3(signature = (buffers, jobs, settings, *, progress=None))]
+#[allow(clippy::type_complexity)]
 fn spectra_in_memory<'py>(
     py: Python<'py>,
     buffers: Vec<(std::path::PathBuf, u64, PyRefMut<'py, ByteBuffer>)>,
     jobs: Vec<(String, Vec<(usize, u64, usize)>, usize, String)>,
-    top_k: usize,
-    method: &str,
-    rtol: f64,
-    max_iter: usize,
-    seed: u64,
-    threads: Option<usize>,
-    oversample: usize,
+    settings: SettingsArg,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
     let memory = buffers
         .into_iter()
         .map(|(path, start, mut buf)| (path, start, std::mem::take(&mut buf.data)))
         .collect();
-    let settings = (top_k, method, rtol, max_iter, seed, oversample);
     let jobs = to_jobs(jobs, None)?;
-    scan(
-        py,
-        Shards::Memory(memory),
-        jobs,
-        settings,
-        threads,
-        progress,
-    )
+    scan(py, Shards::Memory(memory), jobs, settings, progress)
 }
 
 enum Shards {
@@ -444,9 +421,19 @@ impl Shards {
     }
 }
 
-/// `(top_k, method, rtol, max_iter, seed, oversample)` as given to `spectra`: every value from
-/// Python's `SpectralSettings` (the defaults live there only).
-type SettingsArgs<'a> = (usize, &'a str, f64, usize, u64, usize);
+/// The `settings` argument of `spectra`: read attribute by attribute from a
+/// `lora_rank.spectral.settings.SpectralSettings` (its defaults are the only ones; Rust
+/// validates what it is given).
+#[derive(FromPyObject)]
+struct SettingsArg {
+    top_k: usize,
+    method: String,
+    rtol: f64,
+    max_iter: usize,
+    seed: u64,
+    threads: Option<usize>,
+    oversample: usize,
+}
 
 /// Run a scan on a worker thread with the GIL released, reporting progress and checking for
 /// Ctrl-C every 100 ms, and convert the results.
@@ -455,23 +442,23 @@ fn scan<'py>(
     py: Python<'py>,
     shards: Shards,
     jobs: Vec<spectral::Job>,
-    (top_k, method, rtol, max_iter, seed, oversample): SettingsArgs<'_>,
-    threads: Option<usize>,
+    given: SettingsArg,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyList>> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Condvar, Mutex};
     let value_error = pyo3::exceptions::PyValueError::new_err;
-    let method = spectral::Method::parse(method)
-        .ok_or_else(|| value_error(format!("unknown method {method:?}")))?;
+    let method = spectral::Method::parse(&given.method)
+        .ok_or_else(|| value_error(format!("unknown method {:?}", given.method)))?;
     let settings = spectral::Settings {
-        top_k,
+        top_k: given.top_k,
         method,
-        rtol,
-        max_iter,
-        seed,
-        oversample,
+        rtol: given.rtol,
+        max_iter: given.max_iter,
+        seed: given.seed,
+        oversample: given.oversample,
     };
+    let threads = given.threads;
     settings.validate().map_err(value_error)?;
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
     let cancel = Arc::new(AtomicBool::new(false));

@@ -162,22 +162,28 @@ fn read_aux<'f>(
     Ok(buf)
 }
 
+/// The bytes of an auxiliary tensor whose dtype is one of `allowed` (else an error naming the
+/// tensor and saying `what` is expected).
+fn read_typed<'f>(
+    aux: &AuxTensor,
+    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+    allowed: &[Dtype],
+    what: &str,
+) -> Result<Vec<u8>> {
+    let (_, path) = open(aux.shard)?;
+    if !allowed.contains(&aux.dtype) {
+        let msg = format!("dtype {} where {what}", aux.dtype.name());
+        return Err(header_error(path, &aux.name, msg));
+    }
+    read_aux(aux, open)
+}
+
 fn read_floats<'f>(
     aux: &AuxTensor,
     open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
 ) -> Result<Vec<f32>> {
-    let (_, path) = open(aux.shard)?;
-    if !matches!(aux.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-        return Err(header_error(
-            path,
-            &aux.name,
-            format!(
-                "dtype {} where F32, F16 or BF16 scales are expected",
-                aux.dtype.name()
-            ),
-        ));
-    }
-    let bytes = read_aux(aux, open)?;
+    let float = [Dtype::F32, Dtype::F16, Dtype::BF16];
+    let bytes = read_typed(aux, open, &float, "F32, F16 or BF16 scales are expected")?;
     let mut out = vec![0f32; aux.shape.iter().product()];
     decode_into(aux.dtype, &bytes, &mut out);
     Ok(out)
@@ -187,15 +193,7 @@ fn read_words<'f>(
     aux: &AuxTensor,
     open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
 ) -> Result<Vec<u32>> {
-    let (_, path) = open(aux.shard)?;
-    if !matches!(aux.dtype, Dtype::I32 | Dtype::U32) {
-        return Err(header_error(
-            path,
-            &aux.name,
-            format!("dtype {} where I32 is expected", aux.dtype.name()),
-        ));
-    }
-    let bytes = read_aux(aux, open)?;
+    let bytes = read_typed(aux, open, &[Dtype::I32, Dtype::U32], "I32 is expected")?;
     Ok(bytes
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -463,6 +461,26 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// A spec over shard 0 without zero points or `g_idx` (a test adds those it needs).
+    fn plain_spec(
+        format: Format,
+        weight: &str,
+        bits: u32,
+        block: [usize; 2],
+        scales: AuxTensor,
+    ) -> QuantSpec {
+        QuantSpec {
+            format,
+            weight: weight.into(),
+            bits,
+            block,
+            zero_offset: 0,
+            scales,
+            zeros: None,
+            g_idx: None,
+        }
+    }
+
     fn aux(name: &str, offset: u64, shape: &[usize], dtype: Dtype) -> AuxTensor {
         AuxTensor {
             name: name.into(),
@@ -474,6 +492,25 @@ mod tests {
     }
 
     /// A file holding `parts` back to back; returns it and each part's offset.
+    /// A test file reopened for reading, handed out as the shard source of every aux tensor.
+    struct Opened {
+        file: std::fs::File,
+        path: std::path::PathBuf,
+    }
+
+    impl Opened {
+        fn new(f: &tempfile::NamedTempFile) -> Self {
+            Opened {
+                file: f.reopen().unwrap(),
+                path: f.path().to_path_buf(),
+            }
+        }
+
+        fn source(&self) -> Result<(ByteSource<'_>, &Path)> {
+            Ok((ByteSource::File(&self.file), self.path.as_path()))
+        }
+    }
+
     fn file_of(parts: &[Vec<u8>]) -> (tempfile::NamedTempFile, Vec<u64>) {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         let mut offsets = Vec::new();
@@ -517,20 +554,19 @@ mod tests {
             halves(&scales),
             words(&g_idx),
         ]);
-        let file = f.reopen().unwrap();
-        let path = f.path().to_path_buf();
-        let open = |_: usize| -> Result<(ByteSource<'_>, &Path)> {
-            Ok((ByteSource::File(&file), path.as_path()))
-        };
+        let opened = Opened::new(&f);
+        let open = |_: usize| opened.source();
         let spec = QuantSpec {
-            format: Format::Gptq,
-            weight: "w.qweight".into(),
-            bits: 4,
-            block: [4, 0],
             zero_offset: 1,
-            scales: aux("w.scales", off[2], &[2, cols], Dtype::F16),
             zeros: Some(aux("w.qzeros", off[1], &[2, 1], Dtype::I32)),
             g_idx: Some(aux("w.g_idx", off[3], &[rows], Dtype::I32)),
+            ..plain_spec(
+                Format::Gptq,
+                "w.qweight",
+                4,
+                [4, 0],
+                aux("w.scales", off[2], &[2, cols], Dtype::F16),
+            )
         };
         let d = Dequant::load(&spec, rows, cols, Dtype::I32, &open).unwrap();
         let mut out = vec![0f32; rows * cols];
@@ -570,21 +606,15 @@ mod tests {
     #[test]
     fn malformed_specs_name_tensor_and_rule() {
         let (f, _) = file_of(&[vec![0u8; 4096]]);
-        let file = f.reopen().unwrap();
-        let path = f.path().to_path_buf();
-        let open = |_: usize| -> Result<(ByteSource<'_>, &Path)> {
-            Ok((ByteSource::File(&file), path.as_path()))
-        };
-        let fp8 = QuantSpec {
-            format: Format::Fp8Block,
-            weight: "l.weight".into(),
-            bits: 8,
-            block: [128, 128],
-            zero_offset: 0,
-            scales: aux("l.weight_scale_inv", 0, &[2, 2], Dtype::F32),
-            zeros: None,
-            g_idx: None,
-        };
+        let opened = Opened::new(&f);
+        let open = |_: usize| opened.source();
+        let fp8 = plain_spec(
+            Format::Fp8Block,
+            "l.weight",
+            8,
+            [128, 128],
+            aux("l.weight_scale_inv", 0, &[2, 2], Dtype::F32),
+        );
         let err = Dequant::load(&fp8, 300, 256, Dtype::F8_E4M3, &open).unwrap_err();
         let msg = err.to_string();
         assert!(
@@ -594,14 +624,15 @@ mod tests {
         let err = Dequant::load(&fp8, 256, 256, Dtype::BF16, &open).unwrap_err();
         assert!(err.to_string().contains("F8_E4M3 or F8_E5M2"), "{err}");
         let gptq = QuantSpec {
-            format: Format::Gptq,
-            weight: "l.qweight".into(),
-            bits: 3,
-            block: [128, 0],
             zero_offset: 1,
-            scales: aux("l.scales", 0, &[1, 64], Dtype::F16),
             zeros: Some(aux("l.qzeros", 0, &[1, 8], Dtype::I32)),
-            g_idx: None,
+            ..plain_spec(
+                Format::Gptq,
+                "l.qweight",
+                3,
+                [128, 0],
+                aux("l.scales", 0, &[1, 64], Dtype::F16),
+            )
         };
         let err = Dequant::load(&gptq, 64, 64, Dtype::I32, &open).unwrap_err();
         assert!(err.to_string().contains("3-bit GPTQ"), "{err}");

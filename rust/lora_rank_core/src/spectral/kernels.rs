@@ -90,9 +90,9 @@ pub fn panel_pass(
     // SAFETY: the caller checked `available()`; all indices are within the asserted lengths.
     unsafe {
         match bpad / 16 {
-            1 => times_x::<1, 16>(p, rows, n, xp, y),
-            2 => times_x::<2, 10>(p, rows, n, xp, y),
-            3 => times_x::<3, 7>(p, rows, n, xp, y),
+            1 => times_x::<1, 16>(p, n, xp, y),
+            2 => times_x::<2, 10>(p, n, xp, y),
+            3 => times_x::<3, 7>(p, n, xp, y),
             _ => times_x_generic(p, rows, n, xp, y),
         }
         for i2 in 0..rows2 {
@@ -106,19 +106,20 @@ pub fn panel_pass(
                 ypair[i2 * b + j] = lo | (hi << 16);
             }
         }
-        transpose_times_y(p, rows, n, b, ypair, acc, y);
+        transpose_times_y(Words { p, rows, n }, b, ypair, acc, y);
     }
 }
 
+/// Y = P·X for every row of the panel, `MR` rows at a time; `y` holds exactly rows × bpad.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn times_x<const NV: usize, const MR: usize>(
     p: &[u16],
-    rows: usize,
     n: usize,
     xp: &PackedX,
     y: &mut [f32],
 ) {
+    let rows = y.len() / xp.bpad;
     let mut i0 = 0;
     while i0 + MR <= rows {
         rows_times_x::<NV, MR>(p, i0, n, xp, y);
@@ -214,30 +215,37 @@ unsafe fn rows_times_x<const NV: usize, const MR: usize>(
     }
 }
 
+/// A panel of bf16 words: `rows` × `n`, row-major, in `p`.
+#[derive(Clone, Copy)]
+struct Words<'a> {
+    p: &'a [u16],
+    rows: usize,
+    n: usize,
+}
+
 /// acc[j·n + k] += Σᵢ P[i, k]·Y[i, j] with Y as bf16 row pairs; `yf` holds Y in f32
 /// (`bpad` columns) for the scalar tail of k past the last multiple of 32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn transpose_times_y(
-    p: &[u16],
-    rows: usize,
-    n: usize,
+    panel: Words<'_>,
     b: usize,
     ypair: &[u32],
     acc: &mut [f32],
     yf: &[f32],
 ) {
+    let Words { p, rows, n } = panel;
     const JT: usize = 10;
     let n32 = n / 32 * 32;
     let mut k0 = 0;
     while k0 < n32 {
         let mut j0 = 0;
         while j0 + JT <= b {
-            strip::<JT>(p, rows, n, b, ypair, acc, k0, j0);
+            strip::<JT>(panel, b, ypair, acc, k0, j0);
             j0 += JT;
         }
         while j0 < b {
-            strip::<1>(p, rows, n, b, ypair, acc, k0, j0);
+            strip::<1>(panel, b, ypair, acc, k0, j0);
             j0 += 1;
         }
         k0 += 32;
@@ -260,17 +268,15 @@ unsafe fn transpose_times_y(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
 unsafe fn strip<const JT: usize>(
-    p: &[u16],
-    rows: usize,
-    n: usize,
+    panel: Words<'_>,
     b: usize,
     ypair: &[u32],
     acc: &mut [f32],
     k0: usize,
     j0: usize,
 ) {
+    let Words { p, rows, n } = panel;
     let mut lo = [_mm512_setzero_ps(); JT];
     let mut hi = [_mm512_setzero_ps(); JT];
     let base = p.as_ptr();

@@ -726,17 +726,23 @@ mod tests {
         jobs: &[Job],
         settings: &Settings,
     ) -> Result<Vec<Spectrum>> {
+        let len = file.as_file().metadata().unwrap().len();
+        run_as(file, len, jobs, settings, &AtomicBool::new(false))
+    }
+
+    /// [`run`] with the shard's expected length and the cancel flag given.
+    fn run_as(
+        file: &tempfile::NamedTempFile,
+        expected_len: u64,
+        jobs: &[Job],
+        settings: &Settings,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Spectrum>> {
         let shards = [ShardFile {
             path: file.path().to_path_buf(),
-            expected_len: file.as_file().metadata().unwrap().len(),
+            expected_len,
         }];
-        compute(
-            &shards,
-            jobs,
-            settings,
-            &AtomicBool::new(false),
-            &Progress::default(),
-        )
+        compute(&shards, jobs, settings, cancel, &Progress::default())
     }
 
     fn job(name: &str, offset: u64, rows: usize, cols: usize) -> Job {
@@ -934,37 +940,15 @@ mod tests {
     #[test]
     fn changed_file_and_bad_dtype_are_errors() {
         let file = write(&[1.0; 64], 0);
-        let shards = [ShardFile {
-            path: file.path().to_path_buf(),
-            expected_len: 300,
-        }];
-        let err = compute(
-            &shards,
-            &[job("w", 0, 8, 8)],
-            &Settings::default(),
-            &AtomicBool::new(false),
-            &Progress::default(),
-        )
-        .unwrap_err();
+        let (w, default) = ([job("w", 0, 8, 8)], Settings::default());
+        let err = run_as(&file, 300, &w, &default, &AtomicBool::new(false)).unwrap_err();
         assert!(matches!(err, Error::Changed { .. }), "{err}");
         let mut j = job("ints", 0, 8, 8);
         j.dtype = Dtype::I32;
-        let err = run(&file, &[j], &Settings::default()).unwrap_err();
+        let err = run(&file, &[j], &default).unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }));
         assert!(err.to_string().contains("\"ints\""), "{err}");
-        let cancelled = AtomicBool::new(true);
-        let shards = [ShardFile {
-            path: file.path().to_path_buf(),
-            expected_len: 256,
-        }];
-        let err = compute(
-            &shards,
-            &[job("w", 0, 8, 8)],
-            &Settings::default(),
-            &cancelled,
-            &Progress::default(),
-        )
-        .unwrap_err();
+        let err = run_as(&file, 256, &w, &default, &AtomicBool::new(true)).unwrap_err();
         assert!(matches!(err, Error::Interrupted));
     }
 

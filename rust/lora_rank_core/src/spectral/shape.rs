@@ -75,12 +75,7 @@ impl Density {
                 *wi -= take;
                 left -= take;
             }
-            let free: f64 = w
-                .iter()
-                .zip(&exact)
-                .filter(|(_, &e)| !e)
-                .map(|(v, _)| v)
-                .sum();
+            let free = sum_where(&w, &exact, false);
             let rest = (n_total as f64 - n_unit).max(0.0);
             let scale = if free > 0.0 { rest / free } else { 0.0 };
             for (wi, &e) in w.iter_mut().zip(&exact) {
@@ -190,18 +185,8 @@ pub fn pseudo_spectrum(
         out.push(v * v);
         is_exact.push(exact[i] && t < ends[i]);
     }
-    let known: f64 = out
-        .iter()
-        .zip(&is_exact)
-        .filter(|(_, &e)| e)
-        .map(|(v, _)| v)
-        .sum();
-    let free: f64 = out
-        .iter()
-        .zip(&is_exact)
-        .filter(|(_, &e)| !e)
-        .map(|(v, _)| v)
-        .sum();
+    let known = sum_where(&out, &is_exact, true);
+    let free = sum_where(&out, &is_exact, false);
     let want = frob_sq - known;
     if free > 0.0 && want > 0.0 {
         let s = want / free;
@@ -458,6 +443,16 @@ pub fn energy_rank_stderr(density: &Density, n_total: usize, frob_sq: f64) -> [f
         *slot = (var / p as f64).sqrt();
     }
     out
+}
+
+/// The sum of the `values` whose `exact` flag is `flag`.
+fn sum_where(values: &[f64], exact: &[bool], flag: bool) -> f64 {
+    values
+        .iter()
+        .zip(exact)
+        .filter(|&(_, &e)| e == flag)
+        .map(|(v, _)| v)
+        .sum()
 }
 
 #[cfg(test)]

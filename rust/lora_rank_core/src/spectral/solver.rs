@@ -105,19 +105,37 @@ pub fn uses_bf16_kernel(src: &MatrixSource<'_>) -> bool {
         })
 }
 
-/// [`fused_pass`] with the AVX-512 BF16 kernels on the stored words.
-fn fused_pass_bf16(
-    src: &MatrixSource<'_>,
-    panels: &[Panel],
-    x: MatRef<'_, f32>,
+/// One pass over a matrix: the source and its panels, the block X (n × b), how many parallel
+/// groups the panels are split into, whether the element statistics are gathered, and the
+/// cancel flag.
+#[derive(Clone, Copy)]
+struct Pass<'p, 's> {
+    src: &'p MatrixSource<'s>,
+    panels: &'p [Panel],
+    x: MatRef<'p, f32>,
     chunks: usize,
     want_stats: bool,
-    cancel: &AtomicBool,
-) -> Result<(Mat<f32>, ElementStats)> {
-    let n = src.cols;
-    let b = x.ncols();
+    cancel: &'p AtomicBool,
+}
+
+impl Pass<'_, '_> {
+    /// AᵀA·X (n × b) and, if asked, the element statistics: with the AVX-512 BF16 kernels on
+    /// bf16 words when they are available, else with f32 panels and faer's matmul.
+    fn run(self) -> Result<(Mat<f32>, ElementStats)> {
+        if uses_bf16_kernel(self.src) {
+            fused_pass_bf16(self)
+        } else {
+            fused_pass(self)
+        }
+    }
+}
+
+/// [`Pass::run`] with the AVX-512 BF16 kernels on the stored words.
+fn fused_pass_bf16(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
+    let (src, x, want_stats, cancel) = (pass.src, pass.x, pass.want_stats, pass.cancel);
+    let (n, b) = (src.cols, x.ncols());
     let xp = super::kernels::PackedX::new(n, b, |k, j| x[(k, j)]);
-    let groups = split(panels, chunks);
+    let groups = split(pass.panels, pass.chunks);
     let parts: Vec<Result<(Vec<f32>, ElementStats)>> = groups
         .par_iter()
         .map(|group| {
@@ -150,22 +168,12 @@ fn fused_pass_bf16(
     Ok((Mat::from_fn(n, b, |k, j| total[j * n + k]), stats))
 }
 
-/// One pass over the matrix: returns AᵀA·X (n × b) and, if asked, the element statistics.
-fn fused_pass(
-    src: &MatrixSource<'_>,
-    panels: &[Panel],
-    x: MatRef<'_, f32>,
-    chunks: usize,
-    want_stats: bool,
-    cancel: &AtomicBool,
-) -> Result<(Mat<f32>, ElementStats)> {
-    if uses_bf16_kernel(src) {
-        return fused_pass_bf16(src, panels, x, chunks, want_stats, cancel);
-    }
-    let n = src.cols;
-    let b = x.ncols();
-    let max_rows = panels.iter().map(|p| p.rows).max().unwrap_or(0);
-    let groups = split(panels, chunks);
+/// [`Pass::run`] with f32 panels and faer's matmul.
+fn fused_pass(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
+    let (src, x, want_stats, cancel) = (pass.src, pass.x, pass.want_stats, pass.cancel);
+    let (n, b) = (src.cols, x.ncols());
+    let max_rows = pass.panels.iter().map(|p| p.rows).max().unwrap_or(0);
+    let groups = split(pass.panels, pass.chunks);
     let parts: Vec<Result<(Mat<f32>, ElementStats)>> = groups
         .par_iter()
         .map(|group| {
@@ -510,14 +518,15 @@ pub fn randomized(
     let mut density = None;
     let mut prev_shape: Option<shape::Shape> = None;
     while iterations < max_blocks {
-        let (w, st) = fused_pass(
+        let (w, st) = Pass {
             src,
-            &panels,
-            x.as_ref(),
-            cfg.chunks,
-            iterations == 0,
+            panels: &panels,
+            x: x.as_ref(),
+            chunks: cfg.chunks,
+            want_stats: iterations == 0,
             cancel,
-        )?;
+        }
+        .run()?;
         iterations += 1;
         if iterations == 1 {
             stats = st;

@@ -275,7 +275,7 @@ impl<'a> MatrixSource<'a> {
     ) -> Result<()> {
         let width = c1 - c0;
         if !self.dequant.is_empty() {
-            return self.read_quantized_columns(c0, c1, scratch, out, stats);
+            return self.read_quantized_columns(c0..c1, scratch, out, stats);
         }
         let row_bytes = self.cols * self.esize;
         let len = width * self.esize;
@@ -300,13 +300,12 @@ impl<'a> MatrixSource<'a> {
     /// dequantized a few at a time, and the columns kept (packed words span columns).
     fn read_quantized_columns(
         &self,
-        c0: usize,
-        c1: usize,
+        columns: std::ops::Range<usize>,
         scratch: &mut Scratch,
         out: &mut [f32],
         mut stats: Option<&mut ElementStats>,
     ) -> Result<()> {
-        let width = c1 - c0;
+        let (c0, c1, width) = (columns.start, columns.end, columns.len());
         let rows = (super::PANEL_ELEMENTS / self.cols.max(1)).max(1);
         let mut full = vec![0f32; rows.next_multiple_of(32) * self.cols];
         let mut row = 0;
