@@ -8,6 +8,10 @@ with numpy: the fixtures and the reference of the quantization tests.
   for v1 checkpoints (``z`` for v2), act-order groups through ``g_idx``.
 - AWQ (AutoAWQ ``WQLinear_GEMM``): ``qweight[i, j // 8]`` holds column 8k + order[n] in
   nibble n, order = [0, 2, 4, 6, 1, 3, 5, 7]; the same for ``qzeros``; no −1.
+- compressed-tensors ``pack-quantized`` (``pack_to_int32``): symmetric q in
+  [−2^(b−1), 2^(b−1) − 1] per group of ``in`` and output, stored as q + 2^(b−1) in a dense
+  little-endian bit stream per row (value j at bit j·b), ``weight_shape`` = [out, in];
+  ``float-quantized``: e4m3(W / s) with s = amax / 448 per output row (channel strategy).
 """
 
 from __future__ import annotations
@@ -141,3 +145,57 @@ def awq_reference(t: dict[str, np.ndarray], group: int) -> np.ndarray:
     g = np.arange(q.shape[0]) // group
     s = t["scales"].astype(np.float32)
     return (s[g] * (q.astype(np.float32) - z[g].astype(np.float32))).T.copy()
+
+
+def ct_pack(w: np.ndarray, bits: int, group: int | None) -> dict[str, np.ndarray]:
+    """compressed-tensors ``pack-quantized`` tensors of ``w`` [out, in] (symmetric; ``group``
+    None: one scale per output row)."""
+    out_f, in_f = w.shape
+    size = group or in_f
+    groups = -(-in_f // size)
+    qmax = (1 << (bits - 1)) - 1
+    scale = np.zeros((out_f, groups), np.float32)
+    q = np.zeros((out_f, in_f), np.int64)
+    for g in range(groups):
+        blk = w[:, g * size : (g + 1) * size]
+        s = np.maximum(np.abs(blk).max(axis=1), 1e-12) / (qmax + 0.5)
+        scale[:, g] = s
+        q[:, g * size : (g + 1) * size] = np.clip(np.round(blk / s[:, None]), -qmax - 1, qmax)
+    unsigned = (q + (1 << (bits - 1))).astype(np.uint64)
+    words = -(-in_f * bits // 32)
+    packed = np.zeros((out_f, words + 1), np.uint64)
+    for j in range(in_f):
+        bit = j * bits
+        packed[:, bit // 32] |= (unsigned[:, j] << np.uint64(bit % 32)) & np.uint64(0xFFFFFFFF)
+        if bit % 32 + bits > 32:
+            packed[:, bit // 32 + 1] |= unsigned[:, j] >> np.uint64(32 - bit % 32)
+    return {
+        "weight_packed": packed[:, :words].astype(np.uint32).view(np.int32),
+        "weight_scale": scale,
+        "weight_shape": np.array([out_f, in_f], np.int64),
+    }
+
+
+def ct_pack_reference(t: dict[str, np.ndarray], bits: int) -> np.ndarray:
+    """Dequantized float32 matrix of :func:`ct_pack`'s tensors: s · q, unpacked bit by bit."""
+    out_f, in_f = (int(x) for x in t["weight_shape"])
+    words = t["weight_packed"].view(np.uint32).astype(np.uint64)
+    q = np.zeros((out_f, in_f), np.int64)
+    for j in range(in_f):
+        bit = j * bits
+        v = words[:, bit // 32] >> np.uint64(bit % 32)
+        if bit % 32 + bits > 32:
+            v |= words[:, bit // 32 + 1] << np.uint64(32 - bit % 32)
+        q[:, j] = (v & np.uint64((1 << bits) - 1)).astype(np.int64) - (1 << (bits - 1))
+    scale = t["weight_scale"].astype(np.float32)
+    size = -(-in_f // scale.shape[1])
+    s = np.repeat(scale, size, axis=1)[:, :in_f]
+    return (q.astype(np.float32) * s).astype(np.float32)
+
+
+def ct_fp8_channel(w: np.ndarray) -> tuple[Any, np.ndarray]:
+    """(torch float8_e4m3fn weight, float32 [out, 1] scales): ``float-quantized``, channel."""
+    import torch
+
+    s = (np.maximum(np.abs(w).max(axis=1), 1e-12) / 448.0).astype(np.float32)[:, None]
+    return torch.from_numpy((w / s).astype(np.float32)).to(torch.float8_e4m3fn), s

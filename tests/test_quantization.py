@@ -1,9 +1,10 @@
-"""Quantized checkpoints (FP8 block-scaled, GPTQ, AWQ): inventory, dequantization and spectra.
+"""Quantized checkpoints (FP8 block-scaled, GPTQ, AWQ, compressed-tensors): inventory,
+dequantization and spectra.
 
 Fixtures are the tiny llama's real weights quantized with each format's published packing
 (``quant_packers``); the references are numpy (float32 dequantization, float64 SVD), PEFT on
-the unquantized model for targets and trainable counts, and transformers'
-``Fp8Dequantize`` for FP8 bit for bit.
+the unquantized model for targets and trainable counts, transformers' ``Fp8Dequantize`` for
+FP8 bit for bit, and the ``compressed-tensors`` library's own decompression for its formats.
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ def quantize_checkpoint(src: Path, out: Path, method: str) -> tuple[Path, dict[s
             t = qp.gptq(w, 4, GROUP, act_order=p.endswith("down_proj"), seed=len(p))
             tensors.update({f"{p}.{k}": v for k, v in t.items()})
             ref[p] = qp.gptq_reference(t, 4)
+        elif method == "ct-int4":
+            t = qp.ct_pack(w, 4, GROUP)
+            tensors.update({f"{p}.{k}": v for k, v in t.items()})
+            ref[p] = qp.ct_pack_reference(t, 4)
+        elif method == "ct-fp8":
+            q, scale = qp.ct_fp8_channel(w)
+            tensors[name], tensors[p + ".weight_scale"] = q, scale
+            ref[p] = qp.fp8_reference(q, scale, (1, w.shape[1]))
         else:
             t = qp.awq(w, GROUP)
             tensors.update({f"{p}.{k}": v for k, v in t.items()})
@@ -82,8 +91,31 @@ def quantize_checkpoint(src: Path, out: Path, method: str) -> tuple[Path, dict[s
         "fp8": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": list(FP8_BLOCK)},
         "gptq": {"quant_method": "gptq", "bits": 4, "group_size": GROUP, "desc_act": True},
         "awq": {"quant_method": "awq", "bits": 4, "group_size": GROUP, "version": "gemm"},
+        "ct-int4": ct_config("pack-quantized", "int", 4, "group", GROUP),
+        "ct-fp8": ct_config("float-quantized", "float", 8, "channel", None),
     }[method]
     return _save(out, tensors, config), ref
+
+
+def ct_config(fmt: str, kind: str, bits: int, strategy: str, group: int | None) -> dict[str, Any]:
+    """``quantization_config`` as the compressed-tensors library writes it."""
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+    )
+
+    args = QuantizationArgs(
+        num_bits=bits, type=kind, symmetric=True, strategy=strategy, group_size=group
+    )
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    config = QuantizationConfig(
+        config_groups={"group_0": scheme},
+        format=fmt,
+        quantization_status="compressed",
+        ignore=["lm_head"],
+    )
+    return config.model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +144,13 @@ def _dequantized(report: lora_rank.Report) -> dict[str, np.ndarray]:
             continue
         rows, cols = sum(s[2] for s in job[1]), job[2]
         m = np.frombuffer(_core.read_matrix(shards, job, quant), np.float32).reshape(rows, cols)
-        out[module.name] = m if quant[0][0] == "fp8_block" else m.T
+        out[module.name] = m.T if quant[0][0] in ("gptq", "awq") else m
     return out
 
 
-METHODS = ("fp8", "gptq", "awq")
+METHODS = ("fp8", "gptq", "awq", "ct-int4", "ct-fp8")
+#: ``Quantization.method`` of each fixture method.
+METHOD_NAME = {"ct-int4": "compressed-tensors", "ct-fp8": "compressed-tensors"}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -138,17 +172,25 @@ def test_inventory_is_the_logical_model(
     assert {m.name for m in quantized_mods} == set(ref)
     for m in quantized_mods:
         q = m.quantization
-        assert q is not None and q.method == method
+        assert q is not None and q.method == METHOD_NAME.get(method, method)
         assert all(k.startswith(m.name + ".") for k in m.checkpoint_keys)
         roles = dict(q.aux)
         if method == "fp8":
             assert (q.bits, q.block_size, m.dtype) == (8, FP8_BLOCK, "F8_E4M3")
             assert roles == {"scales": m.name + ".weight_scale_inv"}
+        elif method == "ct-int4":
+            assert (q.bits, q.group_size, q.checkpoint_format) == (4, GROUP, "pack-quantized")
+            assert roles == {"scales": m.name + ".weight_scale", "shape": m.name + ".weight_shape"}
+            assert q.weight_key == m.name + ".weight_packed"
+        elif method == "ct-fp8":
+            assert (q.bits, q.block_size) == (8, (1, m.in_features))
+            assert (q.checkpoint_format, m.dtype) == ("float-quantized", "F8_E4M3")
+            assert roles == {"scales": m.name + ".weight_scale"}
         else:
             assert (q.bits, q.group_size, m.dtype) == (4, GROUP, "I32")
             assert roles["zeros"] == m.name + ".qzeros"
             assert ("g_idx" in roles) == (method == "gptq")
-        assert m.to_dict()["quantization"]["method"] == method
+        assert m.to_dict()["quantization"]["method"] == METHOD_NAME.get(method, method)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -364,3 +406,119 @@ def test_unsupported_method_and_unconfirmed_format_warn(tmp_path: Path) -> None:
         report = lora_rank.analyze(_single_linear(tmp_path / "ok", tensors, GPTQ_QC))
     assert not [w for w in seen if "quantiz" in str(w.message)]
     assert report.module("l").quantization is not None
+
+
+@pytest.mark.parametrize(
+    ("bits", "strategy", "group", "shape"),
+    [
+        (4, "group", 16, (24, 64)),
+        (8, "channel", None, (16, 40)),
+        (3, "group", 32, (8, 96)),  # values straddle words
+        (2, "tensor", None, (8, 48)),
+        (5, "group", 4, (4, 20)),  # in_features × bits not a multiple of 32
+    ],
+)
+def test_compressed_tensors_pack_quantized_matches_the_library(
+    bits: int, strategy: str, group: int | None, shape: tuple[int, int], tmp_path: Path
+) -> None:
+    """The engine's dequantization of ``pack-quantized`` weights equals the compressed-tensors
+    library's own ``PackedQuantizationCompressor.decompress`` (scales given as float32, so the
+    library computes in float32 as the engine does), value for value."""
+    import torch
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    w = _spectral_matrix(*shape, seed=bits).astype(np.float32)
+    t = qp.ct_pack(w, bits, group)
+    if strategy == "tensor":
+        t["weight_scale"] = np.array([float(t["weight_scale"].max())], np.float32)
+    path = _single_linear(
+        tmp_path,
+        {f"l.{k}": v for k, v in t.items()},
+        ct_config("pack-quantized", "int", bits, strategy, group),
+    )
+    report = lora_rank.analyze(path)
+    m = report.module("l")
+    assert (m.out_features, m.in_features, m.params) == (*shape, shape[0] * shape[1])
+    got = _dequantized(report)["l"]
+    args = QuantizationArgs(
+        num_bits=bits, type="int", symmetric=True, strategy=strategy, group_size=group
+    )
+    state = {k: torch.from_numpy(v) for k, v in t.items()}
+    if strategy == "tensor":
+        state["weight_scale"] = state["weight_scale"].reshape(1, 1)
+    want = PackedQuantizationCompressor.decompress(
+        state, QuantizationScheme(targets=["Linear"], weights=args)
+    )["weight"]
+    assert want.dtype == torch.float32
+    np.testing.assert_array_equal(got, want.numpy())
+    if strategy != "tensor":
+        np.testing.assert_array_equal(got, qp.ct_pack_reference(t, bits))
+
+
+def test_compressed_tensors_fp8_matches_the_library(tmp_path: Path) -> None:
+    """``float-quantized`` FP8 (channel strategy): the engine equals the library's
+    ``dequantize`` in float32."""
+    import torch
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+
+    w = _spectral_matrix(24, 40, seed=5).astype(np.float32)
+    q, scale = qp.ct_fp8_channel(w)
+    path = _single_linear(
+        tmp_path,
+        {"l.weight": q, "l.weight_scale": scale},
+        ct_config("float-quantized", "float", 8, "channel", None),
+    )
+    got = _dequantized(lora_rank.analyze(path))["l"]
+    args = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="channel")
+    want = dequantize(q, torch.from_numpy(scale), args=args, dtype=torch.float32)
+    np.testing.assert_array_equal(got, want.numpy())
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda t: t.pop("l.weight_scale"), "without l.weight_scale"),
+        (lambda t: t.pop("l.weight_shape"), "without l.weight_shape"),
+        (lambda t: t.update({"l.weight_scale": np.ones((8, 3), np.float32)}), "must be \\[8, 2\\]"),
+        (
+            lambda t: t.update({"l.weight_packed": t["l.weight_packed"][:, :-1].copy()}),
+            "values \\[8, 64\\]",
+        ),
+        (lambda t: t.update({"l.weight_zero_point": np.zeros((1, 2), np.int32)}), "zero points"),
+    ],
+)
+def test_malformed_compressed_tensors_name_tensor_and_rule(
+    change: Callable[[dict[str, Any]], Any], match: str, tmp_path: Path
+) -> None:
+    w = _spectral_matrix(8, 64, seed=1).astype(np.float32)
+    t = {f"l.{k}": v for k, v in qp.ct_pack(w, 4, 32).items()}
+    change(t)
+    path = _single_linear(tmp_path, t, ct_config("pack-quantized", "int", 4, "group", 32))
+    with pytest.raises(lora_rank.HeaderError, match=match) as e:
+        lora_rank.analyze(path)
+    assert "model.safetensors" in str(e.value) and "'l." in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"format": "nvfp4-pack-quantized"}, "format 'nvfp4-pack-quantized' is not supported"),
+        ({"quantization_status": "frozen"}, "quantization_status 'frozen'"),
+        ({"weights": {"symmetric": False}}, "asymmetric"),
+        ({"weights": {"num_bits": 1}}, "1-bit int weights are not supported"),
+    ],
+)
+def test_unsupported_compressed_tensors_variants_are_refused(
+    edit: dict[str, Any], match: str, tmp_path: Path
+) -> None:
+    w = _spectral_matrix(8, 64, seed=1).astype(np.float32)
+    t = {f"l.{k}": v for k, v in qp.ct_pack(w, 4, 32).items()}
+    qc = ct_config("pack-quantized", "int", 4, "group", 32)
+    if "weights" in edit:
+        qc["config_groups"]["group_0"]["weights"].update(edit["weights"])
+    else:
+        qc.update(edit)
+    with pytest.raises(lora_rank.UnsupportedFormatError, match=match):
+        lora_rank.analyze(_single_linear(tmp_path, t, qc))

@@ -160,9 +160,11 @@ class RemoteShard:
 class Quantization:
     """How a quantized module's weight is stored (see :mod:`lora_rank.inventory.quantization`).
 
-    ``method`` is ``"fp8"`` (block-scaled), ``"gptq"`` or ``"awq"``; ``bits`` the stored
-    bits per weight; ``group_size`` the GPTQ/AWQ group along ``in_features`` (-1: one group);
-    ``block_size`` the FP8 scale block ``(rows, cols)``. ``weight_key`` is the stored weight
+    ``method`` is ``"fp8"`` (block-scaled), ``"gptq"``, ``"awq"`` or
+    ``"compressed-tensors"`` (``checkpoint_format`` ``"pack-quantized"`` or
+    ``"float-quantized"``); ``bits`` the stored bits per weight; ``group_size`` the group
+    along ``in_features`` of packed int weights (-1: one group); ``block_size`` the FP8 scale
+    block ``(rows, cols)``. ``weight_key`` is the stored weight
     (``qweight`` or ``weight``) of ``storage_dtype`` and ``stored_shape``; ``aux`` lists the
     auxiliary tensors by role (``scales``, ``zeros``, ``g_idx``); ``stored_elements`` counts
     the elements of all of them as stored.
@@ -183,7 +185,8 @@ class Quantization:
     weight_key: str
     aux: tuple[tuple[str, str], ...]
     stored_elements: int
-    #: GPTQ ``checkpoint_format`` (``"gptq"``: v1, zero points stored minus one; ``"gptq_v2"``).
+    #: GPTQ ``checkpoint_format`` (``"gptq"``: v1, zero points stored minus one; ``"gptq_v2"``)
+    #: or the compressed-tensors format.
     checkpoint_format: Optional[str] = None
 
     @property

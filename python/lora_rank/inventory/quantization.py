@@ -16,8 +16,19 @@ tensor and the rule):
   (AutoAWQ's interleaved nibble order), ``P.qzeros`` ``[groups, out/8]``, ``P.scales``
   ``[groups, out]``.
 
-Any other ``quant_method`` (compressed-tensors, bitsandbytes, MXFP4, ...) or variant
-(per-tensor FP8, GPTQ in Marlin format, AWQ GEMV) is not supported yet: the inventory then
+- ``quant_method="compressed-tensors"`` (``quantization_status`` ``"compressed"``), format
+  ``pack-quantized`` with symmetric int weights of 2–8 bits (strategy ``group``, ``channel``
+  or ``tensor``): ``P.weight_packed`` I32 ``[out, ⌈in·bits/32⌉]`` (each row a dense bit
+  stream), ``P.weight_scale`` ``[out, groups]`` (``[out, 1]``, ``[1]``), ``P.weight_shape``
+  ``[2]`` holding ``[out, in]``, optional ``P.weight_g_idx``; and format ``float-quantized``
+  with FP8 weights (``tensor``, ``channel``, ``group`` or ``block``): ``P.weight``
+  F8_E4M3 ``[out, in]`` and ``P.weight_scale`` (``[1]``, ``[out, 1]``, ``[out, in/group]``
+  or ``[⌈out/b₀⌉, ⌈in/b₁⌉]``). Activation scales (``input_scale``, ``input_global_scale``)
+  are attached to their module too.
+
+Any other ``quant_method`` (bitsandbytes, MXFP4, ...) or variant (per-tensor FP8, GPTQ in
+Marlin format, AWQ GEMV, compressed-tensors' asymmetric, NVFP4 or MXFP4 formats) is not
+supported yet: the inventory then
 shows the stored tensors as they are and says so in a warning (shapes, parameter counts and
 targets of such modules are the packed ones, not the model's).
 
@@ -29,6 +40,7 @@ it (:class:`~lora_rank.report.Quantization`), never listed as modules.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -61,6 +73,20 @@ class _Format:
     #: GPTQ v1: 1 (zero points stored minus one), else 0.
     zero_offset: int = 0
     checkpoint_format: Optional[str] = None
+    #: compressed-tensors: the int and the float scheme of its config groups.
+    ct: Optional[_CtSchemes] = None
+
+
+@dataclass(frozen=True)
+class _CtSchemes:
+    """What a compressed-tensors ``quantization_config`` says of its weights: the scheme of
+    its ``pack-quantized`` int weights and of its ``float-quantized`` FP8 weights (each None
+    when no config group uses it)."""
+
+    #: (bits, group size or None for channel/tensor).
+    packed: Optional[tuple[int, Optional[int]]] = None
+    #: (strategy, group size or block) of FP8 weights.
+    float8: Optional[tuple[str, Optional[tuple[int, int]]]] = None
 
 
 def _int(qc: dict[str, Any], *keys: str, default: Optional[int] = None) -> Optional[int]:
@@ -135,12 +161,91 @@ def detect(config: Optional[dict[str, Any]], path: str) -> tuple[Optional[_Forma
                 f"{where}: checkpoint_format {ckpt!r} is not supported (only 'gptq', 'gptq_v2')"
             )
         return _Format("gptq", bits, (group, 0), int(ckpt == "gptq"), ckpt), []
+    if method == "compressed-tensors":
+        return _Format(method, 0, (0, 0), ct=_ct_schemes(qc, where)), []
     return None, [
         f"quantization_config quant_method {method!r} is not supported by lora_rank yet: its "
         "quantized modules are listed as stored (packed shapes, stored element counts, "
         "auxiliary tensors as separate entries), not as the model's logical weights; their "
         "spectra cannot be computed"
     ]
+
+
+_CT_FORMATS = ("pack-quantized", "float-quantized")
+
+
+def _ct_schemes(qc: dict[str, Any], where: str) -> _CtSchemes:
+    """The weight schemes of a compressed-tensors ``quantization_config`` (see the module
+    docs); anything else it may say raises :class:`UnsupportedFormatError` naming it.
+
+    Example:
+        >>> w = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+        ...      "group_size": 128}
+        >>> _ct_schemes({"format": "pack-quantized", "config_groups": {"g": {"weights": w}}}, "c")
+        _CtSchemes(packed=(4, 128), float8=None)
+    """
+    status = qc.get("quantization_status", "compressed")
+    if status != "compressed":
+        raise UnsupportedFormatError(
+            f"{where}: quantization_status {status!r} is not supported (only 'compressed')"
+        )
+    groups = qc.get("config_groups")
+    if not isinstance(groups, dict) or not groups:
+        raise UnsupportedFormatError(f"{where}: config_groups is missing or empty")
+    packed: set[tuple[int, Optional[int]]] = set()
+    float8: set[tuple[str, Optional[tuple[int, int]]]] = set()
+    for name, group in groups.items():
+        w = group.get("weights") if isinstance(group, dict) else None
+        if w is None:
+            continue  # activation-only quantization: weights are stored as they are
+        fmt = str(group.get("format") or qc.get("format") or "")
+        here = f"{where}: config group {name!r}"
+        if fmt not in _CT_FORMATS:
+            raise UnsupportedFormatError(
+                f"{here}: format {fmt!r} is not supported (supported: {', '.join(_CT_FORMATS)})"
+            )
+        bits, kind, strategy = w.get("num_bits"), w.get("type"), w.get("strategy")
+        if not w.get("symmetric", True):
+            raise UnsupportedFormatError(
+                f"{here}: asymmetric weights (zero points) are not supported yet"
+            )
+        size = w.get("group_size")
+        if fmt == "pack-quantized":
+            if kind != "int" or not isinstance(bits, int) or not 2 <= bits <= 8:
+                raise UnsupportedFormatError(
+                    f"{here}: {bits}-bit {kind} weights are not supported by pack-quantized "
+                    "(supported: int, 2 to 8 bits)"
+                )
+            if strategy == "group" and isinstance(size, int) and size > 0:
+                packed.add((bits, size))
+            elif strategy in ("channel", "tensor"):
+                packed.add((bits, None))
+            else:
+                raise UnsupportedFormatError(
+                    f"{here}: strategy {strategy!r} (group_size {size!r}) is not supported"
+                )
+        else:
+            if kind != "float" or bits != 8:
+                raise UnsupportedFormatError(
+                    f"{here}: {bits}-bit {kind} weights are not supported by float-quantized "
+                    "(supported: 8-bit float)"
+                )
+            block = w.get("block_structure")
+            if strategy == "group" and isinstance(size, int) and size > 0:
+                float8.add(("group", (1, size)))
+            elif strategy == "block" and isinstance(block, list) and len(block) == 2:
+                float8.add(("block", (int(block[0]), int(block[1]))))
+            elif strategy in ("channel", "tensor"):
+                float8.add((strategy, None))
+            else:
+                raise UnsupportedFormatError(f"{here}: FP8 strategy {strategy!r} is not supported")
+    if len(packed) > 1 or len(float8) > 1:
+        raise UnsupportedFormatError(
+            f"{where}: config groups with different weight schemes are not supported yet"
+        )
+    if not packed and not float8:
+        raise UnsupportedFormatError(f"{where}: no config group quantizes weights")
+    return _CtSchemes(next(iter(packed), None), next(iter(float8), None))
 
 
 def _signature_warning(tensors: list[Tensor]) -> list[str]:
@@ -277,6 +382,147 @@ def _int_packed(
     return logical, q
 
 
+#: Activation-quantization tensors of a compressed-tensors linear: attached, never modules.
+_CT_ACTIVATION = ("input_scale", "input_global_scale", "input_zero_point", "output_scale")
+
+
+def _ct_activation_aux(p: str, by: dict[str, Tensor]) -> list[tuple[str, str]]:
+    return [(role, p + "." + role) for role in _CT_ACTIVATION if p + "." + role in by]
+
+
+def _ct_float(fmt: _Format, p: str, by: dict[str, Tensor]) -> Optional[tuple[Tensor, Quantization]]:
+    """A compressed-tensors ``float-quantized`` FP8 weight: its scale block from the strategy."""
+    w, s = by.get(p + ".weight"), by.get(p + ".weight_scale")
+    if w is None or w.dtype not in _FP8_DTYPES:
+        return None
+    assert fmt.ct is not None
+    if fmt.ct.float8 is None:
+        raise _bad(w, "an FP8 weight, but no config group is float-quantized")
+    if s is None:
+        raise _bad(w, "an FP8 weight without its scales (weight_scale is missing)")
+    if len(w.shape) != 2:
+        raise _bad(w, f"shape {list(w.shape)}: an FP8 weight must be 2-D [out, in]")
+    out_f, in_f = w.shape
+    strategy, block = fmt.ct.float8
+    if block is None:
+        block = (out_f, in_f) if strategy == "tensor" else (1, in_f)
+    want: tuple[tuple[int, ...], ...] = ((-(-out_f // block[0]), -(-in_f // block[1])),)
+    if want[0] == (1, 1):
+        want += ((), (1,))
+    if s.dtype not in _SCALE_DTYPES or s.shape not in want:
+        raise _bad(
+            s,
+            f"dtype {s.dtype} shape {list(s.shape)}, but the {strategy} scales of a "
+            f"{list(w.shape)} FP8 weight must be {' or '.join(str(list(x)) for x in want)} "
+            f"of {' or '.join(_SCALE_DTYPES)}",
+        )
+    aux = (("scales", s.name), *_ct_activation_aux(p, by))
+    stored = w.numel + sum(by[n].numel for _, n in aux)
+    q = Quantization(
+        "compressed-tensors",
+        8,
+        None,
+        block,
+        w.dtype,
+        w.shape,
+        w.name,
+        aux,
+        stored,
+        "float-quantized",
+    )
+    return w, q
+
+
+def _ct_packed(
+    fmt: _Format, p: str, by: dict[str, Tensor], read_ints: Callable[[Tensor], Optional[list[int]]]
+) -> Optional[tuple[Tensor, Quantization]]:
+    """A compressed-tensors ``pack-quantized`` weight; ``in_features`` from the values of
+    ``weight_shape`` (read with ``read_ints``) or, when they cannot be read, from the packed
+    width."""
+    wp = by.get(p + ".weight_packed")
+    if wp is None:
+        return None
+    assert fmt.ct is not None
+    if fmt.ct.packed is None:
+        raise _bad(wp, "packed weights, but no config group is pack-quantized")
+    bits, group = fmt.ct.packed
+    names = {"scales": p + ".weight_scale", "shape": p + ".weight_shape"}
+    missing = [n for n in names.values() if n not in by]
+    if missing:
+        raise _bad(wp, f"packed weights without {', '.join(missing)}")
+    if p + ".weight_zero_point" in by:
+        raise _bad(wp, "zero points (asymmetric weights) are not supported yet")
+    sc, sh = by[names["scales"]], by[names["shape"]]
+    if wp.dtype not in ("I32", "U32") or len(wp.shape) != 2:
+        raise _bad(wp, f"dtype {wp.dtype} shape {list(wp.shape)}: packed weights must be 2-D I32")
+    _expect(sh, (2,), ("I64", "I32"), lambda: "weight_shape ([out, in])")
+    out_f, words = wp.shape
+    values = read_ints(sh)
+    if values is not None:
+        if values[0] != out_f or not 0 < values[1] * bits <= words * 32 < values[1] * bits + 32:
+            raise _bad(
+                sh,
+                f"values {values}, but {out_f} rows of {words} packed words hold "
+                f"[{out_f}, {words * 32 // bits}] {bits}-bit weights at most",
+            )
+        in_f = values[1]
+    else:
+        in_f = words * 32 // bits
+    groups = 1 if group is None else -(-in_f // group)
+    if sc.dtype not in _SCALE_DTYPES or sc.shape not in ((out_f, groups), (1, groups), (1,), ()):
+        raise _bad(
+            sc,
+            f"dtype {sc.dtype} shape {list(sc.shape)}, but the scales of a [{out_f}, {in_f}] "
+            f"weight in groups of {group or in_f} must be [{out_f}, {groups}] of "
+            f"{' or '.join(_SCALE_DTYPES)}",
+        )
+    aux = [("scales", sc.name), ("shape", sh.name)]
+    gi = by.get(p + ".weight_g_idx")
+    if gi is not None:
+        _expect(gi, (in_f,), ("I32",), lambda: "weight_g_idx of the input features")
+        aux.append(("g_idx", gi.name))
+    aux += _ct_activation_aux(p, by)
+    stored = wp.numel + sum(by[n].numel for _, n in aux)
+    q = Quantization(
+        "compressed-tensors",
+        bits,
+        group or -1,
+        None,
+        wp.dtype,
+        wp.shape,
+        wp.name,
+        tuple(aux),
+        stored,
+        "pack-quantized",
+    )
+    logical = Tensor(p + ".weight", wp.dtype, (out_f, in_f), wp.shard, wp.begin, wp.end)
+    return logical, q
+
+
+def _file_reader(
+    shards: Optional[Sequence[str]],
+) -> Callable[[Tensor], Optional[list[int]]]:
+    """Reads a small integer tensor's values from a local shard (None when the shard is not a
+    local file, e.g. on the hub): 16 bytes, never more than 64."""
+
+    def read(t: Tensor) -> Optional[list[int]]:
+        path = shards[t.shard] if shards is not None and 0 <= t.shard < len(shards) else None
+        if path is None or not os.path.isfile(path) or t.nbytes > 64:
+            return None
+        size = 8 if t.dtype == "I64" else 4
+        with open(path, "rb") as f:
+            f.seek(t.begin)
+            data = f.read(t.nbytes)
+        if len(data) != t.nbytes:
+            return None
+        return [
+            int.from_bytes(data[i : i + size], "little", signed=True)
+            for i in range(0, len(data), size)
+        ]
+
+    return read
+
+
 @dataclass
 class Logical:
     """The checkpoint seen as the model's logical weights."""
@@ -286,6 +532,43 @@ class Logical:
     #: Logical weight name → how it is stored.
     quantized: dict[str, Quantization]
     warnings: list[str]
+
+
+def _prefixes(fmt: _Format, tensors: list[Tensor], by: dict[str, Tensor]) -> list[str]:
+    """Module prefixes of the stored weights that may be quantized under ``fmt``."""
+    fp8_weights = [
+        t.name[: -len(".weight")]
+        for t in tensors
+        if t.dtype in _FP8_DTYPES and t.name.endswith(".weight")
+    ]
+    if fmt.method == "fp8":
+        return [
+            t.name[: -len(".weight_scale_inv")]
+            for t in tensors
+            if t.name.endswith(".weight_scale_inv")
+        ] + [p for p in fp8_weights if p + ".weight_scale_inv" not in by]
+    if fmt.method == "compressed-tensors":
+        packed = [
+            t.name[: -len(".weight_packed")] for t in tensors if t.name.endswith(".weight_packed")
+        ]
+        return packed + fp8_weights
+    return [t.name[: -len(".qweight")] for t in tensors if t.name.endswith(".qweight")]
+
+
+def _module(
+    fmt: _Format,
+    p: str,
+    by: dict[str, Tensor],
+    read_ints: Callable[[Tensor], Optional[list[int]]],
+) -> Optional[tuple[Tensor, Quantization]]:
+    """The logical weight and storage of module ``p`` under ``fmt`` (None: not quantized)."""
+    if fmt.method == "fp8":
+        return _fp8(fmt, p, by)
+    if fmt.method == "compressed-tensors":
+        if p + ".weight_packed" in by:
+            return _ct_packed(fmt, p, by, read_ints)
+        return _ct_float(fmt, p, by)
+    return _int_packed(fmt, p, by)
 
 
 def logical_tensors(
@@ -311,22 +594,21 @@ def logical_tensors(
             warnings = _signature_warning(tensors)
         return Logical(list(tensors), {}, warnings)
     by = {t.name: t for t in tensors}
-    suffix = ".weight_scale_inv" if fmt.method == "fp8" else ".qweight"
-    prefixes = [t.name[: -len(suffix)] for t in tensors if t.name.endswith(suffix)]
-    if fmt.method == "fp8":
-        prefixes += [
-            t.name[: -len(".weight")]
-            for t in tensors
-            if t.dtype in _FP8_DTYPES
-            and t.name.endswith(".weight")
-            and t.name + "_scale_inv" not in by
-        ]
+    read_ints = _file_reader(shards)
     quantized: dict[str, Quantization] = {}
     replaced: dict[str, Tensor] = {}
     dropped: set[str] = set()
-    for p in prefixes:
+    unread: list[str] = []
+
+    def read_or_note(t: Tensor) -> Optional[list[int]]:
+        values = read_ints(t)
+        if values is None:
+            unread.append(t.name)
+        return values
+
+    for p in _prefixes(fmt, tensors, by):
         try:
-            found = _fp8(fmt, p, by) if fmt.method == "fp8" else _int_packed(fmt, p, by)
+            found = _module(fmt, p, by, read_or_note)
         except _Malformed as e:
             t = e.tensor
             where = shards[t.shard] if shards is not None and 0 <= t.shard < len(shards) else path
@@ -340,6 +622,12 @@ def logical_tensors(
             dropped.add(n)
     if not quantized:
         warnings.append(f"quantization_config says {fmt.method!r}, but no tensor is quantized")
+    if unread:
+        warnings.append(
+            f"in_features of {len(unread)} pack-quantized module(s) are derived from the packed "
+            f"width, as the values of {unread[0]}{' ...' if len(unread) > 1 else ''} are not "
+            "read here (remote shards): exact when in_features × bits is a multiple of 32"
+        )
     out = [replaced.get(t.name, t) for t in tensors if t.name not in dropped]
     return Logical(out, quantized, warnings)
 
@@ -371,10 +659,22 @@ _Aux = tuple[str, int, int, list[int], str]
 QuantTuple = tuple[str, str, int, tuple[int, int], int, _Aux, Optional[_Aux], Optional[_Aux]]
 
 
-def engine_spec(q: Quantization, tensors: dict[str, Tensor]) -> tuple[QuantTuple, int, int]:
-    """The engine's quantization tuple for one stored weight, and the logical (rows, cols) it
-    streams: ``[out, in]`` for FP8, ``[in, out]`` (the transpose, same singular values) for
-    GPTQ/AWQ."""
+def engine_spec(
+    logical: Tensor, q: Quantization, tensors: dict[str, Tensor]
+) -> tuple[QuantTuple, int, int]:
+    """The engine's quantization tuple for one stored weight (whose logical weight is
+    ``logical``, ``[out, in]``), and the logical (rows, cols) it streams: ``[out, in]`` for FP8
+    and compressed-tensors, ``[in, out]`` (the transpose, same singular values) for GPTQ/AWQ.
+
+    Example:
+        >>> t = {"l.weight": Tensor("l.weight", "F8_E4M3", (256, 200), 0, 0, 51200),
+        ...      "l.weight_scale": Tensor("l.weight_scale", "F32", (1,), 0, 51200, 51204)}
+        >>> q = Quantization("compressed-tensors", 8, None, (256, 200), "F8_E4M3", (256, 200),
+        ...                  "l.weight", (("scales", "l.weight_scale"),), 51201, "float-quantized")
+        >>> spec, rows, cols = engine_spec(t["l.weight"], q, t)
+        >>> spec[0], spec[3], spec[5][3], (rows, cols)
+        ('fp8_block', (256, 200), [1, 1], (256, 200))
+    """
 
     def aux(role: str) -> Optional[_Aux]:
         name = dict(q.aux).get(role)
@@ -385,14 +685,28 @@ def engine_spec(q: Quantization, tensors: dict[str, Tensor]) -> tuple[QuantTuple
 
     scales = aux("scales")
     assert scales is not None
-    if q.method == "fp8":
+    out_f, in_f = logical.shape
+    if q.method == "compressed-tensors":
+        # Scalar and [groups] scales are one row of scales for every row.
+        shape = scales[3] if len(scales[3]) == 2 else [1, scales[3][0] if scales[3] else 1]
+        scales = (*scales[:3], shape, scales[4])
+    if q.method == "fp8" or q.checkpoint_format == "float-quantized":
         assert q.block_size is not None
-        rows, cols = q.stored_shape
-        return (("fp8_block", q.weight_key, 8, q.block_size, 0, scales, None, None), rows, cols)
-    per_word = 32 // q.bits
-    r, c = q.stored_shape
-    rows, cols = (r * per_word, c) if q.method == "gptq" else (r, c * per_word)
-    group = q.group_size if q.group_size and q.group_size > 0 else rows
+        return (("fp8_block", q.weight_key, 8, q.block_size, 0, scales, None, None), out_f, in_f)
+    if q.method == "compressed-tensors":
+        group = q.group_size if q.group_size and q.group_size > 0 else in_f
+        packed: QuantTuple = (
+            "ct_packed",
+            q.weight_key,
+            q.bits,
+            (group, 0),
+            0,
+            scales,
+            None,
+            aux("g_idx"),
+        )
+        return packed, out_f, in_f
+    group = q.group_size if q.group_size and q.group_size > 0 else in_f
     zero_offset = int(q.checkpoint_format == "gptq")
     spec = (
         q.method,
@@ -404,28 +718,47 @@ def engine_spec(q: Quantization, tensors: dict[str, Tensor]) -> tuple[QuantTuple
         aux("zeros"),
         aux("g_idx"),
     )
-    return spec, rows, cols
+    return spec, in_f, out_f
 
 
-def stored_parts(m: Module, tensors: dict[str, Tensor]) -> list[Quantization]:
-    """How each stored weight of quantized module ``m`` is stored (one for a plain linear,
-    one per expert and projection for MoE experts), in checkpoint-key order."""
+def _format_of(q: Quantization) -> _Format:
+    """The format that produced ``q`` (to read the other stored parts of its module)."""
+    if q.method == "compressed-tensors":
+        if q.checkpoint_format == "float-quantized":
+            return _Format(q.method, 8, (0, 0), ct=_CtSchemes(float8=("block", q.block_size)))
+        group = q.group_size if q.group_size and q.group_size > 0 else None
+        return _Format(q.method, q.bits, (0, 0), ct=_CtSchemes(packed=(q.bits, group)))
+    block = q.block_size if q.block_size else (q.group_size or -1, 0)
+    return _Format(q.method, q.bits, block, int(q.checkpoint_format == "gptq"), q.checkpoint_format)
+
+
+def stored_parts(
+    m: Module, tensors: dict[str, Tensor], shards: Optional[Sequence[str]] = None
+) -> list[tuple[Tensor, Quantization]]:
+    """The logical weight and storage of each stored weight of quantized module ``m`` (one
+    for a plain linear, one per expert and projection for MoE experts), in checkpoint-key
+    order; ``shards`` as for :func:`logical_tensors`."""
     q = m.quantization
     assert q is not None
-    block = q.block_size if q.block_size else (q.group_size or -1, 0)
-    fmt = _Format(q.method, q.bits, block, int(q.checkpoint_format == "gptq"), q.checkpoint_format)
-    suffix = ".weight" if q.method == "fp8" else ".qweight"
+    fmt = _format_of(q)
+    read_ints = _file_reader(shards)
     parts = []
     for k in m.checkpoint_keys:
         t = tensors.get(k)
-        if (
-            t is None
-            or not k.endswith(suffix)
-            or (q.method == "fp8" and t.dtype not in _FP8_DTYPES)
-        ):
+        if t is None or k != _stored_weight_key(k, t):
             continue
-        p = k[: -len(suffix)]
-        found = _fp8(fmt, p, tensors) if q.method == "fp8" else _int_packed(fmt, p, tensors)
+        p = k.rsplit(".", 1)[0]
+        found = _module(fmt, p, tensors, read_ints)
         if found is not None:
-            parts.append(found[1])
+            parts.append(found)
     return parts
+
+
+def _stored_weight_key(k: str, t: Tensor) -> Optional[str]:
+    """``k`` when it names a quantized module's stored weight (``weight`` of FP8,
+    ``weight_packed``, ``qweight``), else None."""
+    if k.endswith((".qweight", ".weight_packed")):
+        return k
+    if k.endswith(".weight") and t.dtype in _FP8_DTYPES:
+        return k
+    return None

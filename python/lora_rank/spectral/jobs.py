@@ -66,6 +66,7 @@ class Plan:
         #: (module, expert index or None) per job.
         self.targets: list[tuple[Module, Optional[int]]] = []
         self.tensors = {t.name: t for t in report.tensors}
+        self.shards = report.shards
         self.warnings: list[str] = []
         for m in report.modules:
             if m.kind != "norm":
@@ -94,8 +95,9 @@ class Plan:
 
     def _add_quantized(self, m: Module) -> None:
         """Jobs of a quantized module: the engine dequantizes while streaming."""
-        parts = quantization.stored_parts(m, self.tensors)
-        specs = [quantization.engine_spec(q, self.tensors) for q in parts]
+        found = quantization.stored_parts(m, self.tensors, self.shards)
+        parts = [q for _, q in found]
+        specs = [quantization.engine_spec(t, q, self.tensors) for t, q in found]
         if m.num_experts is None:
             if len(parts) != 1:
                 self.warnings.append(f"{m.name}: {len(parts)} quantized weights; no spectrum")
@@ -113,7 +115,7 @@ class Plan:
             by_expert[int(match.group(1))].append(i)
         for e, idx in sorted(by_expert.items()):
             widths = {specs[i][2] for i in idx}
-            if len(widths) != 1 or (len(idx) > 1 and parts[idx[0]].method != "fp8"):
+            if len(widths) != 1 or (len(idx) > 1 and parts[idx[0]].method in ("gptq", "awq")):
                 self.warnings.append(
                     f"{m.name}: the quantized parts of expert {e} cannot be read as one row "
                     "stack (GPTQ/AWQ store the transpose); no expert spectra"

@@ -19,6 +19,12 @@
 //! - [`Format::Awq`] (AutoAWQ GEMM): `qweight` I32 `[in, out/8]`, `qzeros` I32
 //!   `[groups, out/8]`, `scales` F16 `[groups, out]`; nibble n of a word holds column
 //!   8k + [`AWQ_ORDER`]\[n\]; W\[j, i\] = s\[g, j\] · (q − z), g = i / group. Streamed as Wᵀ.
+//! - [`Format::CtPacked`] (compressed-tensors `pack-quantized`, symmetric): `weight_packed`
+//!   I32 `[out, ⌈in·bits/32⌉]`, each row a dense little-endian bit stream (value j at bit
+//!   j·bits, stored as q + 2^(bits−1)); `weight_scale` `[out or 1, groups]`, optional
+//!   `weight_g_idx` I32 `[in]` (activation order); W\[i, j\] = s\[i, g\] · (q\[i, j\] −
+//!   2^(bits−1)) with g = g_idx\[j\] or j / group. Streamed as `[out, in]`. Its FP8 variant
+//!   (`float-quantized`) is [`Format::Fp8Block`] with the block its scale shape implies.
 
 use std::path::Path;
 
@@ -35,15 +41,17 @@ pub enum Format {
     Fp8Block,
     Gptq,
     Awq,
+    CtPacked,
 }
 
 impl Format {
-    /// Parse `"fp8_block"`, `"gptq"` or `"awq"`.
+    /// Parse `"fp8_block"`, `"gptq"`, `"awq"` or `"ct_packed"`.
     pub fn parse(s: &str) -> Option<Format> {
         match s {
             "fp8_block" => Some(Format::Fp8Block),
             "gptq" => Some(Format::Gptq),
             "awq" => Some(Format::Awq),
+            "ct_packed" => Some(Format::CtPacked),
             _ => None,
         }
     }
@@ -97,6 +105,7 @@ impl QuantSpec {
             Format::Fp8Block => cols,
             Format::Gptq => cols * 4,
             Format::Awq => cols * self.bits as usize / 8,
+            Format::CtPacked => (cols * self.bits as usize).div_ceil(32) * 4,
         }
     }
 
@@ -140,6 +149,15 @@ enum Kind {
         /// −scale·zero, `[groups, cols]`.
         offset: Vec<f32>,
         /// Group of each logical row.
+        group: Vec<u32>,
+    },
+    Dense {
+        bits: u32,
+        /// `[scale_rows, groups]`; `scale_rows` is 1 (one scale row for every row) or `rows`.
+        scale: Vec<f32>,
+        scale_rows: usize,
+        groups: usize,
+        /// Group of each logical column.
         group: Vec<u32>,
     },
 }
@@ -209,6 +227,76 @@ fn expect_shape(path: &Path, aux: &AuxTensor, want: &[usize], rule: &str) -> Res
         ));
     }
     Ok(())
+}
+
+/// [`Kind::Dense`] for a compressed-tensors `pack-quantized` weight (see the module docs).
+fn dense<'f>(
+    spec: &QuantSpec,
+    rows: usize,
+    cols: usize,
+    dtype: Dtype,
+    path: &Path,
+    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+) -> Result<Kind> {
+    let bad = |rule: String| header_error(path, &spec.weight, rule);
+    let bits = spec.bits;
+    if !(2..=8).contains(&bits) {
+        return Err(bad(format!(
+            "{bits}-bit pack-quantized weights are not supported (supported: 2 to 8)"
+        )));
+    }
+    if !matches!(dtype, Dtype::I32 | Dtype::U32) {
+        return Err(bad(format!(
+            "packed weights must be I32, not {}",
+            dtype.name()
+        )));
+    }
+    let (scale_rows, groups) = match spec.scales.shape[..] {
+        [r, g] if (r == rows || r == 1) && g > 0 => (r, g),
+        _ => {
+            let rule = format!(
+                "shape {:?}, but the scales of a [{rows}, {cols}] weight must be [{rows} or 1, groups]",
+                spec.scales.shape
+            );
+            return Err(header_error(path, &spec.scales.name, rule));
+        }
+    };
+    let group = match &spec.g_idx {
+        Some(g) => {
+            expect_shape(path, g, &[cols], "g_idx of the input features")?;
+            let words = read_words(g, open)?;
+            if let Some((j, &v)) = words
+                .iter()
+                .enumerate()
+                .find(|(_, &v)| v as usize >= groups)
+            {
+                let rule = format!(
+                    "g_idx[{j}] = {} is not a group index below {groups}",
+                    v as i32
+                );
+                return Err(header_error(path, &g.name, rule));
+            }
+            words
+        }
+        None => {
+            let size = if groups == 1 { cols } else { spec.block[0] };
+            if size == 0 || groups != cols.div_ceil(size) {
+                let rule = format!(
+                    "{groups} groups, but {cols} input features in groups of {size} make {}",
+                    cols.div_ceil(size.max(1))
+                );
+                return Err(header_error(path, &spec.scales.name, rule));
+            }
+            (0..cols).map(|j| (j / size) as u32).collect()
+        }
+    };
+    Ok(Kind::Dense {
+        bits,
+        scale: read_floats(&spec.scales, open)?,
+        scale_rows,
+        groups,
+        group,
+    })
 }
 
 impl Dequant {
@@ -370,6 +458,7 @@ impl Dequant {
                     group: group_of,
                 }
             }
+            Format::CtPacked => dense(spec, rows, cols, dtype, path, open)?,
         };
         Ok(Dequant {
             pack: spec.pack(),
@@ -425,6 +514,35 @@ impl Dequant {
                     {
                         let q = (u32::from_le_bytes([w[0], w[1], w[2], w[3]]) >> shift) & mask;
                         *o = (q as f32).mul_add(s, z);
+                    }
+                }
+            }
+            Kind::Dense {
+                bits,
+                scale,
+                scale_rows,
+                groups,
+                group,
+            } => {
+                let bits = *bits as usize;
+                let mask = (1u64 << bits) - 1;
+                let half = (1u64 << (bits - 1)) as f32;
+                for r in 0..rows {
+                    let words = &raw[r * self.row_bytes..(r + 1) * self.row_bytes];
+                    let srow = if *scale_rows == 1 { 0 } else { row0 + r };
+                    let s = &scale[srow * groups..(srow + 1) * groups];
+                    let dst = &mut out[r * cols..(r + 1) * cols];
+                    let word = |k: usize| -> u64 {
+                        words.get(4 * k..4 * k + 4).map_or(0, |w| {
+                            u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                        })
+                    };
+                    for (j, (o, &g)) in dst.iter_mut().zip(group).enumerate() {
+                        // A value may straddle two words (bits that do not divide 32).
+                        let bit = j * bits;
+                        let pair = word(bit / 32) | (word(bit / 32 + 1) << 32);
+                        let q = (pair >> (bit % 32)) & mask;
+                        *o = (q as f32 - half) * s[g as usize];
                     }
                 }
             }
