@@ -4,9 +4,9 @@
     python benches/bench_quant.py --size 1024x2048 --runs 1   # smoke run
 
 One real-data matrix (``checkpoints._spectral_matrix``: Marchenko–Pastur bulk plus a power-law
-top) is stored three ways under ``benches/data/``: bf16; FP8 E4M3 with 128×128
+top) is stored four ways under ``benches/data/``: bf16; FP8 E4M3 with 128×128
 ``weight_scale_inv`` blocks (DeepSeek-V3 layout); GPTQ 4-bit, group 128, act-order ``g_idx``
-(v1 zero points). The packers are the tests' (``tests/quant_packers.py``). Each is scanned by
+(v1 zero points); compressed-tensors ``pack-quantized`` int4, group 128 (``ct-int4``). The packers are the tests' (``tests/quant_packers.py``). Each is scanned by
 ``_core.spectra`` (randomized, top_k=32, default rtol) with the same seed and threads, timed
 min/median over ``--runs`` after a warm-up; the ratio is against bf16 in the same run. The
 error is the max relative error of the top-32 σ against float64 eigenvalues of the Gram matrix
@@ -48,14 +48,16 @@ def _write(path: Path, tensors: dict[str, Any]) -> None:
 
 
 def build(m: int, n: int, root: Path) -> dict[str, tuple[Path, np.ndarray]]:
-    """The three files of one m × n matrix and each format's reference-dequantized matrix."""
+    """The four files of one m × n matrix and each format's reference-dequantized matrix."""
     import quant_packers as qp
 
     root.mkdir(parents=True, exist_ok=True)
     w16 = _spectral_matrix((m, n), seed=m * 7 + n)
     w = w16.float().numpy()
     out: dict[str, tuple[Path, np.ndarray]] = {}
-    paths = {f: root / f"quant_{m}x{n}_{f}.safetensors" for f in ("bf16", "fp8", "gptq")}
+    paths = {
+        f: root / f"quant_{m}x{n}_{f}.safetensors" for f in ("bf16", "fp8", "gptq", "ct-int4")
+    }
     refs = {f: p.with_suffix(".ref.npy") for f, p in paths.items()}
     if not paths["bf16"].exists():
         _write(paths["bf16"], {"w": w16})
@@ -70,6 +72,11 @@ def build(m: int, n: int, root: Path) -> dict[str, tuple[Path, np.ndarray]]:
         _write(paths["gptq"], {f"w.{k}": v for k, v in t.items()})
         np.save(refs["gptq"], qp.gptq_reference(t, 4))
     out["gptq"] = (paths["gptq"], np.load(refs["gptq"]))
+    if not paths["ct-int4"].exists() or not refs["ct-int4"].exists():
+        t = qp.ct_pack(w, 4, 128)
+        _write(paths["ct-int4"], {f"w.{k}": v for k, v in t.items()})
+        np.save(refs["ct-int4"], qp.ct_pack_reference(t, 4))
+    out["ct-int4"] = (paths["ct-int4"], np.load(refs["ct-int4"]))
     return out
 
 
@@ -88,6 +95,10 @@ def job(fmt: str, path: Path, m: int, n: int) -> tuple[Any, Any]:
     if fmt == "fp8":
         spec = ("fp8_block", "w", 8, (128, 128), 0, aux("w_scale_inv"), None, None)
         return ("w", [(0, t["w"][2], m)], n, "F8_E4M3"), [spec]
+    if fmt == "ct-int4":
+        s = aux("w.weight_scale")
+        spec = ("ct_packed", "w.weight_packed", 4, (128, 0), 0, s, None, None)
+        return ("w.weight_packed", [(0, t["w.weight_packed"][2], m)], n, "I32"), [spec]
     spec = ("gptq", "w.qweight", 4, (128, 0), 1, aux("w.scales"), aux("w.qzeros"), aux("w.g_idx"))
     return ("w.qweight", [(0, t["w.qweight"][2], n)], m, "I32"), [spec]
 
