@@ -55,9 +55,7 @@ def build(m: int, n: int, root: Path) -> dict[str, tuple[Path, np.ndarray]]:
     w16 = _spectral_matrix((m, n), seed=m * 7 + n)
     w = w16.float().numpy()
     out: dict[str, tuple[Path, np.ndarray]] = {}
-    paths = {
-        f: root / f"quant_{m}x{n}_{f}.safetensors" for f in ("bf16", "fp8", "gptq", "ct-int4")
-    }
+    paths = {f: root / f"quant_{m}x{n}_{f}.safetensors" for f in ("bf16", "fp8", "gptq", "ct-int4")}
     refs = {f: p.with_suffix(".ref.npy") for f, p in paths.items()}
     if not paths["bf16"].exists():
         _write(paths["bf16"], {"w": w16})
@@ -93,13 +91,24 @@ def job(fmt: str, path: Path, m: int, n: int) -> tuple[Any, Any]:
     if fmt == "bf16":
         return ("w", [(0, t["w"][2], m)], n, "BF16"), None
     if fmt == "fp8":
-        spec = ("fp8_block", "w", 8, (128, 128), 0, aux("w_scale_inv"), None, None)
+        spec = ("fp8_block", "w", 8, (128, 128), 0, aux("w_scale_inv"), None, None, [], 0.0)
         return ("w", [(0, t["w"][2], m)], n, "F8_E4M3"), [spec]
     if fmt == "ct-int4":
         s = aux("w.weight_scale")
-        spec = ("ct_packed", "w.weight_packed", 4, (128, 0), 0, s, None, None)
+        spec = ("ct_packed", "w.weight_packed", 4, (128, 0), 0, s, None, None, [], 0.0)
         return ("w.weight_packed", [(0, t["w.weight_packed"][2], m)], n, "I32"), [spec]
-    spec = ("gptq", "w.qweight", 4, (128, 0), 1, aux("w.scales"), aux("w.qzeros"), aux("w.g_idx"))
+    spec = (
+        "gptq",
+        "w.qweight",
+        4,
+        (128, 0),
+        1,
+        aux("w.scales"),
+        aux("w.qzeros"),
+        aux("w.g_idx"),
+        [],
+        0.0,
+    )
     return ("w.qweight", [(0, t["w.qweight"][2], n)], m, "I32"), [spec]
 
 
@@ -153,7 +162,7 @@ def main() -> None:
             "stored_bytes": path.stat().st_size,
         }
     base = results["bf16"]["time"]["min"]
-    for fmt in ("fp8", "gptq"):
+    for fmt in ("fp8", "gptq", "ct-int4"):
         results[fmt]["ratio_vs_bf16_min"] = results[fmt]["time"]["min"] / base
     text = json.dumps(results, indent=1)
     print(text)

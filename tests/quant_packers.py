@@ -12,6 +12,10 @@ with numpy: the fixtures and the reference of the quantization tests.
   [−2^(b−1), 2^(b−1) − 1] per group of ``in`` and output, stored as q + 2^(b−1) in a dense
   little-endian bit stream per row (value j at bit j·b), ``weight_shape`` = [out, in];
   ``float-quantized``: e4m3(W / s) with s = amax / 448 per output row (channel strategy).
+- bitsandbytes: the library's own ``quantize_4bit`` (NF4/FP4, nested absmax or not) and
+  ``int8_vectorwise_quant``, serialised as ``Params4bit``/``Int8Params`` are
+  (``quant_state.as_dict(packed=True)`` under ``weight.``); the numpy reference re-implements
+  the dequantization from the stored tensors.
 """
 
 from __future__ import annotations
@@ -199,3 +203,48 @@ def ct_fp8_channel(w: np.ndarray) -> tuple[Any, np.ndarray]:
 
     s = (np.maximum(np.abs(w).max(axis=1), 1e-12) / 448.0).astype(np.float32)[:, None]
     return torch.from_numpy((w / s).astype(np.float32)).to(torch.float8_e4m3fn), s
+
+
+def bnb4(w: np.ndarray, quant_type: str, nested: bool) -> dict[str, Any]:
+    """bitsandbytes 4-bit tensors of ``w`` [out, in] as ``Linear4bit`` saves them (keys
+    relative to the module: ``weight``, ``weight.absmax``, ...), block size 64."""
+    import bitsandbytes.functional as F
+    import torch
+
+    q, state = F.quantize_4bit(
+        torch.from_numpy(w), blocksize=64, quant_type=quant_type, compress_statistics=nested
+    )
+    return {"weight": q, **{f"weight.{k}": v for k, v in state.as_dict(packed=True).items()}}
+
+
+def bnb4_reference(t: dict[str, Any]) -> np.ndarray:
+    """numpy dequantization of :func:`bnb4`'s tensors (float32, bitsandbytes' order of ops)."""
+    import json
+
+    state = next(v for k, v in t.items() if "quant_state" in k)
+    qs = json.loads(bytes(state.numpy().tobytes()).decode())
+    out_f, in_f = qs["shape"]
+    packed = t["weight"].numpy().reshape(-1)
+    idx = np.empty(packed.size * 2, np.int64)
+    idx[0::2], idx[1::2] = packed >> 4, packed & 15
+    code = t["weight.quant_map"].numpy().astype(np.float32)
+    absmax = t["weight.absmax"].numpy()
+    if "weight.nested_absmax" in t:
+        c2 = t["weight.nested_quant_map"].numpy().astype(np.float32)
+        m2 = t["weight.nested_absmax"].numpy().astype(np.float32)
+        per = qs["nested_blocksize"]
+        blocks = np.arange(absmax.size) // per
+        absmax = (c2[absmax.astype(np.int64)] * m2[blocks]).astype(np.float32)
+        absmax = (absmax + np.float32(qs["nested_offset"])).astype(np.float32)
+    n = out_f * in_f
+    vals = code[idx[:n]] * absmax[np.arange(n) // qs["blocksize"]]
+    return vals.astype(np.float32).reshape(out_f, in_f)
+
+
+def bnb8(w: np.ndarray) -> tuple[Any, Any]:
+    """(int8 weight, float32 SCB) of ``w`` [out, in]: bitsandbytes' LLM.int8 row quantization."""
+    import bitsandbytes.functional as F
+    import torch
+
+    cb, scb, _ = F.int8_vectorwise_quant(torch.from_numpy(w).half())
+    return cb, scb

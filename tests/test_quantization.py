@@ -79,6 +79,16 @@ def quantize_checkpoint(src: Path, out: Path, method: str) -> tuple[Path, dict[s
             t = qp.ct_pack(w, 4, GROUP)
             tensors.update({f"{p}.{k}": v for k, v in t.items()})
             ref[p] = qp.ct_pack_reference(t, 4)
+        elif method.startswith("bnb-4"):
+            t = qp.bnb4(w, method.split("-")[2], nested=method.endswith("nested"))
+            tensors.update({f"{p}.{k}": v for k, v in t.items()})
+            ref[p] = qp.bnb4_reference(t)
+        elif method == "bnb-8":
+            cb, scb = qp.bnb8(w)
+            tensors[name], tensors[p + ".SCB"] = cb, scb
+            ref[p] = (cb.numpy().astype(np.float32) * scb.numpy()[:, None]) * np.float32(
+                7.874015718698502e-3
+            )
         elif method == "ct-fp8":
             q, scale = qp.ct_fp8_channel(w)
             tensors[name], tensors[p + ".weight_scale"] = q, scale
@@ -93,6 +103,9 @@ def quantize_checkpoint(src: Path, out: Path, method: str) -> tuple[Path, dict[s
         "awq": {"quant_method": "awq", "bits": 4, "group_size": GROUP, "version": "gemm"},
         "ct-int4": ct_config("pack-quantized", "int", 4, "group", GROUP),
         "ct-fp8": ct_config("float-quantized", "float", 8, "channel", None),
+        "bnb-4-nf4-nested": bnb_config(4, "nf4", True),
+        "bnb-4-fp4": bnb_config(4, "fp4", False),
+        "bnb-8": bnb_config(8),
     }[method]
     return _save(out, tensors, config), ref
 
@@ -116,6 +129,19 @@ def ct_config(fmt: str, kind: str, bits: int, strategy: str, group: int | None) 
         ignore=["lm_head"],
     )
     return config.model_dump(mode="json")
+
+
+def bnb_config(bits: int, quant_type: str = "nf4", nested: bool = False) -> dict[str, Any]:
+    """``quantization_config`` as transformers writes it for bitsandbytes."""
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=bits == 4,
+        load_in_8bit=bits == 8,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=nested,
+    )
+    return config.to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +174,15 @@ def _dequantized(report: lora_rank.Report) -> dict[str, np.ndarray]:
     return out
 
 
-METHODS = ("fp8", "gptq", "awq", "ct-int4", "ct-fp8")
+METHODS = ("fp8", "gptq", "awq", "ct-int4", "ct-fp8", "bnb-4-nf4-nested", "bnb-4-fp4", "bnb-8")
 #: ``Quantization.method`` of each fixture method.
-METHOD_NAME = {"ct-int4": "compressed-tensors", "ct-fp8": "compressed-tensors"}
+METHOD_NAME = {
+    "ct-int4": "compressed-tensors",
+    "ct-fp8": "compressed-tensors",
+    "bnb-4-nf4-nested": "bitsandbytes",
+    "bnb-4-fp4": "bitsandbytes",
+    "bnb-8": "bitsandbytes",
+}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -182,6 +214,14 @@ def test_inventory_is_the_logical_model(
             assert (q.bits, q.group_size, q.checkpoint_format) == (4, GROUP, "pack-quantized")
             assert roles == {"scales": m.name + ".weight_scale", "shape": m.name + ".weight_shape"}
             assert q.weight_key == m.name + ".weight_packed"
+        elif method.startswith("bnb-4"):
+            nested = method.endswith("nested")
+            assert (q.bits, q.block_size, m.dtype) == (4, (64, 256 if nested else 0), "U8")
+            assert q.checkpoint_format == method.split("-")[2]
+            assert {"absmax", "quant_map", "quant_state"} <= set(roles)
+            assert ("nested_absmax" in roles) == nested == (q.absmax_offset is not None)
+        elif method == "bnb-8":
+            assert (q.bits, m.dtype, roles) == (8, "I8", {"scales": m.name + ".SCB"})
         elif method == "ct-fp8":
             assert (q.bits, q.block_size) == (8, (1, m.in_features))
             assert (q.checkpoint_format, m.dtype) == ("float-quantized", "F8_E4M3")
@@ -394,8 +434,8 @@ def test_malformed_quantized_checkpoints(
 
 def test_unsupported_method_and_unconfirmed_format_warn(tmp_path: Path) -> None:
     tensors = _gptq_tensors()
-    path = _single_linear(tmp_path / "bnb", tensors, {"quant_method": "bitsandbytes"})
-    with pytest.warns(UserWarning, match="'bitsandbytes' is not supported by lora_rank yet"):
+    path = _single_linear(tmp_path / "mxfp4", tensors, {"quant_method": "mxfp4"})
+    with pytest.warns(UserWarning, match="'mxfp4' is not supported by lora_rank yet"):
         report = lora_rank.analyze(path)
     assert all(m.quantization is None for m in report.modules)
     path = _save(tmp_path / "noconfig", tensors, {"model_type": "llama"})
@@ -522,3 +562,58 @@ def test_unsupported_compressed_tensors_variants_are_refused(
         qc.update(edit)
     with pytest.raises(lora_rank.UnsupportedFormatError, match=match):
         lora_rank.analyze(_single_linear(tmp_path, t, qc))
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("nested", [False, True])
+def test_bitsandbytes_4bit_matches_the_library(
+    quant_type: str, nested: bool, tmp_path: Path
+) -> None:
+    """The engine's 4-bit dequantization equals bitsandbytes' own ``dequantize_4bit`` (CPU,
+    float32), value for value, including a last partial block."""
+    import bitsandbytes.functional as F
+    import torch
+
+    w = _spectral_matrix(24, 40, seed=3).astype(np.float32)  # 960 = 15 blocks of 64
+    t = qp.bnb4(w, quant_type, nested)
+    tensors = {f"l.{k}": v for k, v in t.items()}
+    report = lora_rank.analyze(_single_linear(tmp_path, tensors, bnb_config(4, quant_type, nested)))
+    assert (report.module("l").out_features, report.module("l").in_features) == (24, 40)
+    got = _dequantized(report)["l"]
+    _, state = F.quantize_4bit(
+        torch.from_numpy(w), blocksize=64, quant_type=quant_type, compress_statistics=nested
+    )
+    want = F.dequantize_4bit(t["weight"], state).numpy()
+    assert want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, qp.bnb4_reference(t))
+
+
+def test_bitsandbytes_int8_matches_the_library(tmp_path: Path) -> None:
+    import bitsandbytes.functional as F
+
+    w = _spectral_matrix(16, 48, seed=4).astype(np.float32)
+    cb, scb = qp.bnb8(w)
+    path = _single_linear(tmp_path, {"l.weight": cb, "l.SCB": scb}, bnb_config(8))
+    got = _dequantized(lora_rank.analyze(path))["l"]
+    np.testing.assert_array_equal(got, F.int8_vectorwise_dequant(cb, scb).numpy())
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda t: t.pop("l.weight.quant_map"), "without l.weight.quant_map"),
+        (lambda t: t.update({"l.weight": t["l.weight"][:-1].clone()}), r"take \[480, 1\] bytes"),
+        (lambda t: t.update({"l.weight.absmax": t["l.weight.absmax"][:-1].clone()}), "absmax"),
+    ],
+)
+def test_malformed_bitsandbytes_name_tensor_and_rule(
+    change: Callable[[dict[str, Any]], Any], match: str, tmp_path: Path
+) -> None:
+    w = _spectral_matrix(24, 40, seed=3).astype(np.float32)
+    t = {f"l.{k}": v for k, v in qp.bnb4(w, "nf4", False).items()}
+    change(t)
+    path = _single_linear(tmp_path, t, bnb_config(4))
+    with pytest.raises(lora_rank.HeaderError, match=match) as e:
+        _dequantized(lora_rank.analyze(path))
+    assert "model.safetensors" in str(e.value) and "l.weight" in str(e.value)

@@ -65,7 +65,16 @@ class ByteBuffer:
 
 _AuxTuple = tuple[str, int, int, list[int], str]
 _QuantTuple = tuple[
-    str, str, int, tuple[int, int], int, _AuxTuple, Optional[_AuxTuple], Optional[_AuxTuple]
+    str,
+    str,
+    int,
+    tuple[int, int],
+    int,
+    _AuxTuple,
+    Optional[_AuxTuple],
+    Optional[_AuxTuple],
+    list[_AuxTuple],
+    float,
 ]
 _JobTuple = tuple[str, list[tuple[int, int, int]], int, str]
 

@@ -162,9 +162,10 @@ class Quantization:
 
     ``method`` is ``"fp8"`` (block-scaled), ``"gptq"``, ``"awq"`` or
     ``"compressed-tensors"`` (``checkpoint_format`` ``"pack-quantized"`` or
-    ``"float-quantized"``); ``bits`` the stored bits per weight; ``group_size`` the group
-    along ``in_features`` of packed int weights (-1: one group); ``block_size`` the FP8 scale
-    block ``(rows, cols)``. ``weight_key`` is the stored weight
+    ``"float-quantized"``) or ``"bitsandbytes"`` (4 or 8 bits); ``bits`` the stored bits per
+    weight; ``group_size`` the group along ``in_features`` of packed int weights (-1: one
+    group); ``block_size`` the FP8 scale block ``(rows, cols)``, or bitsandbytes' 4-bit
+    ``(blocksize, nested blocksize or 0)`` along the flattened weight. ``weight_key`` is the stored weight
     (``qweight`` or ``weight``) of ``storage_dtype`` and ``stored_shape``; ``aux`` lists the
     auxiliary tensors by role (``scales``, ``zeros``, ``g_idx``); ``stored_elements`` counts
     the elements of all of them as stored.
@@ -185,9 +186,11 @@ class Quantization:
     weight_key: str
     aux: tuple[tuple[str, str], ...]
     stored_elements: int
-    #: GPTQ ``checkpoint_format`` (``"gptq"``: v1, zero points stored minus one; ``"gptq_v2"``)
-    #: or the compressed-tensors format.
+    #: GPTQ ``checkpoint_format`` (``"gptq"``: v1, zero points stored minus one; ``"gptq_v2"``),
+    #: the compressed-tensors format, or bitsandbytes' 4-bit ``quant_type`` (nf4, fp4).
     checkpoint_format: Optional[str] = None
+    #: bitsandbytes 4-bit with nested (double-quantized) absmax: the offset added to it.
+    absmax_offset: Optional[float] = None
 
     @property
     def aux_keys(self) -> tuple[str, ...]:

@@ -26,9 +26,16 @@ tensor and the rule):
   or ``[⌈out/b₀⌉, ⌈in/b₁⌉]``). Activation scales (``input_scale``, ``input_global_scale``)
   are attached to their module too.
 
-Any other ``quant_method`` (bitsandbytes, MXFP4, ...) or variant (per-tensor FP8, GPTQ in
-Marlin format, AWQ GEMV, compressed-tensors' asymmetric, NVFP4 or MXFP4 formats) is not
-supported yet: the inventory then
+- ``quant_method="bitsandbytes"``: ``load_in_4bit`` (NF4 or FP4, nested absmax or not, as
+  ``Params4bit`` serialises: ``P.weight`` U8 ``[⌈out·in/2⌉, 1]``, ``P.weight.absmax``,
+  ``P.weight.quant_map``, ``P.weight.nested_absmax``, ``P.weight.nested_quant_map`` and
+  ``P.weight.quant_state.bitsandbytes__nf4|fp4``, whose JSON holds the logical shape: it is
+  read from local shards, ≤ 4 KiB) and ``load_in_8bit`` (LLM.int8: ``P.weight`` I8
+  ``[out, in]``, ``P.SCB`` F32 ``[out]``, optional ``P.weight_format``).
+
+Any other ``quant_method`` (MXFP4, ...) or variant (per-tensor FP8, GPTQ in Marlin format,
+AWQ GEMV, compressed-tensors' asymmetric, NVFP4 or MXFP4 formats, bitsandbytes with a
+``bnb_4bit_quant_storage`` other than uint8) is not supported yet: the inventory then
 shows the stored tensors as they are and says so in a warning (shapes, parameter counts and
 targets of such modules are the packed ones, not the model's).
 
@@ -39,6 +46,7 @@ it (:class:`~lora_rank.report.Quantization`), never listed as modules.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -163,6 +171,18 @@ def detect(config: Optional[dict[str, Any]], path: str) -> tuple[Optional[_Forma
         return _Format("gptq", bits, (group, 0), int(ckpt == "gptq"), ckpt), []
     if method == "compressed-tensors":
         return _Format(method, 0, (0, 0), ct=_ct_schemes(qc, where)), []
+    if method == "bitsandbytes":
+        four, eight = bool(qc.get("load_in_4bit")), bool(qc.get("load_in_8bit"))
+        if four == eight:
+            raise UnsupportedFormatError(
+                f"{where}: exactly one of load_in_4bit and load_in_8bit must be true"
+            )
+        storage = str(qc.get("bnb_4bit_quant_storage") or "uint8")
+        if four and storage != "uint8":
+            raise UnsupportedFormatError(
+                f"{where}: bnb_4bit_quant_storage {storage!r} is not supported (only 'uint8')"
+            )
+        return _Format(method, 4 if four else 8, (0, 0)), []
     return None, [
         f"quantization_config quant_method {method!r} is not supported by lora_rank yet: its "
         "quantized modules are listed as stored (packed shapes, stored element counts, "
@@ -499,28 +519,125 @@ def _ct_packed(
     return logical, q
 
 
-def _file_reader(
-    shards: Optional[Sequence[str]],
-) -> Callable[[Tensor], Optional[list[int]]]:
-    """Reads a small integer tensor's values from a local shard (None when the shard is not a
-    local file, e.g. on the hub): 16 bytes, never more than 64."""
+def _bytes_reader(shards: Optional[Sequence[str]]) -> Callable[[Tensor], Optional[bytes]]:
+    """Reads a small tensor's bytes (≤ 4 KiB: a shape, a quant_state) from a local shard; None
+    when the shard is not a local file (e.g. on the hub). The shard is only read."""
 
-    def read(t: Tensor) -> Optional[list[int]]:
+    def read(t: Tensor) -> Optional[bytes]:
         path = shards[t.shard] if shards is not None and 0 <= t.shard < len(shards) else None
-        if path is None or not os.path.isfile(path) or t.nbytes > 64:
+        if path is None or not os.path.isfile(path) or t.nbytes > 4096:
             return None
-        size = 8 if t.dtype == "I64" else 4
         with open(path, "rb") as f:
             f.seek(t.begin)
             data = f.read(t.nbytes)
-        if len(data) != t.nbytes:
+        return data if len(data) == t.nbytes else None
+
+    return read
+
+
+def _ints(
+    read_bytes: Callable[[Tensor], Optional[bytes]],
+) -> Callable[[Tensor], Optional[list[int]]]:
+    """``read_bytes`` for a little-endian I64/I32 tensor's values."""
+
+    def read(t: Tensor) -> Optional[list[int]]:
+        data = read_bytes(t)
+        if data is None:
             return None
+        size = 8 if t.dtype == "I64" else 4
         return [
             int.from_bytes(data[i : i + size], "little", signed=True)
             for i in range(0, len(data), size)
         ]
 
     return read
+
+
+def _bnb8(p: str, by: dict[str, Tensor]) -> Optional[tuple[Tensor, Quantization]]:
+    """A bitsandbytes LLM.int8 weight: I8 ``[out, in]`` with one ``SCB`` scale per row."""
+    w, scb = by.get(p + ".weight"), by.get(p + ".SCB")
+    if scb is None:
+        if w is not None and w.dtype == "I8":
+            raise _bad(w, "an int8 weight without its row scales (SCB is missing)")
+        return None
+    if w is None or w.dtype != "I8" or len(w.shape) != 2:
+        shown = "missing" if w is None else f"{w.dtype} {list(w.shape)}"
+        raise _bad(scb, f"row scales of a weight that is {shown}, not a 2-D I8 tensor")
+    _expect(scb, (w.shape[0],), ("F32",), lambda: f"SCB of a {list(w.shape)} int8 weight")
+    aux = [("scales", scb.name)]
+    if p + ".weight_format" in by:
+        aux.append(("weight_format", p + ".weight_format"))
+    stored = w.numel + sum(by[n].numel for _, n in aux)
+    q = Quantization("bitsandbytes", 8, None, None, w.dtype, w.shape, w.name, tuple(aux), stored)
+    return w, q
+
+
+#: The auxiliary tensors of a bitsandbytes 4-bit weight ``P.weight``, by role.
+_BNB4_AUX = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
+
+
+def _bnb4(
+    p: str, by: dict[str, Tensor], read_bytes: Callable[[Tensor], Optional[bytes]]
+) -> Optional[tuple[Tensor, Quantization]]:
+    """A bitsandbytes 4-bit weight; its logical shape and block sizes come from the JSON of
+    its ``quant_state`` tensor (read with ``read_bytes``)."""
+    w = by.get(p + ".weight")
+    states = [
+        by[n]
+        for n in (f"{p}.weight.quant_state.bitsandbytes__{t}" for t in ("nf4", "fp4"))
+        if n in by
+    ]
+    if not states:
+        if w is not None and w.dtype == "U8" and p + ".weight.absmax" in by:
+            raise _bad(w, "a 4-bit weight without its quant_state")
+        return None
+    state = states[0]
+    if w is None or w.dtype != "U8" or len(w.shape) != 2 or w.shape[1] != 1:
+        shown = "missing" if w is None else f"{w.dtype} {list(w.shape)}"
+        raise _bad(state, f"the quant_state of a weight that is {shown}, not U8 [n, 1]")
+    raw = read_bytes(state)
+    if raw is None:
+        raise UnsupportedFormatError(
+            f"{state.name}: the shape of a bitsandbytes 4-bit weight is stored in its "
+            "quant_state data, which is read from local files only; analyze a local copy"
+        )
+    try:
+        qs = json.loads(raw.decode())
+        (out_f, in_f), block = (int(x) for x in qs["shape"]), int(qs["blocksize"])
+        nested = int(qs.get("nested_blocksize") or 0)
+        offset = float(qs.get("nested_offset") or 0.0)
+        kind = str(qs["quant_type"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        rule = f"not the JSON of a 4-bit quant_state with shape and blocksize ({e})"
+        raise _bad(state, rule) from None
+    if -(-out_f * in_f // 2) != w.shape[0]:
+        raise _bad(
+            w,
+            f"shape {list(w.shape)}, but [{out_f}, {in_f}] 4-bit weights take "
+            f"[{-(-out_f * in_f // 2)}, 1] bytes",
+        )
+    names = {role: f"{p}.weight.{role}" for role in _BNB4_AUX}
+    for role in ("absmax", "quant_map"):
+        if names[role] not in by:
+            raise _bad(w, f"a 4-bit weight without {names[role]}")
+    aux = [(role, names[role]) for role in _BNB4_AUX if names[role] in by]
+    aux.append(("quant_state", state.name))
+    stored = w.numel + sum(by[n].numel for _, n in aux)
+    q = Quantization(
+        "bitsandbytes",
+        4,
+        None,
+        (block, nested),
+        w.dtype,
+        w.shape,
+        w.name,
+        tuple(aux),
+        stored,
+        kind,
+        offset if nested else None,
+    )
+    logical = Tensor(p + ".weight", w.dtype, (out_f, in_f), w.shard, w.begin, w.end)
+    return logical, q
 
 
 @dataclass
@@ -547,6 +664,9 @@ def _prefixes(fmt: _Format, tensors: list[Tensor], by: dict[str, Tensor]) -> lis
             for t in tensors
             if t.name.endswith(".weight_scale_inv")
         ] + [p for p in fp8_weights if p + ".weight_scale_inv" not in by]
+    if fmt.method == "bitsandbytes":
+        suffix = ".weight.absmax" if fmt.bits == 4 else ".SCB"
+        return [t.name[: -len(suffix)] for t in tensors if t.name.endswith(suffix)]
     if fmt.method == "compressed-tensors":
         packed = [
             t.name[: -len(".weight_packed")] for t in tensors if t.name.endswith(".weight_packed")
@@ -560,10 +680,13 @@ def _module(
     p: str,
     by: dict[str, Tensor],
     read_ints: Callable[[Tensor], Optional[list[int]]],
+    read_bytes: Callable[[Tensor], Optional[bytes]],
 ) -> Optional[tuple[Tensor, Quantization]]:
     """The logical weight and storage of module ``p`` under ``fmt`` (None: not quantized)."""
     if fmt.method == "fp8":
         return _fp8(fmt, p, by)
+    if fmt.method == "bitsandbytes":
+        return _bnb4(p, by, read_bytes) if fmt.bits == 4 else _bnb8(p, by)
     if fmt.method == "compressed-tensors":
         if p + ".weight_packed" in by:
             return _ct_packed(fmt, p, by, read_ints)
@@ -594,7 +717,8 @@ def logical_tensors(
             warnings = _signature_warning(tensors)
         return Logical(list(tensors), {}, warnings)
     by = {t.name: t for t in tensors}
-    read_ints = _file_reader(shards)
+    read_bytes = _bytes_reader(shards)
+    read_ints = _ints(read_bytes)
     quantized: dict[str, Quantization] = {}
     replaced: dict[str, Tensor] = {}
     dropped: set[str] = set()
@@ -608,7 +732,7 @@ def logical_tensors(
 
     for p in _prefixes(fmt, tensors, by):
         try:
-            found = _module(fmt, p, by, read_or_note)
+            found = _module(fmt, p, by, read_or_note, read_bytes)
         except _Malformed as e:
             t = e.tensor
             where = shards[t.shard] if shards is not None and 0 <= t.shard < len(shards) else path
@@ -656,7 +780,9 @@ def stored_elements(tensors: list[Tensor]) -> int:
 
 # -- spectral jobs ----------------------------------------------------------------------------
 _Aux = tuple[str, int, int, list[int], str]
-QuantTuple = tuple[str, str, int, tuple[int, int], int, _Aux, Optional[_Aux], Optional[_Aux]]
+QuantTuple = tuple[
+    str, str, int, tuple[int, int], int, _Aux, Optional[_Aux], Optional[_Aux], list[_Aux], float
+]
 
 
 def engine_spec(
@@ -683,16 +809,46 @@ def engine_spec(
         t = tensors[name]
         return (t.name, t.shard, t.begin, list(t.shape), t.dtype)
 
-    scales = aux("scales")
+    scales = aux("absmax" if dict(q.aux).get("absmax") else "scales")
     assert scales is not None
     out_f, in_f = logical.shape
     if q.method == "compressed-tensors":
         # Scalar and [groups] scales are one row of scales for every row.
         shape = scales[3] if len(scales[3]) == 2 else [1, scales[3][0] if scales[3] else 1]
         scales = (*scales[:3], shape, scales[4])
+    if q.method == "bitsandbytes":
+        if q.bits == 8:
+            return ("bnb8", q.weight_key, 8, (0, 0), 0, scales, None, None, [], 0.0), out_f, in_f
+        assert q.block_size is not None
+        extra = [a for a in (aux("quant_map"), aux("nested_absmax"), aux("nested_quant_map")) if a]
+        spec4: QuantTuple = (
+            "bnb4",
+            q.weight_key,
+            4,
+            q.block_size,
+            0,
+            scales,
+            None,
+            None,
+            extra,
+            q.absmax_offset or 0.0,
+        )
+        return spec4, out_f, in_f
     if q.method == "fp8" or q.checkpoint_format == "float-quantized":
         assert q.block_size is not None
-        return (("fp8_block", q.weight_key, 8, q.block_size, 0, scales, None, None), out_f, in_f)
+        fp8: QuantTuple = (
+            "fp8_block",
+            q.weight_key,
+            8,
+            q.block_size,
+            0,
+            scales,
+            None,
+            None,
+            [],
+            0.0,
+        )
+        return fp8, out_f, in_f
     if q.method == "compressed-tensors":
         group = q.group_size if q.group_size and q.group_size > 0 else in_f
         packed: QuantTuple = (
@@ -704,11 +860,13 @@ def engine_spec(
             scales,
             None,
             aux("g_idx"),
+            [],
+            0.0,
         )
         return packed, out_f, in_f
     group = q.group_size if q.group_size and q.group_size > 0 else in_f
     zero_offset = int(q.checkpoint_format == "gptq")
-    spec = (
+    spec: QuantTuple = (
         q.method,
         q.weight_key,
         q.bits,
@@ -717,12 +875,16 @@ def engine_spec(
         scales,
         aux("zeros"),
         aux("g_idx"),
+        [],
+        0.0,
     )
     return spec, in_f, out_f
 
 
 def _format_of(q: Quantization) -> _Format:
     """The format that produced ``q`` (to read the other stored parts of its module)."""
+    if q.method == "bitsandbytes":
+        return _Format(q.method, q.bits, (0, 0))
     if q.method == "compressed-tensors":
         if q.checkpoint_format == "float-quantized":
             return _Format(q.method, 8, (0, 0), ct=_CtSchemes(float8=("block", q.block_size)))
@@ -741,14 +903,15 @@ def stored_parts(
     q = m.quantization
     assert q is not None
     fmt = _format_of(q)
-    read_ints = _file_reader(shards)
+    read_bytes = _bytes_reader(shards)
+    read_ints = _ints(read_bytes)
     parts = []
     for k in m.checkpoint_keys:
         t = tensors.get(k)
         if t is None or k != _stored_weight_key(k, t):
             continue
         p = k.rsplit(".", 1)[0]
-        found = _module(fmt, p, tensors, read_ints)
+        found = _module(fmt, p, tensors, read_ints, read_bytes)
         if found is not None:
             parts.append(found)
     return parts
@@ -759,6 +922,6 @@ def _stored_weight_key(k: str, t: Tensor) -> Optional[str]:
     ``weight_packed``, ``qweight``), else None."""
     if k.endswith((".qweight", ".weight_packed")):
         return k
-    if k.endswith(".weight") and t.dtype in _FP8_DTYPES:
+    if k.endswith(".weight") and t.dtype in (*_FP8_DTYPES, "I8", "U8"):
         return k
     return None

@@ -195,7 +195,8 @@ fn checkpoint_dict<'py>(
 
 /// `(name, shard, offset, shape, dtype)` of an auxiliary tensor of a quantized weight.
 type AuxTuple = (String, usize, u64, Vec<usize>, String);
-/// `(format, weight name, bits, (block rows, block cols), zero offset, scales, zeros, g_idx)`.
+/// `(format, weight name, bits, (block rows, block cols), zero offset, scales, zeros, g_idx,
+/// further aux tensors, offset)` (see `lora_rank_core::quant::QuantSpec`).
 type QuantTuple = (
     String,
     String,
@@ -205,6 +206,8 @@ type QuantTuple = (
     AuxTuple,
     Option<AuxTuple>,
     Option<AuxTuple>,
+    Vec<AuxTuple>,
+    f32,
 );
 type JobTuple = (String, Vec<(usize, u64, usize)>, usize, String);
 
@@ -226,7 +229,7 @@ fn to_aux((name, shard, offset, shape, dtype): AuxTuple) -> PyResult<quant::AuxT
 }
 
 fn to_quant(q: QuantTuple) -> PyResult<quant::QuantSpec> {
-    let (format, weight, bits, block, zero_offset, scales, zeros, g_idx) = q;
+    let (format, weight, bits, block, zero_offset, scales, zeros, g_idx, extra, offset) = q;
     let format = quant::Format::parse(&format).ok_or_else(|| {
         pyo3::exceptions::PyValueError::new_err(format!(
             "tensor {weight:?}: unknown quantization format {format:?}"
@@ -241,6 +244,8 @@ fn to_quant(q: QuantTuple) -> PyResult<quant::QuantSpec> {
         scales: to_aux(scales)?,
         zeros: zeros.map(to_aux).transpose()?,
         g_idx: g_idx.map(to_aux).transpose()?,
+        extra: extra.into_iter().map(to_aux).collect::<PyResult<_>>()?,
+        offset,
     })
 }
 

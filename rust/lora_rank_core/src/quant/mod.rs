@@ -25,6 +25,15 @@
 //!   `weight_g_idx` I32 `[in]` (activation order); W\[i, j\] = s\[i, g\] · (q\[i, j\] −
 //!   2^(bits−1)) with g = g_idx\[j\] or j / group. Streamed as `[out, in]`. Its FP8 variant
 //!   (`float-quantized`) is [`Format::Fp8Block`] with the block its scale shape implies.
+//! - [`Format::Bnb4`] (bitsandbytes NF4/FP4, `Params4bit`): `weight` U8 `[⌈out·in/2⌉, 1]`,
+//!   element e of the flattened `[out, in]` matrix in the high (e even) or low nibble of byte
+//!   e/2; `absmax` F32 `[⌈out·in/b⌉]` per block of b = `block[0]` elements, or, nested
+//!   (double quantization), U8 codes with `extra` = `[quant_map, nested_absmax,
+//!   nested_quant_map]` and `offset`: absmax\[k\] = c₂\[a\[k\]\] · m₂\[k / block\[1\]\] +
+//!   offset; W = quant_map\[q\] · absmax\[e / b\] (float32, as bitsandbytes computes it).
+//!   Streamed as `[out, in]` (`in` even).
+//! - [`Format::Bnb8`] (bitsandbytes LLM.int8, `Int8Params`): `weight` I8 `[out, in]`, `SCB`
+//!   F32 `[out]`; W\[i, j\] = (q · SCB\[i\]) · (1/127 as bitsandbytes rounds it).
 
 use std::path::Path;
 
@@ -42,16 +51,20 @@ pub enum Format {
     Gptq,
     Awq,
     CtPacked,
+    Bnb4,
+    Bnb8,
 }
 
 impl Format {
-    /// Parse `"fp8_block"`, `"gptq"`, `"awq"` or `"ct_packed"`.
+    /// Parse `"fp8_block"`, `"gptq"`, `"awq"`, `"ct_packed"`, `"bnb4"` or `"bnb8"`.
     pub fn parse(s: &str) -> Option<Format> {
         match s {
             "fp8_block" => Some(Format::Fp8Block),
             "gptq" => Some(Format::Gptq),
             "awq" => Some(Format::Awq),
             "ct_packed" => Some(Format::CtPacked),
+            "bnb4" => Some(Format::Bnb4),
+            "bnb8" => Some(Format::Bnb8),
             _ => None,
         }
     }
@@ -88,6 +101,10 @@ pub struct QuantSpec {
     pub scales: AuxTensor,
     pub zeros: Option<AuxTensor>,
     pub g_idx: Option<AuxTensor>,
+    /// Further auxiliary tensors of the format (bitsandbytes 4-bit: see [`Format::Bnb4`]).
+    pub extra: Vec<AuxTensor>,
+    /// A constant of the format (bitsandbytes' nested absmax offset), else 0.
+    pub offset: f32,
 }
 
 impl QuantSpec {
@@ -106,6 +123,8 @@ impl QuantSpec {
             Format::Gptq => cols * 4,
             Format::Awq => cols * self.bits as usize / 8,
             Format::CtPacked => (cols * self.bits as usize).div_ceil(32) * 4,
+            Format::Bnb4 => cols / 2,
+            Format::Bnb8 => cols,
         }
     }
 
@@ -119,6 +138,7 @@ impl QuantSpec {
         std::iter::once(&self.scales)
             .chain(self.zeros.as_ref())
             .chain(self.g_idx.as_ref())
+            .chain(&self.extra)
     }
 }
 
@@ -159,6 +179,16 @@ enum Kind {
         groups: usize,
         /// Group of each logical column.
         group: Vec<u32>,
+    },
+    Nibbles {
+        code: [f32; 16],
+        /// Per block of `block` elements of the flattened matrix.
+        absmax: Vec<f32>,
+        block: usize,
+    },
+    RowScaled {
+        /// Per row: the scale of every element (SCB · 1/127 is applied as two products).
+        scb: Vec<f32>,
     },
 }
 
@@ -297,6 +327,102 @@ fn dense<'f>(
         groups,
         group,
     })
+}
+
+/// [`Kind::Nibbles`] for a bitsandbytes 4-bit weight (see the module docs).
+fn nibbles<'f>(
+    spec: &QuantSpec,
+    rows: usize,
+    cols: usize,
+    dtype: Dtype,
+    path: &Path,
+    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+) -> Result<Kind> {
+    let bad = |rule: String| header_error(path, &spec.weight, rule);
+    if dtype != Dtype::U8 {
+        return Err(bad(format!(
+            "4-bit weights must be stored as U8, not {}",
+            dtype.name()
+        )));
+    }
+    if !cols.is_multiple_of(2) {
+        return Err(bad(format!(
+            "in_features {cols} is odd: rows of 4-bit weights would share a byte"
+        )));
+    }
+    let block = spec.block[0];
+    let blocks = (rows * cols).div_ceil(block.max(1));
+    if block == 0 {
+        return Err(bad("block size must be positive".into()));
+    }
+    expect_shape(path, &spec.scales, &[blocks], "absmax (one per block)")?;
+    let [code, rest @ ..] = &spec.extra[..] else {
+        return Err(bad("quant_map is missing".into()));
+    };
+    expect_shape(path, code, &[16], "quant_map (16 code values)")?;
+    let code: [f32; 16] = read_typed_floats(code, open, &[Dtype::F32])?
+        .try_into()
+        .map_err(|_| bad("quant_map must hold 16 values".into()))?;
+    let absmax = match (spec.scales.dtype, rest) {
+        (Dtype::F32, []) => read_typed_floats(&spec.scales, open, &[Dtype::F32])?,
+        (Dtype::U8, [nested_absmax, nested_code]) => {
+            let per = spec.block[1];
+            if per == 0 {
+                return Err(bad("nested block size must be positive".into()));
+            }
+            let nested = blocks.div_ceil(per);
+            expect_shape(
+                path,
+                nested_absmax,
+                &[nested],
+                "nested_absmax (one per nested block)",
+            )?;
+            expect_shape(
+                path,
+                nested_code,
+                &[256],
+                "nested_quant_map (256 code values)",
+            )?;
+            let m2 = read_typed_floats(nested_absmax, open, &[Dtype::F32])?;
+            let c2 = read_typed_floats(nested_code, open, &[Dtype::F32])?;
+            let codes = read_typed(&spec.scales, open, &[Dtype::U8], "U8")?;
+            codes
+                .iter()
+                .enumerate()
+                .map(|(k, &a)| c2[a as usize] * m2[k / per] + spec.offset)
+                .collect()
+        }
+        _ => {
+            let rule = format!(
+                "dtype {} with {} further tensors: absmax must be F32, or U8 codes with \
+                 nested_absmax and nested_quant_map",
+                spec.scales.dtype.name(),
+                rest.len()
+            );
+            return Err(header_error(path, &spec.scales.name, rule));
+        }
+    };
+    Ok(Kind::Nibbles {
+        code,
+        absmax,
+        block,
+    })
+}
+
+/// [`read_floats`] of a tensor whose dtype must be one of `allowed`.
+fn read_typed_floats<'f>(
+    aux: &AuxTensor,
+    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+    allowed: &[Dtype],
+) -> Result<Vec<f32>> {
+    let names: Vec<&str> = allowed.iter().map(|d| d.name()).collect();
+    read_typed(
+        aux,
+        open,
+        allowed,
+        &format!("{} is expected", names.join(" or ")),
+    )?;
+    read_floats(aux, open)
 }
 
 impl Dequant {
@@ -459,6 +585,24 @@ impl Dequant {
                 }
             }
             Format::CtPacked => dense(spec, rows, cols, dtype, path, open)?,
+            Format::Bnb4 => nibbles(spec, rows, cols, dtype, path, open)?,
+            Format::Bnb8 => {
+                if dtype != Dtype::I8 {
+                    return Err(bad(format!(
+                        "LLM.int8 weights must be I8, not {}",
+                        dtype.name()
+                    )));
+                }
+                expect_shape(
+                    path,
+                    &spec.scales,
+                    &[rows],
+                    "SCB (one scale per output row)",
+                )?;
+                Kind::RowScaled {
+                    scb: read_typed_floats(&spec.scales, open, &[Dtype::F32])?,
+                }
+            }
         };
         Ok(Dequant {
             pack: spec.pack(),
@@ -537,12 +681,55 @@ impl Dequant {
                             u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
                         })
                     };
+                    if 32 % bits == 0 {
+                        // 2, 4 or 8 bits: whole values per word, lowest bits first.
+                        let per = 32 / bits;
+                        for ((d, w), gs) in dst
+                            .chunks_mut(per)
+                            .zip(words.chunks_exact(4))
+                            .zip(group.chunks(per))
+                        {
+                            let w = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                            for (n, (o, &g)) in d.iter_mut().zip(gs).enumerate() {
+                                let q = (w >> (n * bits)) & mask as u32;
+                                *o = (q as f32 - half) * s[g as usize];
+                            }
+                        }
+                        continue;
+                    }
                     for (j, (o, &g)) in dst.iter_mut().zip(group).enumerate() {
                         // A value may straddle two words (bits that do not divide 32).
                         let bit = j * bits;
                         let pair = word(bit / 32) | (word(bit / 32 + 1) << 32);
                         let q = (pair >> (bit % 32)) & mask;
                         *o = (q as f32 - half) * s[g as usize];
+                    }
+                }
+            }
+            Kind::Nibbles {
+                code,
+                absmax,
+                block,
+            } => {
+                for r in 0..rows {
+                    let bytes = &raw[r * self.row_bytes..(r + 1) * self.row_bytes];
+                    let dst = &mut out[r * cols..(r + 1) * cols];
+                    let first = (row0 + r) * cols;
+                    for (k, &b) in bytes.iter().enumerate() {
+                        let e = first + 2 * k;
+                        dst[2 * k] = code[(b >> 4) as usize] * absmax[e / block];
+                        dst[2 * k + 1] = code[(b & 15) as usize] * absmax[(e + 1) / block];
+                    }
+                }
+            }
+            Kind::RowScaled { scb } => {
+                // bitsandbytes: A * SCB * 7.874015718698502e-3 (two float32 products).
+                let inv = 7.874_015_718_698_502e-3_f64 as f32;
+                for r in 0..rows {
+                    let s = scb[row0 + r];
+                    let src = &raw[r * cols..(r + 1) * cols];
+                    for (o, &b) in out[r * cols..(r + 1) * cols].iter_mut().zip(src) {
+                        *o = (f32::from(b as i8) * s) * inv;
                     }
                 }
             }
@@ -596,6 +783,8 @@ mod tests {
             scales,
             zeros: None,
             g_idx: None,
+            extra: Vec::new(),
+            offset: 0.0,
         }
     }
 
