@@ -11,8 +11,7 @@ from .inventory import naming, quantization
 from .inventory.modules import build_modules
 from .inventory.rules import versions as rules_versions
 from .report import Report
-from .sources.hub import open_source
-from .sources.local import PathLike
+from .sources.local import PathLike, open_local
 from .spectral.progress import ProgressCallback
 from .spectral.settings import SpectralSettings
 
@@ -71,7 +70,14 @@ def analyze(
     chosen = (settings or SpectralSettings()).replace(
         top_k=top_k, method=method, rtol=rtol, seed=seed, threads=threads
     )
-    ckpt = open_source(os.fspath(path), revision, chosen.threads)
+    source = os.fspath(path)
+    if revision is None and os.path.exists(source):
+        ckpt = open_local(source, chosen.threads)  # an existing path is always local
+    else:
+        # Lazy: the hub source (and its HTTP stack) is imported for hub ids and URLs only.
+        from .sources.hub import open_source
+
+        ckpt = open_source(source, revision, chosen.threads)
     config = ckpt.config
     logical = quantization.logical_tensors(
         ckpt.tensors, config, os.path.join(ckpt.root, "config.json"), ckpt.shards

@@ -15,11 +15,10 @@ import functools
 import json
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Callable, Optional
 
 from . import naming
-from .rules import conversion_mapping
+from .rules import DATA, conversion_mapping
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 #: Stands for a layer or expert index while a key is renamed once per pattern: a word
@@ -173,7 +172,7 @@ class Table:
 
 
 def _read(name: str) -> Any:
-    path = resources.files("lora_rank").joinpath(f"_data/architectures/{name}")
+    path = DATA / "architectures" / name
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -11,7 +11,9 @@ transformers 5 renames some checkpoint keys while loading, and fuses per-expert 
 from __future__ import annotations
 
 import functools
+import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -61,22 +63,31 @@ class Rules:
 
 @functools.lru_cache(maxsize=1)
 def installed_versions() -> dict[str, Optional[str]]:
-    """Versions of transformers and PEFT installed here (None when absent), read from the
-    package metadata: nothing is imported.
+    """Versions of transformers and PEFT installed here (None when absent): the first
+    ``<name>-<version>.dist-info`` on ``sys.path``, as ``importlib.metadata`` finds it, read
+    from the directory names (nothing is imported, not even ``importlib.metadata``, whose
+    import costs more than the whole header read of a small checkpoint).
 
     Example:
         >>> import transformers
         >>> installed_versions()["transformers"] == transformers.__version__
         True
     """
-    from importlib import metadata
-
-    found: dict[str, Optional[str]] = {}
-    for dist in ("transformers", "peft"):
+    found: dict[str, Optional[str]] = {"transformers": None, "peft": None}
+    for entry in sys.path:
         try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            found[dist] = None
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".dist-info"):
+                continue
+            dist, _, version = name[: -len(".dist-info")].partition("-")
+            dist = dist.lower().replace("_", "-")
+            if dist in found and found[dist] is None:
+                found[dist] = version
+        if all(found.values()):
+            break
     return found
 
 

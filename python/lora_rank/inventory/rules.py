@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import functools
 import json
-from importlib import resources
+from pathlib import Path
 from typing import Any, Optional
 
 #: PEFT's MoE conversion of one model type: (old ``target_modules`` name → new parameter
 #: name, new name → the old names it fuses).
 PeftMoeTable = tuple[dict[str, str], dict[str, tuple[str, ...]]]
 
+#: The package's shipped data (the rules document and the architecture tables).
+DATA = Path(__file__).resolve().parent.parent / "_data"
+
 
 @functools.lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     """The whole rules document, parsed once (treat it as read-only)."""
-    text = resources.files("lora_rank").joinpath("_data/transformers_rules.json").read_text()
+    text = (DATA / "transformers_rules.json").read_text()
     doc: dict[str, Any] = json.loads(text)
     return doc
 
