@@ -259,15 +259,46 @@ fn expect_shape(path: &Path, aux: &AuxTensor, want: &[usize], rule: &str) -> Res
     Ok(())
 }
 
-/// [`Kind::Dense`] for a compressed-tensors `pack-quantized` weight (see the module docs).
-fn dense<'f>(
-    spec: &QuantSpec,
+/// The group of each of the `len` input features from `g_idx` (activation order), each
+/// checked to be below `groups`.
+fn read_g_idx<'f>(
+    g: &AuxTensor,
+    len: usize,
+    groups: usize,
+    path: &Path,
+    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+) -> Result<Vec<u32>> {
+    expect_shape(path, g, &[len], "g_idx of the input features")?;
+    let words = read_words(g, open)?;
+    if let Some((i, &v)) = words
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v as usize >= groups)
+    {
+        let rule = format!(
+            "g_idx[{i}] = {} is not a group index below {groups}",
+            v as i32
+        );
+        return Err(header_error(path, &g.name, rule));
+    }
+    Ok(words)
+}
+
+/// A stored matrix being checked before it is dequantized: its spec, logical `rows × cols`,
+/// stored dtype, shard path (for messages) and the opener of its auxiliary tensors.
+struct Stored<'s, 'f> {
+    spec: &'s QuantSpec,
     rows: usize,
     cols: usize,
     dtype: Dtype,
-    path: &Path,
-    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
-) -> Result<Kind> {
+    path: &'s Path,
+    open: &'s dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
+}
+
+/// [`Kind::Dense`] for a compressed-tensors `pack-quantized` weight (see the module docs).
+fn dense(stored: &Stored<'_, '_>) -> Result<Kind> {
+    let (spec, rows, cols) = (stored.spec, stored.rows, stored.cols);
+    let (dtype, path, open) = (stored.dtype, stored.path, stored.open);
     let bad = |rule: String| header_error(path, &spec.weight, rule);
     let bits = spec.bits;
     if !(2..=8).contains(&bits) {
@@ -292,22 +323,7 @@ fn dense<'f>(
         }
     };
     let group = match &spec.g_idx {
-        Some(g) => {
-            expect_shape(path, g, &[cols], "g_idx of the input features")?;
-            let words = read_words(g, open)?;
-            if let Some((j, &v)) = words
-                .iter()
-                .enumerate()
-                .find(|(_, &v)| v as usize >= groups)
-            {
-                let rule = format!(
-                    "g_idx[{j}] = {} is not a group index below {groups}",
-                    v as i32
-                );
-                return Err(header_error(path, &g.name, rule));
-            }
-            words
-        }
+        Some(g) => read_g_idx(g, cols, groups, path, open)?,
         None => {
             let size = if groups == 1 { cols } else { spec.block[0] };
             if size == 0 || groups != cols.div_ceil(size) {
@@ -330,14 +346,9 @@ fn dense<'f>(
 }
 
 /// [`Kind::Nibbles`] for a bitsandbytes 4-bit weight (see the module docs).
-fn nibbles<'f>(
-    spec: &QuantSpec,
-    rows: usize,
-    cols: usize,
-    dtype: Dtype,
-    path: &Path,
-    open: &dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
-) -> Result<Kind> {
+fn nibbles(stored: &Stored<'_, '_>) -> Result<Kind> {
+    let (spec, dtype, path, open) = (stored.spec, stored.dtype, stored.path, stored.open);
+    let (rows, cols) = (stored.rows, stored.cols);
     let bad = |rule: String| header_error(path, &spec.weight, rule);
     if dtype != Dtype::U8 {
         return Err(bad(format!(
@@ -437,6 +448,14 @@ impl Dequant {
     ) -> Result<Dequant> {
         let (_, path) = open(spec.scales.shard)?;
         let bad = |rule: String| header_error(path, &spec.weight, rule);
+        let stored = Stored {
+            spec,
+            rows,
+            cols,
+            dtype,
+            path,
+            open,
+        };
         let kind = match spec.format {
             Format::Fp8Block => {
                 let decode: fn(u8) -> f32 = match dtype {
@@ -525,25 +544,7 @@ impl Dequant {
                     "packed zero points of the scales' groups",
                 )?;
                 let group_of: Vec<u32> = match &spec.g_idx {
-                    Some(g) if !awq => {
-                        expect_shape(path, g, &[rows], "g_idx of the input dim")?;
-                        let words = read_words(g, open)?;
-                        if let Some((i, &v)) = words
-                            .iter()
-                            .enumerate()
-                            .find(|(_, &v)| v as usize >= groups)
-                        {
-                            return Err(header_error(
-                                path,
-                                &g.name,
-                                format!(
-                                    "g_idx[{i}] = {} is not a group index below {groups}",
-                                    v as i32
-                                ),
-                            ));
-                        }
-                        words
-                    }
+                    Some(g) if !awq => read_g_idx(g, rows, groups, path, open)?,
                     _ => {
                         if groups != rows.div_ceil(group) {
                             return Err(header_error(
@@ -584,8 +585,8 @@ impl Dequant {
                     group: group_of,
                 }
             }
-            Format::CtPacked => dense(spec, rows, cols, dtype, path, open)?,
-            Format::Bnb4 => nibbles(spec, rows, cols, dtype, path, open)?,
+            Format::CtPacked => dense(&stored)?,
+            Format::Bnb4 => nibbles(&stored)?,
             Format::Bnb8 => {
                 if dtype != Dtype::I8 {
                     return Err(bad(format!(
