@@ -248,3 +248,35 @@ def bnb8(w: np.ndarray) -> tuple[Any, Any]:
 
     cb, scb, _ = F.int8_vectorwise_quant(torch.from_numpy(w).half())
     return cb, scb
+
+
+#: OCP MXFP4 (E2M1) code values, as transformers' ``FP4_VALUES``.
+FP4_VALUES = np.array(
+    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+    np.float32,
+)
+
+
+def mxfp4(w: np.ndarray) -> dict[str, np.ndarray]:
+    """gpt-oss MXFP4 tensors of an expert parameter ``w`` [experts, in, out] (transformers'
+    runtime orientation): ``blocks`` U8 [experts, out, in/32, 16] (the even column in the low
+    nibble) and E8M0 ``scales`` U8 [experts, out, in/32], 2^(s − 127) ≥ amax / 6 per block."""
+    m = np.ascontiguousarray(np.swapaxes(w, 1, 2)).astype(np.float32)  # [E, out, in]
+    experts, rows, cols = m.shape
+    blocks = m.reshape(experts, rows, cols // 32, 32)
+    amax = np.maximum(np.abs(blocks).max(axis=-1), 1e-30)
+    exp = np.clip(np.ceil(np.log2(amax / 6.0)), -127, 127).astype(np.int64)
+    scaled = blocks / np.exp2(exp)[..., None].astype(np.float32)
+    codes = np.abs(scaled[..., None] - FP4_VALUES).argmin(axis=-1).astype(np.uint8)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return {"blocks": packed.astype(np.uint8), "scales": (exp + 127).astype(np.uint8)}
+
+
+def mxfp4_reference(t: dict[str, np.ndarray]) -> np.ndarray:
+    """numpy dequantization of :func:`mxfp4`'s tensors, [experts, in, out] float32."""
+    b, s = t["blocks"], t["scales"].astype(np.int64) - 127
+    vals = np.empty((*b.shape[:-1], 32), np.float32)
+    vals[..., 0::2], vals[..., 1::2] = FP4_VALUES[b & 15], FP4_VALUES[b >> 4]
+    vals = vals * np.exp2(s)[..., None].astype(np.float32)
+    experts, rows, groups, _ = b.shape
+    return np.ascontiguousarray(np.swapaxes(vals.reshape(experts, rows, groups * 32), 1, 2))

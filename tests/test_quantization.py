@@ -434,8 +434,8 @@ def test_malformed_quantized_checkpoints(
 
 def test_unsupported_method_and_unconfirmed_format_warn(tmp_path: Path) -> None:
     tensors = _gptq_tensors()
-    path = _single_linear(tmp_path / "mxfp4", tensors, {"quant_method": "mxfp4"})
-    with pytest.warns(UserWarning, match="'mxfp4' is not supported by lora_rank yet"):
+    path = _single_linear(tmp_path / "hqq", tensors, {"quant_method": "hqq"})
+    with pytest.warns(UserWarning, match="'hqq' is not supported by lora_rank yet"):
         report = lora_rank.analyze(path)
     assert all(m.quantization is None for m in report.modules)
     path = _save(tmp_path / "noconfig", tensors, {"model_type": "llama"})
@@ -617,3 +617,119 @@ def test_malformed_bitsandbytes_name_tensor_and_rule(
     with pytest.raises(lora_rank.HeaderError, match=match) as e:
         _dequantized(lora_rank.analyze(path))
     assert "model.safetensors" in str(e.value) and "l.weight" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def gpt_oss(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    """A tiny random gpt-oss saved by ``save_pretrained`` (sharded), and the same checkpoint
+    with its expert parameters MXFP4-quantized as the hub release stores them."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    config = GptOssConfig(
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        vocab_size=128,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    torch.manual_seed(0)
+    plain = tmp_path_factory.mktemp("gpt-oss")
+    GptOssForCausalLM(config).save_pretrained(plain, max_shard_size="200KB")
+    weights = _load(plain)
+    out = tmp_path_factory.mktemp("gpt-oss-mxfp4")
+    tensors: dict[str, Any] = {}
+    packed: dict[str, Any] = {}
+    for name, w in weights.items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            t = qp.mxfp4(w)
+            tensors[name + "_blocks"], tensors[name + "_scales"] = t["blocks"], t["scales"]
+            packed[name] = t
+        else:
+            tensors[name] = w
+    save_file(
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()},
+        str(out / "model.safetensors"),
+    )
+    cfg = json.loads((plain / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": None}
+    (out / "config.json").write_text(json.dumps(cfg))
+    return plain, out, packed
+
+
+def test_mxfp4_inventory_is_the_logical_model(gpt_oss: tuple[Path, Path, dict[str, Any]]) -> None:
+    plain_path, path, packed = gpt_oss
+    plain, report = lora_rank.analyze(plain_path), lora_rank.analyze(path)
+    summary = lambda r: [  # noqa: E731
+        (m.name, m.kind, m.shape, m.params, m.is_lora_target, m.in_features) for m in r.modules
+    ]
+    assert summary(report) == summary(plain)
+    assert report.total_params == plain.total_params
+    quantized = {m.name: m.quantization for m in report.modules if m.quantization is not None}
+    assert set(quantized) == set(packed)
+    for name, q in quantized.items():
+        assert q is not None and (q.method, q.bits, q.group_size) == ("mxfp4", 4, 32)
+        assert q.weight_key == name + "_blocks" and dict(q.aux) == {"scales": name + "_scales"}
+
+
+def test_mxfp4_matches_transformers_dequantization(
+    gpt_oss: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    """Each expert's matrix as the engine decodes it equals transformers' own
+    ``convert_moe_packed_tensors`` (float32), value for value, and the numpy reference; the
+    expert spectra are those of the dequantized matrices."""
+    import torch
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    _, path, packed = gpt_oss
+    report = lora_rank.analyze(path)
+    plan = Plan(report)
+    shards = shard_files(report)
+    seen = set()
+    for (module, expert), job, quant in zip(plan.targets, plan.jobs, plan.quant):
+        if module.name not in packed:
+            continue
+        t = packed[module.name]
+        want = convert_moe_packed_tensors(
+            torch.from_numpy(t["blocks"]), torch.from_numpy(t["scales"]), dtype=torch.float32
+        ).numpy()
+        assert expert is not None and quant is not None
+        rows, cols = job[1][0][2], job[2]
+        got = np.frombuffer(_core.read_matrix(shards, job, quant), np.float32).reshape(rows, cols)
+        np.testing.assert_array_equal(got.T, want[expert], err_msg=job[0])
+        np.testing.assert_array_equal(got.T, qp.mxfp4_reference(t)[expert], err_msg=job[0])
+        seen.add((module.name, expert))
+    assert len(seen) == 4 * len(packed)
+    report = lora_rank.analyze(path, spectral=True, method="exact", top_k=8, progress=False)
+    name = next(iter(packed))
+    ref = qp.mxfp4_reference(packed[name])
+    spectra = report.module(name).expert_spectra
+    assert spectra is not None and len(spectra) == 4
+    for e, sp in enumerate(spectra):
+        s = np.linalg.svd(ref[e].astype(np.float64), compute_uv=False)
+        np.testing.assert_allclose(sp.singular_values, s[:8], rtol=1e-4)
+
+
+def test_malformed_mxfp4_names_tensor_and_rule(
+    gpt_oss: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, path, _ = gpt_oss
+    tensors = _load(path)
+    name = "model.layers.0.mlp.experts.down_proj"
+    config = json.loads((path / "config.json").read_text())
+    for change, match in [
+        (lambda t: t.pop(name + "_scales"), "without their scales"),
+        (lambda t: t.update({name + "_scales": t[name + "_scales"][:, :-1].copy()}), "E8M0 scales"),
+    ]:
+        t = dict(tensors)
+        change(t)
+        out = _save(tmp_path / str(len(match)), t, config)
+        with pytest.raises(lora_rank.HeaderError, match=match) as e:
+            lora_rank.analyze(out)
+        assert "model.safetensors" in str(e.value) and name in str(e.value)

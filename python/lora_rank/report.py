@@ -162,7 +162,7 @@ class Quantization:
 
     ``method`` is ``"fp8"`` (block-scaled), ``"gptq"``, ``"awq"`` or
     ``"compressed-tensors"`` (``checkpoint_format`` ``"pack-quantized"`` or
-    ``"float-quantized"``) or ``"bitsandbytes"`` (4 or 8 bits); ``bits`` the stored bits per
+    ``"float-quantized"``), ``"bitsandbytes"`` (4 or 8 bits) or ``"mxfp4"``; ``bits`` the stored bits per
     weight; ``group_size`` the group along ``in_features`` of packed int weights (-1: one
     group); ``block_size`` the FP8 scale block ``(rows, cols)``, or bitsandbytes' 4-bit
     ``(blocksize, nested blocksize or 0)`` along the flattened weight. ``weight_key`` is the stored weight

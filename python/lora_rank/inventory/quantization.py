@@ -33,7 +33,11 @@ tensor and the rule):
   read from local shards, ≤ 4 KiB) and ``load_in_8bit`` (LLM.int8: ``P.weight`` I8
   ``[out, in]``, ``P.SCB`` F32 ``[out]``, optional ``P.weight_format``).
 
-Any other ``quant_method`` (MXFP4, ...) or variant (per-tensor FP8, GPTQ in Marlin format,
+- ``quant_method="mxfp4"`` (gpt-oss): MoE expert parameters ``P_blocks`` U8
+  ``[experts, out, in/32, 16]`` with ``P_scales`` U8 ``[experts, out, in/32]`` (E8M0) become the
+  logical ``P`` ``[experts, in, out]``, the orientation transformers gives them on load.
+
+Any other ``quant_method`` or variant (per-tensor FP8, GPTQ in Marlin format,
 AWQ GEMV, compressed-tensors' asymmetric, NVFP4 or MXFP4 formats, bitsandbytes with a
 ``bnb_4bit_quant_storage`` other than uint8) is not supported yet: the inventory then
 shows the stored tensors as they are and says so in a warning (shapes, parameter counts and
@@ -171,6 +175,8 @@ def detect(config: Optional[dict[str, Any]], path: str) -> tuple[Optional[_Forma
         return _Format("gptq", bits, (group, 0), int(ckpt == "gptq"), ckpt), []
     if method == "compressed-tensors":
         return _Format(method, 0, (0, 0), ct=_ct_schemes(qc, where)), []
+    if method == "mxfp4":
+        return _Format(method, 4, (32, 0)), []
     if method == "bitsandbytes":
         four, eight = bool(qc.get("load_in_4bit")), bool(qc.get("load_in_8bit"))
         if four == eight:
@@ -553,6 +559,51 @@ def _ints(
     return read
 
 
+def _mxfp4(p: str, by: dict[str, Tensor]) -> Optional[tuple[Tensor, Quantization]]:
+    """MXFP4 expert blocks ``P_blocks`` with their E8M0 ``P_scales``: the logical ``P``."""
+    b, s = by.get(p + "_blocks"), by.get(p + "_scales")
+    if b is None:
+        return None
+    if s is None:
+        raise _bad(b, f"MXFP4 blocks without their scales ({p}_scales is missing)")
+    if b.dtype != "U8" or len(b.shape) != 4 or b.shape[-1] != 16:
+        raise _bad(
+            b,
+            f"dtype {b.dtype} shape {list(b.shape)}: MXFP4 expert blocks must be U8 "
+            "[experts, out, in/32, 16]",
+        )
+    _expect(s, b.shape[:-1], ("U8",), lambda: "the E8M0 scales of the blocks")
+    experts, out_f, groups, _ = b.shape
+    q = Quantization(
+        "mxfp4", 4, 32, None, b.dtype, b.shape, b.name, (("scales", s.name),), b.numel + s.numel
+    )
+    return Tensor(p, b.dtype, (experts, groups * 32, out_f), b.shard, b.begin, b.end), q
+
+
+def mxfp4_experts(
+    q: Quantization, tensors: dict[str, Tensor]
+) -> list[tuple[QuantTuple, int, int, int]]:
+    """Per expert of MXFP4 parameter ``q``: the engine's quantization tuple, the byte offset of
+    its blocks, and the (rows, cols) it streams (``[out, in]``, the stored orientation).
+
+    Example:
+        >>> t = {"e.w_blocks": Tensor("e.w_blocks", "U8", (2, 8, 2, 16), 0, 0, 512),
+        ...      "e.w_scales": Tensor("e.w_scales", "U8", (2, 8, 2), 0, 512, 544)}
+        >>> q = Quantization("mxfp4", 4, 32, None, "U8", (2, 8, 2, 16), "e.w_blocks",
+        ...                  (("scales", "e.w_scales"),), 544)
+        >>> [(spec[5][2], offset, rows, cols) for spec, offset, rows, cols in mxfp4_experts(q, t)]
+        [(512, 0, 8, 64), (528, 256, 8, 64)]
+    """
+    b, s = tensors[q.weight_key], tensors[dict(q.aux)["scales"]]
+    experts, rows, groups, _ = b.shape
+    out = []
+    for e in range(experts):
+        scales = (s.name, s.shard, s.begin + e * rows * groups, [rows, groups], s.dtype)
+        spec: QuantTuple = ("mxfp4", b.name, 4, (32, 0), 0, scales, None, None, [], 0.0)
+        out.append((spec, b.begin + e * rows * groups * 16, rows, groups * 32))
+    return out
+
+
 def _bnb8(p: str, by: dict[str, Tensor]) -> Optional[tuple[Tensor, Quantization]]:
     """A bitsandbytes LLM.int8 weight: I8 ``[out, in]`` with one ``SCB`` scale per row."""
     w, scb = by.get(p + ".weight"), by.get(p + ".SCB")
@@ -664,6 +715,8 @@ def _prefixes(fmt: _Format, tensors: list[Tensor], by: dict[str, Tensor]) -> lis
             for t in tensors
             if t.name.endswith(".weight_scale_inv")
         ] + [p for p in fp8_weights if p + ".weight_scale_inv" not in by]
+    if fmt.method == "mxfp4":
+        return [t.name[: -len("_blocks")] for t in tensors if t.name.endswith("_blocks")]
     if fmt.method == "bitsandbytes":
         suffix = ".weight.absmax" if fmt.bits == 4 else ".SCB"
         return [t.name[: -len(suffix)] for t in tensors if t.name.endswith(suffix)]
@@ -687,6 +740,8 @@ def _module(
         return _fp8(fmt, p, by)
     if fmt.method == "bitsandbytes":
         return _bnb4(p, by, read_bytes) if fmt.bits == 4 else _bnb8(p, by)
+    if fmt.method == "mxfp4":
+        return _mxfp4(p, by)
     if fmt.method == "compressed-tensors":
         if p + ".weight_packed" in by:
             return _ct_packed(fmt, p, by, read_ints)
@@ -883,7 +938,7 @@ def engine_spec(
 
 def _format_of(q: Quantization) -> _Format:
     """The format that produced ``q`` (to read the other stored parts of its module)."""
-    if q.method == "bitsandbytes":
+    if q.method in ("bitsandbytes", "mxfp4"):
         return _Format(q.method, q.bits, (0, 0))
     if q.method == "compressed-tensors":
         if q.checkpoint_format == "float-quantized":
@@ -910,7 +965,7 @@ def stored_parts(
         t = tensors.get(k)
         if t is None or k != _stored_weight_key(k, t):
             continue
-        p = k.rsplit(".", 1)[0]
+        p = k.removesuffix("_blocks") if k.endswith("_blocks") else k.rsplit(".", 1)[0]
         found = _module(fmt, p, tensors, read_ints, read_bytes)
         if found is not None:
             parts.append(found)
@@ -920,7 +975,7 @@ def stored_parts(
 def _stored_weight_key(k: str, t: Tensor) -> Optional[str]:
     """``k`` when it names a quantized module's stored weight (``weight`` of FP8,
     ``weight_packed``, ``qweight``), else None."""
-    if k.endswith((".qweight", ".weight_packed")):
+    if k.endswith((".qweight", ".weight_packed", "_blocks")):
         return k
     if k.endswith(".weight") and t.dtype in (*_FP8_DTYPES, "I8", "U8"):
         return k

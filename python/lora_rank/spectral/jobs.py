@@ -96,6 +96,16 @@ class Plan:
     def _add_quantized(self, m: Module) -> None:
         """Jobs of a quantized module: the engine dequantizes while streaming."""
         found = quantization.stored_parts(m, self.tensors, self.shards)
+        if len(found) == 1 and found[0][1].method == "mxfp4":
+            q = found[0][1]
+            shard = self.tensors[q.weight_key].shard
+            for e, (spec, offset, rows, cols) in enumerate(
+                quantization.mxfp4_experts(q, self.tensors)
+            ):
+                self._add(
+                    (f"{m.name}[{e}]", [(shard, offset, rows)], cols, q.storage_dtype), m, e, [spec]
+                )
+            return
         parts = [q for _, q in found]
         specs = [quantization.engine_spec(t, q, self.tensors) for t, q in found]
         if m.num_experts is None:

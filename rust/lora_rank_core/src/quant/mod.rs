@@ -32,6 +32,11 @@
 //!   nested_quant_map]` and `offset`: absmax\[k\] = c₂\[a\[k\]\] · m₂\[k / block\[1\]\] +
 //!   offset; W = quant_map\[q\] · absmax\[e / b\] (float32, as bitsandbytes computes it).
 //!   Streamed as `[out, in]` (`in` even).
+//! - [`Format::Mxfp4`] (OCP MXFP4, gpt-oss experts): one expert's `*_blocks` U8
+//!   `[rows, cols/32, 16]` (two E2M1 values a byte, the even column in the low nibble) with
+//!   its `*_scales` U8 `[rows, cols/32]` (E8M0); W\[i, j\] = fp4\[q\] · 2^(s\[i, j/32\] −
+//!   127), as transformers' `convert_moe_packed_tensors` computes it (before its transpose).
+//!   Streamed as `[rows, cols]`.
 //! - [`Format::Bnb8`] (bitsandbytes LLM.int8, `Int8Params`): `weight` I8 `[out, in]`, `SCB`
 //!   F32 `[out]`; W\[i, j\] = (q · SCB\[i\]) · (1/127 as bitsandbytes rounds it).
 
@@ -53,10 +58,11 @@ pub enum Format {
     CtPacked,
     Bnb4,
     Bnb8,
+    Mxfp4,
 }
 
 impl Format {
-    /// Parse `"fp8_block"`, `"gptq"`, `"awq"`, `"ct_packed"`, `"bnb4"` or `"bnb8"`.
+    /// Parse `"fp8_block"`, `"gptq"`, `"awq"`, `"ct_packed"`, `"bnb4"`, `"bnb8"` or `"mxfp4"`.
     pub fn parse(s: &str) -> Option<Format> {
         match s {
             "fp8_block" => Some(Format::Fp8Block),
@@ -65,6 +71,7 @@ impl Format {
             "ct_packed" => Some(Format::CtPacked),
             "bnb4" => Some(Format::Bnb4),
             "bnb8" => Some(Format::Bnb8),
+            "mxfp4" => Some(Format::Mxfp4),
             _ => None,
         }
     }
@@ -123,7 +130,7 @@ impl QuantSpec {
             Format::Gptq => cols * 4,
             Format::Awq => cols * self.bits as usize / 8,
             Format::CtPacked => (cols * self.bits as usize).div_ceil(32) * 4,
-            Format::Bnb4 => cols / 2,
+            Format::Bnb4 | Format::Mxfp4 => cols / 2,
             Format::Bnb8 => cols,
         }
     }
@@ -185,6 +192,10 @@ enum Kind {
         /// Per block of `block` elements of the flattened matrix.
         absmax: Vec<f32>,
         block: usize,
+    },
+    Mx {
+        /// E8M0 exponent of each block of 32 columns, row-major `[rows, cols/32]`.
+        scales: Vec<u8>,
     },
     RowScaled {
         /// Per row: the scale of every element (SCB · 1/127 is applied as two products).
@@ -420,6 +431,16 @@ fn nibbles(stored: &Stored<'_, '_>) -> Result<Kind> {
     })
 }
 
+/// 2^e as f32 for e in −149..=127 (exact; below −126 subnormal).
+fn pow2(e: i32) -> f32 {
+    debug_assert!((-149..=127).contains(&e));
+    if e >= -126 {
+        f32::from_bits(((e + 127) as u32) << 23)
+    } else {
+        f32::from_bits(1u32 << (e + 149))
+    }
+}
+
 /// [`read_floats`] of a tensor whose dtype must be one of `allowed`.
 fn read_typed_floats<'f>(
     aux: &AuxTensor,
@@ -587,6 +608,24 @@ impl Dequant {
             }
             Format::CtPacked => dense(&stored)?,
             Format::Bnb4 => nibbles(&stored)?,
+            Format::Mxfp4 => {
+                if dtype != Dtype::U8 || !cols.is_multiple_of(32) {
+                    return Err(bad(format!(
+                        "MXFP4 blocks must be U8 with a multiple of 32 columns, not {} with {cols}",
+                        dtype.name()
+                    )));
+                }
+                let want = [rows, cols / 32];
+                expect_shape(
+                    path,
+                    &spec.scales,
+                    &want,
+                    "E8M0 scales (one per 32 columns)",
+                )?;
+                Kind::Mx {
+                    scales: read_typed(&spec.scales, open, &[Dtype::U8], "U8 is expected")?,
+                }
+            }
             Format::Bnb8 => {
                 if dtype != Dtype::I8 {
                     return Err(bad(format!(
@@ -720,6 +759,29 @@ impl Dequant {
                         let e = first + 2 * k;
                         dst[2 * k] = code[(b >> 4) as usize] * absmax[e / block];
                         dst[2 * k + 1] = code[(b & 15) as usize] * absmax[(e + 1) / block];
+                    }
+                }
+            }
+            Kind::Mx { scales } => {
+                const FP4: [f32; 16] = [
+                    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0,
+                    -4.0, -6.0,
+                ];
+                let blocks = cols / 32;
+                for r in 0..rows {
+                    let bytes = &raw[r * self.row_bytes..(r + 1) * self.row_bytes];
+                    let row_scales = &scales[(row0 + r) * blocks..(row0 + r + 1) * blocks];
+                    let dst = &mut out[r * cols..(r + 1) * cols];
+                    for ((d, b), &e) in dst.chunks_mut(32).zip(bytes.chunks(16)).zip(row_scales) {
+                        // ldexp(v, e − 127); e = 255 (2^128) as two products, so 0 stays 0.
+                        let (scale, twice) = match e {
+                            255 => (pow2(127), 2.0),
+                            _ => (pow2(i32::from(e) - 127), 1.0),
+                        };
+                        for (k, &byte) in b.iter().enumerate() {
+                            d[2 * k] = FP4[(byte & 15) as usize] * scale * twice;
+                            d[2 * k + 1] = FP4[(byte >> 4) as usize] * scale * twice;
+                        }
                     }
                 }
             }
