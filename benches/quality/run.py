@@ -84,6 +84,10 @@ def run_one(stage: str, task: str, arm: str, r: int, lr: float, seed: int, epoch
 
 
 def chosen_lr(task: str, r: int, epochs: int, seeds: tuple[int, ...] = LR_SEEDS) -> float:
+    if len(LRS) == 1:
+        # Nothing to choose (DECISION.md amendment 2 fixed the rate): every budget uses it,
+        # including those with no learning-rate runs (r=8, amendment 3).
+        return LRS[0]
     rows = [
         v
         for v in done().values()
@@ -99,6 +103,14 @@ def chosen_lr(task: str, r: int, epochs: int, seeds: tuple[int, ...] = LR_SEEDS)
     return min(mean, key=lambda x: mean[x])
 
 
+def _past(hhmm: str) -> bool:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    h, m = (int(x) for x in hhmm.split(":"))
+    return now >= now.replace(hour=h, minute=m, second=0, microsecond=0)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("all", "screen", "lr", "train", "tables"), default="all")
@@ -109,6 +121,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
+    p.add_argument(
+        "--until",
+        default=None,
+        help="HH:MM (UTC, today): start no training run at or after this time",
+    )
     a = p.parse_args()
     if a.quick:
         global RESULTS, RUNS
@@ -133,6 +150,9 @@ def main() -> None:
     if a.stage in ("all", "train"):
         jobs = [(t, r, arm, s) for t in tasks for r in a.r for s in a.seeds for arm in a.arms]
         for t, r, arm, s in jobs[i::n]:
+            if a.until and _past(a.until):
+                print(f"--until {a.until} UTC: not starting {t}/{arm}/r{r}/s{s}", flush=True)
+                break
             lr = chosen_lr(t, r, a.epochs, (0,) if a.quick else LR_SEEDS)
             run_one("train", t, arm, r, lr, s, a.epochs)
     if a.stage in ("all", "tables"):

@@ -78,14 +78,18 @@ def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                     "hi": hi,
                     "n": n,
                     "d_nll": dn[0],
-                    "beats": bool(lo > 0 and dn[0] <= 0),
+                    # Amendment 1: fewer than 3 paired seeds cannot beat the presets.
+                    "beats": bool(n >= 3 and lo > 0 and dn[0] <= 0),
                 }
             else:
                 da = dnl = "–"
             out.append(
-                f"| {a} | {trainable:,} | {len(d)} | {_ms(list(acc[a].values()), 100)} | "
+                f"| {SHOWN.get(a, a)} | {trainable:,} | {len(d)} | "
+                f"{_ms(list(acc[a].values()), 100)} | "
                 f"{_ms(list(nll[a].values()), 1, 3)} | {da} | {dnl} |"
             )
+    out.append(versus_all_linear(rows, cells))
+    out.append(verdict(cells, decision))
     lr_rows = [x for x in rows if x["stage"] == "lr"]
     if lr_rows:
         out.append("\nLearning-rate choice (all-linear, validation NLL, mean over seeds):\n")
@@ -99,6 +103,60 @@ def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                 f"{100 * statistics.fmean(x['val_acc'] for x in g):.1f} |"
             )
     return "\n".join(out), decision
+
+
+def versus_all_linear(rows: list[dict[str, Any]], cells: list[tuple[str, int, int]]) -> str:
+    """Paired differences against all-linear in every cell (the decision uses the best preset,
+    which is not always all-linear; this table is for reading, not for the rule)."""
+    out = [
+        "\nPaired differences against all-linear (same seed; mean [95% t-interval]):\n",
+        "| cell | arm | seeds | Δacc (points) | ΔNLL |",
+        "|---|---|---|---|---|",
+    ]
+    for task, r, ep in cells:
+        by_arm: dict[str, dict[int, dict[str, Any]]] = {}
+        for x in rows:
+            if x["stage"] == "train" and (x["task"], x["r"], x["epochs"]) == (task, r, ep):
+                by_arm.setdefault(x["arm"], {})[x["seed"]] = x
+        base = by_arm.get("all-linear")
+        if not base:
+            continue
+        for a, d in sorted(by_arm.items()):
+            if a == "all-linear":
+                continue
+            def col(runs: dict[int, dict[str, Any]], k: str) -> dict[int, float]:
+                return {s: v[k] for s, v in runs.items()}
+
+            m, lo, hi, n = paired(col(d, "test_acc"), col(base, "test_acc"))
+            dn = paired(col(d, "test_nll"), col(base, "test_nll"))
+            out.append(
+                f"| {task} r={r} | {SHOWN.get(a, a)} | {n} | "
+                f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                f"{dn[0]:+.3f} [{dn[1]:+.3f}, {dn[2]:+.3f}] |"
+            )
+    return "\n".join(out)
+
+
+def verdict(cells: list[tuple[str, int, int]], decision: dict[str, Any]) -> str:
+    """DECISION.md's rule over the measured cells: a rule (not a preset) beats the presets when
+    it beats the best preset in every measured cell."""
+    if not decision:
+        return ""
+    names = [f"{t}/r{r}" for t, r, _ in cells]
+    arms = sorted({k.rsplit("/", 1)[1] for k in decision} - set(PRESETS))
+    out = [
+        "\nDecision rule over the measured cells (DECISION.md: 95% interval of Δacc above 0, "
+        "mean ΔNLL ≤ 0, ≥ 3 paired seeds, in every cell):\n",
+        "| arm | " + " | ".join(names) + " | beats the presets |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for a in arms:
+        got = [decision.get(f"{c}/{a}") for c in names]
+        marks = ["not run" if g is None else ("beats" if g["beats"] else "no") for g in got]
+        every = all(g is not None and g["beats"] for g in got)
+        row = [SHOWN.get(a, a), *marks, "yes" if every else "no"]
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out)
 
 
 def screen_tables(results: Path) -> str:
