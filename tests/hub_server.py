@@ -123,7 +123,7 @@ class HubServer:
         class Handler(_Handler):
             hub = server
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -176,6 +176,12 @@ class HubServer:
             return self._etags[key]
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    #: The listen backlog. socketserver's default of 5 drops the SYNs of a client that opens
+    #: more connections at once (the kernel then retries after 1 s), which the Hub does not.
+    request_queue_size = 1024
+
+
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>[^/]+)$")
 _CDN = re.compile(r"^/cdn/(?P<repo>[^/]+/[^/]+)/(?P<sha>[0-9a-f]+)/(?P<file>.+)$")
@@ -184,6 +190,10 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    #: TCP_NODELAY: http.server writes the headers and the body in two sends, and with Nagle's
+    #: algorithm on, the body waits for the client's delayed ACK of the headers (~40 ms per
+    #: response on Linux) on a reused connection: an artifact of this server, not of the Hub.
+    disable_nagle_algorithm = True
     hub: HubServer
 
     def log_message(self, format: str, *args: Any) -> None:
