@@ -258,39 +258,53 @@ class _Http:
         """GET ``url`` (or bytes ``[a, b)`` of it; ``where`` names it in messages). Returns
         (the body unless ``sink(offset, chunk)`` takes it, the final response's headers, the
         file's total size from ``Content-Range``). Retries (bounded, with backoff) on 429/5xx,
-        connection errors and short bodies."""
+        connection errors and short bodies.
+
+        Without a ``sink`` (headers, index, config: small bodies) the response is read whole
+        by ``huggingface_hub``'s ``http_backoff``, which costs less per request than a stream."""
         import httpx2
         from huggingface_hub.errors import HfHubHTTPError
-        from huggingface_hub.utils._http import hf_raise_for_status, http_stream_backoff
+        from huggingface_hub.utils._http import (
+            hf_raise_for_status,
+            http_backoff,
+            http_stream_backoff,
+        )
 
         headers = dict(self.headers)
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
-        expected = byte_range[1] - byte_range[0] if byte_range else None
+        options: dict[str, Any] = {
+            "headers": headers,
+            "timeout": TIMEOUT,
+            "max_retries": RETRIES - 1,
+            "base_wait_time": BACKOFF,
+            "max_wait_time": 4 * BACKOFF,
+            "follow_redirects": True,
+        }
         wait = BACKOFF
         for attempt in range(RETRIES):
             got = 0
             try:
-                with self._lock:
-                    self.requests += 1
-                with http_stream_backoff(
-                    "GET",
-                    url,
-                    headers=headers,
-                    timeout=TIMEOUT,
-                    max_retries=RETRIES - 1,
-                    base_wait_time=BACKOFF,
-                    max_wait_time=4 * BACKOFF,
-                    follow_redirects=True,
-                ) as response:
-                    with self._lock:
-                        self.requests += len(response.history)
+                if sink is None:
+                    try:
+                        response = http_backoff("GET", url, **options)
+                    except (httpx2.RemoteProtocolError, httpx2.ReadError) as e:
+                        # Already retried RETRIES times by http_backoff.
+                        raise HubError(
+                            f"{where}: truncated response body after {RETRIES} attempts ({e})"
+                        ) from None
+                    self._count(response)
                     hf_raise_for_status(response)
-                    total = self._check_range(where, response, byte_range)
-                    if byte_range is not None and total is not None:
-                        expected = min(byte_range[1], total) - byte_range[0]
-                    self._check_etag(url, where, response)
-                    chunks: list[bytes] = []
+                    total, expected = self._check(url, where, response, byte_range)
+                    body = response.content
+                    got = len(body)
+                    if expected is not None and got != expected:
+                        raise _Truncated(got, expected)
+                    return body, dict(response.headers), total
+                with http_stream_backoff("GET", url, **options) as response:
+                    self._count(response)
+                    hf_raise_for_status(response)
+                    total, expected = self._check(url, where, response, byte_range)
                     try:
                         for chunk in response.iter_bytes(1 << 20):
                             if expected is not None and got + len(chunk) > expected:
@@ -298,10 +312,7 @@ class _Http:
                                     f"{where}: the server sent more than the {expected} bytes "
                                     "requested"
                                 )
-                            if sink is not None:
-                                sink(got, chunk)
-                            else:
-                                chunks.append(chunk)
+                            sink(got, chunk)
                             got += len(chunk)
                     except (httpx2.RemoteProtocolError, httpx2.ReadError) as e:
                         # Raised as our own type: huggingface_hub's stream backoff would
@@ -309,7 +320,7 @@ class _Http:
                         raise _Truncated(got, expected, str(e)) from None
                     if expected is not None and got != expected:
                         raise _Truncated(got, expected)
-                    return b"".join(chunks), dict(response.headers), total
+                    return b"", dict(response.headers), total
             except (_Truncated, httpx2.RemoteProtocolError, httpx2.ReadError) as e:
                 if attempt + 1 == RETRIES:
                     raise HubError(
@@ -325,6 +336,27 @@ class _Http:
                 with self._lock:
                     self.bytes += got
         raise AssertionError("unreachable")
+
+    def _count(self, response: httpx2.Response) -> None:
+        with self._lock:
+            self.requests += 1 + len(response.history)
+
+    def _check(
+        self,
+        url: str,
+        where: str,
+        response: httpx2.Response,
+        byte_range: Optional[tuple[int, int]],
+    ) -> tuple[Optional[int], Optional[int]]:
+        """(total size from Content-Range, bytes the body must have) of a successful response,
+        after checking its status, Content-Range and ETag."""
+        total = self._check_range(where, response, byte_range)
+        expected = None
+        if byte_range is not None:
+            assert total is not None
+            expected = min(byte_range[1], total) - byte_range[0]
+        self._check_etag(url, where, response)
+        return total, expected
 
     @staticmethod
     def _check_range(
