@@ -167,6 +167,13 @@ def cached_snapshot(src: HubSource) -> Optional[str]:
     """
     if src.repo_id is None:
         return None
+    from huggingface_hub import constants
+
+    # No folder for the repo: what try_to_load_from_cache answers too, without importing
+    # huggingface_hub.file_download (~30 ms) on the way to the network.
+    folder_name = constants.REPO_ID_SEPARATOR.join(["models", *src.repo_id.split("/")])
+    if not os.path.isdir(os.path.join(constants.HF_HUB_CACHE, folder_name)):
+        return None
     from huggingface_hub import try_to_load_from_cache
 
     folder = f"{src.folder}/" if src.folder else ""
@@ -188,18 +195,25 @@ class _Http:
     """Requests of one checkpoint: huggingface_hub's session, headers and backoff; every
     response checked; ETags remembered per URL; requests and bytes counted."""
 
-    def __init__(self, src: HubSource) -> None:
-        from huggingface_hub.utils._headers import build_hf_headers
-
+    def __init__(self, src: HubSource, headers: Optional[Mapping[str, str]] = None) -> None:
         self.src = src
-        # The token goes only to the Hub endpoint, never to another server.
-        on_hub = src.repo_id is not None or (src.url is not None and _is_hub_url(src.url))
-        self.headers: dict[str, str] = build_hf_headers() if on_hub else {}
-        self.headers["Accept-Encoding"] = "identity"
+        self.headers = dict(self.build_headers(src) if headers is None else headers)
         self.etags: dict[str, str] = {}
         self.requests = 0
         self.bytes = 0
         self._lock = threading.Lock()
+
+    @staticmethod
+    def build_headers(src: HubSource) -> dict[str, str]:
+        """``huggingface_hub``'s headers (token, user agent) for the Hub endpoint; none for
+        another server (the token goes only to the Hub)."""
+        headers: dict[str, str] = {}
+        if src.repo_id is not None or (src.url is not None and _is_hub_url(src.url)):
+            from huggingface_hub.utils._headers import build_hf_headers
+
+            headers = build_hf_headers()
+        headers["Accept-Encoding"] = "identity"
+        return headers
 
     def url(self, name: str, revision: Optional[str]) -> str:
         if self.src.url is not None:
@@ -478,12 +492,12 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
             f"{where}: not in the local Hugging Face cache and offline mode is on "
             "(HF_HUB_OFFLINE=1): download it once online, or unset HF_HUB_OFFLINE"
         )
-    http = _Http(src)
     folder = f"{src.folder}/" if src.folder else ""
     file = src.file if src.url is None else src.url.rsplit("/", 1)[1]
     if file is not None and file.endswith(_PICKLE):
         raise UnsupportedFormatError(
-            f"{http.where(file)}: pickle-based checkpoints are refused and never downloaded"
+            f"{_Http(src, {}).where(file)}: pickle-based checkpoints are refused and never "
+            "downloaded"
         )
     revision = src.revision
     index_name: Optional[str] = None
@@ -496,6 +510,12 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
     config_name = (file.rsplit("/", 1)[0] + "/" if file and "/" in file else base) + "config.json"
     pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL)
     try:
+        # huggingface_hub's headers can cost a round trip (its agent registry, when HF_HOME has
+        # no fresh copy): built in the pool while this thread imports what the URLs need.
+        hf_headers = pool.submit(_Http.build_headers, src)
+        if src.repo_id is not None:
+            from huggingface_hub import hf_hub_url  # noqa: F401
+        http = _Http(src, hf_headers.result())
         config_future = pool.submit(_optional_get, http, config_name, revision)
         index_bytes: Optional[bytes] = None
         sha: Optional[str] = None
@@ -524,17 +544,16 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
         for tensor, shard in weight_map.items():
             tensors_of.setdefault(folder + shard, []).append(tensor)
 
-        def header(name: str) -> tuple[str, str, int, bytes, Optional[str]]:
-            first = _first_range(tensors_of.get(name, ()))
-            prefix, _, total = http.get(name, pinned, (0, first))
+        def header(name: str) -> tuple[str, str, int, bytes, str]:
+            url, where = http.url(name, pinned), http.where(name)
+            prefix, _, total = http.fetch(url, where, (0, _first_range(tensors_of.get(name, ()))))
             assert total is not None
             path = f"{root}/{name[len(folder) :]}"
             n = _core.header_length(prefix, total, path)
             if 8 + n > len(prefix):
-                rest, _, _ = http.get(name, pinned, (len(prefix), 8 + n))
+                rest, _, _ = http.fetch(url, where, (len(prefix), 8 + n))
                 prefix += rest
-            etag = http.etags.get(http.url(name, pinned))
-            return name[len(folder) :], path, total, prefix, etag
+            return name[len(folder) :], path, total, prefix, url
 
         results = list(pool.map(header, shard_names))
     finally:
@@ -547,14 +566,10 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
         [(name, path, total, prefix) for name, path, total, prefix, _ in results],
         threads,
     )
-    by_name = {name: (total, etag) for name, _, total, _, etag in results}
+    by_name = {name: (total, url) for name, _, total, _, url in results}
     shards = [
-        RemoteShard(
-            url=http.url(folder + s["name"], pinned),
-            etag=by_name[s["name"]][1],
-            size=by_name[s["name"]][0],
-        )
-        for s in raw["shards"]
+        RemoteShard(url=url, etag=http.etags.get(url), size=total)
+        for total, url in (by_name[s["name"]] for s in raw["shards"])
     ]
     return RemoteCheckpoint(dict(raw), shards, http.requests, http.bytes)
 
