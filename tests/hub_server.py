@@ -118,6 +118,7 @@ class HubServer:
         self.log: list[Request] = []
         self._lock = threading.Lock()
         self._etags: dict[tuple[str, str], str] = {}
+        self._roots: dict[Path, Path] = {}
         server = self
 
         class Handler(_Handler):
@@ -148,6 +149,13 @@ class HubServer:
         with self._lock:
             self.faults.clear()
             self.log.clear()
+
+    def root(self, repo: Repo) -> Path:
+        """``repo.root`` resolved (once)."""
+        with self._lock:
+            if repo.root not in self._roots:
+                self._roots[repo.root] = repo.root.resolve()
+            return self._roots[repo.root]
 
     def take_fault(self, method: str, path: str) -> list[Fault]:
         with self._lock:
@@ -218,11 +226,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
+        # Headers and body in one write (one segment), as a production server sends them.
+        self._headers_buffer.append(b"\r\n")
         sent = 0
         if method != "HEAD" and body:
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
             sent = len(body)
+        self.flush_headers()
         self.hub.record(Request(method, self.path, self.headers.get("Range"), status, sent))
 
     def _error(self, method: str, status: int, code: str, message: str) -> None:
@@ -293,7 +303,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _file(self, method: str, repo: Repo, rel: str) -> Optional[Path]:
         target = (repo.root / rel).resolve()
-        root = repo.root.resolve()
+        root = self.hub.root(repo)
         if root not in target.parents or not target.is_file():
             self._error(method, 404, "EntryNotFound", f"{rel} does not exist")
             return None
