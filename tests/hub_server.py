@@ -16,7 +16,8 @@ Faults (:class:`Fault`) are injected per request whose path contains a substring
 status a number of times (500-then-OK, 429), a slow response, a range answered with the
 whole file or with a wrong ``Content-Range``, a truncated body, a connection reset, a changed
 ETag. ``latency`` delays every request. Every request is logged (:attr:`HubServer.log`) with
-the bytes of body sent, so tests and benchmarks can count requests and bytes.
+the bytes of body sent, so tests and benchmarks can count requests and bytes, and
+:attr:`HubServer.max_in_flight` says how many were served at once.
 
 Usage::
 
@@ -116,6 +117,9 @@ class HubServer:
         self.latency = latency
         self.faults: list[Fault] = []
         self.log: list[Request] = []
+        #: Requests being served now, and the most seen at once since the last reset().
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._etags: dict[tuple[str, str], str] = {}
         self._roots: dict[Path, Path] = {}
@@ -149,6 +153,7 @@ class HubServer:
         with self._lock:
             self.faults.clear()
             self.log.clear()
+            self.max_in_flight = self.in_flight
 
     def root(self, repo: Repo) -> Path:
         """``repo.root`` resolved (once)."""
@@ -156,6 +161,15 @@ class HubServer:
             if repo.root not in self._roots:
                 self._roots[repo.root] = repo.root.resolve()
             return self._roots[repo.root]
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def take_fault(self, method: str, path: str) -> list[Fault]:
         with self._lock:
@@ -248,6 +262,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # -- dispatch ----------------------------------------------------------------------------
     def _serve(self, method: str) -> None:
+        self.hub.enter()
+        try:
+            self._dispatch(method)
+        finally:
+            self.hub.leave()
+
+    def _dispatch(self, method: str) -> None:
         path = urlsplit(self.path).path
         faults = self.hub.take_fault(method, path)
         if self.hub.latency:
