@@ -87,7 +87,7 @@ def inventory(runs: int, latency: float) -> dict[str, Any]:
     from checkpoints import SPARSE, build_sparse
 
     ckpt = build_sparse(SPARSE["llama3.1-405b"])
-    with HubServer({REPO: Repo(ckpt, sha="4" * 40)}, latency=latency) as hub:
+    with HubServer({REPO: Repo(ckpt, sha="4" * 40)}, latency=latency, threads=256) as hub:
         ours: list[float] = []
         theirs: list[float] = []
         floor: list[float] = []
