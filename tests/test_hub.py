@@ -141,6 +141,23 @@ def test_shards_in_parallel_one_get_each_at_the_commit(hub: HubServer) -> None:
     assert all(r.range for r in hub.log if "/cdn/" in r.path)
 
 
+def test_the_garbage_collector_is_left_as_it_was(hub: HubServer) -> None:
+    import gc
+
+    assert gc.isenabled()
+    lora_rank.analyze("tiny/llama")
+    assert gc.isenabled()
+    with pytest.raises(lora_rank.HubError):
+        lora_rank.analyze("tiny/llama", revision="nope")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        lora_rank.analyze("tiny/mixtral")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_revision_subfolder_and_urls(hub: HubServer) -> None:
     local = _inventory(lora_rank.analyze(hub.repos["tiny/sub"].root / "ckpt"))
     assert _inventory(lora_rank.analyze(f"hf://tiny/sub@{SHA}/ckpt")) == local
