@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import gc
 import os
+import queue
 import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .. import _core
@@ -51,6 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..report import RemoteShard
     from ..spectral.settings import SpectralSettings
+
+T = TypeVar("T")
 
 #: The name of a repo id: ``namespace/name`` (what the Hub accepts).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -512,7 +515,8 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
         shard_names = [file]
     base = f"{folder}" if src.url is None else ""
     config_name = (file.rsplit("/", 1)[0] + "/" if file and "/" in file else base) + "config.json"
-    pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL)
+    pool = _Pool()
+    pool.grow(1)  # for the headers; the rest start in the background below
     gc_was_on = gc.isenabled()
     # The cyclic collector paused while the threads turn over httpx's objects (refcounting
     # still frees them): its passes over every live object cost the 405B's whole process
@@ -522,6 +526,7 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
         # huggingface_hub's headers can cost a round trip (its agent registry, when HF_HOME has
         # no fresh copy): built in the pool while this thread imports what the URLs need.
         hf_headers = pool.submit(_Http.build_headers, src)
+        pool.grow_in_background(MAX_PARALLEL if index_name else 2)
         if src.repo_id is not None:
             from huggingface_hub import hf_hub_url  # noqa: F401
         http = _Http(src, hf_headers.result())
@@ -564,9 +569,9 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
                 prefix += rest
             return name[len(folder) :], path, total, prefix, url
 
-        results = list(pool.map(header, shard_names))
+        results = pool.map(header, shard_names)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown()
         if gc_was_on:
             gc.enable()
     config_json = config_bytes.decode("utf-8", "replace") if config_bytes is not None else None
@@ -583,6 +588,70 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
         for total, url in (by_name[s["name"]] for s in raw["shards"])
     ]
     return RemoteCheckpoint(dict(raw), shards, http.requests, http.bytes)
+
+
+class _Pool:
+    """Worker threads started ahead of the tasks (:meth:`grow_in_background`), not one per
+    submitted task as a ``ThreadPoolExecutor`` does, where each start waits for the GIL behind
+    the requests already running: the 405B's 100th shard started 145 ms after its first that
+    way, 80 ms with the threads started while huggingface_hub's headers and the index are on
+    their way (whole process 27-37 ms faster, median of 3 × 13 interleaved runs)."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[
+            Optional[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]
+        ]
+        self._tasks = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._grower: Optional[threading.Thread] = None
+
+    def grow(self, total: int) -> None:
+        """Start threads until there are ``total`` (at most :data:`MAX_PARALLEL`)."""
+        while len(self._threads) < min(total, MAX_PARALLEL):
+            t = threading.Thread(target=self._work, name="lora_rank-hub", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def grow_in_background(self, total: int) -> None:
+        """:meth:`grow` from another thread: the caller goes on (a thread start waits for the
+        new thread to run)."""
+        self._grower = threading.Thread(target=self.grow, args=(total,), daemon=True)
+        self._grower.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._tasks.put((future, fn, args))
+        return future
+
+    def map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+        """``fn`` of each item, in order; the first error is raised (the rest are cancelled by
+        :meth:`shutdown`)."""
+        return [f.result() for f in [self.submit(fn, x) for x in items]]
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, fn, args = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # handed to the caller by future.result()
+                    future.set_exception(e)
+
+    def shutdown(self) -> None:
+        """Cancel the tasks not started, let the running ones finish, stop the threads."""
+        if self._grower is not None:
+            self._grower.join()
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[0].cancel()
+        for _ in self._threads:
+            self._tasks.put(None)
+        for t in self._threads:
+            t.join()
 
 
 def _optional_get(
