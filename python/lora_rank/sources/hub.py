@@ -554,6 +554,7 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
             assert index_path is not None
             weight_map = _core.parse_index(index_bytes, index_path)
             shard_names = sorted({folder + s for s in weight_map.values()})
+        pool.limit = max(2, len(shard_names))  # the background start stops there
         tensors_of: dict[str, list[str]] = {}
         for tensor, shard in weight_map.items():
             tensors_of.setdefault(folder + shard, []).append(tensor)
@@ -604,10 +605,12 @@ class _Pool:
         self._tasks = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._grower: Optional[threading.Thread] = None
+        #: Threads worth starting (lowered once the number of tasks is known).
+        self.limit = MAX_PARALLEL
 
     def grow(self, total: int) -> None:
-        """Start threads until there are ``total`` (at most :data:`MAX_PARALLEL`)."""
-        while len(self._threads) < min(total, MAX_PARALLEL):
+        """Start threads until there are ``total`` (at most :attr:`limit`)."""
+        while len(self._threads) < min(total, self.limit):
             t = threading.Thread(target=self._work, name="lora_rank-hub", daemon=True)
             t.start()
             self._threads.append(t)
