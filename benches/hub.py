@@ -3,14 +3,16 @@
 1. Inventory of the 405B header-true checkpoint (191 shards) served with ``--latency``
    (default 50 ms) added to every request: ``lora_rank.analyze("org/name")`` vs
    ``HfApi().get_safetensors_metadata("org/name")`` on the same server, whole processes,
-   interleaved; plus requests and bytes per shard of ours (from the server's log).
+   interleaved after one untimed warm-up each; plus requests and bytes per shard of both (from
+   the server's log) and the floor of a process that only imports.
 2. Bytes fetched by a remote spectral scan vs the bytes of the matrices analysed, and its
    spectra against the local scan of the same files (bit-for-bit), on a real-data checkpoint
    (``--spectral-checkpoint``: ``minilm`` by default, or a directory).
 
 Usage: ``python benches/hub.py [--runs N] [--latency S] [--spectral-checkpoint minilm|DIR]
-[--skip-inventory] [--skip-spectral]``. Prints one JSON document; times are min and median of
-the runs (the machine is shared: compare the two tools within one run, not across runs).
+[--skip-inventory] [--skip-spectral] [--no-pycache]``. Prints one JSON document; times are min
+and median of the runs (the machine is shared: compare the two tools within one run, not
+across runs).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -44,11 +46,22 @@ THEIRS = (
 )
 
 
+#: Where the timed processes keep their bytecode (None: as the environment says). With
+#: PYTHONDONTWRITEBYTECODE set (as on the machines here), a source checkout of lora_rank is
+#: compiled again by every process while huggingface_hub loads the .pyc files of its install;
+#: a bytecode cache for both, filled by an untimed warm-up process, makes the two alike (and
+#: like an installed lora_rank).
+PYCACHE: Optional[str] = None
+
+
 def _env(url: str, home: str) -> dict[str, str]:
     env = dict(os.environ, HF_ENDPOINT=url, HF_HOME=home, HF_HUB_OFFLINE="0")
     env.update(TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONWARNINGS="ignore")
     env.pop("HF_HUB_CACHE", None)
     env.pop("HF_TOKEN", None)
+    if PYCACHE is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = PYCACHE
     return env
 
 
@@ -93,6 +106,9 @@ def inventory(runs: int, latency: float) -> dict[str, Any]:
         floor: list[float] = []
         outputs = set()
         per_shard: dict[str, Any] = {}
+        for code in (FLOOR, OURS, THEIRS):  # warm-up: page cache, bytecode cache
+            with tempfile.TemporaryDirectory() as home:
+                _timed(code, _env(hub.url, home))
         for i in range(runs):
             with tempfile.TemporaryDirectory() as home:
                 floor.append(_timed(FLOOR, _env(hub.url, home))[0])
@@ -165,14 +181,26 @@ def main() -> None:
     ap.add_argument("--spectral-checkpoint", default="minilm")
     ap.add_argument("--skip-inventory", action="store_true")
     ap.add_argument("--skip-spectral", action="store_true")
+    ap.add_argument(
+        "--no-pycache",
+        action="store_true",
+        help="leave bytecode as the environment says (see PYCACHE)",
+    )
     args = ap.parse_args()
+    global PYCACHE
+    pycache = tempfile.TemporaryDirectory()
+    PYCACHE = None if args.no_pycache else pycache.name
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out["load_average_before"] = os.getloadavg()
+    out["bytecode"] = (
+        "as the environment says" if PYCACHE is None else "cached (PYTHONPYCACHEPREFIX), warm"
+    )
     if not args.skip_inventory:
         out["inventory"] = inventory(args.runs, args.latency)
     if not args.skip_spectral:
         out["spectral"] = spectral(args.spectral_checkpoint, args.latency)
     out["load_average_after"] = os.getloadavg()
+    pycache.cleanup()
     print(json.dumps(out, indent=2))
 
 
