@@ -64,8 +64,9 @@ _DEFAULT_FIRST_RANGE = 100_000
 _BYTES_PER_ENTRY = 112
 #: Parallel requests: as many as the shared session's connection pool holds (httpx: 100), so
 #: 191 shards take two waves of round trips. The 405B over tests/hub_server.py at 50 ms, whole
-#: process, 7 interleaved runs at load 3-4: median 0.96 s with 64 or 100, 1.04 s with 48,
-#: 1.17 s with 32, 1.00 s with 191 (the pool caps it).
+#: process, 7 interleaved runs at load 3-4 (threads then started by a ThreadPoolExecutor):
+#: median 0.96 s with 64 or 100, 1.04 s with 48, 1.17 s with 32, 1.00 s with 191 (the pool
+#: caps it); with the threads started ahead, 64 and 100 equal again (0.87/0.89 s, 15 runs).
 MAX_PARALLEL = 100
 #: Attempts per request, and the first wait between them (doubling).
 RETRIES = 4
