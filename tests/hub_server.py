@@ -16,7 +16,8 @@ Faults (:class:`Fault`) are injected per request whose path contains a substring
 status a number of times (500-then-OK, 429), a slow response, a range answered with the
 whole file or with a wrong ``Content-Range``, a truncated body, a connection reset, a changed
 ETag. ``latency`` delays every request. Every request is logged (:attr:`HubServer.log`) with
-the bytes of body sent, so tests and benchmarks can count requests and bytes.
+the bytes of body sent, so tests and benchmarks can count requests and bytes, and
+:attr:`HubServer.max_in_flight` says how many were served at once.
 
 Usage::
 
@@ -32,6 +33,7 @@ import hashlib
 import http.server
 import json
 import os
+import queue
 import re
 import socket
 import threading
@@ -111,20 +113,28 @@ class Request:
 class HubServer:
     """The server, in a daemon thread; a context manager. ``url`` is its endpoint."""
 
-    def __init__(self, repos: dict[str, Repo], *, latency: float = 0.0) -> None:
+    def __init__(self, repos: dict[str, Repo], *, latency: float = 0.0, threads: int = 0) -> None:
+        """``threads``: handler threads started now, before any connection (0: one thread is
+        started per connection when it arrives, by the accepting thread, as http.server does).
+        A benchmark wants them: a connection otherwise waits for the threads of the
+        connections before it to start (25-70 ms for 100 connections on the 2-core VM here),
+        which is this server's cost, not the client's nor the Hub's."""
         self.repos = repos
         self.latency = latency
         self.faults: list[Fault] = []
         self.log: list[Request] = []
+        #: Requests being served now, and the most seen at once since the last reset().
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._etags: dict[tuple[str, str], str] = {}
+        self._roots: dict[Path, Path] = {}
         server = self
 
         class Handler(_Handler):
             hub = server
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), Handler, threads)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -148,6 +158,23 @@ class HubServer:
         with self._lock:
             self.faults.clear()
             self.log.clear()
+            self.max_in_flight = self.in_flight
+
+    def root(self, repo: Repo) -> Path:
+        """``repo.root`` resolved (once)."""
+        with self._lock:
+            if repo.root not in self._roots:
+                self._roots[repo.root] = repo.root.resolve()
+            return self._roots[repo.root]
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def take_fault(self, method: str, path: str) -> list[Fault]:
         with self._lock:
@@ -176,6 +203,49 @@ class HubServer:
             return self._etags[key]
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    """http.server with a listen backlog for parallel clients and, optionally, handler threads
+    started in advance."""
+
+    #: The listen backlog. socketserver's default of 5 drops the SYNs of a client that opens
+    #: more connections at once (the kernel then retries after 1 s), which the Hub does not.
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler], threads: int) -> None:
+        super().__init__(address, handler)
+        self.daemon_threads = True
+        self._idle = 0
+        self._idle_lock = threading.Lock()
+        self._connections: queue.SimpleQueue[Optional[tuple[Any, Any]]] = queue.SimpleQueue()
+        self._workers = [threading.Thread(target=self._work, daemon=True) for _ in range(threads)]
+        for t in self._workers:
+            t.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._idle_lock:
+                self._idle += 1
+            item = self._connections.get()
+            if item is None:
+                return
+            self.process_request_thread(*item)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to an idle prestarted thread, else start one for it (as
+        ThreadingHTTPServer does for every connection)."""
+        with self._idle_lock:
+            if self._idle:
+                self._idle -= 1
+                self._connections.put((request, client_address))
+                return
+        super().process_request(request, client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self._workers:
+            self._connections.put(None)
+
+
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>[^/]+)$")
 _CDN = re.compile(r"^/cdn/(?P<repo>[^/]+/[^/]+)/(?P<sha>[0-9a-f]+)/(?P<file>.+)$")
@@ -184,6 +254,10 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    #: TCP_NODELAY: http.server writes the headers and the body in two sends, and with Nagle's
+    #: algorithm on, the body waits for the client's delayed ACK of the headers (~40 ms per
+    #: response on Linux) on a reused connection: an artifact of this server, not of the Hub.
+    disable_nagle_algorithm = True
     hub: HubServer
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -208,11 +282,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
+        # Headers and body in one write (one segment), as a production server sends them.
+        self._headers_buffer.append(b"\r\n")
         sent = 0
         if method != "HEAD" and body:
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
             sent = len(body)
+        self.flush_headers()
         self.hub.record(Request(method, self.path, self.headers.get("Range"), status, sent))
 
     def _error(self, method: str, status: int, code: str, message: str) -> None:
@@ -228,6 +304,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # -- dispatch ----------------------------------------------------------------------------
     def _serve(self, method: str) -> None:
+        self.hub.enter()
+        try:
+            self._dispatch(method)
+        finally:
+            self.hub.leave()
+
+    def _dispatch(self, method: str) -> None:
         path = urlsplit(self.path).path
         faults = self.hub.take_fault(method, path)
         if self.hub.latency:
@@ -283,7 +366,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _file(self, method: str, repo: Repo, rel: str) -> Optional[Path]:
         target = (repo.root / rel).resolve()
-        root = repo.root.resolve()
+        root = self.hub.root(repo)
         if root not in target.parents or not target.is_file():
             self._error(method, 404, "EntryNotFound", f"{rel} does not exist")
             return None

@@ -123,6 +123,41 @@ def test_remote_inventory_equals_local(hub: HubServer, repo: str) -> None:
     assert not any(r.range is None and r.path.endswith(".safetensors") for r in hub.log)
 
 
+def test_shards_in_parallel_one_get_each_at_the_commit(hub: HubServer) -> None:
+    # 0.3 s per request: a shard read while another is in flight overlaps it for sure.
+    hub.latency = 0.3
+    remote = lora_rank.analyze("tiny/mixtral")
+    shards = sorted(p.name for p in hub.repos["tiny/mixtral"].root.glob("*.safetensors"))
+    assert len(remote.shards) == len(shards) == 9
+    # Read one after another, at most 2 requests (index and config.json) would be in flight.
+    assert hub.max_in_flight >= len(shards)
+    # No HEAD, no revision lookup: the index at the branch, each shard by one ranged GET at the
+    # commit the index came from (plus the hop of its 302).
+    assert {r.method for r in hub.log} == {"GET"}
+    assert not any(r.path.startswith("/api/models/") for r in hub.log)
+    resolved = [r.path for r in hub.log if "/resolve/" in r.path and ".safetensors" in r.path]
+    assert sorted(p.rsplit("/", 1)[1] for p in resolved if "index" not in p) == shards
+    assert all(f"/resolve/{SHA}/" in p for p in resolved if "index" not in p)
+    assert all(r.range for r in hub.log if "/cdn/" in r.path)
+
+
+def test_the_garbage_collector_is_left_as_it_was(hub: HubServer) -> None:
+    import gc
+
+    assert gc.isenabled()
+    lora_rank.analyze("tiny/llama")
+    assert gc.isenabled()
+    with pytest.raises(lora_rank.HubError):
+        lora_rank.analyze("tiny/llama", revision="nope")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        lora_rank.analyze("tiny/mixtral")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_revision_subfolder_and_urls(hub: HubServer) -> None:
     local = _inventory(lora_rank.analyze(hub.repos["tiny/sub"].root / "ckpt"))
     assert _inventory(lora_rank.analyze(f"hf://tiny/sub@{SHA}/ckpt")) == local

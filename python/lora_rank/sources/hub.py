@@ -30,14 +30,16 @@ checked: a 200 answering a range request, a wrong ``Content-Range``, a short bod
 
 from __future__ import annotations
 
+import gc
 import os
+import queue
 import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 from urllib.parse import quote, urlsplit
 
 from .. import _core
@@ -51,6 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..report import RemoteShard
     from ..spectral.settings import SpectralSettings
 
+T = TypeVar("T")
+
 #: The name of a repo id: ``namespace/name`` (what the Hub accepts).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PICKLE = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -58,8 +62,12 @@ _PICKLE = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _DEFAULT_FIRST_RANGE = 100_000
 #: Bytes of header JSON per tensor besides its name (dtype, shape, offsets), generous.
 _BYTES_PER_ENTRY = 112
-#: Parallel requests (the shared session's connection pool holds 100).
-MAX_PARALLEL = 64
+#: Parallel requests: as many as the shared session's connection pool holds (httpx: 100), so
+#: 191 shards take two waves of round trips. The 405B over tests/hub_server.py at 50 ms, whole
+#: process, 7 interleaved runs at load 3-4 (threads then started by a ThreadPoolExecutor):
+#: median 0.96 s with 64 or 100, 1.04 s with 48, 1.17 s with 32, 1.00 s with 191 (the pool
+#: caps it); with the threads started ahead, 64 and 100 equal again (0.87/0.89 s, 15 runs).
+MAX_PARALLEL = 100
 #: Attempts per request, and the first wait between them (doubling).
 RETRIES = 4
 BACKOFF = 0.25
@@ -167,6 +175,13 @@ def cached_snapshot(src: HubSource) -> Optional[str]:
     """
     if src.repo_id is None:
         return None
+    from huggingface_hub import constants
+
+    # No folder for the repo: what try_to_load_from_cache answers too, without importing
+    # huggingface_hub.file_download (~30 ms) on the way to the network.
+    folder_name = constants.REPO_ID_SEPARATOR.join(["models", *src.repo_id.split("/")])
+    if not os.path.isdir(os.path.join(constants.HF_HUB_CACHE, folder_name)):
+        return None
     from huggingface_hub import try_to_load_from_cache
 
     folder = f"{src.folder}/" if src.folder else ""
@@ -188,18 +203,25 @@ class _Http:
     """Requests of one checkpoint: huggingface_hub's session, headers and backoff; every
     response checked; ETags remembered per URL; requests and bytes counted."""
 
-    def __init__(self, src: HubSource) -> None:
-        from huggingface_hub.utils._headers import build_hf_headers
-
+    def __init__(self, src: HubSource, headers: Optional[Mapping[str, str]] = None) -> None:
         self.src = src
-        # The token goes only to the Hub endpoint, never to another server.
-        on_hub = src.repo_id is not None or (src.url is not None and _is_hub_url(src.url))
-        self.headers: dict[str, str] = build_hf_headers() if on_hub else {}
-        self.headers["Accept-Encoding"] = "identity"
+        self.headers = dict(self.build_headers(src) if headers is None else headers)
         self.etags: dict[str, str] = {}
         self.requests = 0
         self.bytes = 0
         self._lock = threading.Lock()
+
+    @staticmethod
+    def build_headers(src: HubSource) -> dict[str, str]:
+        """``huggingface_hub``'s headers (token, user agent) for the Hub endpoint; none for
+        another server (the token goes only to the Hub)."""
+        headers: dict[str, str] = {}
+        if src.repo_id is not None or (src.url is not None and _is_hub_url(src.url)):
+            from huggingface_hub.utils._headers import build_hf_headers
+
+            headers = build_hf_headers()
+        headers["Accept-Encoding"] = "identity"
+        return headers
 
     def url(self, name: str, revision: Optional[str]) -> str:
         if self.src.url is not None:
@@ -258,39 +280,53 @@ class _Http:
         """GET ``url`` (or bytes ``[a, b)`` of it; ``where`` names it in messages). Returns
         (the body unless ``sink(offset, chunk)`` takes it, the final response's headers, the
         file's total size from ``Content-Range``). Retries (bounded, with backoff) on 429/5xx,
-        connection errors and short bodies."""
+        connection errors and short bodies.
+
+        Without a ``sink`` (headers, index, config: small bodies) the response is read whole
+        by ``huggingface_hub``'s ``http_backoff``, which costs less per request than a stream."""
         import httpx2
         from huggingface_hub.errors import HfHubHTTPError
-        from huggingface_hub.utils._http import hf_raise_for_status, http_stream_backoff
+        from huggingface_hub.utils._http import (
+            hf_raise_for_status,
+            http_backoff,
+            http_stream_backoff,
+        )
 
         headers = dict(self.headers)
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
-        expected = byte_range[1] - byte_range[0] if byte_range else None
+        options: dict[str, Any] = {
+            "headers": headers,
+            "timeout": TIMEOUT,
+            "max_retries": RETRIES - 1,
+            "base_wait_time": BACKOFF,
+            "max_wait_time": 4 * BACKOFF,
+            "follow_redirects": True,
+        }
         wait = BACKOFF
         for attempt in range(RETRIES):
             got = 0
             try:
-                with self._lock:
-                    self.requests += 1
-                with http_stream_backoff(
-                    "GET",
-                    url,
-                    headers=headers,
-                    timeout=TIMEOUT,
-                    max_retries=RETRIES - 1,
-                    base_wait_time=BACKOFF,
-                    max_wait_time=4 * BACKOFF,
-                    follow_redirects=True,
-                ) as response:
-                    with self._lock:
-                        self.requests += len(response.history)
+                if sink is None:
+                    try:
+                        response = http_backoff("GET", url, **options)
+                    except (httpx2.RemoteProtocolError, httpx2.ReadError) as e:
+                        # Already retried RETRIES times by http_backoff.
+                        raise HubError(
+                            f"{where}: truncated response body after {RETRIES} attempts ({e})"
+                        ) from None
+                    self._count(response)
                     hf_raise_for_status(response)
-                    total = self._check_range(where, response, byte_range)
-                    if byte_range is not None and total is not None:
-                        expected = min(byte_range[1], total) - byte_range[0]
-                    self._check_etag(url, where, response)
-                    chunks: list[bytes] = []
+                    total, expected = self._check(url, where, response, byte_range)
+                    body = response.content
+                    got = len(body)
+                    if expected is not None and got != expected:
+                        raise _Truncated(got, expected)
+                    return body, dict(response.headers), total
+                with http_stream_backoff("GET", url, **options) as response:
+                    self._count(response)
+                    hf_raise_for_status(response)
+                    total, expected = self._check(url, where, response, byte_range)
                     try:
                         for chunk in response.iter_bytes(1 << 20):
                             if expected is not None and got + len(chunk) > expected:
@@ -298,10 +334,7 @@ class _Http:
                                     f"{where}: the server sent more than the {expected} bytes "
                                     "requested"
                                 )
-                            if sink is not None:
-                                sink(got, chunk)
-                            else:
-                                chunks.append(chunk)
+                            sink(got, chunk)
                             got += len(chunk)
                     except (httpx2.RemoteProtocolError, httpx2.ReadError) as e:
                         # Raised as our own type: huggingface_hub's stream backoff would
@@ -309,7 +342,7 @@ class _Http:
                         raise _Truncated(got, expected, str(e)) from None
                     if expected is not None and got != expected:
                         raise _Truncated(got, expected)
-                    return b"".join(chunks), dict(response.headers), total
+                    return b"", dict(response.headers), total
             except (_Truncated, httpx2.RemoteProtocolError, httpx2.ReadError) as e:
                 if attempt + 1 == RETRIES:
                     raise HubError(
@@ -325,6 +358,27 @@ class _Http:
                 with self._lock:
                     self.bytes += got
         raise AssertionError("unreachable")
+
+    def _count(self, response: httpx2.Response) -> None:
+        with self._lock:
+            self.requests += 1 + len(response.history)
+
+    def _check(
+        self,
+        url: str,
+        where: str,
+        response: httpx2.Response,
+        byte_range: Optional[tuple[int, int]],
+    ) -> tuple[Optional[int], Optional[int]]:
+        """(total size from Content-Range, bytes the body must have) of a successful response,
+        after checking its status, Content-Range and ETag."""
+        total = self._check_range(where, response, byte_range)
+        expected = None
+        if byte_range is not None:
+            assert total is not None
+            expected = min(byte_range[1], total) - byte_range[0]
+        self._check_etag(url, where, response)
+        return total, expected
 
     @staticmethod
     def _check_range(
@@ -446,12 +500,12 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
             f"{where}: not in the local Hugging Face cache and offline mode is on "
             "(HF_HUB_OFFLINE=1): download it once online, or unset HF_HUB_OFFLINE"
         )
-    http = _Http(src)
     folder = f"{src.folder}/" if src.folder else ""
     file = src.file if src.url is None else src.url.rsplit("/", 1)[1]
     if file is not None and file.endswith(_PICKLE):
         raise UnsupportedFormatError(
-            f"{http.where(file)}: pickle-based checkpoints are refused and never downloaded"
+            f"{_Http(src, {}).where(file)}: pickle-based checkpoints are refused and never "
+            "downloaded"
         )
     revision = src.revision
     index_name: Optional[str] = None
@@ -462,8 +516,21 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
         shard_names = [file]
     base = f"{folder}" if src.url is None else ""
     config_name = (file.rsplit("/", 1)[0] + "/" if file and "/" in file else base) + "config.json"
-    pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL)
+    pool = _Pool()
+    pool.grow(1)  # for the headers; the rest start in the background below
+    gc_was_on = gc.isenabled()
+    # The cyclic collector paused while the threads turn over httpx's objects (refcounting
+    # still frees them): its passes over every live object cost the 405B's whole process
+    # 30 ms of 0.95 s (median of 15 interleaved runs at load 5). Restored in `finally`, if on.
+    gc.disable()
     try:
+        # huggingface_hub's headers can cost a round trip (its agent registry, when HF_HOME has
+        # no fresh copy): built in the pool while this thread imports what the URLs need.
+        hf_headers = pool.submit(_Http.build_headers, src)
+        pool.grow_in_background(MAX_PARALLEL if index_name else 2)
+        if src.repo_id is not None:
+            from huggingface_hub import hf_hub_url  # noqa: F401
+        http = _Http(src, hf_headers.result())
         config_future = pool.submit(_optional_get, http, config_name, revision)
         index_bytes: Optional[bytes] = None
         sha: Optional[str] = None
@@ -488,25 +555,27 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
             assert index_path is not None
             weight_map = _core.parse_index(index_bytes, index_path)
             shard_names = sorted({folder + s for s in weight_map.values()})
+        pool.limit = max(2, len(shard_names))  # the background start stops there
         tensors_of: dict[str, list[str]] = {}
         for tensor, shard in weight_map.items():
             tensors_of.setdefault(folder + shard, []).append(tensor)
 
-        def header(name: str) -> tuple[str, str, int, bytes, Optional[str]]:
-            first = _first_range(tensors_of.get(name, ()))
-            prefix, _, total = http.get(name, pinned, (0, first))
+        def header(name: str) -> tuple[str, str, int, bytes, str]:
+            url, where = http.url(name, pinned), http.where(name)
+            prefix, _, total = http.fetch(url, where, (0, _first_range(tensors_of.get(name, ()))))
             assert total is not None
             path = f"{root}/{name[len(folder) :]}"
             n = _core.header_length(prefix, total, path)
             if 8 + n > len(prefix):
-                rest, _, _ = http.get(name, pinned, (len(prefix), 8 + n))
+                rest, _, _ = http.fetch(url, where, (len(prefix), 8 + n))
                 prefix += rest
-            etag = http.etags.get(http.url(name, pinned))
-            return name[len(folder) :], path, total, prefix, etag
+            return name[len(folder) :], path, total, prefix, url
 
-        results = list(pool.map(header, shard_names))
+        results = pool.map(header, shard_names)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown()
+        if gc_was_on:
+            gc.enable()
     config_json = config_bytes.decode("utf-8", "replace") if config_bytes is not None else None
     raw = _core.checkpoint_from_headers(
         root,
@@ -515,16 +584,78 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
         [(name, path, total, prefix) for name, path, total, prefix, _ in results],
         threads,
     )
-    by_name = {name: (total, etag) for name, _, total, _, etag in results}
+    by_name = {name: (total, url) for name, _, total, _, url in results}
     shards = [
-        RemoteShard(
-            url=http.url(folder + s["name"], pinned),
-            etag=by_name[s["name"]][1],
-            size=by_name[s["name"]][0],
-        )
-        for s in raw["shards"]
+        RemoteShard(url=url, etag=http.etags.get(url), size=total)
+        for total, url in (by_name[s["name"]] for s in raw["shards"])
     ]
     return RemoteCheckpoint(dict(raw), shards, http.requests, http.bytes)
+
+
+class _Pool:
+    """Worker threads started ahead of the tasks (:meth:`grow_in_background`), not one per
+    submitted task as a ``ThreadPoolExecutor`` does, where each start waits for the GIL behind
+    the requests already running: the 405B's 100th shard started 145 ms after its first that
+    way, 80 ms with the threads started while huggingface_hub's headers and the index are on
+    their way (whole process 27-37 ms faster, median of 3 × 13 interleaved runs)."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[
+            Optional[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]
+        ]
+        self._tasks = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._grower: Optional[threading.Thread] = None
+        #: Threads worth starting (lowered once the number of tasks is known).
+        self.limit = MAX_PARALLEL
+
+    def grow(self, total: int) -> None:
+        """Start threads until there are ``total`` (at most :attr:`limit`)."""
+        while len(self._threads) < min(total, self.limit):
+            t = threading.Thread(target=self._work, name="lora_rank-hub", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def grow_in_background(self, total: int) -> None:
+        """:meth:`grow` from another thread: the caller goes on (a thread start waits for the
+        new thread to run)."""
+        self._grower = threading.Thread(target=self.grow, args=(total,), daemon=True)
+        self._grower.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._tasks.put((future, fn, args))
+        return future
+
+    def map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+        """``fn`` of each item, in order; the first error is raised (the rest are cancelled by
+        :meth:`shutdown`)."""
+        return [f.result() for f in [self.submit(fn, x) for x in items]]
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, fn, args = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # handed to the caller by future.result()
+                    future.set_exception(e)
+
+    def shutdown(self) -> None:
+        """Cancel the tasks not started, let the running ones finish, stop the threads."""
+        if self._grower is not None:
+            self._grower.join()
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[0].cancel()
+        for _ in self._threads:
+            self._tasks.put(None)
+        for t in self._threads:
+            t.join()
 
 
 def _optional_get(
