@@ -124,6 +124,7 @@ def versus_all_linear(rows: list[dict[str, Any]], cells: list[tuple[str, int, in
         for a, d in sorted(by_arm.items()):
             if a == "all-linear":
                 continue
+
             def col(runs: dict[int, dict[str, Any]], k: str) -> dict[int, float]:
                 return {s: v[k] for s, v in runs.items()}
 
