@@ -173,8 +173,8 @@ enum Kind {
         awq: bool,
         /// `[groups, cols]`, columns in logical order.
         scale: Vec<f32>,
-        /// −scale·zero, `[groups, cols]`.
-        offset: Vec<f32>,
+        /// Zero point (plus the format's `zero_offset`) as f32, `[groups, cols]`.
+        zero: Vec<f32>,
         /// Group of each logical row.
         group: Vec<u32>,
     },
@@ -186,6 +186,8 @@ enum Kind {
         groups: usize,
         /// Group of each logical column.
         group: Vec<u32>,
+        /// Columns per group when the groups are consecutive runs (no `g_idx`), else 0.
+        run: usize,
     },
     Nibbles {
         code: [f32; 16],
@@ -333,8 +335,8 @@ fn dense(stored: &Stored<'_, '_>) -> Result<Kind> {
             return Err(header_error(path, &spec.scales.name, rule));
         }
     };
-    let group = match &spec.g_idx {
-        Some(g) => read_g_idx(g, cols, groups, path, open)?,
+    let (group, run) = match &spec.g_idx {
+        Some(g) => (read_g_idx(g, cols, groups, path, open)?, 0),
         None => {
             let size = if groups == 1 { cols } else { spec.block[0] };
             if size == 0 || groups != cols.div_ceil(size) {
@@ -344,7 +346,7 @@ fn dense(stored: &Stored<'_, '_>) -> Result<Kind> {
                 );
                 return Err(header_error(path, &spec.scales.name, rule));
             }
-            (0..cols).map(|j| (j / size) as u32).collect()
+            ((0..cols).map(|j| (j / size) as u32).collect(), size)
         }
     };
     Ok(Kind::Dense {
@@ -353,7 +355,24 @@ fn dense(stored: &Stored<'_, '_>) -> Result<Kind> {
         scale_rows,
         groups,
         group,
+        run,
     })
+}
+
+/// One row of a [`Kind::Dense`] weight of `8 / PB` bits whose groups are consecutive runs of
+/// `run` columns: W = (q − half) · scale, through a table of the `PB` values of each byte.
+fn dense_run<const PB: usize>(dst: &mut [f32], bytes: &[u8], s: &[f32], run: usize, half: f32) {
+    let bits = 8 / PB;
+    let lut: [[f32; PB]; 256] = std::array::from_fn(|b| {
+        std::array::from_fn(|n| ((b >> (n * bits)) & ((1 << bits) - 1)) as f32 - half)
+    });
+    for ((d, bytes), &sc) in dst.chunks_mut(run).zip(bytes.chunks(run / PB)).zip(s) {
+        for (o, &b) in d.chunks_exact_mut(PB).zip(bytes) {
+            for (x, &v) in o.iter_mut().zip(&lut[b as usize]) {
+                *x = v * sc;
+            }
+        }
+    }
 }
 
 /// [`Kind::Nibbles`] for a bitsandbytes 4-bit weight (see the module docs).
@@ -587,14 +606,14 @@ impl Dequant {
                 let zpw = cols / per_word;
                 // Column of nibble n within a word's run of per_word columns.
                 let col_of = |n: usize| if awq { AWQ_ORDER[n] } else { n };
-                let mut offset = vec![0f32; groups * cols];
+                let mut zero = vec![0f32; groups * cols];
                 for g in 0..groups {
                     for k in 0..zpw {
                         let w = packed[g * zpw + k];
                         for n in 0..per_word {
                             let c = k * per_word + col_of(n);
                             let z = ((w >> (n as u32 * bits)) & mask) + spec.zero_offset;
-                            offset[g * cols + c] = -(scale[g * cols + c] * z as f32);
+                            zero[g * cols + c] = z as f32;
                         }
                     }
                 }
@@ -602,7 +621,7 @@ impl Dequant {
                     bits,
                     awq,
                     scale,
-                    offset,
+                    zero,
                     group: group_of,
                 }
             }
@@ -680,7 +699,7 @@ impl Dequant {
                 bits,
                 awq: false,
                 scale,
-                offset,
+                zero,
                 group,
             } => {
                 let pack = self.pack;
@@ -691,13 +710,14 @@ impl Dequant {
                     let shift = ((i % pack) as u32) * bits;
                     let g = group[i] as usize;
                     let s = &scale[g * cols..(g + 1) * cols];
-                    let z = &offset[g * cols..(g + 1) * cols];
+                    let z = &zero[g * cols..(g + 1) * cols];
                     let dst = &mut out[r * cols..(r + 1) * cols];
                     for (((o, w), &s), &z) in
                         dst.iter_mut().zip(words.chunks_exact(4)).zip(s).zip(z)
                     {
                         let q = (u32::from_le_bytes([w[0], w[1], w[2], w[3]]) >> shift) & mask;
-                        *o = (q as f32).mul_add(s, z);
+                        // s · (q − z): q − z is exact, one rounding (the reference's formula).
+                        *o = (q as f32 - z) * s;
                     }
                 }
             }
@@ -707,6 +727,7 @@ impl Dequant {
                 scale_rows,
                 groups,
                 group,
+                run,
             } => {
                 let bits = *bits as usize;
                 let mask = (1u64 << bits) - 1;
@@ -721,6 +742,16 @@ impl Dequant {
                             u64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
                         })
                     };
+                    if 32 % bits == 0 && *run > 0 && run.is_multiple_of(32 / bits) {
+                        // Consecutive groups of whole words: one scale per run of columns,
+                        // each stored byte (values in order, little-endian words) looked up.
+                        match bits {
+                            2 => dense_run::<4>(dst, words, s, *run, half),
+                            4 => dense_run::<2>(dst, words, s, *run, half),
+                            _ => dense_run::<1>(dst, words, s, *run, half),
+                        }
+                        continue;
+                    }
                     if 32 % bits == 0 {
                         // 2, 4 or 8 bits: whole values per word, lowest bits first.
                         let per = 32 / bits;
@@ -799,7 +830,7 @@ impl Dequant {
             Kind::Int {
                 awq: true,
                 scale,
-                offset,
+                zero,
                 group,
                 ..
             } => {
@@ -808,14 +839,14 @@ impl Dequant {
                     let words = &raw[r * self.row_bytes..(r + 1) * self.row_bytes];
                     let g = group[i] as usize;
                     let s = &scale[g * cols..(g + 1) * cols];
-                    let z = &offset[g * cols..(g + 1) * cols];
+                    let z = &zero[g * cols..(g + 1) * cols];
                     let dst = &mut out[r * cols..(r + 1) * cols];
                     for (k, w) in words.chunks_exact(4).enumerate() {
                         let w = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
                         for (n, &c) in AWQ_ORDER.iter().enumerate() {
                             let q = (w >> (4 * n as u32)) & 15;
                             let c = 8 * k + c;
-                            dst[c] = (q as f32).mul_add(s[c], z[c]);
+                            dst[c] = (q as f32 - z[c]) * s[c];
                         }
                     }
                 }

@@ -1,9 +1,10 @@
-//! AVX-512 BF16 kernels of the fused solver pass on bf16-stored matrices.
+//! AVX-512 BF16 kernels of the fused solver pass on bf16-stored and quantized matrices.
 //!
 //! One pass computes acc += Pᵀ(P·X) per row panel P (r × n, the stored bf16 words, never
 //! decoded). `vdpbf16ps` multiplies pairs of bf16 and accumulates in f32, so both products
 //! need a bf16 operand on the other side: X (orthonormal, n × b) and Y = P·X are rounded to
-//! bf16 (relative 2⁻⁹ per element). P itself is exact (it *is* bf16). The rounding errors are
+//! bf16 (relative 2⁻⁹ per element). P itself is exact when it *is* bf16; a quantized panel is
+//! dequantized exactly (f32) and rounded to bf16 once, the same relative 2⁻⁹ per element. The rounding errors are
 //! independent and nearly orthogonal to any fixed direction, so their effect on a Rayleigh
 //! quotient is ≈ 2⁻⁹/√n relative (measured against f64 in benches/bench_spectra.py and the
 //! tests: top-32 within the solver tolerance).

@@ -94,11 +94,14 @@ fn split<T>(items: &[T], chunks: usize) -> Vec<&[T]> {
 /// twice, by both products, and stays in the core's L2 between them).
 const BF16_PANEL_ELEMS: usize = 1 << 19;
 
-/// Whether passes over `src` use the bf16 kernels ([`super::kernels`]); the environment
-/// variable `LORA_RANK_NO_BF16_KERNEL` (any value) turns them off, for side-by-side benches.
+/// Whether passes over `src` use the bf16 kernels ([`super::kernels`]): bf16 matrices on
+/// their stored words, quantized ones on their exact dequantization rounded to bf16 (relative
+/// 2⁻⁹ per element, the rounding the kernels already apply to X and Y; the element statistics
+/// stay exact). The environment variable `LORA_RANK_NO_BF16_KERNEL` (any value) turns them
+/// off, for side-by-side benches.
 pub fn uses_bf16_kernel(src: &MatrixSource<'_>) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    src.dtype == crate::dtype::Dtype::BF16
+    (src.dtype == crate::dtype::Dtype::BF16 || src.is_quantized())
         && cfg!(target_endian = "little")
         && *ON.get_or_init(|| {
             super::kernels::available() && std::env::var_os("LORA_RANK_NO_BF16_KERNEL").is_none()
@@ -130,7 +133,8 @@ impl Pass<'_, '_> {
     }
 }
 
-/// [`Pass::run`] with the AVX-512 BF16 kernels on the stored words.
+/// [`Pass::run`] with the AVX-512 BF16 kernels on the stored words (bf16) or the rounded
+/// dequantized panel (quantized).
 fn fused_pass_bf16(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
     let (src, x, want_stats, cancel) = (pass.src, pass.x, pass.want_stats, pass.cancel);
     let (n, b) = (src.cols, x.ncols());
@@ -142,15 +146,16 @@ fn fused_pass_bf16(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
             let mut acc = vec![0f32; n * b];
             let mut bytes = Scratch::default();
             let (mut decoded, mut y, mut ypair) = (Vec::new(), Vec::new(), Vec::new());
+            let mut rounded = Vec::new();
             let mut st = ElementStats::default();
             for &p in *group {
                 check_cancel(cancel)?;
-                let words = src.read_panel_bf16(
-                    p,
-                    &mut bytes,
-                    &mut decoded,
-                    want_stats.then_some(&mut st),
-                )?;
+                let stats = want_stats.then_some(&mut st);
+                let words = if src.is_quantized() {
+                    src.read_panel_as_bf16(p, &mut bytes, &mut decoded, &mut rounded, stats)?
+                } else {
+                    src.read_panel_bf16(p, &mut bytes, &mut decoded, stats)?
+                };
                 super::kernels::panel_pass(words, p.rows, n, b, &xp, &mut acc, &mut y, &mut ypair);
             }
             Ok((acc, st))

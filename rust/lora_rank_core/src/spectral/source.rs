@@ -163,6 +163,11 @@ impl<'a> MatrixSource<'a> {
         }
     }
 
+    /// Whether the matrix is quantized (decoded by [`Dequant`] while streaming).
+    pub fn is_quantized(&self) -> bool {
+        !self.dequant.is_empty()
+    }
+
     /// Total number of rows.
     pub fn rows(&self) -> usize {
         self.segments.iter().map(|s| s.rows).sum()
@@ -261,6 +266,28 @@ impl<'a> MatrixSource<'a> {
             s.add(decoded);
         }
         Ok(scratch.halves(n))
+    }
+
+    /// Read `panel` of a quantized matrix, dequantize it exactly into `decoded` (f32; `stats`
+    /// get these values) and return it rounded to bf16 words (round to nearest even, relative
+    /// error ≤ 2⁻⁹ per element) for the bf16 kernels.
+    pub fn read_panel_as_bf16<'w>(
+        &self,
+        panel: Panel,
+        scratch: &mut Scratch,
+        decoded: &mut Vec<f32>,
+        words: &'w mut Vec<u16>,
+        stats: Option<&mut ElementStats>,
+    ) -> Result<&'w [u16]> {
+        debug_assert!(self.is_quantized());
+        let n = panel.rows * self.cols;
+        decoded.resize(n, 0.0);
+        self.read_panel(panel, scratch, decoded, stats)?;
+        words.resize(n, 0);
+        let w: &mut [half::bf16] =
+            half::slice::HalfBitsSliceExt::reinterpret_cast_mut(&mut words[..]);
+        w.convert_from_f32_slice(decoded);
+        Ok(&words[..n])
     }
 
     /// Read columns `c0..c1` of every row and decode them row-major into
