@@ -98,13 +98,12 @@ class Plan:
         found = quantization.stored_parts(m, self.tensors, self.shards)
         if len(found) == 1 and found[0][1].method == "mxfp4":
             q = found[0][1]
-            shard = self.tensors[q.weight_key].shard
+            blocks = self.tensors[q.weight_key]
             for e, (spec, offset, rows, cols) in enumerate(
                 quantization.mxfp4_experts(q, self.tensors)
             ):
-                self._add(
-                    (f"{m.name}[{e}]", [(shard, offset, rows)], cols, q.storage_dtype), m, e, [spec]
-                )
+                seg = self._segment(blocks, offset, rows)
+                self._add((f"{m.name}[{e}]", [seg], cols, q.storage_dtype), m, e, [spec])
             return
         parts = [q for _, q in found]
         specs = [quantization.engine_spec(t, q, self.tensors) for t, q in found]

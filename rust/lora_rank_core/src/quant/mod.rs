@@ -188,6 +188,9 @@ enum Kind {
         group: Vec<u32>,
         /// Columns per group when the groups are consecutive runs (no `g_idx`), else 0.
         run: usize,
+        /// For 2, 4 and 8 bits: the `8 / bits` values q − 2^(bits−1) of each byte, in order
+        /// (`[256, 8 / bits]`), else empty.
+        byte_values: Vec<f32>,
     },
     Nibbles {
         code: [f32; 16],
@@ -349,6 +352,15 @@ fn dense(stored: &Stored<'_, '_>) -> Result<Kind> {
             ((0..cols).map(|j| (j / size) as u32).collect(), size)
         }
     };
+    let byte_values = if 8 % bits == 0 {
+        let (per, half) = (8 / bits, (1u32 << (bits - 1)) as f32);
+        let mask = (1u32 << bits) - 1;
+        (0..256u32 * per)
+            .map(|i| (((i / per) >> ((i % per) * bits)) & mask) as f32 - half)
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Kind::Dense {
         bits,
         scale: read_floats(&spec.scales, open)?,
@@ -356,19 +368,23 @@ fn dense(stored: &Stored<'_, '_>) -> Result<Kind> {
         groups,
         group,
         run,
+        byte_values,
     })
 }
 
 /// One row of a [`Kind::Dense`] weight of `8 / PB` bits whose groups are consecutive runs of
-/// `run` columns: W = (q − half) · scale, through a table of the `PB` values of each byte.
-fn dense_run<const PB: usize>(dst: &mut [f32], bytes: &[u8], s: &[f32], run: usize, half: f32) {
-    let bits = 8 / PB;
-    let lut: [[f32; PB]; 256] = std::array::from_fn(|b| {
-        std::array::from_fn(|n| ((b >> (n * bits)) & ((1 << bits) - 1)) as f32 - half)
-    });
+/// `run` columns: W = (q − half) · scale, each byte's `PB` values q − half from `byte_values`.
+fn dense_run<const PB: usize>(
+    dst: &mut [f32],
+    bytes: &[u8],
+    s: &[f32],
+    run: usize,
+    byte_values: &[f32],
+) {
     for ((d, bytes), &sc) in dst.chunks_mut(run).zip(bytes.chunks(run / PB)).zip(s) {
         for (o, &b) in d.chunks_exact_mut(PB).zip(bytes) {
-            for (x, &v) in o.iter_mut().zip(&lut[b as usize]) {
+            let v = &byte_values[b as usize * PB..][..PB];
+            for (x, &v) in o.iter_mut().zip(v) {
                 *x = v * sc;
             }
         }
@@ -728,6 +744,7 @@ impl Dequant {
                 groups,
                 group,
                 run,
+                byte_values,
             } => {
                 let bits = *bits as usize;
                 let mask = (1u64 << bits) - 1;
@@ -746,9 +763,9 @@ impl Dequant {
                         // Consecutive groups of whole words: one scale per run of columns,
                         // each stored byte (values in order, little-endian words) looked up.
                         match bits {
-                            2 => dense_run::<4>(dst, words, s, *run, half),
-                            4 => dense_run::<2>(dst, words, s, *run, half),
-                            _ => dense_run::<1>(dst, words, s, *run, half),
+                            2 => dense_run::<4>(dst, words, s, *run, byte_values),
+                            4 => dense_run::<2>(dst, words, s, *run, byte_values),
+                            _ => dense_run::<1>(dst, words, s, *run, byte_values),
                         }
                         continue;
                     }
