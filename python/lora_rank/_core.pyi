@@ -16,6 +16,8 @@ __all__ = [
     "__version__",
     "checkpoint_from_headers",
     "header_length",
+    "name_patterns",
+    "natural_order",
     "open_checkpoint",
     "parse_index",
     "read_matrix",
@@ -56,6 +58,10 @@ def checkpoint_from_headers(
 ) -> _CheckpointDict: ...
 def header_length(prefix: bytes, file_len: int, path: str | PathLike[Any]) -> int: ...
 def parse_index(data: bytes, path: str | PathLike[Any]) -> dict[str, str]: ...
+def name_patterns(
+    names: list[str], placeholder: str
+) -> tuple[list[str], list[int], list[list[str]]]: ...
+def natural_order(names: list[str]) -> list[int]: ...
 
 @final
 class ByteBuffer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings as _warnings
 from typing import Optional, Union
@@ -100,8 +101,8 @@ def analyze(
         model_type=(config or {}).get("model_type"),
         architectures=list((config or {}).get("architectures") or []),
         config=config,
-        total_params=sum(t.numel for t in logical.tensors),
-        total_bytes=sum(t.nbytes for t in ckpt.tensors),
+        total_params=sum(math.prod(t.shape) for t in logical.tensors),
+        total_bytes=sum(t.end - t.begin for t in ckpt.tensors),
         tensors=ckpt.tensors,
         modules=modules,
         shards=ckpt.shards,

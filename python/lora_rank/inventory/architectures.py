@@ -17,14 +17,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from .. import _core
 from . import naming
 from .rules import DATA, conversion_mapping
 
-_INDEX = re.compile(r"\.\d+(?=\.|$)")
 #: Stands for a layer or expert index while a key is renamed once per pattern: a word
 #: character (as digits are, for ``\w`` and ``\b``) that no rule spells.
 _PLACEHOLDER = "\ua66e"
 _DIGIT_RULE = re.compile(r"\\d|\\D|[0-9]")
+#: What an index (``.12``) of a key becomes in its abstract pattern.
+ABSTRACT_INDEX = "." + _PLACEHOLDER
 
 #: Flag bits of a parameter record.
 _WRAPPED, _TARGET_PARAMETER = 1, 2
@@ -37,7 +39,45 @@ def pattern(name: str) -> str:
         >>> pattern("model.layers.12.mlp.experts.3.w1.weight")
         'model.layers.#.mlp.experts.#.w1.weight'
     """
-    return _INDEX.sub(".#", name)
+    return _core.name_patterns([name], "#")[0][0]
+
+
+def abstract_key(name: str) -> tuple[str, list[str]]:
+    """``name`` with its layer and expert indices as :data:`ABSTRACT_INDEX`, and the indices.
+
+    Example:
+        >>> abstract, indices = abstract_key("h.3.mlp.experts.0.w1")
+        >>> abstract == "h" + ABSTRACT_INDEX + ".mlp.experts" + ABSTRACT_INDEX + ".w1", indices
+        (True, ['.3', '.0'])
+    """
+    patterns, _, indices = abstract_keys([name])
+    return patterns[0], indices[0]
+
+
+def abstract_keys(names: list[str]) -> tuple[list[str], list[int], list[list[str]]]:
+    """:func:`abstract_key` of many names at once: the distinct patterns (in the order first
+    seen), each name's pattern number and its indices.
+
+    Example:
+        >>> patterns, number, indices = abstract_keys(["h.0.w", "h.1.w"])
+        >>> len(patterns), number, indices
+        (1, [0, 0], [['.0'], ['.1']])
+    """
+    return _core.name_patterns(names, _PLACEHOLDER)
+
+
+def fill(template: str, indices: list[str]) -> str:
+    """``template`` (a name whose indices are :data:`ABSTRACT_INDEX`) with ``indices``
+    (``[".3", ".0"]``, in order) put back.
+
+    Example:
+        >>> fill("a" + ABSTRACT_INDEX + ".b" + ABSTRACT_INDEX, [".3", ".0"])
+        'a.3.b.0'
+    """
+    if not indices:
+        return template
+    parts = template.split(ABSTRACT_INDEX)
+    return parts[0] + "".join(i + p for i, p in zip(indices, parts[1:]))
 
 
 @dataclass(frozen=True)
@@ -128,32 +168,46 @@ class Table:
             ...     "vit.encoder.layer.0.attention.attention.query.weight").runtime
             'vit.layers.0.attention.q_proj.weight'
         """
-        cache = self._renames
-        if cache is None:
-            return self._rename(key)
-        indices = _INDEX.findall(key)
-        abstract = _INDEX.sub("." + _PLACEHOLDER, key) if indices else key
-        if abstract in cache:
-            hit = cache[abstract]
-        else:
-            r = self._rename(abstract)
-            hit = (r.runtime, r.converter, r.source_index)
-            if r.runtime.count(_PLACEHOLDER) != len(indices):
-                hit = None  # an index dropped or added (fused experts): rename each key
-            cache[abstract] = hit
-            if hit is not None and self._fill(hit[0], indices) != self._rename(key).runtime:
-                object.__setattr__(self, "_renames", None)  # never expected; stay exact
-                return self._rename(key)
+        abstract, indices = abstract_key(key)
+        hit = self.rename_pattern(abstract, key, indices)
         if hit is None:
             return self._rename(key)
-        return naming.Renamed(key, self._fill(hit[0], indices), hit[1], hit[2])
+        return naming.Renamed(key, fill(hit[0], indices), hit[1], hit[2])
 
-    @staticmethod
-    def _fill(name: str, indices: list[str]) -> str:
-        if not indices:
-            return name
-        parts = name.split("." + _PLACEHOLDER)
-        return parts[0] + "".join(i + p for i, p in zip(indices, parts[1:]))
+    def rename_pattern(
+        self, abstract: str, key: str, indices: list[str]
+    ) -> Optional[tuple[str, Optional[naming.Transform], Optional[int]]]:
+        """:meth:`runtime_name` of every key of one pattern at once: ``abstract`` is ``key``
+        with its ``indices`` replaced by :data:`ABSTRACT_INDEX` (see :func:`abstract_key`).
+        Returns the runtime name with placeholders where the indices go (see :func:`fill`),
+        the converter and its source index; None when keys of this pattern must be renamed one
+        by one (rules that spell digits, or a rename that drops or adds an index).
+
+        Example:
+            >>> t = table("LlamaForCausalLM")
+            >>> abstract = "model.layers" + ABSTRACT_INDEX + ".mlp.up_proj.weight"
+            >>> tpl, _, _ = t.rename_pattern(abstract, "model.layers.3.mlp.up_proj.weight", [".3"])
+            >>> fill(tpl, [".7"])
+            'model.layers.7.mlp.up_proj.weight'
+        """
+        cache = self._renames
+        if cache is None:
+            return None
+        if abstract in cache:
+            return cache[abstract]
+        r = self._rename(abstract)
+        hit: Optional[tuple[str, Optional[naming.Transform], Optional[int]]] = (
+            r.runtime,
+            r.converter,
+            r.source_index,
+        )
+        if r.runtime.count(_PLACEHOLDER) != len(indices):
+            hit = None  # an index dropped or added (fused experts): rename each key
+        cache[abstract] = hit
+        if hit is not None and fill(hit[0], indices) != self._rename(key).runtime:
+            object.__setattr__(self, "_renames", None)  # never expected; stay exact
+            return None
+        return hit
 
     def _rename(self, key: str) -> naming.Renamed:
         r = naming.rename_key(key, self.rules)

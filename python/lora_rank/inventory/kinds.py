@@ -13,6 +13,8 @@ import functools
 import re
 from typing import Optional
 
+from .. import _core
+
 #: Every module kind, in display order.
 KINDS: tuple[str, ...] = (
     "attn_q",
@@ -119,11 +121,8 @@ def match_rule(name: str) -> Optional[str]:
         >>> match_rule("bert.pooler.dense"), match_rule("model.frobnicator")
         ('other_linear', None)
     """
-    return _match_normalized(_NUMBER.sub(".0", name))
-
-
-#: Layer and expert numbers do not change a module's kind: names are classified once per shape.
-_NUMBER = re.compile(r"\.\d+(?=\.|$)")
+    # Layer and expert numbers do not change a module's kind: each pattern is matched once.
+    return _match_normalized(_core.name_patterns([name], "0")[0][0])
 
 
 @functools.lru_cache(maxsize=4096)

@@ -18,31 +18,121 @@ import functools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 from ..report import Module, Tensor
 from . import architectures, kinds, naming
 from .rules import peft_moe_table
 
 
-@dataclass
 class _Group:
     """Runtime parameters of one runtime module (or one fused parameter)."""
 
-    name: str
-    params: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    dtype: str = ""
-    keys: list[str] = field(default_factory=list)
-    fused_param: Optional[str] = None
-    num_experts: Optional[int] = None
-    #: A bare parameter or buffer (``final_logits_bias``), not a module's weight.
-    bare: bool = False
+    __slots__ = (
+        "bare", "dtype", "fused_param", "indices", "keys", "name", "num_experts", "params",
+        "template",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        fused_param: Optional[str] = None,
+        bare: bool = False,
+        template: Optional[_Template] = None,
+        indices: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.params: dict[str, tuple[int, ...]] = {}
+        self.dtype = ""
+        self.keys: list[str] = []
+        self.fused_param = fused_param
+        self.num_experts: Optional[int] = None
+        #: A bare parameter or buffer (``final_logits_bias``), not a module's weight.
+        self.bare = bare
+        #: The pattern ``name`` was made from (None: not made from a pattern), and the
+        #: indices filled into it.
+        self.template = template
+        self.indices = indices
+
+
+class _Template:
+    """A module name with its layer and expert indices as ``architectures.ABSTRACT_INDEX``:
+    what every module of the pattern shares (name pieces, where its layer index is) is worked
+    out once."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pieces = text.split(architectures.ABSTRACT_INDEX)
+        # The layer index: the value at one of the indices, or a number the name spells.
+        probe = self.pieces[0] + "".join(f".{_PROBE + i}{p}" for i, p in enumerate(self.pieces[1:]))
+        found = kinds.layer_index(probe)
+        self._layer_slot = found - _PROBE if found is not None and found >= _PROBE else None
+        self._layer = None if self._layer_slot is not None else found
+
+    def name(self, indices: Sequence[str]) -> str:
+        p = self.pieces
+        if len(p) == 2:
+            return p[0] + indices[0] + p[1]
+        return architectures.fill(self.text, list(indices))
+
+    def layer(self, indices: Sequence[str]) -> Optional[int]:
+        if self._layer_slot is not None:
+            return int(indices[self._layer_slot][1:])
+        return self._layer
+
+
+#: Stands for the i-th index (as ``_PROBE + i``) while a template's layer index is located: a
+#: number no checkpoint's layers reach.
+_PROBE = 10**15
 
 
 def _split_param(runtime: str) -> tuple[str, str]:
     module, _, leaf = runtime.rpartition(".")
     return module, leaf
+
+
+@dataclass(frozen=True)
+class _KeyPattern:
+    """Where every checkpoint key of one pattern goes: the runtime name with its indices as
+    ``architectures.ABSTRACT_INDEX``, the converter and source index, and (without converter)
+    the module name pattern, the parameter's leaf name and whether it is a bare parameter."""
+
+    runtime: str
+    converter: Optional[naming.Transform]
+    source_index: Optional[int]
+    module: _Template
+    leaf: str
+    bare: bool
+
+
+def _key_pattern(
+    by_pattern: Optional[Callable[[str, str, list[str]], Any]],
+    abstract: str,
+    key: str,
+    indices: list[str],
+) -> Optional[_KeyPattern]:
+    """The :class:`_KeyPattern` of ``key`` (with pattern ``abstract`` and ``indices``), or None
+    when its keys are renamed one by one."""
+    hit = by_pattern(abstract, key, indices) if by_pattern is not None else None
+    if hit is None:
+        return None
+    runtime, converter, source_index = hit
+    module, leaf, bare = _module_of(runtime)
+    if converter is None and module.count(architectures.ABSTRACT_INDEX) != len(indices):
+        return None
+    return _KeyPattern(runtime, converter, source_index, _Template(module), leaf, bare)
+
+
+def _module_of(runtime: str) -> tuple[str, str, bool]:
+    """Module, leaf and bareness of a runtime parameter name: a leaf other than ``weight`` or
+    ``bias`` is a bare parameter or buffer (``final_logits_bias``, ``position_ids``) with an
+    entry of its own."""
+    module, leaf = _split_param(runtime)
+    if leaf in ("weight", "bias"):
+        return module, leaf, False
+    return runtime, "weight", True
 
 
 def _name_kind(g: _Group, ndim: int) -> str:
@@ -112,31 +202,49 @@ def build_modules(
             "use analyze(..., resolve='transformers') for exact names"
         )
 
+    # Renaming runs once per key pattern (indices abstracted); each key only fills in its
+    # indices. Patterns the table cannot rename as a whole are renamed key by key.
+    by_pattern = table.rename_pattern if table is not None else None
     groups: dict[str, _Group] = {}
     fused_parts: dict[str, dict[int, list[tuple[str, tuple[int, ...]]]]] = defaultdict(
         lambda: defaultdict(list)
     )
     fused_converter: dict[str, naming.Transform] = {}
-    for t in tensors:
-        r = rename(t.name)
-        if r.converter is not None and r.source_index is not None:
-            fused_parts[r.runtime][r.source_index].append((t.name, t.shape))
-            fused_converter[r.runtime] = r.converter
-            g = groups.setdefault(r.runtime, _Group(r.runtime, fused_param=r.runtime))
-            g.keys.append(t.name)
-            g.dtype = g.dtype or t.dtype
-            continue
-        module, leaf = _split_param(r.runtime)
-        bare = leaf not in ("weight", "bias")
-        if bare:
-            # A bare parameter or buffer (``final_logits_bias``, ``position_ids``): own entry.
-            module, leaf = r.runtime, "weight"
-        g = groups.setdefault(module, _Group(module, bare=bare))
+    abstracts, pattern_of, all_indices = architectures.abstract_keys([t.name for t in tensors])
+    unseen = object()
+    plans: list[Any] = [unseen] * len(abstracts)
+    for t, number, indices in zip(tensors, pattern_of, all_indices):
+        kp = plans[number]
+        if kp is unseen:
+            kp = plans[number] = _key_pattern(by_pattern, abstracts[number], t.name, indices)
+        if kp is not None and kp.converter is None:
+            template: Optional[_Template] = kp.module
+            module, leaf, bare = kp.module.name(indices), kp.leaf, kp.bare
+        else:
+            r = (
+                rename(t.name)
+                if kp is None
+                else naming.Renamed(
+                    t.name, architectures.fill(kp.runtime, indices), kp.converter, kp.source_index
+                )
+            )
+            if r.converter is not None and r.source_index is not None:
+                fused_parts[r.runtime][r.source_index].append((t.name, t.shape))
+                fused_converter[r.runtime] = r.converter
+                g = groups.setdefault(r.runtime, _Group(r.runtime, fused_param=r.runtime))
+                g.keys.append(t.name)
+                g.dtype = g.dtype or t.dtype
+                continue
+            module, leaf, bare = _module_of(r.runtime)
+            template = None
+        found = groups.get(module)
+        if found is None:
+            found = groups[module] = _Group(module, bare=bare, template=template, indices=indices)
+        g = found
         g.params[leaf] = t.shape
         g.keys.append(t.name)
-        if leaf == "weight":
+        if leaf == "weight" or not g.dtype:
             g.dtype = t.dtype
-        g.dtype = g.dtype or t.dtype
 
     for runtime, parts in fused_parts.items():
         g = groups[runtime]
@@ -157,19 +265,24 @@ def build_modules(
     modules: list[Module] = []
     unclassified: list[str] = []
     guessed: list[str] = []
+    #: Table answers per module name pattern (those naming a target parameter are per module).
+    resolved: dict[tuple[Any, ...], Optional[architectures.ResolvedModule]] = {}
     for g in groups.values():
         weight = g.params.get("weight") or g.params.get("bias") or ()
         ndim = len(weight)
         exact = None
         if table is not None:
-            leaves = [] if g.fused_param else list(g.params)
-            exact = architectures.resolve_module(
-                table,
-                g.name,
-                leaves,
-                functools.partial(_name_kind, g, ndim),
-                bare=g.bare or g.fused_param is not None,
-            )
+            leaves = () if g.fused_param else tuple(g.params)
+            bare = g.bare or g.fused_param is not None
+            key = (g.template, leaves, bare, g.name == table.output_embedding, ndim)
+            if g.template is not None and key in resolved:
+                exact = resolved[key]
+            else:
+                exact = architectures.resolve_module(
+                    table, g.name, list(leaves), functools.partial(_name_kind, g, ndim), bare=bare
+                )
+                if g.template is not None and (exact is None or exact.parameter is None):
+                    resolved[key] = exact
         in_f = out_f = None
         parameter = module_class = None
         if exact is not None:
@@ -192,24 +305,26 @@ def build_modules(
             )
             if kind == "other_linear" and kinds.match_rule(g.name) is None:
                 unclassified.append(g.name)
+        params = g.params
+        tpl = g.template
         modules.append(
             Module(
-                name=g.name,
-                kind=kind,
-                layer=kinds.layer_index(g.name),
-                in_features=in_f,
-                out_features=out_f,
-                shape=tuple(weight),
-                dtype=g.dtype,
-                params=sum(math.prod(s) for s in g.params.values()),
-                is_lora_target=is_target,
-                checkpoint_keys=tuple(g.keys),
-                parameter=parameter,
-                num_experts=g.num_experts,
-                module_class=module_class,
+                g.name,
+                kind,
+                tpl.layer(g.indices) if tpl is not None else kinds.layer_index(g.name),
+                in_f,
+                out_f,
+                tuple(weight),
+                g.dtype,
+                math.prod(weight) if len(params) == 1 else sum(map(math.prod, params.values())),
+                is_target,
+                tuple(g.keys),
+                parameter,
+                g.num_experts,
+                module_class,
             )
         )
-    modules.sort(key=lambda m: naming.natural_key(m.name))
+    modules = naming.natural_sorted(modules, lambda m: m.name)
     if table is None:
         what = (
             f"{archs[0] or model_type!r} is none of transformers "
@@ -223,7 +338,7 @@ def build_modules(
             "use analyze(..., resolve='transformers') for exact ones"
         )
     elif guessed:
-        guessed.sort(key=naming.natural_key)
+        guessed = naming.natural_sorted(guessed, str)
         shown = ", ".join(guessed[:5]) + (" ..." if len(guessed) > 5 else "")
         warnings.append(
             f"{len(guessed)} module(s) not in the architecture table of {table.class_name} "

@@ -14,10 +14,14 @@ import functools
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
+from .. import _core
 from .rules import conversion_mapping, versions
+
+T = TypeVar("T")
 
 #: Transform classes whose renaming is the generic one of ``WeightTransform``.
 _GENERIC = {"WeightRenaming", "PrefixChange", "WeightConverter"}
@@ -178,15 +182,16 @@ def rename_key(key: str, rules: Rules) -> Renamed:
     return Renamed(key, name)
 
 
-def natural_key(key: str) -> list[Any]:
-    """Sort key that orders ``layers.2`` before ``layers.10``.
+def natural_sorted(items: Sequence[T], name: Callable[[T], str]) -> list[T]:
+    """``items`` sorted by ``name(item)`` in natural order: names compared part by part (split
+    at dots), parts of ASCII digits by value and before words, so ``layers.2`` comes before
+    ``layers.10`` (stable; the order is computed in Rust, ``_core.natural_order``).
 
     Example:
-        >>> sorted(["h.10.x", "h.2.x", "h.norm"], key=natural_key)
+        >>> natural_sorted(["h.10.x", "h.2.x", "h.norm"], str)
         ['h.2.x', 'h.10.x', 'h.norm']
     """
-    # Numbers sort before words at the same position (never compared with them).
-    return [(0, int(p), "") if p.isdecimal() else (1, 0, p) for p in key.split(".")]
+    return [items[i] for i in _core.natural_order([name(item) for item in items])]
 
 
 def fused_shape(
@@ -204,8 +209,7 @@ def fused_shape(
         (2, 16, 4)
     """
     groups = [
-        [shape for _, shape in sorted(parts[i], key=lambda p: natural_key(p[0]))]
-        for i in sorted(parts)
+        [shape for _, shape in natural_sorted(parts[i], lambda p: p[0])] for i in sorted(parts)
     ]
     shapes: list[tuple[int, ...]] = []
     merged = False

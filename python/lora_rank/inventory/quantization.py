@@ -275,15 +275,16 @@ def _ct_schemes(qc: dict[str, Any], where: str) -> _CtSchemes:
 
 
 def _signature_warning(tensors: list[Tensor]) -> list[str]:
-    for t in tensors:
-        for suffix, family in _SIGNATURES.items():
-            if t.name.endswith(suffix):
-                return [
-                    f"tensor {t.name} looks {family}-quantized, but config.json has no "
-                    "quantization_config: lora_rank does not guess the format, so the "
-                    "inventory shows the stored tensors as they are"
-                ]
-    return []
+    suffixes = tuple(_SIGNATURES)
+    found = next((t.name for t in tensors if t.name.endswith(suffixes)), None)
+    if found is None:
+        return []
+    family = next(f for suffix, f in _SIGNATURES.items() if found.endswith(suffix))
+    return [
+        f"tensor {found} looks {family}-quantized, but config.json has no "
+        "quantization_config: lora_rank does not guess the format, so the "
+        "inventory shows the stored tensors as they are"
+    ]
 
 
 class _Malformed(Exception):

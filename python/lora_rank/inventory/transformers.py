@@ -170,8 +170,7 @@ def build_modules_from_model(
                 module_class=cls_name,
             )
         )
-    modules.sort(key=lambda m: naming.natural_key(m.name))
-    return modules, warnings
+    return naming.natural_sorted(modules, lambda m: m.name), warnings
 
 
 def _is_linear(mod: Any) -> bool:

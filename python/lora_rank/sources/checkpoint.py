@@ -46,10 +46,7 @@ class Checkpoint:
         config: Optional[dict[str, Any]] = None
         if raw["config_json"] is not None:
             config = parse_config(raw["config_json"], os.path.join(raw["root"], "config.json"))
-        tensors = [
-            Tensor(name, dtype, tuple(shape), shard, begin, end)
-            for name, dtype, shape, shard, begin, end in raw["tensors"]
-        ]
+        tensors = Tensor.from_rows(raw["tensors"])
         shards = [s["path"] for s in raw["shards"]]
         return cls(raw["root"], shards, tensors, config, remote_shards)
 

@@ -384,25 +384,44 @@ pub fn shard_names_of(weight_map: &WeightMap) -> Vec<String> {
 /// the path (used by [`open`] and by fuzzing).
 pub fn parse_index_json(bytes: &[u8]) -> std::result::Result<WeightMap, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 ({e})"))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
-    if !value.is_object() {
-        return Err("not a JSON object".into());
+    /// What a well-formed index holds (read straight into the map; anything else is read
+    /// again as JSON values to say what is wrong).
+    #[derive(serde::Deserialize)]
+    struct IndexFile {
+        weight_map: WeightMap,
     }
-    let Some(Value::Object(map)) = value.get("weight_map") else {
-        return Err("missing \"weight_map\" object".into());
+    let weight_map = match serde_json::from_str::<IndexFile>(text) {
+        Ok(index) => index.weight_map,
+        Err(e) => return Err(index_problem(text, &e)),
     };
-    let mut weight_map = WeightMap::new();
-    for (tensor, shard) in map {
-        let Value::String(shard) = shard else {
-            return Err(format!("shard of tensor {tensor:?} is not a string"));
-        };
-        check_shard_name(shard)?;
-        weight_map.insert(tensor.clone(), shard.clone());
+    let mut checked: HashSet<&str> = HashSet::new();
+    for shard in weight_map.values() {
+        if checked.insert(shard) {
+            check_shard_name(shard)?;
+        }
     }
     if weight_map.is_empty() {
         return Err("\"weight_map\" is empty".into());
     }
     Ok(weight_map)
+}
+
+/// Why `text` is not an index with a `weight_map` of tensor → shard name strings.
+fn index_problem(text: &str, typed: &serde_json::Error) -> String {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return format!("not valid JSON ({e})"),
+    };
+    if !value.is_object() {
+        return "not a JSON object".into();
+    }
+    let Some(Value::Object(map)) = value.get("weight_map") else {
+        return "missing \"weight_map\" object".into();
+    };
+    match map.iter().find(|(_, shard)| !shard.is_string()) {
+        Some((tensor, _)) => format!("shard of tensor {tensor:?} is not a string"),
+        None => format!("not a valid index ({typed})"),
+    }
 }
 
 /// A shard name must stay inside the checkpoint directory: relative, no `..`.
@@ -513,10 +532,10 @@ fn cross_check_index(index_path: &Path, weight_map: &WeightMap, shards: &[Shard]
             format!("tensor {name:?} is stored in two shards, {first} and {second}"),
         ));
     }
-    let mut found: HashSet<&str> = HashSet::new();
+    let mut stored = 0;
     for s in shards {
         for t in &s.header.tensors {
-            found.insert(&t.name);
+            stored += 1;
             match weight_map.get(&t.name) {
                 None => {
                     return Err(Error::index(
@@ -540,6 +559,15 @@ fn cross_check_index(index_path: &Path, weight_map: &WeightMap, shards: &[Shard]
             }
         }
     }
+    // Every stored tensor is listed once (names are unique across shards): the map lists more
+    // only when some listed tensor is absent.
+    if weight_map.len() == stored {
+        return Ok(());
+    }
+    let found: HashSet<&str> = shards
+        .iter()
+        .flat_map(|s| s.header.tensors.iter().map(|t| t.name.as_str()))
+        .collect();
     for (tensor, shard) in weight_map {
         if !found.contains(tensor.as_str()) {
             return Err(Error::index(

@@ -110,6 +110,91 @@ impl Entry {
     }
 }
 
+/// The fields of one tensor entry, read in one pass (no untagged buffering of the entry):
+/// the three known fields as JSON values, the first unexpected field and the first repeated
+/// field in file order, or that the entry is not an object.
+#[derive(Default)]
+struct TensorFields {
+    dtype: Option<Value>,
+    shape: Option<Value>,
+    offsets: Option<Value>,
+    extra: Vec<String>,
+    duplicate: Option<String>,
+    not_object: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for TensorFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(TensorFieldsVisitor)
+    }
+}
+
+struct TensorFieldsVisitor;
+
+impl TensorFieldsVisitor {
+    fn not_object<E>() -> std::result::Result<TensorFields, E> {
+        Ok(TensorFields {
+            not_object: true,
+            ..TensorFields::default()
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for TensorFieldsVisitor {
+    type Value = TensorFields;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a tensor entry")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<TensorFields, A::Error> {
+        let mut out = TensorFields::default();
+        while let Some(key) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value: Value = m.next_value()?;
+            let slot = match key.as_ref() {
+                "dtype" => &mut out.dtype,
+                "shape" => &mut out.shape,
+                "data_offsets" => &mut out.offsets,
+                other => {
+                    if out.extra.iter().any(|e| e == other) {
+                        out.duplicate.get_or_insert_with(|| other.to_string());
+                    } else {
+                        out.extra.push(other.to_string());
+                    }
+                    continue;
+                }
+            };
+            if slot.replace(value).is_some() {
+                out.duplicate.get_or_insert_with(|| key.into_owned());
+            }
+        }
+        Ok(out)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut s: A,
+    ) -> std::result::Result<TensorFields, A::Error> {
+        while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Self::not_object()
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<TensorFields, E> {
+        Self::not_object()
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<TensorFields, E> {
+        Self::not_object()
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<TensorFields, E> {
+        Self::not_object()
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<TensorFields, E> {
+        Self::not_object()
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<TensorFields, E> {
+        Self::not_object()
+    }
+    fn visit_unit<E>(self) -> std::result::Result<TensorFields, E> {
+        Self::not_object()
+    }
+}
+
 /// Tensors and metadata of a header, before the layout check.
 #[derive(Default)]
 struct Entries {
@@ -145,12 +230,14 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
                 m.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             }
-            let entry: Entry = m.next_value()?;
             let step = if name != "__metadata__" {
-                parse_tensor(name, entry).map(|t| out.tensors.push(t))
+                let fields: TensorFields = m.next_value()?;
+                parse_tensor(name, fields).map(|t| out.tensors.push(t))
             } else if std::mem::replace(&mut out.has_metadata, true) {
+                m.next_value::<serde::de::IgnoredAny>()?;
                 Err("duplicate entry \"__metadata__\"".to_string())
             } else {
+                let entry: Entry = m.next_value()?;
                 parse_metadata(entry).map(|md| out.metadata = md)
             };
             if let Err(msg) = step {
@@ -219,18 +306,21 @@ fn parse_metadata(entry: Entry) -> std::result::Result<Option<BTreeMap<String, S
         .map(Some)
 }
 
-fn parse_tensor(name: String, entry: Entry) -> std::result::Result<TensorInfo, String> {
-    let Some(mut fields) = entry.into_fields(&format!("tensor {name:?}"))? else {
+fn parse_tensor(name: String, fields: TensorFields) -> std::result::Result<TensorInfo, String> {
+    if fields.not_object {
         return Err(format!("tensor {name:?}: entry is not an object"));
-    };
-    let dtype_name = match fields.remove("dtype") {
+    }
+    if let Some(k) = fields.duplicate {
+        return Err(format!("tensor {name:?}: duplicate field {k:?}"));
+    }
+    let dtype_name = match fields.dtype {
         Some(Value::String(s)) => s,
         Some(_) => return Err(format!("tensor {name:?}: dtype is not a string")),
         None => return Err(format!("tensor {name:?}: missing dtype")),
     };
     let dtype = Dtype::parse(&dtype_name)
         .ok_or_else(|| format!("tensor {name:?}: unknown dtype {dtype_name:?}"))?;
-    let shape = match fields.remove("shape") {
+    let shape = match fields.shape {
         Some(Value::Array(dims)) => dims
             .iter()
             .map(|d| {
@@ -242,7 +332,7 @@ fn parse_tensor(name: String, entry: Entry) -> std::result::Result<TensorInfo, S
         Some(_) => return Err(format!("tensor {name:?}: shape is not a list")),
         None => return Err(format!("tensor {name:?}: missing shape")),
     };
-    let offsets = match fields.remove("data_offsets") {
+    let offsets = match fields.offsets {
         Some(Value::Array(o)) if o.len() == 2 => o
             .iter()
             .map(|x| {
@@ -258,7 +348,8 @@ fn parse_tensor(name: String, entry: Entry) -> std::result::Result<TensorInfo, S
         }
         None => return Err(format!("tensor {name:?}: missing data_offsets")),
     };
-    if let Some(extra) = fields.keys().next() {
+    // The alphabetically first, as the map the entry was read into before reported it.
+    if let Some(extra) = fields.extra.iter().min() {
         return Err(format!("tensor {name:?}: unexpected field {extra:?}"));
     }
     let (begin, end) = (offsets[0], offsets[1]);

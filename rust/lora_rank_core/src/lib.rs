@@ -4,6 +4,7 @@
 //! - [`header`]: safetensors header parsing and validation;
 //! - [`dtype`]: dtypes and block decoding to `f32`;
 //! - [`io`]: positioned reads that turn truncation into errors, never SIGBUS;
+//! - [`names`]: layer and expert indices of parameter names, name patterns, natural order;
 //! - [`quant`]: dequantization of FP8 block-scaled, GPTQ and AWQ weights while streaming;
 //! - [`spectral`]: streaming randomized / exact singular values and spectral statistics.
 //!
@@ -14,6 +15,7 @@ pub mod dtype;
 pub mod error;
 pub mod header;
 pub mod io;
+pub mod names;
 pub mod quant;
 pub mod spectral;
 

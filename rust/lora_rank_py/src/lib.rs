@@ -9,7 +9,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use lora_rank_core::{checkpoint, quant, spectral, Dtype, Error};
+use lora_rank_core::{checkpoint, names, quant, spectral, Dtype, Error};
 
 create_exception!(
     lora_rank,
@@ -135,6 +135,30 @@ fn checkpoint_from_headers<'py>(
         })?
         .map_err(to_pyerr)?;
     checkpoint_dict(py, &ckpt)
+}
+
+/// `(patterns, pattern_of, indices)` of `names`: each name's layer and expert indices (parts of
+/// ASCII digits after the first, with their dot) replaced by `.{placeholder}`; the distinct
+/// patterns in the order first seen, each name's pattern number and its indices.
+#[pyfunction]
+fn name_patterns(
+    names: Vec<String>,
+    placeholder: &str,
+) -> (Vec<String>, Vec<usize>, Vec<Vec<String>>) {
+    let p = names::name_patterns(&names, placeholder);
+    let indices = p
+        .indices
+        .iter()
+        .map(|i| i.iter().map(|s| s.to_string()).collect())
+        .collect();
+    (p.patterns, p.pattern_of, indices)
+}
+
+/// The permutation that sorts `names` in natural order (parts split at dots; parts of ASCII
+/// digits by value, before words; stable).
+#[pyfunction]
+fn natural_order(names: Vec<String>) -> Vec<usize> {
+    names::natural_order(&names)
 }
 
 /// The JSON length announced by the first bytes of a safetensors file of `file_len` bytes
@@ -565,6 +589,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(checkpoint_from_headers, m)?)?;
     m.add_function(wrap_pyfunction!(header_length, m)?)?;
     m.add_function(wrap_pyfunction!(parse_index, m)?)?;
+    m.add_function(wrap_pyfunction!(name_patterns, m)?)?;
+    m.add_function(wrap_pyfunction!(natural_order, m)?)?;
     m.add_function(wrap_pyfunction!(read_matrix, m)?)?;
     Ok(())
 }
