@@ -5,6 +5,10 @@ budget? (benches/README.md "Recommendation quality"; design and decision rule in
     python benches/quality/run.py --quick               # smoke run, a few minutes (no screen)
     python benches/quality/run.py --stage lr|train|screen|tables [--shard i/n] ...
 
+The learning-rate check (``--stage lr``) trains all-linear at the budget of r=4 for every lr in
+``LRS`` and seeds 0 and 1; a task's training lr is the one with the lowest validation NLL
+averaged over the two seeds (``FIXED_LR`` overrides it: BBC stays at 2e-3, DECISION.md).
+
 Runs append to ``benches/results/quality/runs.jsonl`` (one JSON line per run; a run already
 there is skipped, so an interrupted grid resumes); ``tables`` writes
 ``benches/results/quality/tables.md``.
@@ -29,8 +33,13 @@ import train
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality"
 RUNS = RESULTS / "runs.jsonl"
-#: DECISION.md amendment 2: only the pilot's 2e-3 (5e-3 was cut for compute).
-LRS = (2e-3,)
+#: The learning-rate check's grid (DECISION.md amendment 6; amendment 2 had cut it to 2e-3).
+LRS = (1e-3, 2e-3, 5e-3)
+#: Tasks whose training lr is fixed (amendment 2: BBC trained every arm and budget at the
+#: pilot's 2e-3 before the check ran; the check is reported for it, not applied).
+FIXED_LR = {"bbc": 2e-3}
+#: The check runs at the budget of all-linear r=4; its choice applies to every budget of a task.
+LR_R = 4
 EPOCHS = 3
 SEEDS = (0, 1, 2, 3, 4)
 LR_SEEDS = (0, 1)
@@ -52,10 +61,11 @@ def run_one(stage: str, task: str, arm: str, r: int, lr: float, seed: int, epoch
     runs = done()
     if k in runs:
         return
-    twin = key("lr", task, arm, r, lr, seed, epochs)
-    if stage == "train" and twin in runs:
-        # The learning-rate run of all-linear at this lr and seed is this very run.
-        row = {**runs[twin], "key": k, "stage": "train", "reused": twin}
+    # The learning-rate run of all-linear at an lr and seed and its training run are the same
+    # function with the same arguments: whichever ran first is recorded for the other too.
+    twin = key("train" if stage == "lr" else "lr", task, arm, r, lr, seed, epochs)
+    if stage in ("lr", "train") and twin in runs:
+        row = {**runs[twin], "key": k, "stage": stage, "reused": twin}
         with RUNS.open("a") as f:
             f.write(json.dumps(row) + "\n")
         return
@@ -84,10 +94,10 @@ def run_one(stage: str, task: str, arm: str, r: int, lr: float, seed: int, epoch
 
 
 def chosen_lr(task: str, r: int, epochs: int, seeds: tuple[int, ...] = LR_SEEDS) -> float:
-    if len(LRS) == 1:
-        # Nothing to choose (DECISION.md amendment 2 fixed the rate): every budget uses it,
-        # including those with no learning-rate runs (r=8, amendment 3).
-        return LRS[0]
+    """The training lr of ``task``: fixed (``FIXED_LR``), else the lr of the check (all-linear at
+    budget ``r``) with the lowest validation NLL averaged over ``seeds``."""
+    if task in FIXED_LR:
+        return FIXED_LR[task]
     rows = [
         v
         for v in done().values()
@@ -141,19 +151,24 @@ def main() -> None:
 
         for t in tasks:
             screen.screen(t)
+    lr_r = a.r[0] if a.quick else LR_R
     if a.stage in ("all", "lr"):
-        jobs = [(t, r, lr, s) for t in tasks for r in a.r for lr in LRS for s in LR_SEEDS]
+        # Seed-major: every lr at seed 0, then every lr at seed 1.
+        jobs = [(t, lr, s) for t in tasks for s in LR_SEEDS for lr in LRS]
         if a.quick:
-            jobs = [(tasks[0], 2, LRS[0], 0)]
-        for t, r, lr, s in jobs[i::n]:
-            run_one("lr", t, "all-linear", r, lr, s, a.epochs)
+            jobs = [(tasks[0], FIXED_LR.get(tasks[0], LRS[0]), 0)]
+        for t, lr, s in jobs[i::n]:
+            if a.until and _past(a.until):
+                print(f"--until {a.until} UTC: not starting lr {t}/lr{lr:g}/s{s}", flush=True)
+                break
+            run_one("lr", t, "all-linear", lr_r, lr, s, a.epochs)
     if a.stage in ("all", "train"):
         jobs = [(t, r, arm, s) for t in tasks for r in a.r for s in a.seeds for arm in a.arms]
         for t, r, arm, s in jobs[i::n]:
             if a.until and _past(a.until):
                 print(f"--until {a.until} UTC: not starting {t}/{arm}/r{r}/s{s}", flush=True)
                 break
-            lr = chosen_lr(t, r, a.epochs, (0,) if a.quick else LR_SEEDS)
+            lr = chosen_lr(t, lr_r, a.epochs, (0,) if a.quick else LR_SEEDS)
             run_one("train", t, arm, r, lr, s, a.epochs)
     if a.stage in ("all", "tables"):
         import tables
