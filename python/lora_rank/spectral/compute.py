@@ -50,7 +50,10 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   resolves to ~20% only.)
 - **spectrum_snr**: Spectrum's (Hartford et al. 2024) SNR as its spectrum.py codes it:
   σ = IQR(S)/1.349, τ = σ(1 + √(N/M)), ΣS[S>τ]/ΣS[S≤τ] divided by S[0] (scale-dependent;
-  its "noise := 1" rule also where it would divide by zero, so never inf). **mp_snr**:
+  its "noise := 1" rule also where it would divide by zero, so never inf). It is
+  ill-conditioned by definition (a 1% move of one quartile moves it by 5–120% on the bench
+  matrices), so the randomized estimate is off by 10–20% typically and far more where τ falls
+  near σ_min: use ``method="exact"`` to reproduce Spectrum's own number. **mp_snr**:
   Σσ above the MP edge / Σσ below it (scale-invariant, denominator floored at f32 rounding).
 - **pl_alpha, pl_xmin**: WeightWatcher's ``WWFit`` (its default since 0.7) on the eigenvalues
   above 1e-5: for each candidate x_min the continuous MLE α and the KS distance, least D wins.
