@@ -18,14 +18,6 @@ from lora_rank.spectral.compute import compute_spectra
 from lora_rank.spectral.settings import SpectralSettings
 
 
-def _mp_median(y: float) -> float:
-    a, b = (1 - math.sqrt(y)) ** 2, (1 + math.sqrt(y)) ** 2
-    th = (np.arange(100000) + 0.5) * math.pi / 100000
-    x = a + (b - a) * (1 - np.cos(th)) / 2
-    f = ((b - a) / 2 * np.sin(th)) ** 2 / (2 * math.pi * y * x)
-    return float(np.interp(0.5, np.cumsum(f) / f.sum(), x))
-
-
 def _oracle(a: np.ndarray) -> dict[str, float]:
     """The statistics from numpy's float64 singular values, written from their definitions."""
     rows, cols = a.shape
@@ -42,13 +34,14 @@ def _oracle(a: np.ndarray) -> dict[str, float]:
     tau = (q75 - q25) / 1.349 * (1 + math.sqrt(small / big))  # Spectrum's spectrum.py
     noise = sv[sv <= tau].sum()
     out["spectrum_snr"] = sv[sv > tau].sum() / (noise if noise > 0 else 1.0) / sv[0]
-    med = _mp_median(small / big)
+    # Marchenko–Pastur by the bulk's mean eigenvalue s²·M (M = max(rows, cols)): the k values
+    # above the edge s(√M + √N) taken out of Σλ until k settles.
     spikes = 0
-    for _ in range(20):
-        s2 = float(np.median(lam[spikes:])) / (big * med)
+    while True:
+        s2 = (cum[-1] - lam[:spikes].sum()) / (big * (small - spikes))
         edge2 = s2 * (math.sqrt(big) + math.sqrt(small)) ** 2
-        nxt = int((lam > edge2).sum())
-        if nxt == spikes:
+        nxt = min(int((lam > edge2).sum()), small - 1)
+        if nxt <= spikes:
             break
         spikes = nxt
     out.update(mp_edge=math.sqrt(edge2), mp_spikes=spikes)
@@ -117,8 +110,7 @@ def test_minilm_exact_shape_equals_numpy(
             if k.startswith("energy_rank") or k == "mp_spikes":
                 assert ours[k] == w, (key, k)
             else:
-                # mp_edge: the MP median is a numerical integral (2048 steps in the engine).
-                assert ours[k] == pytest.approx(w, rel=1e-4 if k == "mp_edge" else 1e-5), (key, k)
+                assert ours[k] == pytest.approx(w, rel=1e-5), (key, k)
         assert got[key].converged and got[key].iterations == 1
         checked += 1
     assert checked >= 38
@@ -145,9 +137,10 @@ def test_minilm_randomized_energy_ranks_within_bounds(
     for k, e in errs.items():
         # The issue's bounds: 3% median, 8% worst.
         assert statistics.median(e) <= 0.03 and max(e) <= 0.08, (k, statistics.median(e), max(e))
-    # The MP edge (median-based fit) is NOT within the issue's 5% in randomized mode: the
-    # quadrature resolves the bulk's median to a few % only (benches/README.md, "Spectral
-    # shape"); only the exact twin is held to numpy (test above).
+    # The MP fit is NOT held to the issue's 5% / ±2 on MiniLM in randomized mode: most of its
+    # attention matrices have 60-210 of 384 values above the edge, i.e. the edge falls deep
+    # in the bulk, where the quadrature's count is good to a few % only (benches/README.md,
+    # "Spectral shape"); only the exact twin is held to numpy (test above).
 
 
 def test_minilm_pl_alpha_matches_weightwatcher_fit(
@@ -204,8 +197,10 @@ def test_llm_like_bf16_matrix_energy_ranks(tmp_path: Path) -> None:
         want = _oracle(stored)
         for k in ("energy_rank_90", "energy_rank_95", "energy_rank_99"):
             assert abs(d[k] - want[k]) <= 0.03 * want[k], (m, n, k, d[k], want[k])
-        # The MP edge: within 10% here (not the issue's 5%; see the MiniLM test).
-        assert d["mp_edge"] == pytest.approx(want["mp_edge"], rel=0.10)
+        # The MP fit (bulk mean from ‖W‖_F² minus the spikes) on its converged spikes: the
+        # issue's 5% and ±2.
+        assert d["mp_edge"] == pytest.approx(want["mp_edge"], rel=0.05), (m, n)
+        assert abs(d["mp_spikes"] - want["mp_spikes"]) <= 2, (m, n, d["mp_spikes"], want)
         top = np.linalg.svd(stored, compute_uv=False)[:32]
         assert np.max(np.abs(np.array(d["singular_values"]) - top) / top) < 1e-2
 

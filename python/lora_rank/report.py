@@ -88,8 +88,9 @@ class Spectrum:
     Whole-spectrum statistics (exact in ``"exact"`` mode; from the solver's block Gauss
     quadrature density in ``"randomized"`` mode): ``energy_rank_stderr`` (standard errors of
     the three energy ranks), ``sv_quantiles`` (25/50/75% of all singular values),
-    ``mp_sigma`` / ``mp_edge`` / ``mp_spikes`` (Marchenko–Pastur noise scale, bulk edge in
-    singular values, values above it), ``spectrum_snr`` (Spectrum's SNR as its spectrum.py
+    ``mp_sigma`` / ``mp_edge`` / ``mp_spikes`` (Marchenko–Pastur noise scale s, fitted to the
+    bulk's mean eigenvalue s²·max(rows, cols) with the spikes taken out of ‖W‖_F²; bulk edge
+    s(√rows + √cols) in singular values; values above it), ``spectrum_snr`` (Spectrum's SNR as its spectrum.py
     computes it, scale-dependent), ``mp_snr`` (Σσ above the MP edge / Σσ below it,
     scale-invariant), ``pl_alpha`` / ``pl_xmin`` (WeightWatcher-style power-law fit of the
     eigenvalues). ``iterations`` (passes over the matrix), ``converged`` (a stopping rule was

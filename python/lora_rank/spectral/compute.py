@@ -40,12 +40,20 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
 - **energy_rank_90/95/99**: smallest r with Σᵢ≤ᵣ σᵢ² ≥ share·‖W‖_F² (``energy_rank_exact``:
   exact mode, or reached within the converged top-k). Measured against float64 SVD on MiniLM
   and on LLM-shaped bf16 matrices: benches/README.md ("Spectral shape").
-- **mp_sigma, mp_edge, mp_spikes**: Marchenko–Pastur fit: the noise scale s from the median of
-  the bulk (λ_med = s²·M·median_MP(N/M), M = max(rows, cols)), iterated with the values above
-  the edge s(√M + √N) removed until their count settles.
+- **mp_sigma, mp_edge, mp_spikes**: Marchenko–Pastur fit by the bulk's *mean* eigenvalue: an
+  M × N noise matrix (M = max(rows, cols), N = min) of entry variance s² has eigenvalues of
+  mean s²·M, so with the k largest taken as spikes s² = (‖W‖_F² − Σᵢ≤ₖ σᵢ²)/(M·(N − k)); the
+  edge is s(√M + √N) and k the count of σ above it, iterated from k = 0 until k settles. Only
+  the exact ‖W‖_F² and the values above the edge enter (no quantile of the bulk), so in
+  randomized mode the converged Ritz values determine it whenever the spikes are among them.
+  (Until issue 14's accuracy work the fit used the bulk's median, which the quadrature
+  resolves to ~20% only.)
 - **spectrum_snr**: Spectrum's (Hartford et al. 2024) SNR as its spectrum.py codes it:
   σ = IQR(S)/1.349, τ = σ(1 + √(N/M)), ΣS[S>τ]/ΣS[S≤τ] divided by S[0] (scale-dependent;
-  its "noise := 1" rule also where it would divide by zero, so never inf). **mp_snr**:
+  its "noise := 1" rule also where it would divide by zero, so never inf). It is
+  ill-conditioned by definition (a 1% move of one quartile moves it by 5–120% on the bench
+  matrices), so the randomized estimate is off by 10–20% typically and far more where τ falls
+  near σ_min: use ``method="exact"`` to reproduce Spectrum's own number. **mp_snr**:
   Σσ above the MP edge / Σσ below it (scale-invariant, denominator floored at f32 rounding).
 - **pl_alpha, pl_xmin**: WeightWatcher's ``WWFit`` (its default since 0.7) on the eigenvalues
   above 1e-5: for each candidate x_min the continuous MLE α and the KS distance, least D wins.

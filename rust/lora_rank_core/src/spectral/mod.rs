@@ -1010,12 +1010,14 @@ mod tests {
                     e.shape.energy_ranks
                 );
             }
-            assert!((r.shape.mp_edge / e.shape.mp_edge - 1.0).abs() < 0.05);
-            // Not asserted to the issue's ±2 / 5%: the quadrature resolves the median and the
-            // quartiles of the bulk to a few % only, and Spectrum's threshold τ sits inside the
-            // bulk, so its SNR moves by up to 2× (benches/README.md, "Accuracy"). Finite, though.
+            // The MP fit uses ‖W‖_F² and the values above the edge only (the converged Ritz
+            // values here): the 5% / ±2, with room.
+            assert!((r.shape.mp_edge / e.shape.mp_edge - 1.0).abs() < 0.01);
+            assert!(r.shape.mp_spikes.abs_diff(e.shape.mp_spikes) <= 2);
+            // Not asserted to the 5%: Spectrum's τ comes from the quartiles of the
+            // bulk, which the quadrature resolves to a few % only, and the SNR moves by up to 2×
+            // with them (benches/README.md, "Accuracy"). Finite, though.
             assert!(r.shape.spectrum_snr.is_finite() && r.shape.mp_snr.is_finite());
-            assert!(r.shape.mp_spikes.abs_diff(e.shape.mp_spikes) <= 8);
             assert!((r.shape.pl_alpha - e.shape.pl_alpha).abs() < 0.1);
         }
     }

@@ -209,7 +209,8 @@ pub struct Shape {
     /// 25%, 50%, 75% quantiles of the N singular values (linear interpolation, as
     /// numpy/torch `quantile`).
     pub sv_quantiles: [f64; 3],
-    /// Marchenko–Pastur noise scale s (per-element standard deviation of the noise).
+    /// Marchenko–Pastur noise scale s (per-element standard deviation of the noise), from
+    /// the bulk's mean eigenvalue ([`mp_fit`]).
     pub mp_sigma: f64,
     /// Marchenko–Pastur bulk edge in singular values, s·(√rows + √cols).
     pub mp_edge: f64,
@@ -236,7 +237,7 @@ pub fn shape(lam: &[f64], frob_sq: f64, rows: usize, cols: usize) -> Shape {
     asc.reverse();
     let q = |p: f64| quantile_sorted(&asc, p);
     let sv_quantiles = [q(0.25), q(0.5), q(0.75)];
-    let (mp_sigma, mp_edge, mp_spikes) = mp_fit(lam, rows, cols);
+    let (mp_sigma, mp_edge, mp_spikes) = mp_fit(lam, frob_sq, rows, cols);
     let (pl_alpha, pl_xmin) = power_law_fit(lam);
     Shape {
         energy_ranks,
@@ -275,64 +276,32 @@ pub fn quantile_sorted(x: &[f64], p: f64) -> f64 {
     x[lo] + (pos - lo as f64) * (x[hi] - x[lo])
 }
 
-/// Median of the Marchenko–Pastur law of ratio y = N/M ∈ (0, 1] (eigenvalues of XᵀX/M for an
-/// M × N matrix X of unit-variance entries): density √((b−x)(x−a))/(2πyx) on
-/// [a, b] = [(1−√y)², (1+√y)²], integrated with x = a + (b−a)(1−cos θ)/2.
-pub fn mp_median(y: f64) -> f64 {
-    let y = y.clamp(1e-9, 1.0);
-    let (a, b) = ((1.0 - y.sqrt()).powi(2), (1.0 + y.sqrt()).powi(2));
-    let steps = 2048;
-    let h = std::f64::consts::PI / steps as f64;
-    let x_at = |th: f64| a + (b - a) * (1.0 - th.cos()) / 2.0;
-    let f = |th: f64| {
-        let r = (b - a) / 2.0 * th.sin();
-        r * r / (2.0 * std::f64::consts::PI * y * x_at(th))
-    };
-    let total: f64 = (0..steps).map(|i| f((i as f64 + 0.5) * h) * h).sum();
-    let mut cum = 0.0;
-    for i in 0..steps {
-        let d = f((i as f64 + 0.5) * h) * h / total;
-        if cum + d >= 0.5 {
-            let th = (i as f64 + (0.5 - cum) / d) * h;
-            return x_at(th);
-        }
-        cum += d;
-    }
-    b
-}
-
-/// Marchenko–Pastur fit of the bulk: the noise scale s from the median of the bulk's
-/// eigenvalues (λ_med = s²·M·median_MP(N/M)), the edge λ₊ = s²(√M + √N)², and the spikes
-/// (eigenvalues above λ₊), iterated with the spikes removed from the median until the spike
-/// count settles. Returns (s, √λ₊, spikes).
-pub fn mp_fit(lam: &[f64], rows: usize, cols: usize) -> (f64, f64, usize) {
+/// Marchenko–Pastur fit of the bulk by its mean (second moment of the singular values): an
+/// M × N noise matrix (M = max(rows, cols), N = min) of entry variance s² has N eigenvalues of
+/// mean s²·M and bulk edge λ₊ = s²(√M + √N)². With the k largest eigenvalues taken as spikes,
+/// s² = (‖W‖_F² − Σᵢ≤ₖ λᵢ) / (M·(N − k)); k = #{λ > λ₊}, iterated from k = 0 until it settles
+/// (k only grows: each removed value exceeds the mean, so s² and the edge only fall). Only
+/// ‖W‖_F² (exact) and the values above the edge enter, never a quantile of the bulk: the
+/// randomized solver's converged Ritz values determine it. Returns (s, √λ₊, k).
+pub fn mp_fit(lam: &[f64], frob_sq: f64, rows: usize, cols: usize) -> (f64, f64, usize) {
     let n = lam.len();
     if n == 0 {
         return (0.0, 0.0, 0);
     }
     let (big, small) = (rows.max(cols) as f64, rows.min(cols) as f64);
-    let med_mp = mp_median(small / big);
+    let width = (big.sqrt() + small.sqrt()).powi(2);
     let mut spikes = 0usize;
-    let mut s2 = 0.0;
-    let mut edge2 = 0.0;
-    for _ in 0..20 {
-        let bulk = &lam[spikes.min(n - 1)..];
-        // bulk is descending: its median.
-        let m = bulk.len();
-        let med = if m % 2 == 1 {
-            bulk[m / 2]
-        } else {
-            0.5 * (bulk[m / 2 - 1] + bulk[m / 2])
-        };
-        s2 = med / (big * med_mp);
-        edge2 = s2 * (big.sqrt() + small.sqrt()).powi(2);
-        let next = lam.iter().take_while(|&&l| l > edge2).count();
-        if next == spikes {
-            break;
+    let mut top = 0.0; // Σᵢ≤ₖ λᵢ
+    loop {
+        let s2 = ((frob_sq - top) / (big * (small - spikes as f64))).max(0.0);
+        let edge2 = s2 * width;
+        let next = lam.iter().take_while(|&&l| l > edge2).count().min(n - 1);
+        if next <= spikes {
+            return (s2.sqrt(), edge2.sqrt(), spikes);
         }
+        top += lam[spikes..next].iter().sum::<f64>();
         spikes = next;
     }
-    (s2.max(0.0).sqrt(), edge2.max(0.0).sqrt(), spikes)
 }
 
 /// Spectrum's SNR exactly as `cognitivecomputations/spectrum` codes it, on all N singular
@@ -460,13 +429,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mp_median_of_the_square_law() {
-        // y = 1: numpy's median eigenvalue of XᵀX/3000 for a 3000 × 3000 standard normal X
-        // (seed 1) is 0.6524.
-        let m = mp_median(1.0);
-        assert!((m - 0.6524).abs() < 3e-3, "{m}");
-        // Small y: concentrated at 1.
-        assert!((mp_median(1e-4) - 1.0).abs() < 0.02);
+    fn mp_fit_of_spikes_on_a_flat_bulk() {
+        // 4 spikes of 100 over 96 eigenvalues of 1 (rows 200, cols 100): the bulk mean 1 is
+        // s²·200, the edge λ₊ = s²(√200 + √100)² ≈ 2.91; the first round (k = 0: mean 4.96,
+        // λ₊ ≈ 14.5) puts the 4 spikes above its edge, the second settles.
+        let mut lam = vec![100.0; 4];
+        lam.extend(vec![1.0; 96]);
+        let frob: f64 = lam.iter().sum();
+        let (s, edge, k) = mp_fit(&lam, frob, 200, 100);
+        assert_eq!(k, 4);
+        assert!((s * s * 200.0 - 1.0).abs() < 1e-12, "{s}");
+        let want = (1.0f64 / 200.0).sqrt() * (200f64.sqrt() + 10.0);
+        assert!((edge - want).abs() < 1e-12, "{edge} {want}");
     }
 
     #[test]
@@ -490,7 +464,7 @@ mod tests {
         let s = spectrum_snr(&sv, 100, 200);
         assert!(s.is_finite(), "{s}");
         let lam: Vec<f64> = sv.iter().map(|s| s * s).collect();
-        let (_, edge, spikes) = mp_fit(&lam, 100, 200);
+        let (_, edge, spikes) = mp_fit(&lam, 9.0, 100, 200);
         assert_eq!(spikes, 1);
         assert!(mp_snr(&sv, edge).is_finite());
         assert!(spectrum_snr(&[0.0; 4], 4, 4).is_nan());
