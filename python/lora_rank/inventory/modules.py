@@ -37,11 +37,10 @@ class _Group:
     def __init__(
         self,
         name: str,
-        *,
-        fused_param: Optional[str] = None,
-        bare: bool = False,
-        template: Optional[_Template] = None,
-        indices: Sequence[str] = (),
+        fused_param: Optional[str],
+        bare: bool,
+        template: Optional[_Template],
+        indices: Sequence[str],
     ) -> None:
         self.name = name
         self.params: dict[str, tuple[int, ...]] = {}
@@ -231,7 +230,9 @@ def build_modules(
             if r.converter is not None and r.source_index is not None:
                 fused_parts[r.runtime][r.source_index].append((t.name, t.shape))
                 fused_converter[r.runtime] = r.converter
-                g = groups.setdefault(r.runtime, _Group(r.runtime, fused_param=r.runtime))
+                g = groups.get(r.runtime) or groups.setdefault(
+                    r.runtime, _Group(r.runtime, r.runtime, False, None, ())
+                )
                 g.keys.append(t.name)
                 g.dtype = g.dtype or t.dtype
                 continue
@@ -239,7 +240,7 @@ def build_modules(
             template = None
         found = groups.get(module)
         if found is None:
-            found = groups[module] = _Group(module, bare=bare, template=template, indices=indices)
+            found = groups[module] = _Group(module, None, bare, template, indices)
         g = found
         g.params[leaf] = t.shape
         g.keys.append(t.name)
