@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
 from ..errors import PeftEmulationError
@@ -40,20 +40,22 @@ from .rules import ALL_LINEAR, Universe
 
 def _target_module_options(
     mods: list[str], universe: Universe, allow_all_linear: bool
-) -> list[dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
     """Candidate ``target_modules`` (+ ``exclude_modules`` / ``layers_to_transform``) fields
-    for the module targets ``mods``, most preferred first (not yet checked)."""
-    options: list[dict[str, Any]] = []
+    for the module targets ``mods``, most preferred first (not yet checked), made as they are
+    asked for: the literal ``"all-linear"`` comes first and, when it is exact, no list or
+    regex is worked out."""
     if allow_all_linear and set(mods) <= universe.all_linear:
         drop = [n for n in sorted(universe.all_linear) if n not in set(mods)]
         excl = patterns.suffix_list(drop, universe.all_linear) if drop else None
         if not drop or excl:
-            options.append({"target_modules": ALL_LINEAR, "exclude_modules": excl})
+            yield {"target_modules": ALL_LINEAR, "exclude_modules": excl}
     if not mods:
-        return [*options, {"target_modules": []}]
+        yield {"target_modules": []}
+        return
     listed = patterns.suffix_list(mods, universe.modules)
     if listed:
-        options.append({"target_modules": listed})
+        yield {"target_modules": listed}
     layers = {rules.layer_of(n) for n in mods}
     if None not in layers:
         # Every layer's module of each role targeted, in the targets' (kind) order.
@@ -68,19 +70,16 @@ def _target_module_options(
         )
         pooled = patterns.suffix_list(pool, universe.modules)
         if pooled:
-            options.append(
-                {
-                    "target_modules": pooled,
-                    "layers_to_transform": sorted(int(i) for i in layers if i is not None),
-                }
-            )
+            yield {
+                "target_modules": pooled,
+                "layers_to_transform": sorted(int(i) for i in layers if i is not None),
+            }
     if universe.moe is None:
         rx = patterns.regex(mods, universe.modules)
         if rx:
             # The shorter form unless a piece starts at a top-level name (checked by applied()).
             for prefix in (r".*\.", r"(?:.*\.)?"):
-                options.append({"target_modules": prefix + patterns.embed(rx)})
-    return options
+                yield {"target_modules": prefix + patterns.embed(rx)}
 
 
 #: Lists up to this long are preferred to a regex (PEFT's usual, most readable form).
@@ -168,6 +167,9 @@ def build(
 
     best: Optional[tuple[tuple[int, int], dict[str, Any], dict[str, list[str]]]] = None
     for option in _target_module_options(mods, universe, allow_all_linear):
+        size = _cost(option)
+        if best is not None and size >= best[0]:
+            continue  # cannot be preferred to the exact option found already
         base = {"r": r0, "lora_alpha": a0, **option, "target_parameters": tp}
         literal = option["target_modules"] == ALL_LINEAR
         if literal and universe.moe is not None:
@@ -183,9 +185,9 @@ def build(
         config = {**base, "rank_pattern": ranks, "alpha_pattern": alphas}
         if rules.applied(config, universe) != intended:
             continue
-        size = _cost(option)
-        if best is None or size < best[0]:
-            best = (size, config, groups)
+        best = (size, config, groups)
+        if size[0] == 0:
+            break  # the literal "all-linear" is preferred to every list and regex
     if best is None:
         raise PeftEmulationError(
             f"no LoraConfig reproduces the {len(targets)} planned targets of {report.path}"

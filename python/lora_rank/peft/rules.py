@@ -323,7 +323,9 @@ def applied(config: Mapping[str, Any], universe: Universe) -> dict[str, tuple[in
             if idx is None or idx not in (layers if isinstance(layers, list) else [layers]):
                 continue
         wrapped.append(name)
-    wrapped += [p for p in universe.parameters if parameter_matches(sorted(tp), p)]
+    if tp:
+        listed_params = frozenset(tp)
+        wrapped += [p for p in universe.parameters if _in_list(listed_params, p)]
     out: dict[str, tuple[int, float]] = {}
     for name in wrapped:
         if name not in universe.reach:
