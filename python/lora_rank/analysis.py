@@ -8,6 +8,7 @@ import warnings as _warnings
 from typing import Optional, Union
 
 from .errors import ConfigError
+from .gc_pause import gc_paused
 from .inventory import naming, quantization
 from .inventory.modules import build_modules
 from .inventory.rules import versions as rules_versions
@@ -71,49 +72,54 @@ def analyze(
     chosen = (settings or SpectralSettings()).replace(
         top_k=top_k, method=method, rtol=rtol, seed=seed, threads=threads
     )
-    source = os.fspath(path)
-    if revision is None and os.path.exists(source):
-        ckpt = open_local(source, chosen.threads)  # an existing path is always local
-    else:
-        # Lazy: the hub source (and its HTTP stack) is imported for hub ids and URLs only.
-        from .sources.hub import open_source
+    # The inventory's objects hold no reference cycles: the cyclic collector is paused while
+    # they are made (see gc_pause).
+    with gc_paused():
+        source = os.fspath(path)
+        if revision is None and os.path.exists(source):
+            ckpt = open_local(source, chosen.threads)  # an existing path is always local
+        else:
+            # Lazy: the hub source (and its HTTP stack) is imported for hub ids and URLs only.
+            from .sources.hub import open_source
 
-        ckpt = open_source(source, revision, chosen.threads)
-    config = ckpt.config
-    logical = quantization.logical_tensors(
-        ckpt.tensors, config, os.path.join(ckpt.root, "config.json"), ckpt.shards
-    )
-    if resolve == "transformers":
-        from .inventory.transformers import build_modules_from_model
-
-        modules, warns = build_modules_from_model(
-            logical.tensors, config, ckpt.root, trust_remote_code=trust_remote_code
+            ckpt = open_source(source, revision, chosen.threads)
+        config = ckpt.config
+        logical = quantization.logical_tensors(
+            ckpt.tensors, config, os.path.join(ckpt.root, "config.json"), ckpt.shards
         )
-        resolution = "transformers"
-    else:
-        modules, warns, resolution = build_modules(logical.tensors, config)
-    quantization.attach(modules, logical)
-    warns = logical.warnings + warns
-    for w in warns:
-        _warnings.warn(w, stacklevel=2)
-    report = Report(
-        path=ckpt.root,
-        model_type=(config or {}).get("model_type"),
-        architectures=list((config or {}).get("architectures") or []),
-        config=config,
-        total_params=sum(math.prod(t.shape) for t in logical.tensors),
-        total_bytes=sum(t.end - t.begin for t in ckpt.tensors),
-        tensors=ckpt.tensors,
-        modules=modules,
-        shards=ckpt.shards,
-        resolve=resolve,
-        resolution=resolution,
-        rules_version=rules_versions(),
-        installed_version=naming.installed_versions(),
-        warnings=warns,
-        remote_shards=ckpt.remote_shards,
-        stored_elements=quantization.stored_elements(ckpt.tensors) if logical.quantized else None,
-    )
+        if resolve == "transformers":
+            from .inventory.transformers import build_modules_from_model
+
+            modules, warns = build_modules_from_model(
+                logical.tensors, config, ckpt.root, trust_remote_code=trust_remote_code
+            )
+            resolution = "transformers"
+        else:
+            modules, warns, resolution = build_modules(logical.tensors, config)
+        quantization.attach(modules, logical)
+        warns = logical.warnings + warns
+        for w in warns:
+            _warnings.warn(w, stacklevel=2)
+        report = Report(
+            path=ckpt.root,
+            model_type=(config or {}).get("model_type"),
+            architectures=list((config or {}).get("architectures") or []),
+            config=config,
+            total_params=sum(math.prod(t.shape) for t in logical.tensors),
+            total_bytes=sum(t.end - t.begin for t in ckpt.tensors),
+            tensors=ckpt.tensors,
+            modules=modules,
+            shards=ckpt.shards,
+            resolve=resolve,
+            resolution=resolution,
+            rules_version=rules_versions(),
+            installed_version=naming.installed_versions(),
+            warnings=warns,
+            remote_shards=ckpt.remote_shards,
+            stored_elements=quantization.stored_elements(ckpt.tensors)
+            if logical.quantized
+            else None,
+        )
     if spectral:
         from .spectral.compute import compute_spectra
 

@@ -67,19 +67,9 @@ class _Template:
         # The layer index: the value at one of the indices, or a number the name spells.
         probe = self.pieces[0] + "".join(f".{_PROBE + i}{p}" for i, p in enumerate(self.pieces[1:]))
         found = kinds.layer_index(probe)
-        self._layer_slot = found - _PROBE if found is not None and found >= _PROBE else None
-        self._layer = None if self._layer_slot is not None else found
-
-    def name(self, indices: Sequence[str]) -> str:
-        p = self.pieces
-        if len(p) == 2:
-            return p[0] + indices[0] + p[1]
-        return architectures.fill(self.text, list(indices))
-
-    def layer(self, indices: Sequence[str]) -> Optional[int]:
-        if self._layer_slot is not None:
-            return int(indices[self._layer_slot][1:])
-        return self._layer
+        #: Which index is the layer index (None: no index is), else the layer the name spells.
+        self.layer_slot = found - _PROBE if found is not None and found >= _PROBE else None
+        self.fixed_layer = None if self.layer_slot is not None else found
 
 
 #: Stands for the i-th index (as ``_PROBE + i``) while a template's layer index is located: a
@@ -213,12 +203,27 @@ def build_modules(
     unseen = object()
     plans: list[Any] = [unseen] * len(abstracts)
     for t, number, indices in zip(tensors, pattern_of, all_indices):
-        kp = plans[number]
-        if kp is unseen:
-            kp = plans[number] = _key_pattern(by_pattern, abstracts[number], t.name, indices)
-        if kp is not None and kp.converter is None:
-            template: Optional[_Template] = kp.module
-            module, leaf, bare = kp.module.name(indices), kp.leaf, kp.bare
+        plan = plans[number]
+        if plan is unseen:
+            kp = _key_pattern(by_pattern, abstracts[number], t.name, indices)
+            # (template pieces when the key is renamed as a pattern, else None; the pattern)
+            plan = plans[number] = (
+                kp.module.pieces if kp is not None and kp.converter is None else None,
+                kp,
+            )
+        pieces, kp = plan
+        if pieces is not None:
+            # Module name: the template with this key's indices put back.
+            if len(pieces) == 2:
+                module = pieces[0] + indices[0] + pieces[1]
+            elif len(pieces) == 1:
+                module = pieces[0]
+            else:
+                module = pieces[0] + "".join(i + p for i, p in zip(indices, pieces[1:]))
+            leaf = kp.leaf
+            g = groups.get(module)
+            if g is None:
+                g = groups[module] = _Group(module, None, kp.bare, kp.module, indices)
         else:
             r = (
                 rename(t.name)
@@ -237,11 +242,9 @@ def build_modules(
                 g.dtype = g.dtype or t.dtype
                 continue
             module, leaf, bare = _module_of(r.runtime)
-            template = None
-        found = groups.get(module)
-        if found is None:
-            found = groups[module] = _Group(module, None, bare, template, indices)
-        g = found
+            g = groups.get(module)
+            if g is None:
+                g = groups[module] = _Group(module, None, bare, None, indices)
         g.params[leaf] = t.shape
         g.keys.append(t.name)
         if leaf == "weight" or not g.dtype:
@@ -268,34 +271,37 @@ def build_modules(
     guessed: list[str] = []
     #: Table answers per module name pattern (those naming a target parameter are per module).
     resolved: dict[tuple[Any, ...], Optional[architectures.ResolvedModule]] = {}
+    out_embedding = table.output_embedding if table is not None else None
     for g in groups.values():
-        weight = g.params.get("weight") or g.params.get("bias") or ()
+        params = g.params
+        weight = params.get("weight") or params.get("bias") or ()
         ndim = len(weight)
+        tpl = g.template
         exact = None
         if table is not None:
-            leaves = () if g.fused_param else tuple(g.params)
+            leaves = () if g.fused_param else tuple(params)
             bare = g.bare or g.fused_param is not None
-            key = (g.template, leaves, bare, g.name == table.output_embedding, ndim)
-            if g.template is not None and key in resolved:
+            key = (tpl, leaves, bare, g.name == out_embedding, ndim)
+            if tpl is not None and key in resolved:
                 exact = resolved[key]
             else:
                 exact = architectures.resolve_module(
                     table, g.name, list(leaves), functools.partial(_name_kind, g, ndim), bare=bare
                 )
-                if g.template is not None and (exact is None or exact.parameter is None):
+                if tpl is not None and (exact is None or exact.parameter is None):
                     resolved[key] = exact
         in_f = out_f = None
-        parameter = module_class = None
         if exact is not None:
             kind, is_target = exact.kind, exact.is_lora_target
             parameter, module_class = exact.parameter, exact.module_class
             # A 2-D weight PEFT reaches through target_parameters (a custom router) gets
             # LoRA factors shaped like a Linear's: in and out from [out, in].
-            if (exact.is_linear or exact.parameter is not None) and ndim == 2:
+            if ndim == 2 and (exact.is_linear or parameter is not None):
                 out_f, in_f = (weight[1], weight[0]) if exact.is_conv1d else weight
-            elif ndim == 3 and exact.kind.startswith("moe_expert"):
+            elif ndim == 3 and kind.startswith("moe_expert"):
                 out_f, in_f = weight[1], weight[2]
         else:
+            module_class = None
             if not g.bare:
                 # A bare tensor the class does not have (a stored non-persistent buffer such as
                 # BERT's position_ids, dropped on load) has no class to guess and is never a
@@ -306,16 +312,20 @@ def build_modules(
             )
             if kind == "other_linear" and kinds.match_rule(g.name) is None:
                 unclassified.append(g.name)
-        params = g.params
-        tpl = g.template
+        if tpl is None:
+            layer = kinds.layer_index(g.name)
+        elif tpl.layer_slot is not None:
+            layer = int(g.indices[tpl.layer_slot][1:])
+        else:
+            layer = tpl.fixed_layer
         modules.append(
             Module(
                 g.name,
                 kind,
-                tpl.layer(g.indices) if tpl is not None else kinds.layer_index(g.name),
+                layer,
                 in_f,
                 out_f,
-                tuple(weight),
+                weight if type(weight) is tuple else tuple(weight),
                 g.dtype,
                 math.prod(weight) if len(params) == 1 else sum(map(math.prod, params.values())),
                 is_target,

@@ -30,7 +30,6 @@ checked: a 200 answering a range request, a wrong ``Content-Range``, a short bod
 
 from __future__ import annotations
 
-import gc
 import os
 import queue
 import re
@@ -44,6 +43,7 @@ from urllib.parse import quote, urlsplit
 
 from .. import _core
 from ..errors import FileChangedError, HubError, NotACheckpointError, UnsupportedFormatError
+from ..gc_pause import gc_paused
 from .checkpoint import Checkpoint
 from .local import open_local
 
@@ -518,64 +518,63 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
     config_name = (file.rsplit("/", 1)[0] + "/" if file and "/" in file else base) + "config.json"
     pool = _Pool()
     pool.grow(1)  # for the headers; the rest start in the background below
-    gc_was_on = gc.isenabled()
     # The cyclic collector paused while the threads turn over httpx's objects (refcounting
     # still frees them): its passes over every live object cost the 405B's whole process
-    # 30 ms of 0.95 s (median of 15 interleaved runs at load 5). Restored in `finally`, if on.
-    gc.disable()
-    try:
-        # huggingface_hub's headers can cost a round trip (its agent registry, when HF_HOME has
-        # no fresh copy): built in the pool while this thread imports what the URLs need.
-        hf_headers = pool.submit(_Http.build_headers, src)
-        pool.grow_in_background(MAX_PARALLEL if index_name else 2)
-        if src.repo_id is not None:
-            from huggingface_hub import hf_hub_url  # noqa: F401
-        http = _Http(src, hf_headers.result())
-        config_future = pool.submit(_optional_get, http, config_name, revision)
-        index_bytes: Optional[bytes] = None
-        sha: Optional[str] = None
-        if index_name is not None:
-            try:
-                index_bytes, headers, _ = http.get(index_name, revision)
-                sha = headers.get("x-repo-commit")
-            except HubError as e:
-                if not (file is None and "file not found" in str(e)):
-                    raise
-                listing, sha = _list_repo(http)
-                index_name, shard_names = _choose_files(src, listing)
-                if index_name is not None:
-                    index_bytes, _, _ = http.get(index_name, sha)
-        config_bytes, config_sha = config_future.result()
-        sha = sha or config_sha
-        pinned = sha or revision
-        weight_map: dict[str, str] = {}
-        root = src.display(sha)
-        index_path = f"{root}/{index_name.rsplit('/', 1)[-1]}" if index_name else None
-        if index_bytes is not None:
-            assert index_path is not None
-            weight_map = _core.parse_index(index_bytes, index_path)
-            shard_names = sorted({folder + s for s in weight_map.values()})
-        pool.limit = max(2, len(shard_names))  # the background start stops there
-        tensors_of: dict[str, list[str]] = {}
-        for tensor, shard in weight_map.items():
-            tensors_of.setdefault(folder + shard, []).append(tensor)
+    # 30 ms of 0.95 s (median of 15 interleaved runs at load 5). Switched back on after, if it was on.
+    with gc_paused():
+        try:
+            # huggingface_hub's headers can cost a round trip (its agent registry, when HF_HOME has
+            # no fresh copy): built in the pool while this thread imports what the URLs need.
+            hf_headers = pool.submit(_Http.build_headers, src)
+            pool.grow_in_background(MAX_PARALLEL if index_name else 2)
+            if src.repo_id is not None:
+                from huggingface_hub import hf_hub_url  # noqa: F401
+            http = _Http(src, hf_headers.result())
+            config_future = pool.submit(_optional_get, http, config_name, revision)
+            index_bytes: Optional[bytes] = None
+            sha: Optional[str] = None
+            if index_name is not None:
+                try:
+                    index_bytes, headers, _ = http.get(index_name, revision)
+                    sha = headers.get("x-repo-commit")
+                except HubError as e:
+                    if not (file is None and "file not found" in str(e)):
+                        raise
+                    listing, sha = _list_repo(http)
+                    index_name, shard_names = _choose_files(src, listing)
+                    if index_name is not None:
+                        index_bytes, _, _ = http.get(index_name, sha)
+            config_bytes, config_sha = config_future.result()
+            sha = sha or config_sha
+            pinned = sha or revision
+            weight_map: dict[str, str] = {}
+            root = src.display(sha)
+            index_path = f"{root}/{index_name.rsplit('/', 1)[-1]}" if index_name else None
+            if index_bytes is not None:
+                assert index_path is not None
+                weight_map = _core.parse_index(index_bytes, index_path)
+                shard_names = sorted({folder + s for s in weight_map.values()})
+            pool.limit = max(2, len(shard_names))  # the background start stops there
+            tensors_of: dict[str, list[str]] = {}
+            for tensor, shard in weight_map.items():
+                tensors_of.setdefault(folder + shard, []).append(tensor)
 
-        def header(name: str) -> tuple[str, str, int, bytes, str]:
-            url, where = http.url(name, pinned), http.where(name)
-            prefix, _, total = http.fetch(url, where, (0, _first_range(tensors_of.get(name, ()))))
-            assert total is not None
-            path = f"{root}/{name[len(folder) :]}"
-            n = _core.header_length(prefix, total, path)
-            if 8 + n > len(prefix):
-                rest, _, _ = http.fetch(url, where, (len(prefix), 8 + n))
-                prefix += rest
-            return name[len(folder) :], path, total, prefix, url
+            def header(name: str) -> tuple[str, str, int, bytes, str]:
+                url, where = http.url(name, pinned), http.where(name)
+                prefix, _, total = http.fetch(
+                    url, where, (0, _first_range(tensors_of.get(name, ())))
+                )
+                assert total is not None
+                path = f"{root}/{name[len(folder) :]}"
+                n = _core.header_length(prefix, total, path)
+                if 8 + n > len(prefix):
+                    rest, _, _ = http.fetch(url, where, (len(prefix), 8 + n))
+                    prefix += rest
+                return name[len(folder) :], path, total, prefix, url
 
-        results = pool.map(header, shard_names)
-    finally:
-        pool.shutdown()
-        if gc_was_on:
-            gc.enable()
+            results = pool.map(header, shard_names)
+        finally:
+            pool.shutdown()
     config_json = config_bytes.decode("utf-8", "replace") if config_bytes is not None else None
     raw = _core.checkpoint_from_headers(
         root,
