@@ -55,7 +55,7 @@ class Tensor:
             True
         """
         new = object.__new__
-        out = []
+        out: list[Tensor] = []
         append = out.append
         for name, dtype, shape, shard, begin, end in rows:
             t = new(cls)
