@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use faer::linalg::matmul::matmul;
 use faer::prelude::*;
-use faer::{Accum, Mat, MatRef, Par, Side};
+use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 
 use super::shape::{self, Density};
@@ -373,13 +373,51 @@ fn orthonormalize(
     (qr.compute_thin_Q(), bad, r64)
 }
 
-/// Eigenvalues of the symmetric `h`, descending.
-fn sym_eigenvalues_desc(h: MatRef<'_, f64>) -> Vec<f64> {
-    let mut ev = h
-        .self_adjoint_eigenvalues(Side::Lower)
-        .unwrap_or_else(|_| vec![f64::NAN; h.nrows()]);
+/// Eigenvalues (ascending) and, if asked, eigenvectors of the symmetric `h` (its lower
+/// triangle is read), with `par` for the dense kernels.
+fn sym_evd(h: MatRef<'_, f64>, vectors: bool, par: Par) -> Option<(Vec<f64>, Option<Mat<f64>>)> {
+    use faer::diag::Diag;
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
+    let n = h.nrows();
+    let mut s = Diag::<f64>::zeros(n);
+    let mut u = vectors.then(|| Mat::<f64>::zeros(n, n));
+    let compute = if vectors {
+        ComputeEigenvectors::Yes
+    } else {
+        ComputeEigenvectors::No
+    };
+    let mut buf = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        n,
+        compute,
+        par,
+        Default::default(),
+    ));
+    self_adjoint_evd(
+        h,
+        s.as_mut(),
+        u.as_mut().map(|u| u.as_mut()),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .ok()?;
+    let s = s.column_vector();
+    Some(((0..n).map(|i| s[i]).collect(), u))
+}
+
+/// Eigenvalues of the symmetric `h`, descending (NaN if the eigensolver fails).
+fn sym_eigenvalues_desc(h: MatRef<'_, f64>, par: Par) -> Vec<f64> {
+    let mut ev = sym_evd(h, false, par)
+        .map(|(ev, _)| ev)
+        .unwrap_or_else(|| vec![f64::NAN; h.nrows()]);
     ev.reverse();
     ev
+}
+
+/// Eigenvalues (ascending) and eigenvectors of the symmetric `h`.
+fn sym_eigen(h: MatRef<'_, f64>, par: Par) -> Option<(Vec<f64>, Mat<f64>)> {
+    sym_evd(h, true, par).map(|(ev, u)| (ev, u.expect("asked for")))
 }
 
 fn nan_outcome(k: usize, stats: ElementStats, iterations: usize) -> Outcome {
@@ -392,13 +430,6 @@ fn nan_outcome(k: usize, stats: ElementStats, iterations: usize) -> Outcome {
         density: None,
         sv_error: f64::NAN,
     }
-}
-
-/// Eigenvalues (ascending) and eigenvectors of the symmetric `h`.
-fn sym_eigen(h: MatRef<'_, f64>) -> Option<(Vec<f64>, Mat<f64>)> {
-    let evd = h.self_adjoint_eigen(Side::Lower).ok()?;
-    let s = evd.S().column_vector();
-    Some(((0..h.nrows()).map(|i| s[i]).collect(), evd.U().to_owned()))
 }
 
 /// The quadrature density of the Krylov space so far from the eigenpairs (`theta`, `u`) of H
@@ -617,13 +648,13 @@ pub fn randomized(
         let hd = h.as_ref().get(..dim, ..dim);
         // From SHAPE_MIN_ITER on the density needs the eigenvectors too: one decomposition.
         let mut eig = if iterations >= SHAPE_MIN_ITER {
-            sym_eigen(hd)
+            sym_eigen(hd, cfg.par)
         } else {
             None
         };
         let ritz: Vec<f64> = match &eig {
             Some((theta, _)) => theta.iter().rev().copied().collect(),
-            None => sym_eigenvalues_desc(hd),
+            None => sym_eigenvalues_desc(hd, cfg.par),
         };
         sv = ritz.iter().take(k).map(|l| l.max(0.0).sqrt()).collect();
         let mut errors = None;
@@ -645,7 +676,7 @@ pub fn randomized(
         let last = converged || exhausted || iterations == max_blocks;
         if last || iterations >= SHAPE_MIN_ITER {
             let r = if dim >= n { None } else { Some(&r) };
-            let eig = eig.take().or_else(|| sym_eigen(hd));
+            let eig = eig.take().or_else(|| sym_eigen(hd, cfg.par));
             density =
                 eig.and_then(|(theta, u)| quadrature_density(&theta, u.as_ref(), b, r, n, n_total));
         }
@@ -744,7 +775,7 @@ pub fn exact(src: &MatrixSource<'_>, cfg: &SolverConfig, cancel: &AtomicBool) ->
     if stats.nonfinite > 0 {
         return Ok(nan_outcome(cfg.top_k.min(nmin), stats, 1));
     }
-    let sv = sym_eigenvalues_desc(gram.as_ref())
+    let sv = sym_eigenvalues_desc(gram.as_ref(), cfg.par)
         .into_iter()
         .map(|l| l.max(0.0).sqrt())
         .collect();
