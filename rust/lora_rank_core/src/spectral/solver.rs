@@ -481,7 +481,7 @@ fn quadrature_density(
         .map(|p| (0..dim).map(|i| u[(p, i)]).collect())
         .collect();
     Some(Density::from_quadrature(
-        &theta, &first, &converged, dim_n, n_total,
+        theta, &first, &converged, dim_n, n_total,
     ))
 }
 
