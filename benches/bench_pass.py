@@ -16,7 +16,8 @@ Sections (every timing is min over ``--runs`` interleaved runs, both sides in th
   kernels vs f32 path, 4096×4096 real-like bf16.
 - ``shapes``: every Llama-3-8B matrix shape, real-like (MP bulk + power-law top) and pure
   Gaussian noise, default settings: passes, time, stop reason; extrapolated to 32 layers +
-  embed_tokens + lm_head (128256×4096).
+  embed_tokens + lm_head (128256×4096). ``--max-iter N`` caps the passes (the time at a
+  fixed pass count).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def section_accuracy(root: Path, m: int, n: int) -> dict[str, Any]:
     return out
 
 
-def section_shapes(root: Path, quick: bool) -> dict[str, Any]:
+def section_shapes(root: Path, quick: bool, max_iter: int | None = None) -> dict[str, Any]:
     shapes = dict(LLAMA_SHAPES)
     if not quick:
         shapes["embed_tokens/lm_head"] = (*EMBED, 0)
@@ -188,7 +189,10 @@ def section_shapes(root: Path, quick: bool) -> dict[str, Any]:
             # The real-data checkpoint's embeddings are Gaussian too (checkpoints._real_tensor).
             k = "noise" if count == 0 else kind
             path = write_matrix(root / f"shape_{k}_{m}x{n}.safetensors", m, n, k, m ^ n)
-            t, d = spectra(path, m, n, threads=2)
+            kw: dict[str, Any] = {"threads": 2}
+            if max_iter:
+                kw["max_iter"] = max_iter
+            t, d = spectra(path, m, n, **kw)
             rows[name] = {
                 "shape": [m, n],
                 "count_per_layer": count,
@@ -215,6 +219,7 @@ def main() -> None:
     ap.add_argument("--only", default="pass,accuracy,shapes")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--max-iter", type=int, default=None, help="shapes: cap the passes")
     ap.add_argument("--out", default=str(HERE / "results" / "pass.json"))
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -231,7 +236,8 @@ def main() -> None:
         res["accuracy"] = section_accuracy(root, m, n)
         print(json.dumps(res["accuracy"], indent=1), flush=True)
     if "shapes" in only:
-        res["shapes"] = section_shapes(root, args.quick)
+        res["shapes"] = section_shapes(root, args.quick, args.max_iter)
+        res["shapes_max_iter"] = args.max_iter
         print(json.dumps({k: v["llama8b_extrapolated_s"] for k, v in res["shapes"].items()}))
     res["uptime_after"] = os.getloadavg()
     if not args.quick:

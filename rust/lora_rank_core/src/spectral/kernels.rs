@@ -11,7 +11,10 @@
 //!
 //! - Y = P·X: pairs along the columns k; X is packed as `xp[k2·bpad + j]` = (X[2k2, j],
 //!   X[2k2+1, j]); each stored 32-bit word of a row of P is such a pair and is broadcast.
-//!   Register tile: `MR` rows × `NV` vectors of 16 columns of Y.
+//!   Register tile: `MR` rows × `NV` vectors of 16 columns of Y; when the last 16-column strip
+//!   holds at most 8 live columns (block 40: 2 × 16 + 8) it takes a 256-bit accumulator.
+//! - The element statistics of the first pass are summed from the same words
+//!   ([`super::source::ElementStats::add_bf16`]), never from a decoded copy.
 //! - acc += Pᵀ·Y: pairs along the rows i; two rows of P are interleaved on the fly
 //!   (`vpunpck{l,h}wd`, which works per 128-bit lane, so the accumulators hold a fixed
 //!   permutation of 32 consecutive k, undone when they are added to `acc`); the pair

@@ -286,30 +286,42 @@ impl Basis {
 }
 
 /// Remove from `z` its components along the orthonormal columns of `basis`: block classical
-/// Gram–Schmidt twice, each a pair of matrix products over the whole basis.
-fn project_out(basis: MatRef<'_, f32>, z: &mut Mat<f32>, par: Par) {
+/// Gram–Schmidt twice, each a pair of matrix products over the whole basis. `first`, when
+/// given, is `basisᵀ·z` already computed (the solver has it as H's new column block).
+fn project_out(basis: MatRef<'_, f32>, z: &mut Mat<f32>, par: Par, first: Option<&Mat<f32>>) {
     if basis.ncols() == 0 {
         return;
     }
     let mut c = Mat::<f32>::zeros(basis.ncols(), z.ncols());
-    for _ in 0..2 {
-        matmul(
-            c.as_mut(),
-            Accum::Replace,
-            basis.transpose(),
-            z.as_ref(),
-            1.0f32,
-            par,
-        );
-        matmul(z.as_mut(), Accum::Add, basis, c.as_ref(), -1.0f32, par);
+    for round in 0..2 {
+        let coeffs = match first {
+            Some(f) if round == 0 => f,
+            _ => {
+                matmul(
+                    c.as_mut(),
+                    Accum::Replace,
+                    basis.transpose(),
+                    z.as_ref(),
+                    1.0f32,
+                    par,
+                );
+                &c
+            }
+        };
+        matmul(z.as_mut(), Accum::Add, basis, coeffs.as_ref(), -1.0f32, par);
     }
 }
 
 /// The R factor (b × b, f64) of the part of `w` orthogonal to `basis`: for a Ritz vector y of
 /// H, ‖B·Q·y − θ·Q·y‖ = ‖R·y_last‖ (y_last: y's rows of the last block).
-fn residual_factor(basis: MatRef<'_, f32>, w: &Mat<f32>, par: Par) -> Mat<f64> {
+fn residual_factor(
+    basis: MatRef<'_, f32>,
+    w: &Mat<f32>,
+    par: Par,
+    first: Option<&Mat<f32>>,
+) -> Mat<f64> {
     let mut z = w.clone();
-    project_out(basis, &mut z, par);
+    project_out(basis, &mut z, par, first);
     let r = z.qr();
     let r = r.thin_R();
     Mat::from_fn(r.nrows(), r.ncols(), |i, j| f64::from(r[(i, j)]))
@@ -318,24 +330,25 @@ fn residual_factor(basis: MatRef<'_, f32>, w: &Mat<f32>, par: Par) -> Mat<f64> {
 /// An orthonormal block spanning the part of `z` orthogonal to `basis` (`None` when no room is
 /// left: the basis would exceed ℝⁿ), and the R factor of that part ([`residual_factor`]).
 /// Columns that vanish (the Krylov space became invariant, or `z` was rank-deficient) are
-/// replaced by random directions.
+/// replaced by random directions. `first`: `basisᵀ·z` if already computed.
 fn next_block(
     basis: MatRef<'_, f32>,
     mut z: Mat<f32>,
     rng: &mut Gaussian,
     par: Par,
+    first: Option<&Mat<f32>>,
 ) -> (Option<Mat<f32>>, Mat<f64>) {
     let n = z.nrows();
     let b = z.ncols();
     let dim = basis.ncols();
     if dim + b > n {
-        return (None, residual_factor(basis, &z, par));
+        return (None, residual_factor(basis, &z, par, first));
     }
     let scale = (0..b)
         .map(|j| z.col(j).norm_l2())
         .fold(0f32, f32::max)
         .max(f32::MIN_POSITIVE);
-    let (q, bad, r) = orthonormalize(basis, &mut z, scale, par);
+    let (q, bad, r) = orthonormalize(basis, &mut z, scale, par, first);
     if bad.is_empty() {
         return (Some(q), r);
     }
@@ -349,7 +362,7 @@ fn next_block(
             q[(i, j)]
         }
     });
-    let (q, bad, _) = orthonormalize(basis, &mut z, 1.0, par);
+    let (q, bad, _) = orthonormalize(basis, &mut z, 1.0, par, None);
     (bad.is_empty().then_some(q), r)
 }
 
@@ -360,8 +373,9 @@ fn orthonormalize(
     z: &mut Mat<f32>,
     scale: f32,
     par: Par,
+    first: Option<&Mat<f32>>,
 ) -> (Mat<f32>, Vec<usize>, Mat<f64>) {
-    project_out(basis, z, par);
+    project_out(basis, z, par, first);
     let qr = z.qr();
     let r = qr.thin_R();
     let bad = (0..z.ncols())
@@ -671,7 +685,8 @@ pub fn randomized(
             prev_deltas = deltas;
         }
         prev.clone_from(&sv);
-        let (next, r) = next_block(basis.as_ref(), w, &mut rng, cfg.par);
+        // H's new column block is the first Gram–Schmidt round's coefficients.
+        let (next, r) = next_block(basis.as_ref(), w, &mut rng, cfg.par, Some(&c));
         let exhausted = next.is_none();
         let last = converged || exhausted || iterations == max_blocks;
         if last || iterations >= SHAPE_MIN_ITER {
