@@ -6,7 +6,8 @@
 
 Sections (every timing is min over ``--runs`` interleaved runs, both sides in this process):
 
-- ``pass``: 14336×4096 bf16, block 40, 2 threads. Ours: one fused pass ``acc += Pᵀ(P·X)`` as
+- ``pass``: 14336×4096 bf16, block 40, 2 threads, the sides interleaved run by run (ours with
+  the kernels, ours without, torch). Ours: one fused pass ``acc += Pᵀ(P·X)`` as
   (time of ``max_iter=7`` − time of ``max_iter=1``) / 6 with ``rtol=1e-12`` (no early stop), with
   the AVX-512 BF16 kernels and with them off (``LORA_RANK_NO_BF16_KERNEL``: decode to f32 +
   faer). torch: ``Aᵀ(A·X)`` in f32 and in bf16 on the matrix in memory, and a 4096³ f32 GEMM
@@ -15,7 +16,8 @@ Sections (every timing is min over ``--runs`` interleaved runs, both sides in th
   kernels vs f32 path, 4096×4096 real-like bf16.
 - ``shapes``: every Llama-3-8B matrix shape, real-like (MP bulk + power-law top) and pure
   Gaussian noise, default settings: passes, time, stop reason; extrapolated to 32 layers +
-  embed_tokens + lm_head (128256×4096).
+  embed_tokens + lm_head (128256×4096). ``--max-iter N`` caps the passes (the time at a
+  fixed pass count).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def spectra(path: Path, m: int, n: int, **kw: Any) -> tuple[float, dict[str, Any
 
 
 def child_spectra(path: Path, m: int, n: int, env: dict[str, str], **kw: Any) -> float:
-    """Per-pass time of our solver in a fresh process (the kernel switch is read once)."""
+    """Per-pass time of our solver in a fresh process (the kernel switch is read once): the
+    least of ``runs`` differences."""
     here, p, runs = str(HERE), str(path), kw["runs"]
     code = (
         f"import sys, json; sys.path.insert(0, {here!r}); import bench_pass as b\n"
@@ -105,6 +108,7 @@ def torch_times(path: Path, runs: int, b: int = 40) -> dict[str, float]:
     x16 = x32.to(torch.bfloat16)
     g = torch.randn(4096, 4096)
     res: dict[str, list[float]] = {"torch f32 AT(AX)": [], "torch bf16 AT(AX)": [], "gemm": []}
+    a16.T @ (a16 @ x16)  # warm-up (first-call dispatch and allocation)
     for _ in range(runs):
         t = time.perf_counter()
         a32.T @ (a32 @ x32)
@@ -121,17 +125,23 @@ def torch_times(path: Path, runs: int, b: int = 40) -> dict[str, float]:
 def section_pass(root: Path, runs: int, m: int, n: int) -> dict[str, Any]:
     path = write_matrix(root / f"pass_{m}x{n}.safetensors", m, n, "real", m + n)
     flops = 4 * m * n * 40
-    ours = child_spectra(path, m, n, {}, runs=runs)
-    ours_f32 = child_spectra(path, m, n, {"LORA_RANK_NO_BF16_KERNEL": "1"}, runs=runs)
-    tt = torch_times(path, runs)
+    # Interleaved: each run times ours (both paths, child processes) and then torch.
+    runs_ours, runs_f32, runs_torch = [], [], []
+    for _ in range(runs):
+        runs_ours.append(child_spectra(path, m, n, {}, runs=1))
+        runs_f32.append(child_spectra(path, m, n, {"LORA_RANK_NO_BF16_KERNEL": "1"}, runs=1))
+        runs_torch.append(torch_times(path, 1))
+    ours, ours_f32 = min(runs_ours), min(runs_f32)
+    tt = {k: min(r[k] for r in runs_torch) for k in runs_torch[0]}
     rows = {
         "lora_rank bf16 kernels": ours,
         "lora_rank f32 path": ours_f32,
         "torch f32 AT(AX)": tt["torch f32 AT(AX)"],
         "torch bf16 AT(AX)": tt["torch bf16 AT(AX)"],
     }
-    out = {k: {"s": v, "gflops": flops / v / 1e9} for k, v in rows.items()}
+    out: dict[str, Any] = {k: {"s": v, "gflops": flops / v / 1e9} for k, v in rows.items()}
     out["torch f32 GEMM 4096^3"] = {"s": tt["gemm"], "gflops": 2 * 4096**3 / tt["gemm"] / 1e9}
+    out["runs"] = {"ours": runs_ours, "f32": runs_f32, "torch": runs_torch}
     return out
 
 
@@ -166,7 +176,7 @@ def section_accuracy(root: Path, m: int, n: int) -> dict[str, Any]:
     return out
 
 
-def section_shapes(root: Path, quick: bool) -> dict[str, Any]:
+def section_shapes(root: Path, quick: bool, max_iter: int | None = None) -> dict[str, Any]:
     shapes = dict(LLAMA_SHAPES)
     if not quick:
         shapes["embed_tokens/lm_head"] = (*EMBED, 0)
@@ -179,7 +189,10 @@ def section_shapes(root: Path, quick: bool) -> dict[str, Any]:
             # The real-data checkpoint's embeddings are Gaussian too (checkpoints._real_tensor).
             k = "noise" if count == 0 else kind
             path = write_matrix(root / f"shape_{k}_{m}x{n}.safetensors", m, n, k, m ^ n)
-            t, d = spectra(path, m, n, threads=2)
+            kw: dict[str, Any] = {"threads": 2}
+            if max_iter:
+                kw["max_iter"] = max_iter
+            t, d = spectra(path, m, n, **kw)
             rows[name] = {
                 "shape": [m, n],
                 "count_per_layer": count,
@@ -206,6 +219,7 @@ def main() -> None:
     ap.add_argument("--only", default="pass,accuracy,shapes")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--max-iter", type=int, default=None, help="shapes: cap the passes")
     ap.add_argument("--out", default=str(HERE / "results" / "pass.json"))
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -222,7 +236,8 @@ def main() -> None:
         res["accuracy"] = section_accuracy(root, m, n)
         print(json.dumps(res["accuracy"], indent=1), flush=True)
     if "shapes" in only:
-        res["shapes"] = section_shapes(root, args.quick)
+        res["shapes"] = section_shapes(root, args.quick, args.max_iter)
+        res["shapes_max_iter"] = args.max_iter
         print(json.dumps({k: v["llama8b_extrapolated_s"] for k, v in res["shapes"].items()}))
     res["uptime_after"] = os.getloadavg()
     if not args.quick:

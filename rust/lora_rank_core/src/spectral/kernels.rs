@@ -11,7 +11,10 @@
 //!
 //! - Y = P·X: pairs along the columns k; X is packed as `xp[k2·bpad + j]` = (X[2k2, j],
 //!   X[2k2+1, j]); each stored 32-bit word of a row of P is such a pair and is broadcast.
-//!   Register tile: `MR` rows × `NV` vectors of 16 columns of Y.
+//!   Register tile: `MR` rows × `NV` vectors of 16 columns of Y; when the last 16-column strip
+//!   holds at most 8 live columns (block 40: 2 × 16 + 8) it takes a 256-bit accumulator.
+//! - The element statistics of the first pass are summed from the same words
+//!   ([`super::source::ElementStats::add_bf16`]), never from a decoded copy.
 //! - acc += Pᵀ·Y: pairs along the rows i; two rows of P are interleaved on the fly
 //!   (`vpunpck{l,h}wd`, which works per 128-bit lane, so the accumulators hold a fixed
 //!   permutation of 32 consecutive k, undone when they are added to `acc`); the pair
@@ -26,6 +29,7 @@ pub fn available() -> bool {
     {
         is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -90,10 +94,14 @@ pub fn panel_pass(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller checked `available()`; all indices are within the asserted lengths.
     unsafe {
-        match bpad / 16 {
-            1 => times_x::<1, 16>(p, n, xp, y),
-            2 => times_x::<2, 10>(p, n, xp, y),
-            3 => times_x::<3, 7>(p, n, xp, y),
+        // A last strip of at most 8 columns takes a 256-bit accumulator (half the work).
+        let half = b + 8 <= bpad;
+        match (bpad / 16, half) {
+            (2, true) => times_x_half::<1, 12>(p, n, xp, y),
+            (3, true) => times_x_half::<2, 8>(p, n, xp, y),
+            (1, _) => times_x::<1, 16>(p, n, xp, y),
+            (2, _) => times_x::<2, 10>(p, n, xp, y),
+            (3, _) => times_x::<3, 7>(p, n, xp, y),
             _ => times_x_generic(p, rows, n, xp, y),
         }
         for i2 in 0..rows2 {
@@ -132,6 +140,80 @@ unsafe fn times_x<const NV: usize, const MR: usize>(
     }
 }
 
+/// [`times_x`] for blocks whose last 16-column strip has at most 8 live columns: `NV` full
+/// strips and one 8-column (256-bit) strip; the 8 padding columns of `y` are left unwritten.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn times_x_half<const NV: usize, const MR: usize>(
+    p: &[u16],
+    n: usize,
+    xp: &PackedX,
+    y: &mut [f32],
+) {
+    let rows = y.len() / xp.bpad;
+    let mut i0 = 0;
+    while i0 + MR <= rows {
+        rows_times_x_half::<NV, MR>(p, i0, n, xp, y);
+        i0 += MR;
+    }
+    while i0 < rows {
+        rows_times_x_half::<NV, 1>(p, i0, n, xp, y);
+        i0 += 1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
+unsafe fn rows_times_x_half<const NV: usize, const MR: usize>(
+    p: &[u16],
+    i0: usize,
+    n: usize,
+    xp: &PackedX,
+    y: &mut [f32],
+) {
+    let bpad = xp.bpad;
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    let mut acch = [_mm256_setzero_ps(); MR];
+    let base = p.as_ptr();
+    let xd = xp.data.as_ptr();
+    // One pair of columns k2 of the MR rows, the row's word given by `$w(r)`.
+    macro_rules! step {
+        ($k2:expr, $w:expr) => {{
+            let k2 = $k2;
+            let mut xv = [_mm512_setzero_si512(); NV];
+            for (v, slot) in xv.iter_mut().enumerate() {
+                *slot = _mm512_loadu_si512(xd.add(k2 * bpad + 16 * v).cast());
+            }
+            let xh = bh256(_mm256_loadu_si256(xd.add(k2 * bpad + 16 * NV).cast()));
+            for (r, (row, h)) in acc.iter_mut().zip(acch.iter_mut()).enumerate() {
+                let wv = _mm512_set1_epi32($w(r) as i32);
+                let bc = bh(wv);
+                for (a, x) in row.iter_mut().zip(&xv) {
+                    *a = _mm512_dpbf16_ps(*a, bc, bh(*x));
+                }
+                *h = _mm256_dpbf16_ps(*h, bh256(_mm512_castsi512_si256(wv)), xh);
+            }
+        }};
+    }
+    let full = n / 2;
+    for k2 in 0..full {
+        step!(k2, |r: usize| base
+            .add((i0 + r) * n + 2 * k2)
+            .cast::<u32>()
+            .read_unaligned());
+    }
+    if full < xp.pairs {
+        step!(full, |r: usize| pair_word(p, i0 + r, n, full));
+    }
+    for (r, (row, h)) in acc.iter().zip(&acch).enumerate() {
+        for (v, a) in row.iter().enumerate() {
+            _mm512_storeu_ps(y.as_mut_ptr().add((i0 + r) * bpad + 16 * v), *a);
+        }
+        _mm256_storeu_ps(y.as_mut_ptr().add((i0 + r) * bpad + 16 * NV), *h);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn times_x_generic(p: &[u16], rows: usize, n: usize, xp: &PackedX, y: &mut [f32]) {
@@ -155,6 +237,13 @@ unsafe fn times_x_generic(p: &[u16], rows: usize, n: usize, xp: &PackedX, y: &mu
 fn bh(v: __m512i) -> __m512bh {
     // SAFETY: same size; any bit pattern is a valid bf16 vector.
     unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bh256(v: __m256i) -> __m256bh {
+    // SAFETY: same size; any bit pattern is a valid bf16 vector.
+    unsafe { std::mem::transmute::<__m256i, __m256bh>(v) }
 }
 
 /// The 32-bit word of row i holding columns 2k2, 2k2+1 (the high half 0 past an odd end).
@@ -326,6 +415,8 @@ mod tests {
             (9, 33, 5),
             (12, 96, 20),
             (5, 40, 70),
+            (19, 66, 24),
+            (13, 50, 36),
         ] {
             let mut state = 1u64;
             let mut rnd = || {

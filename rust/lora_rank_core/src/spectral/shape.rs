@@ -228,6 +228,14 @@ pub struct Shape {
 /// All statistics of the spectrum `lam` (N = min(rows, cols) eigenvalues of WᵀW, descending)
 /// of a `rows × cols` matrix with ‖W‖_F² = `frob_sq`.
 pub fn shape(lam: &[f64], frob_sq: f64, rows: usize, cols: usize) -> Shape {
+    let mut sh = shape_without_alpha(lam, frob_sq, rows, cols);
+    (sh.pl_alpha, sh.pl_xmin) = power_law_fit(lam);
+    sh
+}
+
+/// [`shape`] without the power-law fit (the one statistic whose cost grows faster than N):
+/// `pl_alpha` and `pl_xmin` are NaN.
+pub fn shape_without_alpha(lam: &[f64], frob_sq: f64, rows: usize, cols: usize) -> Shape {
     let sv: Vec<f64> = lam.iter().map(|l| l.max(0.0).sqrt()).collect();
     let mut energy_ranks = [0usize; 3];
     for (slot, share) in energy_ranks.iter_mut().zip(ENERGY_SHARES) {
@@ -238,7 +246,7 @@ pub fn shape(lam: &[f64], frob_sq: f64, rows: usize, cols: usize) -> Shape {
     let q = |p: f64| quantile_sorted(&asc, p);
     let sv_quantiles = [q(0.25), q(0.5), q(0.75)];
     let (mp_sigma, mp_edge, mp_spikes) = mp_fit(lam, frob_sq, rows, cols);
-    let (pl_alpha, pl_xmin) = power_law_fit(lam);
+    let (pl_alpha, pl_xmin) = (f64::NAN, f64::NAN);
     Shape {
         energy_ranks,
         sv_quantiles,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use faer::linalg::matmul::matmul;
 use faer::prelude::*;
-use faer::{Accum, Mat, MatRef, Par, Side};
+use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 
 use super::shape::{self, Density};
@@ -154,7 +154,7 @@ fn fused_pass_bf16(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
                 let words = if src.is_quantized() {
                     src.read_panel_as_bf16(p, &mut bytes, &mut decoded, &mut rounded, stats)?
                 } else {
-                    src.read_panel_bf16(p, &mut bytes, &mut decoded, stats)?
+                    src.read_panel_bf16(p, &mut bytes, stats)?
                 };
                 super::kernels::panel_pass(words, p.rows, n, b, &xp, &mut acc, &mut y, &mut ypair);
             }
@@ -257,28 +257,71 @@ impl Gaussian {
     }
 }
 
-/// Remove from `z` its components along the (orthonormal) blocks of `basis`, twice.
-fn project_out(basis: &[Mat<f32>], z: &mut Mat<f32>) {
-    for _ in 0..2 {
-        for q in basis {
-            let c = q.transpose() * z.as_ref();
-            matmul(
-                z.as_mut(),
-                Accum::Add,
-                q.as_ref(),
-                c.as_ref(),
-                -1.0f32,
-                Par::Seq,
-            );
+/// The Krylov basis Q: its orthonormal blocks side by side, column-major (n × dim).
+struct Basis {
+    data: Vec<f32>,
+    n: usize,
+    cols: usize,
+}
+
+impl Basis {
+    fn new(n: usize) -> Basis {
+        Basis {
+            data: Vec::new(),
+            n,
+            cols: 0,
         }
+    }
+
+    fn push(&mut self, x: &Mat<f32>) {
+        for j in 0..x.ncols() {
+            self.data.extend((0..self.n).map(|i| x[(i, j)]));
+        }
+        self.cols += x.ncols();
+    }
+
+    fn as_ref(&self) -> MatRef<'_, f32> {
+        MatRef::from_column_major_slice(&self.data, self.n, self.cols)
+    }
+}
+
+/// Remove from `z` its components along the orthonormal columns of `basis`: block classical
+/// Gram–Schmidt twice, each a pair of matrix products over the whole basis. `first`, when
+/// given, is `basisᵀ·z` already computed (the solver has it as H's new column block).
+fn project_out(basis: MatRef<'_, f32>, z: &mut Mat<f32>, par: Par, first: Option<&Mat<f32>>) {
+    if basis.ncols() == 0 {
+        return;
+    }
+    let mut c = Mat::<f32>::zeros(basis.ncols(), z.ncols());
+    for round in 0..2 {
+        let coeffs = match first {
+            Some(f) if round == 0 => f,
+            _ => {
+                matmul(
+                    c.as_mut(),
+                    Accum::Replace,
+                    basis.transpose(),
+                    z.as_ref(),
+                    1.0f32,
+                    par,
+                );
+                &c
+            }
+        };
+        matmul(z.as_mut(), Accum::Add, basis, coeffs.as_ref(), -1.0f32, par);
     }
 }
 
 /// The R factor (b × b, f64) of the part of `w` orthogonal to `basis`: for a Ritz vector y of
 /// H, ‖B·Q·y − θ·Q·y‖ = ‖R·y_last‖ (y_last: y's rows of the last block).
-fn residual_factor(basis: &[Mat<f32>], w: &Mat<f32>) -> Mat<f64> {
+fn residual_factor(
+    basis: MatRef<'_, f32>,
+    w: &Mat<f32>,
+    par: Par,
+    first: Option<&Mat<f32>>,
+) -> Mat<f64> {
     let mut z = w.clone();
-    project_out(basis, &mut z);
+    project_out(basis, &mut z, par, first);
     let r = z.qr();
     let r = r.thin_R();
     Mat::from_fn(r.nrows(), r.ncols(), |i, j| f64::from(r[(i, j)]))
@@ -287,23 +330,25 @@ fn residual_factor(basis: &[Mat<f32>], w: &Mat<f32>) -> Mat<f64> {
 /// An orthonormal block spanning the part of `z` orthogonal to `basis` (`None` when no room is
 /// left: the basis would exceed ℝⁿ), and the R factor of that part ([`residual_factor`]).
 /// Columns that vanish (the Krylov space became invariant, or `z` was rank-deficient) are
-/// replaced by random directions.
+/// replaced by random directions. `first`: `basisᵀ·z` if already computed.
 fn next_block(
-    basis: &[Mat<f32>],
+    basis: MatRef<'_, f32>,
     mut z: Mat<f32>,
     rng: &mut Gaussian,
+    par: Par,
+    first: Option<&Mat<f32>>,
 ) -> (Option<Mat<f32>>, Mat<f64>) {
     let n = z.nrows();
     let b = z.ncols();
-    let dim: usize = basis.iter().map(|q| q.ncols()).sum();
+    let dim = basis.ncols();
     if dim + b > n {
-        return (None, residual_factor(basis, &z));
+        return (None, residual_factor(basis, &z, par, first));
     }
     let scale = (0..b)
         .map(|j| z.col(j).norm_l2())
         .fold(0f32, f32::max)
         .max(f32::MIN_POSITIVE);
-    let (q, bad, r) = orthonormalize(basis, &mut z, scale);
+    let (q, bad, r) = orthonormalize(basis, &mut z, scale, par, first);
     if bad.is_empty() {
         return (Some(q), r);
     }
@@ -317,18 +362,20 @@ fn next_block(
             q[(i, j)]
         }
     });
-    let (q, bad, _) = orthonormalize(basis, &mut z, 1.0);
+    let (q, bad, _) = orthonormalize(basis, &mut z, 1.0, par, None);
     (bad.is_empty().then_some(q), r)
 }
 
 /// Project `basis` out of `z` and QR-factor it: the Q factor, the columns whose R diagonal
 /// is negligible against `scale`, and R (in f64).
 fn orthonormalize(
-    basis: &[Mat<f32>],
+    basis: MatRef<'_, f32>,
     z: &mut Mat<f32>,
     scale: f32,
+    par: Par,
+    first: Option<&Mat<f32>>,
 ) -> (Mat<f32>, Vec<usize>, Mat<f64>) {
-    project_out(basis, z);
+    project_out(basis, z, par, first);
     let qr = z.qr();
     let r = qr.thin_R();
     let bad = (0..z.ncols())
@@ -340,13 +387,51 @@ fn orthonormalize(
     (qr.compute_thin_Q(), bad, r64)
 }
 
-/// Eigenvalues of the symmetric `h`, descending.
-fn sym_eigenvalues_desc(h: MatRef<'_, f64>) -> Vec<f64> {
-    let mut ev = h
-        .self_adjoint_eigenvalues(Side::Lower)
-        .unwrap_or_else(|_| vec![f64::NAN; h.nrows()]);
+/// Eigenvalues (ascending) and, if asked, eigenvectors of the symmetric `h` (its lower
+/// triangle is read), with `par` for the dense kernels.
+fn sym_evd(h: MatRef<'_, f64>, vectors: bool, par: Par) -> Option<(Vec<f64>, Option<Mat<f64>>)> {
+    use faer::diag::Diag;
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
+    let n = h.nrows();
+    let mut s = Diag::<f64>::zeros(n);
+    let mut u = vectors.then(|| Mat::<f64>::zeros(n, n));
+    let compute = if vectors {
+        ComputeEigenvectors::Yes
+    } else {
+        ComputeEigenvectors::No
+    };
+    let mut buf = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        n,
+        compute,
+        par,
+        Default::default(),
+    ));
+    self_adjoint_evd(
+        h,
+        s.as_mut(),
+        u.as_mut().map(|u| u.as_mut()),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .ok()?;
+    let s = s.column_vector();
+    Some(((0..n).map(|i| s[i]).collect(), u))
+}
+
+/// Eigenvalues of the symmetric `h`, descending (NaN if the eigensolver fails).
+fn sym_eigenvalues_desc(h: MatRef<'_, f64>, par: Par) -> Vec<f64> {
+    let mut ev = sym_evd(h, false, par)
+        .map(|(ev, _)| ev)
+        .unwrap_or_else(|| vec![f64::NAN; h.nrows()]);
     ev.reverse();
     ev
+}
+
+/// Eigenvalues (ascending) and eigenvectors of the symmetric `h`.
+fn sym_eigen(h: MatRef<'_, f64>, par: Par) -> Option<(Vec<f64>, Mat<f64>)> {
+    sym_evd(h, true, par).map(|(ev, u)| (ev, u.expect("asked for")))
 }
 
 fn nan_outcome(k: usize, stats: ElementStats, iterations: usize) -> Outcome {
@@ -361,21 +446,19 @@ fn nan_outcome(k: usize, stats: ElementStats, iterations: usize) -> Outcome {
     }
 }
 
-/// The quadrature density of the Krylov space so far: eigenpairs of `h` (dim × dim, blocks of
-/// `b`), first-block components, and convergence from the residual factor `r` of the last
-/// block (`None`: the basis spans ℝⁿ, every Ritz pair is exact).
+/// The quadrature density of the Krylov space so far from the eigenpairs (`theta`, `u`) of H
+/// (dim × dim, blocks of `b`, [`sym_eigen`]): first-block components, and convergence from the
+/// residual factor `r` of the last block (`None`: the basis spans ℝⁿ, every Ritz pair is
+/// exact).
 fn quadrature_density(
-    h: MatRef<'_, f64>,
+    theta: &[f64],
+    u: MatRef<'_, f64>,
     b: usize,
     r: Option<&Mat<f64>>,
     dim_n: usize,
     n_total: usize,
 ) -> Option<Density> {
-    let dim = h.nrows();
-    let evd = h.self_adjoint_eigen(Side::Lower).ok()?;
-    let u = evd.U();
-    let s = evd.S().column_vector();
-    let theta: Vec<f64> = (0..dim).map(|i| s[i]).collect();
+    let dim = theta.len();
     let top = theta.iter().copied().fold(0.0, f64::max);
     let last = dim - b;
     let residual = |i: usize| -> f64 {
@@ -412,7 +495,7 @@ fn quadrature_density(
         .map(|p| (0..dim).map(|i| u[(p, i)]).collect())
         .collect();
     Some(Density::from_quadrature(
-        &theta, &first, &converged, dim_n, n_total,
+        theta, &first, &converged, dim_n, n_total,
     ))
 }
 
@@ -463,6 +546,17 @@ fn max_rel(sv: &[f64], errors: &[f64]) -> f64 {
 /// within 1% (or 1), the MP edge within 1%, the same spike count, α within 0.02, Spectrum's
 /// SNR within 1%.
 fn shape_settled(a: &shape::Shape, b: &shape::Shape) -> bool {
+    settled_except_alpha(a, b) && alpha_settled(a, b)
+}
+
+/// The power-law part of [`shape_settled`].
+fn alpha_settled(a: &shape::Shape, b: &shape::Shape) -> bool {
+    (a.pl_alpha.is_nan() && b.pl_alpha.is_nan()) || (a.pl_alpha - b.pl_alpha).abs() <= 0.02
+}
+
+/// [`shape_settled`] but for α (whose fit costs O(N²): it is only computed for two shapes that
+/// agree on everything else).
+fn settled_except_alpha(a: &shape::Shape, b: &shape::Shape) -> bool {
     let rel = |x: f64, y: f64| {
         if x == y {
             true
@@ -475,12 +569,9 @@ fn shape_settled(a: &shape::Shape, b: &shape::Shape) -> bool {
         .iter()
         .zip(&b.energy_ranks)
         .all(|(&x, &y)| x.abs_diff(y) as f64 <= (0.01 * x as f64).max(1.0));
-    let alpha =
-        (a.pl_alpha.is_nan() && b.pl_alpha.is_nan()) || (a.pl_alpha - b.pl_alpha).abs() <= 0.02;
     ranks
         && a.mp_spikes == b.mp_spikes
         && rel(a.mp_edge, b.mp_edge)
-        && alpha
         && rel(a.spectrum_snr, b.spectrum_snr)
 }
 
@@ -512,7 +603,7 @@ pub fn randomized(
     };
     let max_blocks = cfg.max_iter.max(1);
     let mut h = Mat::<f64>::zeros(b * max_blocks, b * max_blocks);
-    let mut basis: Vec<Mat<f32>> = Vec::new();
+    let mut basis = Basis::new(n);
     let mut stats = ElementStats::default();
     let mut prev: Vec<f64> = Vec::new();
     let mut prev_deltas: Vec<f64> = Vec::new();
@@ -521,7 +612,8 @@ pub fn randomized(
     let mut sv_error = f64::NAN;
     let mut iterations = 0;
     let mut density = None;
-    let mut prev_shape: Option<shape::Shape> = None;
+    // The last shape (α computed or not) and the pseudo-spectrum it came from.
+    let mut prev_shape: Option<(shape::Shape, Vec<f64>, bool)> = None;
     while iterations < max_blocks {
         let (w, st) = Pass {
             src,
@@ -539,17 +631,25 @@ pub fn randomized(
                 return Ok(nan_outcome(k, stats, iterations));
             }
         }
-        basis.push(x);
-        let i = basis.len() - 1;
-        // New column block of H = QᵀBQ: Q_jᵀ·(B·X_i) for every block j ≤ i.
-        for (j, q) in basis.iter().enumerate() {
-            let c = q.transpose() * w.as_ref();
+        basis.push(&x);
+        let i = basis.cols / b - 1;
+        // New column block of H = QᵀBQ: Q_jᵀ·(B·X_i) for every block j ≤ i, one product.
+        let mut c = Mat::<f32>::zeros(basis.cols, b);
+        matmul(
+            c.as_mut(),
+            Accum::Replace,
+            basis.as_ref().transpose(),
+            w.as_ref(),
+            1.0f32,
+            cfg.par,
+        );
+        for j in 0..=i {
             for r in 0..b {
                 for s in 0..b {
-                    let v = f64::from(c[(r, s)]);
+                    let v = f64::from(c[(j * b + r, s)]);
                     if j == i {
                         // Symmetrize the diagonal block.
-                        let t = f64::from(c[(s, r)]);
+                        let t = f64::from(c[(j * b + s, r)]);
                         h[(j * b + r, i * b + s)] = 0.5 * (v + t);
                     } else {
                         h[(j * b + r, i * b + s)] = v;
@@ -558,9 +658,18 @@ pub fn randomized(
                 }
             }
         }
-        let dim = basis.len() * b;
+        let dim = basis.cols;
         let hd = h.as_ref().get(..dim, ..dim);
-        let ritz = sym_eigenvalues_desc(hd);
+        // From SHAPE_MIN_ITER on the density needs the eigenvectors too: one decomposition.
+        let mut eig = if iterations >= SHAPE_MIN_ITER {
+            sym_eigen(hd, cfg.par)
+        } else {
+            None
+        };
+        let ritz: Vec<f64> = match &eig {
+            Some((theta, _)) => theta.iter().rev().copied().collect(),
+            None => sym_eigenvalues_desc(hd, cfg.par),
+        };
         sv = ritz.iter().take(k).map(|l| l.max(0.0).sqrt()).collect();
         let mut errors = None;
         if !prev.is_empty() {
@@ -576,12 +685,15 @@ pub fn randomized(
             prev_deltas = deltas;
         }
         prev.clone_from(&sv);
-        let (next, r) = next_block(&basis, w, &mut rng);
+        // H's new column block is the first Gram–Schmidt round's coefficients.
+        let (next, r) = next_block(basis.as_ref(), w, &mut rng, cfg.par, Some(&c));
         let exhausted = next.is_none();
         let last = converged || exhausted || iterations == max_blocks;
         if last || iterations >= SHAPE_MIN_ITER {
             let r = if dim >= n { None } else { Some(&r) };
-            density = quadrature_density(hd, b, r, n, n_total);
+            let eig = eig.take().or_else(|| sym_eigen(hd, cfg.par));
+            density =
+                eig.and_then(|(theta, u)| quadrature_density(&theta, u.as_ref(), b, r, n, n_total));
         }
         if exhausted {
             // The basis spans ℝⁿ (or an invariant subspace): the Ritz values are exact.
@@ -595,13 +707,26 @@ pub fn randomized(
         if let (Some(d), Some(e)) = (&density, &errors) {
             let frob_sq = stats.sum_sq;
             let lam = d.pseudo_spectrum(n_total, frob_sq);
-            let now = shape::shape(&lam, frob_sq, m, n);
+            let mut now = shape::shape_without_alpha(&lam, frob_sq, m, n);
+            let mut now_alpha = false;
             let top_ok = within(&sv[..1], &e[..1], cfg.rtol);
-            if top_ok && prev_shape.is_some_and(|p| shape_settled(&p, &now)) {
+            let mut settled = false;
+            if let Some((p, plam, p_alpha)) = prev_shape.as_mut() {
+                if top_ok && settled_except_alpha(p, &now) {
+                    if !*p_alpha {
+                        (p.pl_alpha, p.pl_xmin) = shape::power_law_fit(plam);
+                        *p_alpha = true;
+                    }
+                    (now.pl_alpha, now.pl_xmin) = shape::power_law_fit(&lam);
+                    now_alpha = true;
+                    settled = shape_settled(p, &now);
+                }
+            }
+            if settled {
                 converged = true;
                 break;
             }
-            prev_shape = Some(now);
+            prev_shape = Some((now, lam, now_alpha));
         }
         x = next.expect("not exhausted");
     }
@@ -665,7 +790,7 @@ pub fn exact(src: &MatrixSource<'_>, cfg: &SolverConfig, cancel: &AtomicBool) ->
     if stats.nonfinite > 0 {
         return Ok(nan_outcome(cfg.top_k.min(nmin), stats, 1));
     }
-    let sv = sym_eigenvalues_desc(gram.as_ref())
+    let sv = sym_eigenvalues_desc(gram.as_ref(), cfg.par)
         .into_iter()
         .map(|l| l.max(0.0).sqrt())
         .collect();

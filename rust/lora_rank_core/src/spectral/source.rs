@@ -42,25 +42,66 @@ pub struct ElementStats {
 }
 
 impl ElementStats {
-    /// Add the elements of `v`: squares are summed in f32 over runs of 64 elements (exact
+    /// Add the elements of `v`: squares are summed in f32 (16 lanes) over runs of 64 elements (exact
     /// enough for a 2⁻²⁴ relative error per run) and the runs in f64. A run of finite values
     /// whose f32 sum overflows (|x| ≳ 1.8e19, e.g. a corrupted bf16 file) is summed again in
     /// f64, so the Frobenius norm is never a silent infinity.
     pub fn add(&mut self, v: &[f32]) {
         for run in v.chunks(64) {
-            let mut s = 0f32;
-            let mut bad = 0u32;
-            for &x in run {
-                s += x * x;
-                bad += u32::from(!x.is_finite());
-            }
-            self.sum_sq += if s.is_finite() || bad > 0 {
-                f64::from(s)
-            } else {
-                run.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
-            };
-            self.nonfinite += u64::from(bad);
+            self.add_run(run.len(), |i| run[i]);
         }
+    }
+
+    /// [`ElementStats::add`] on bf16 words (no decoded copy needed): the same runs and sums.
+    pub fn add_bf16(&mut self, words: &[u16]) {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            unsafe { self.add_bf16_avx512(words) };
+            return;
+        }
+        self.add_bf16_generic(words);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add_bf16_avx512(&mut self, words: &[u16]) {
+        self.add_bf16_generic(words);
+    }
+
+    #[inline(always)]
+    fn add_bf16_generic(&mut self, words: &[u16]) {
+        for run in words.chunks(64) {
+            self.add_run(run.len(), |i| f32::from_bits(u32::from(run[i]) << 16));
+        }
+    }
+
+    /// One run of at most 64 elements `x(0..len)`: squares summed in 16 f32 lanes.
+    #[inline(always)]
+    fn add_run(&mut self, len: usize, x: impl Fn(usize) -> f32) {
+        let mut lanes = [0f32; 16];
+        let mut bad = [0u32; 16];
+        let full = len / 16 * 16;
+        for c in (0..full).step_by(16) {
+            for l in 0..16 {
+                let v = x(c + l);
+                lanes[l] += v * v;
+                bad[l] += u32::from(!v.is_finite());
+            }
+        }
+        for (l, i) in (full..len).enumerate() {
+            let v = x(i);
+            lanes[l] += v * v;
+            bad[l] += u32::from(!v.is_finite());
+        }
+        let s: f32 = lanes.iter().sum();
+        let bad: u32 = bad.iter().sum();
+        self.sum_sq += if s.is_finite() || bad > 0 {
+            f64::from(s)
+        } else {
+            (0..len).map(|i| f64::from(x(i)) * f64::from(x(i))).sum()
+        };
+        self.nonfinite += u64::from(bad);
     }
 
     pub fn merge(&mut self, other: ElementStats) {
@@ -244,12 +285,11 @@ impl<'a> MatrixSource<'a> {
     }
 
     /// Read `panel` of a BF16 matrix and return its stored words (row-major), without
-    /// decoding; `stats` (when given) gets its elements through `decoded`, a scratch buffer.
+    /// decoding; `stats` (when given) gets its elements straight from the words.
     pub fn read_panel_bf16<'s>(
         &self,
         panel: Panel,
         scratch: &'s mut Scratch,
-        decoded: &mut Vec<f32>,
         stats: Option<&mut ElementStats>,
     ) -> Result<&'s [u16]> {
         debug_assert!(self.dtype == Dtype::BF16 && cfg!(target_endian = "little"));
@@ -261,9 +301,7 @@ impl<'a> MatrixSource<'a> {
             .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
         let n = panel.rows * self.cols;
         if let Some(s) = stats {
-            decoded.resize(n, 0.0);
-            scratch.decode(self.dtype, decoded);
-            s.add(decoded);
+            s.add_bf16(scratch.halves(n));
         }
         Ok(scratch.halves(n))
     }
