@@ -119,48 +119,46 @@ pub fn panel_pass(
     }
 }
 
-/// Y = P·X for every row of the panel, `MR` rows at a time; `y` holds exactly rows × bpad.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn times_x<const NV: usize, const MR: usize>(
-    p: &[u16],
-    n: usize,
-    xp: &PackedX,
-    y: &mut [f32],
-) {
-    let rows = y.len() / xp.bpad;
-    let mut i0 = 0;
-    while i0 + MR <= rows {
-        rows_times_x::<NV, MR>(p, i0, n, xp, y);
-        i0 += MR;
-    }
-    while i0 < rows {
-        rows_times_x::<NV, 1>(p, i0, n, xp, y);
-        i0 += 1;
-    }
+/// A panel driver: `$rows::<NV, MR>` over every row of the panel, `MR` rows at a time, then
+/// one at a time; `y` holds exactly rows × bpad.
+macro_rules! panel_driver {
+    ($(#[$doc:meta])* $name:ident, $rows:ident, $features:literal) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const NV: usize, const MR: usize>(
+            p: &[u16],
+            n: usize,
+            xp: &PackedX,
+            y: &mut [f32],
+        ) {
+            let rows = y.len() / xp.bpad;
+            let mut i0 = 0;
+            while i0 + MR <= rows {
+                $rows::<NV, MR>(p, i0, n, xp, y);
+                i0 += MR;
+            }
+            while i0 < rows {
+                $rows::<NV, 1>(p, i0, n, xp, y);
+                i0 += 1;
+            }
+        }
+    };
 }
 
-/// [`times_x`] for blocks whose last 16-column strip has at most 8 live columns: `NV` full
-/// strips and one 8-column (256-bit) strip; the 8 padding columns of `y` are left unwritten.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn times_x_half<const NV: usize, const MR: usize>(
-    p: &[u16],
-    n: usize,
-    xp: &PackedX,
-    y: &mut [f32],
-) {
-    let rows = y.len() / xp.bpad;
-    let mut i0 = 0;
-    while i0 + MR <= rows {
-        rows_times_x_half::<NV, MR>(p, i0, n, xp, y);
-        i0 += MR;
-    }
-    while i0 < rows {
-        rows_times_x_half::<NV, 1>(p, i0, n, xp, y);
-        i0 += 1;
-    }
-}
+panel_driver!(
+    /// Y = P·X for every row of the panel, `MR` rows at a time; `y` holds exactly rows × bpad.
+    times_x,
+    rows_times_x,
+    "avx512f,avx512bw,avx512bf16"
+);
+panel_driver!(
+    /// [`times_x`] for blocks whose last 16-column strip has at most 8 live columns: `NV` full
+    /// strips and one 8-column (256-bit) strip; the 8 padding columns of `y` are left unwritten.
+    times_x_half,
+    rows_times_x_half,
+    "avx512f,avx512bw,avx512vl,avx512bf16"
+);
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
