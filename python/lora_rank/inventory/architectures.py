@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -76,8 +77,20 @@ def fill(template: str, indices: list[str]) -> str:
     """
     if not indices:
         return template
-    parts = template.split(ABSTRACT_INDEX)
-    return parts[0] + "".join(i + p for i, p in zip(indices, parts[1:]))
+    return fill_pieces(template.split(ABSTRACT_INDEX), indices)
+
+
+def fill_pieces(pieces: Sequence[str], indices: Sequence[str]) -> str:
+    """:func:`fill` of a template already split at :data:`ABSTRACT_INDEX` (one more piece than
+    indices).
+
+    Example:
+        >>> fill_pieces(["a", ".b", ""], [".3", ".0"]), fill_pieces(["lm_head"], [])
+        ('a.3.b.0', 'lm_head')
+    """
+    if len(pieces) == 2:  # the common case: one layer index
+        return pieces[0] + indices[0] + pieces[1]
+    return pieces[0] + "".join(i + p for i, p in zip(indices, pieces[1:]))
 
 
 @dataclass(frozen=True)

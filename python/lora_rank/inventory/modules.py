@@ -62,7 +62,6 @@ class _Template:
     out once."""
 
     def __init__(self, text: str) -> None:
-        self.text = text
         self.pieces = text.split(architectures.ABSTRACT_INDEX)
         # The layer index: the value at one of the indices, or a number the name spells.
         probe = self.pieces[0] + "".join(f".{_PROBE + i}{p}" for i, p in enumerate(self.pieces[1:]))
@@ -203,23 +202,11 @@ def build_modules(
     unseen = object()
     plans: list[Any] = [unseen] * len(abstracts)
     for t, number, indices in zip(tensors, pattern_of, all_indices):
-        plan = plans[number]
-        if plan is unseen:
-            kp = _key_pattern(by_pattern, abstracts[number], t.name, indices)
-            # (template pieces when the key is renamed as a pattern, else None; the pattern)
-            plan = plans[number] = (
-                kp.module.pieces if kp is not None and kp.converter is None else None,
-                kp,
-            )
-        pieces, kp = plan
-        if pieces is not None:
-            # Module name: the template with this key's indices put back.
-            if len(pieces) == 2:
-                module = pieces[0] + indices[0] + pieces[1]
-            elif len(pieces) == 1:
-                module = pieces[0]
-            else:
-                module = pieces[0] + "".join(i + p for i, p in zip(indices, pieces[1:]))
+        kp = plans[number]
+        if kp is unseen:
+            kp = plans[number] = _key_pattern(by_pattern, abstracts[number], t.name, indices)
+        if kp is not None and kp.converter is None:
+            module = architectures.fill_pieces(kp.module.pieces, indices)
             leaf = kp.leaf
             g = groups.get(module)
             if g is None:
@@ -235,9 +222,9 @@ def build_modules(
             if r.converter is not None and r.source_index is not None:
                 fused_parts[r.runtime][r.source_index].append((t.name, t.shape))
                 fused_converter[r.runtime] = r.converter
-                g = groups.get(r.runtime) or groups.setdefault(
-                    r.runtime, _Group(r.runtime, r.runtime, False, None, ())
-                )
+                g = groups.get(r.runtime)
+                if g is None:
+                    g = groups[r.runtime] = _Group(r.runtime, r.runtime, False, None, ())
                 g.keys.append(t.name)
                 g.dtype = g.dtype or t.dtype
                 continue
