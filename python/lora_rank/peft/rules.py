@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -177,7 +177,7 @@ def layer_of(name: str) -> Optional[int]:
     return int(m.group("idx")) if m else None
 
 
-def parameter_matches(target_parameters: Optional[Sequence[str]], key: str) -> bool:
+def parameter_matches(target_parameters: Optional[Collection[str]], key: str) -> bool:
     """Whether ``target_parameters`` selects the parameter ``key`` (exact or dot-suffix).
 
     Example:
@@ -323,9 +323,8 @@ def applied(config: Mapping[str, Any], universe: Universe) -> dict[str, tuple[in
             if idx is None or idx not in (layers if isinstance(layers, list) else [layers]):
                 continue
         wrapped.append(name)
-    if tp:
-        listed_params = frozenset(tp)
-        wrapped += [p for p in universe.parameters if _in_list(listed_params, p)]
+    listed_params = frozenset(tp)  # a set: looked up per name suffix, not converted per key
+    wrapped += [p for p in universe.parameters if parameter_matches(listed_params, p)]
     out: dict[str, tuple[int, float]] = {}
     for name in wrapped:
         if name not in universe.reach:
