@@ -154,6 +154,48 @@ def test_counts_and_classes_match_headers_and_model(
         assert type(runtime).__name__ == m.module_class, m.name
 
 
+def test_per_key_modules_equal_the_grouped_ones(
+    checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where every key is a module of its own (no biases, converters or shared modules),
+    ``build_modules`` makes the modules key by key; they equal, field by field and with the
+    same warnings, what grouping the keys first gives (the path PEFT checks on every other
+    architecture). Also on a class the table lacks (``lm_head`` guessed) and with no table."""
+    import json
+
+    from lora_rank.inventory import modules
+
+    def inputs(path: Path) -> tuple[list[Any], dict[str, Any]]:
+        config = json.loads((path / "config.json").read_text())
+        return list(_analyzed(path).tensors), config
+
+    cases = [inputs(checkpoint(arch)) for arch in ALL]
+    tensors, config = inputs(checkpoint("llama"))
+    cases += [
+        (tensors, {**config, "architectures": ["NoSuchLlamaHead"]}),
+        (tensors, {**config, "architectures": ["NoSuchModel"], "model_type": "no-such-type"}),
+    ]
+    per_key = modules._one_module_per_key
+    taken: list[bool] = []
+
+    def spy(*args: Any) -> Any:
+        made = per_key(*args)
+        taken.append(made is not None)
+        return made
+
+    for tensors, config in cases:
+        with monkeypatch.context() as m:
+            m.setattr(modules, "_one_module_per_key", spy)
+            fast = modules.build_modules(tensors, config)
+        with monkeypatch.context() as m:
+            m.setattr(modules, "_one_module_per_key", lambda *a: None)
+            grouped = modules.build_modules(tensors, config)
+        assert fast == grouped, config.get("architectures")
+    # The per-key path is not vacuous here: a good part of the architectures take it.
+    assert len(taken) == len(cases) and sum(taken) >= 10, sum(taken)
+    assert taken[-2:] == [True, False]  # the guessed lm_head per key; no table: grouped
+
+
 def test_the_three_reported_failures(checkpoint: Callable[[str], Path]) -> None:
     """ViT head names are transformers 5's, DeBERTa-v2's rel_embeddings is an embedding, and
     DeepSeek-V3's dense first-layer MLP is not an all-linear target (PEFT is the oracle above;

@@ -161,50 +161,221 @@ def _guess(
     return kind, is_target, parameter, in_f, out_f
 
 
-def build_modules(
-    tensors: list[Tensor], config: Optional[dict[str, Any]]
-) -> tuple[list[Module], list[str], str]:
-    """Modules (in natural name order, independent of sharding), warnings, and how they were
-    resolved (``"table"``: the generated table of the checkpoint's class or of its model type's
-    base class; ``"heuristic"``: names and shapes) for ``tensors`` of a model with ``config``.
+class _Records:
+    """Makes the :class:`Module` of each group: the table's answer (looked up once per name
+    pattern) or, for what the table lacks, a guess from the name and shape; remembers which
+    modules were guessed and which 2-D weights have no known role."""
 
-    Example:
-        >>> t = [Tensor("model.layers.0.self_attn.q_proj.weight", "F32", (8, 4), "m", 0, 128)]
-        >>> mods, _, how = build_modules(t, {"model_type": "llama"})
-        >>> (mods[0].kind, mods[0].in_features, mods[0].out_features, mods[0].is_lora_target)
-        ('attn_q', 4, 8, True)
-        >>> how, mods[0].module_class
-        ('table', 'Linear')
-    """
-    config = config or {}
-    model_type = config.get("model_type")
-    archs = config.get("architectures") or [None]
-    table, found_via = architectures.table_for_config(config)
-    rules = table.rules if table is not None else naming.rules_for(model_type, archs[0])
-    rename = table.runtime_name if table is not None else lambda k: naming.rename_key(k, rules)
-    warnings: list[str] = []
-    if rules.unsupported:
-        warnings.append(
-            f"transformers renames keys of model type {model_type!r} with rule types lora_rank "
-            f"does not replay ({', '.join(sorted(set(rules.unsupported)))}); names may differ: "
-            "use analyze(..., resolve='transformers') for exact names"
+    def __init__(
+        self,
+        table: Optional[architectures.Table],
+        model_type: Optional[str],
+        rules: naming.Rules,
+        fused_parts: dict[str, Any],
+        vocab: Any,
+    ) -> None:
+        self.table = table
+        self.out_embedding = table.output_embedding if table is not None else None
+        self.conv1d = model_type in kinds.CONV1D_MODEL_TYPES
+        moe_table = peft_moe_table(model_type)
+        self.moe_targets = moe_table[0] if moe_table is not None else None
+        self.fused_runtime = bool(rules.converters) and any("experts" in n for n in fused_parts)
+        self.vocab = vocab
+        self.guessed: list[str] = []
+        self.unclassified: list[str] = []
+        #: Table answers per module name pattern (those naming a target parameter are per
+        #: module).
+        self.resolved: dict[tuple[Any, ...], Optional[architectures.ResolvedModule]] = {}
+
+    def exact(self, g: _Group, ndim: int) -> Optional[architectures.ResolvedModule]:
+        """The table's answer for ``g`` (None: the table has none, or there is no table)."""
+        table = self.table
+        if table is None:
+            return None
+        params = g.params
+        tpl = g.template
+        leaves = () if g.fused_param else tuple(params)
+        bare = g.bare or g.fused_param is not None
+        key = (tpl, leaves, bare, g.name == self.out_embedding, ndim)
+        if tpl is not None and key in self.resolved:
+            return self.resolved[key]
+        exact = architectures.resolve_module(
+            table, g.name, list(leaves), functools.partial(_name_kind, g, ndim), bare=bare
+        )
+        if tpl is not None and (exact is None or exact.parameter is None):
+            self.resolved[key] = exact
+        return exact
+
+    def record(self, g: _Group) -> Module:
+        """The module of group ``g``."""
+        params = g.params
+        weight = params.get("weight") or params.get("bias") or ()
+        ndim = len(weight)
+        exact = self.exact(g, ndim)
+        in_f = out_f = None
+        if exact is not None:
+            kind, is_target = exact.kind, exact.is_lora_target
+            parameter, module_class = exact.parameter, exact.module_class
+            # A 2-D weight PEFT reaches through target_parameters (a custom router) gets
+            # LoRA factors shaped like a Linear's: in and out from [out, in].
+            if ndim == 2 and (exact.is_linear or parameter is not None):
+                out_f, in_f = (weight[1], weight[0]) if exact.is_conv1d else weight
+            elif ndim == 3 and kind.startswith("moe_expert"):
+                out_f, in_f = weight[1], weight[2]
+        else:
+            module_class = None
+            if not g.bare:
+                # A bare tensor the class does not have (a stored non-persistent buffer such as
+                # BERT's position_ids, dropped on load) has no class to guess and is never a
+                # target.
+                self.guessed.append(g.name)
+            kind, is_target, parameter, in_f, out_f = _guess(
+                g, ndim, weight, self.conv1d, self.fused_runtime, self.moe_targets, self.vocab
+            )
+            if kind == "other_linear" and kinds.match_rule(g.name) is None:
+                self.unclassified.append(g.name)
+        tpl = g.template
+        if tpl is None:
+            layer = kinds.layer_index(g.name)
+        elif tpl.layer_slot is not None:
+            layer = int(g.indices[tpl.layer_slot][1:])
+        else:
+            layer = tpl.fixed_layer
+        return Module(
+            g.name,
+            kind,
+            layer,
+            in_f,
+            out_f,
+            weight if type(weight) is tuple else tuple(weight),
+            g.dtype,
+            math.prod(weight) if len(params) == 1 else sum(map(math.prod, params.values())),
+            is_target,
+            tuple(g.keys),
+            parameter,
+            g.num_experts,
+            module_class,
         )
 
-    # Renaming runs once per key pattern (indices abstracted); each key only fills in its
-    # indices. Patterns the table cannot rename as a whole are renamed key by key.
-    by_pattern = table.rename_pattern if table is not None else None
+
+#: A name pattern whose modules the table does not answer alike (guessed, or a target
+#: parameter per module): each goes through :meth:`_Records.record`.
+_ONE_BY_ONE = object()
+
+
+def _one_module_per_key(
+    tensors: list[Tensor],
+    pattern_of: list[int],
+    all_indices: list[list[str]],
+    plans: list[Optional[_KeyPattern]],
+    ctx: _Records,
+) -> Optional[list[Module]]:
+    """The modules when every checkpoint key is a module of its own under the table (every
+    pattern renamed as a whole, no converter, no two patterns naming the same module: a
+    Llama-style checkpoint without biases), made per key with the table's answer looked up once
+    per pattern; None when that is not so (then :func:`build_modules` groups keys first). The
+    same modules as the grouping path, without its per-key groups."""
+    if ctx.table is None or not plans:
+        return None
+    templates = set()
+    for kp in plans:
+        if kp is None or kp.converter is not None:
+            return None
+        templates.add(tuple(kp.module.pieces))
+    if len(templates) != len(plans):
+        return None
+    out_embedding = ctx.out_embedding
+    answers: dict[tuple[int, int, bool], Any] = {}
+    fill_pieces = architectures.fill_pieces
+    modules: list[Module] = []
+    append = modules.append
+    for t, number, indices in zip(tensors, pattern_of, all_indices):
+        kp = plans[number]
+        assert kp is not None
+        tpl = kp.module
+        pieces = tpl.pieces
+        name = (
+            pieces[0] + indices[0] + pieces[1] if len(pieces) == 2 else fill_pieces(pieces, indices)
+        )
+        shape = t.shape if type(t.shape) is tuple else tuple(t.shape)
+        ndim = len(shape)
+        key = (number, ndim, name == out_embedding)
+        answer = answers.get(key)
+        if answer is None or answer is _ONE_BY_ONE:
+            g = _Group(name, None, kp.bare, tpl, indices)
+            g.params[kp.leaf] = shape
+            g.keys.append(t.name)
+            g.dtype = t.dtype
+            if answer is None:
+                exact = ctx.exact(g, ndim)
+                if exact is None or exact.parameter is not None:
+                    answers[key] = _ONE_BY_ONE
+                    append(ctx.record(g))
+                    continue
+                features = 0
+                if ndim == 2 and exact.is_linear:
+                    features = 2 if exact.is_conv1d else 1
+                elif ndim == 3 and exact.kind.startswith("moe_expert"):
+                    features = 3
+                answer = answers[key] = (
+                    exact.kind,
+                    exact.is_lora_target,
+                    exact.module_class,
+                    features,
+                )
+            else:
+                append(ctx.record(g))
+                continue
+        kind, is_target, module_class, features = answer
+        if features == 1:
+            out_f, in_f = shape
+        elif features == 2:
+            in_f, out_f = shape
+        elif features == 3:
+            out_f, in_f = shape[1], shape[2]
+        else:
+            in_f = out_f = None
+        slot = tpl.layer_slot
+        append(
+            Module(
+                name,
+                kind,
+                tpl.fixed_layer if slot is None else int(indices[slot][1:]),
+                in_f,
+                out_f,
+                shape,
+                t.dtype,
+                math.prod(shape),
+                is_target,
+                (t.name,),
+                None,
+                None,
+                module_class,
+            )
+        )
+    if len({m.name for m in modules}) != len(modules):
+        return None
+    return modules
+
+
+def _group_keys(
+    tensors: list[Tensor],
+    pattern_of: list[int],
+    all_indices: list[list[str]],
+    plans: list[Optional[_KeyPattern]],
+    rename: Callable[[str], naming.Renamed],
+    warnings: list[str],
+) -> tuple[dict[str, _Group], dict[str, Any]]:
+    """The runtime modules (and fused parameters) the keys make, in the order first seen, and
+    the converter inputs of each fused parameter; a warning added for a fused shape that cannot
+    be computed."""
     groups: dict[str, _Group] = {}
     fused_parts: dict[str, dict[int, list[tuple[str, tuple[int, ...]]]]] = defaultdict(
         lambda: defaultdict(list)
     )
     fused_converter: dict[str, naming.Transform] = {}
-    abstracts, pattern_of, all_indices = architectures.abstract_keys([t.name for t in tensors])
-    unseen = object()
-    plans: list[Any] = [unseen] * len(abstracts)
     for t, number, indices in zip(tensors, pattern_of, all_indices):
         kp = plans[number]
-        if kp is unseen:
-            kp = plans[number] = _key_pattern(by_pattern, abstracts[number], t.name, indices)
         if kp is not None and kp.converter is None:
             module = architectures.fill_pieces(kp.module.pieces, indices)
             leaf = kp.leaf
@@ -247,81 +418,57 @@ def build_modules(
             shape = parts[min(parts)][0][1]
         g.params["weight"] = shape
         g.num_experts = shape[0] if len(shape) == 3 else None
+    return groups, fused_parts
 
-    conv1d = model_type in kinds.CONV1D_MODEL_TYPES
-    moe_table = peft_moe_table(model_type)
-    moe_targets = moe_table[0] if moe_table is not None else None
-    fused_runtime = bool(rules.converters) and any("experts" in n for n in fused_parts)
-    vocab = config.get("vocab_size")
-    modules: list[Module] = []
-    unclassified: list[str] = []
-    guessed: list[str] = []
-    #: Table answers per module name pattern (those naming a target parameter are per module).
-    resolved: dict[tuple[Any, ...], Optional[architectures.ResolvedModule]] = {}
-    out_embedding = table.output_embedding if table is not None else None
-    for g in groups.values():
-        params = g.params
-        weight = params.get("weight") or params.get("bias") or ()
-        ndim = len(weight)
-        tpl = g.template
-        exact = None
-        if table is not None:
-            leaves = () if g.fused_param else tuple(params)
-            bare = g.bare or g.fused_param is not None
-            key = (tpl, leaves, bare, g.name == out_embedding, ndim)
-            if tpl is not None and key in resolved:
-                exact = resolved[key]
-            else:
-                exact = architectures.resolve_module(
-                    table, g.name, list(leaves), functools.partial(_name_kind, g, ndim), bare=bare
-                )
-                if tpl is not None and (exact is None or exact.parameter is None):
-                    resolved[key] = exact
-        in_f = out_f = None
-        if exact is not None:
-            kind, is_target = exact.kind, exact.is_lora_target
-            parameter, module_class = exact.parameter, exact.module_class
-            # A 2-D weight PEFT reaches through target_parameters (a custom router) gets
-            # LoRA factors shaped like a Linear's: in and out from [out, in].
-            if ndim == 2 and (exact.is_linear or parameter is not None):
-                out_f, in_f = (weight[1], weight[0]) if exact.is_conv1d else weight
-            elif ndim == 3 and kind.startswith("moe_expert"):
-                out_f, in_f = weight[1], weight[2]
-        else:
-            module_class = None
-            if not g.bare:
-                # A bare tensor the class does not have (a stored non-persistent buffer such as
-                # BERT's position_ids, dropped on load) has no class to guess and is never a
-                # target.
-                guessed.append(g.name)
-            kind, is_target, parameter, in_f, out_f = _guess(
-                g, ndim, weight, conv1d, fused_runtime, moe_targets, vocab
-            )
-            if kind == "other_linear" and kinds.match_rule(g.name) is None:
-                unclassified.append(g.name)
-        if tpl is None:
-            layer = kinds.layer_index(g.name)
-        elif tpl.layer_slot is not None:
-            layer = int(g.indices[tpl.layer_slot][1:])
-        else:
-            layer = tpl.fixed_layer
-        modules.append(
-            Module(
-                g.name,
-                kind,
-                layer,
-                in_f,
-                out_f,
-                weight if type(weight) is tuple else tuple(weight),
-                g.dtype,
-                math.prod(weight) if len(params) == 1 else sum(map(math.prod, params.values())),
-                is_target,
-                tuple(g.keys),
-                parameter,
-                g.num_experts,
-                module_class,
-            )
+
+def build_modules(
+    tensors: list[Tensor], config: Optional[dict[str, Any]]
+) -> tuple[list[Module], list[str], str]:
+    """Modules (in natural name order, independent of sharding), warnings, and how they were
+    resolved (``"table"``: the generated table of the checkpoint's class or of its model type's
+    base class; ``"heuristic"``: names and shapes) for ``tensors`` of a model with ``config``.
+
+    Example:
+        >>> t = [Tensor("model.layers.0.self_attn.q_proj.weight", "F32", (8, 4), "m", 0, 128)]
+        >>> mods, _, how = build_modules(t, {"model_type": "llama"})
+        >>> (mods[0].kind, mods[0].in_features, mods[0].out_features, mods[0].is_lora_target)
+        ('attn_q', 4, 8, True)
+        >>> how, mods[0].module_class
+        ('table', 'Linear')
+    """
+    config = config or {}
+    model_type = config.get("model_type")
+    archs = config.get("architectures") or [None]
+    table, found_via = architectures.table_for_config(config)
+    rules = table.rules if table is not None else naming.rules_for(model_type, archs[0])
+    warnings: list[str] = []
+    if rules.unsupported:
+        warnings.append(
+            f"transformers renames keys of model type {model_type!r} with rule types lora_rank "
+            f"does not replay ({', '.join(sorted(set(rules.unsupported)))}); names may differ: "
+            "use analyze(..., resolve='transformers') for exact names"
         )
+
+    # Renaming runs once per key pattern (indices abstracted); each key only fills in its
+    # indices. Patterns the table cannot rename as a whole are renamed key by key.
+    abstracts, pattern_of, all_indices = architectures.abstract_keys([t.name for t in tensors])
+    first: dict[int, int] = {}  # pattern number -> its first key (numbers in first-seen order)
+    for i, number in enumerate(pattern_of):
+        if number not in first:
+            first[number] = i
+    by_pattern = table.rename_pattern if table is not None else None
+    plans = [
+        _key_pattern(by_pattern, abstracts[number], tensors[i].name, all_indices[i])
+        for number, i in first.items()
+    ]
+    vocab = config.get("vocab_size")
+    ctx = _Records(table, model_type, rules, {}, vocab)
+    modules = _one_module_per_key(tensors, pattern_of, all_indices, plans, ctx)
+    if modules is None:
+        rename = table.runtime_name if table is not None else lambda k: naming.rename_key(k, rules)
+        groups, fused_parts = _group_keys(tensors, pattern_of, all_indices, plans, rename, warnings)
+        ctx = _Records(table, model_type, rules, fused_parts, vocab)
+        modules = [ctx.record(g) for g in groups.values()]
     modules = naming.natural_sorted(modules, lambda m: m.name)
     if table is None:
         what = (
@@ -335,15 +482,16 @@ def build_modules(
             f"{len(modules)} modules are guessed from names and shapes{naming.version_note()}; "
             "use analyze(..., resolve='transformers') for exact ones"
         )
-    elif guessed:
-        guessed = naming.natural_sorted(guessed, str)
+    elif ctx.guessed:
+        guessed = naming.natural_sorted(ctx.guessed, str)
         shown = ", ".join(guessed[:5]) + (" ..." if len(guessed) > 5 else "")
         warnings.append(
             f"{len(guessed)} module(s) not in the architecture table of {table.class_name} "
             f"(found via its {found_via}), classes guessed from names and shapes: {shown}"
             f"{naming.version_note()}; use analyze(..., resolve='transformers') for exact ones"
         )
-    if unclassified:
+    if ctx.unclassified:
+        unclassified = ctx.unclassified
         shown = ", ".join(unclassified[:5]) + (" ..." if len(unclassified) > 5 else "")
         warnings.append(
             f"{len(unclassified)} 2-D weight(s) of no known role, counted as linear layers "
