@@ -327,6 +327,8 @@ def _one_module_per_key(
                 append(ctx.record(g))
                 continue
         kind, is_target, module_class, features = answer
+        in_f: Optional[int]
+        out_f: Optional[int]
         if features == 1:
             out_f, in_f = shape
         elif features == 2:
