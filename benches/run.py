@@ -15,6 +15,7 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import subprocess
@@ -174,19 +175,27 @@ def weightwatcher_markdown(ww: dict[str, Any]) -> str:
         mem = r["process"]["memory"]
         cells += [f"{mem['VmHWM']:.0f} MiB", f"{mem['RssAnon']:.0f} MiB"]
         lines.append("| " + " | ".join(cells) + " |")
-    if "alpha" in ww:
-        a = ww["alpha"]
+    for field, estimator in (("pl_alpha", "WeightWatcher's fit"), ("alpha", "Hill, top-k")):
+        if field not in ww:
+            continue
+        a = ww[field]
         lines += [
             "",
-            f"alpha on {a['modules']} matrices: Spearman {a['spearman']:.2f}, "
-            f"median |ours − WW| {a['median_abs_diff']:.2f}.",
-            "",
-            "| module | alpha (lora_rank, Hill) | alpha (WeightWatcher, MLE) |",
-            "|---|---|---|",
+            f"`{field}` ({estimator}) vs WeightWatcher's alpha on {a['modules']} matrices: "
+            f"Spearman {a['spearman']:.2f}, median |ours − WW| {a['median_abs_diff']:.3f}, "
+            f"worst {a.get('worst_abs_diff', math.nan):.2f}.",
         ]
-        for k, (x, y) in a["per_module"].items():
+    if "pl_alpha" in ww:
+        lines += [
+            "",
+            "| module | pl_alpha (lora_rank) | alpha (Hill, lora_rank) | alpha (WeightWatcher) |",
+            "|---|---|---|---|",
+        ]
+        hill = ww.get("alpha", {}).get("per_module", {})
+        for k, (x, y) in ww["pl_alpha"]["per_module"].items():
             if ".layer.0." in k:
-                lines.append(f"| {k} | {x:.2f} | {y:.2f} |")
+                h = hill.get(k, (math.nan,))[0]
+                lines.append(f"| {k} | {x:.2f} | {h:.2f} | {y:.2f} |")
     return "\n".join(lines)
 
 
