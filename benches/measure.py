@@ -13,11 +13,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -37,6 +40,14 @@ ENV = dict(
     TOKENIZERS_PARALLELISM="false",
     PYTHONWARNINGS="ignore",
 )
+# One bytecode cache for every timed process, filled by the untimed warm-ups: with
+# PYTHONDONTWRITEBYTECODE set (as on the machines here), each process would compile lora_rank's
+# source checkout again while the installed libraries it is compared with load the .pyc files
+# pip wrote; an installed lora_rank has its .pyc too. (benches/hub.py does the same.)
+ENV.pop("PYTHONDONTWRITEBYTECODE", None)
+_PYCACHE = tempfile.mkdtemp(prefix="lora-rank-bench-pycache-")
+atexit.register(shutil.rmtree, _PYCACHE, ignore_errors=True)
+ENV["PYTHONPYCACHEPREFIX"] = _PYCACHE
 
 
 def stats(times: list[float]) -> dict[str, Any]:
