@@ -1,6 +1,6 @@
 """The solver's error estimate vs the actual error, pass by pass (issue 14).
 
-    python benches/study_stop.py            # 8 Llama-8B-shaped bf16 matrices (~10 min, 2 cores)
+    python benches/study_stop.py            # 8 Llama-8B-shaped bf16 matrices (~4 min, 2 cores)
     python benches/study_stop.py --quick    # small shapes, temp files
 
 For each matrix (real-like and noise: 4096², 1024×4096, 14336×4096, 4096×14336, the files of
