@@ -476,19 +476,10 @@ fn ritz_residual(u: MatRef<'_, f64>, b: usize, r: Option<&Mat<f64>>, i: usize) -
         .sqrt()
 }
 
-/// Residual norms ρⱼ ([`ritz_residual`]) of the top `count` Ritz pairs, descending, from the
-/// eigenpairs (`theta` ascending, `u`) of H and the residual factor `r`.
-fn top_residuals(
-    theta: &[f64],
-    u: MatRef<'_, f64>,
-    b: usize,
-    r: Option<&Mat<f64>>,
-    count: usize,
-) -> Vec<f64> {
-    let dim = theta.len();
-    (0..count.min(dim))
-        .map(|j| ritz_residual(u, b, r, dim - 1 - j))
-        .collect()
+/// Residual norms ([`ritz_residual`]) of every Ritz pair, in the order of H's eigenvalues
+/// (ascending): the stopping rule takes the top ones, the quadrature density all of them.
+fn ritz_residuals(u: MatRef<'_, f64>, b: usize, r: Option<&Mat<f64>>) -> Vec<f64> {
+    (0..u.ncols()).map(|i| ritz_residual(u, b, r, i)).collect()
 }
 
 /// Residual bounds on the eigenvalue errors λⱼ − θⱼ of the top `k` Ritz values (`lam`,
@@ -552,19 +543,18 @@ fn sigma_errors(lam: &[f64], dlam: &[f64]) -> Vec<f64> {
 
 /// The quadrature density of the Krylov space so far from the eigenpairs (`theta`, `u`) of H
 /// (dim × dim, blocks of `b`, [`sym_eigen`]): first-block components, and convergence from the
-/// residual factor `r` of the last block (`None`: the basis spans ℝⁿ, every Ritz pair is
-/// exact).
+/// Ritz pairs' `residuals` ([`ritz_residuals`]; all 0 when the basis spans ℝⁿ and every Ritz
+/// pair is exact).
 fn quadrature_density(
     theta: &[f64],
     u: MatRef<'_, f64>,
     b: usize,
-    r: Option<&Mat<f64>>,
+    residuals: &[f64],
     dim_n: usize,
     n_total: usize,
 ) -> Option<Density> {
     let dim = theta.len();
     let top = theta.iter().copied().fold(0.0, f64::max);
-    let residual = |i: usize| ritz_residual(u, b, r, i);
     // A Ritz value is an eigenvalue (weight 1) when its residual bound |θ − λ| ≤ ‖r‖ is below
     // half the distance to its neighbours and 10⁻³·θ_max.
     let converged: Vec<bool> = (0..dim)
@@ -579,7 +569,7 @@ fn quadrature_density(
             } else {
                 f64::INFINITY
             };
-            let res = residual(i);
+            let res = residuals[i];
             res <= 0.5 * gap_lo.min(gap_hi) && res <= 1e-3 * top
         })
         .collect();
@@ -750,8 +740,10 @@ pub fn randomized(
         // Error estimates (λ units): the residual bounds, capped by the extrapolated tail from
         // the second pass on; in σ units for the rule and `sv_error`.
         let lam: Vec<f64> = ritz.iter().take(k + 1).copied().collect();
-        let rho = match &eig {
-            Some((theta, u)) => top_residuals(theta, u.as_ref(), b, r, k + 1),
+        let residuals = eig.as_ref().map(|(_, u)| ritz_residuals(u.as_ref(), b, r));
+        // ρⱼ of the top k + 1, descending like `lam`.
+        let rho: Vec<f64> = match &residuals {
+            Some(all) => all.iter().rev().take(k + 1).copied().collect(),
             None => vec![f64::NAN; lam.len()],
         };
         let bounds = residual_bounds(&lam, &rho, k);
@@ -791,8 +783,9 @@ pub fn randomized(
         prev_rho_sq = rho_sq;
         let last = converged || exhausted || iterations == max_blocks;
         if last || iterations >= SHAPE_MIN_ITER {
-            density =
-                eig.and_then(|(theta, u)| quadrature_density(&theta, u.as_ref(), b, r, n, n_total));
+            density = eig.zip(residuals).and_then(|((theta, u), res)| {
+                quadrature_density(&theta, u.as_ref(), b, &res, n, n_total)
+            });
         }
         if exhausted {
             // The basis spans ℝⁿ (or an invariant subspace): the Ritz values are exact.
