@@ -161,6 +161,18 @@ def _guess(
     return kind, is_target, parameter, in_f, out_f
 
 
+def _feature_axes(exact: architectures.ResolvedModule, ndim: int) -> Optional[tuple[int, int]]:
+    """Axes of the out and in features in the stored shape of a module the table answers
+    for: ``[out, in]`` for a Linear, ``[in, out]`` for a Conv1D, ``[experts, out, in]`` for
+    fused experts; None when it has none (embeddings, norms, ...). A 2-D weight PEFT reaches
+    through target_parameters (a custom router) gets LoRA factors shaped like a Linear's."""
+    if ndim == 2 and (exact.is_linear or exact.parameter is not None):
+        return (1, 0) if exact.is_conv1d else (0, 1)
+    if ndim == 3 and exact.kind.startswith("moe_expert"):
+        return (1, 2)
+    return None
+
+
 class _Records:
     """Makes the :class:`Module` of each group: the table's answer (looked up once per name
     pattern) or, for what the table lacks, a guess from the name and shape; remembers which
@@ -216,12 +228,9 @@ class _Records:
         if exact is not None:
             kind, is_target = exact.kind, exact.is_lora_target
             parameter, module_class = exact.parameter, exact.module_class
-            # A 2-D weight PEFT reaches through target_parameters (a custom router) gets
-            # LoRA factors shaped like a Linear's: in and out from [out, in].
-            if ndim == 2 and (exact.is_linear or parameter is not None):
-                out_f, in_f = (weight[1], weight[0]) if exact.is_conv1d else weight
-            elif ndim == 3 and kind.startswith("moe_expert"):
-                out_f, in_f = weight[1], weight[2]
+            axes = _feature_axes(exact, ndim)
+            if axes is not None:
+                out_f, in_f = weight[axes[0]], weight[axes[1]]
         else:
             module_class = None
             if not g.bare:
@@ -294,9 +303,7 @@ def _one_module_per_key(
         assert kp is not None
         tpl = kp.module
         pieces = tpl.pieces
-        name = (
-            pieces[0] + indices[0] + pieces[1] if len(pieces) == 2 else fill_pieces(pieces, indices)
-        )
+        name = fill_pieces(pieces, indices)
         shape = t.shape if type(t.shape) is tuple else tuple(t.shape)
         ndim = len(shape)
         key = (number, ndim, name == out_embedding)
@@ -312,31 +319,19 @@ def _one_module_per_key(
                     answers[key] = _ONE_BY_ONE
                     append(ctx.record(g))
                     continue
-                features = 0
-                if ndim == 2 and exact.is_linear:
-                    features = 2 if exact.is_conv1d else 1
-                elif ndim == 3 and exact.kind.startswith("moe_expert"):
-                    features = 3
                 answer = answers[key] = (
                     exact.kind,
                     exact.is_lora_target,
                     exact.module_class,
-                    features,
+                    _feature_axes(exact, ndim),
                 )
             else:
                 append(ctx.record(g))
                 continue
-        kind, is_target, module_class, features = answer
-        in_f: Optional[int]
-        out_f: Optional[int]
-        if features == 1:
-            out_f, in_f = shape
-        elif features == 2:
-            in_f, out_f = shape
-        elif features == 3:
-            out_f, in_f = shape[1], shape[2]
-        else:
-            in_f = out_f = None
+        kind, is_target, module_class, axes = answer
+        in_f = out_f = None
+        if axes is not None:
+            out_f, in_f = shape[axes[0]], shape[axes[1]]
         slot = tpl.layer_slot
         append(
             Module(
