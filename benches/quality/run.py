@@ -7,7 +7,8 @@ budget? (benches/README.md "Recommendation quality"; design and decision rule in
 
 The learning-rate check (``--stage lr``) trains all-linear at the budget of r=4 for every lr in
 ``LRS`` and seeds 0 and 1; a task's training lr is the one with the lowest validation NLL
-averaged over the two seeds (``FIXED_LR`` overrides it: BBC stays at 2e-3, DECISION.md).
+averaged over the two seeds (DECISION.md amendment 10: BBC too, whose cells were first trained
+at 2e-3 before its check ran).
 
 Runs append to ``benches/results/quality/runs.jsonl`` (one JSON line per run; a run already
 there is skipped, so an interrupted grid resumes); ``tables`` writes
@@ -35,9 +36,6 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality"
 RUNS = RESULTS / "runs.jsonl"
 #: The learning-rate check's grid (DECISION.md amendment 6; amendment 2 had cut it to 2e-3).
 LRS = (1e-3, 2e-3, 5e-3)
-#: Tasks whose training lr is fixed (amendment 2: BBC trained every arm and budget at the
-#: pilot's 2e-3 before the check ran; the check is reported for it, not applied).
-FIXED_LR = {"bbc": 2e-3}
 #: The check runs at the budget of all-linear r=4; its choice applies to every budget of a task.
 LR_R = 4
 EPOCHS = 3
@@ -94,23 +92,14 @@ def run_one(stage: str, task: str, arm: str, r: int, lr: float, seed: int, epoch
 
 
 def chosen_lr(task: str, r: int, epochs: int, seeds: tuple[int, ...] = LR_SEEDS) -> float:
-    """The training lr of ``task``: fixed (``FIXED_LR``), else the lr of the check (all-linear at
-    budget ``r``) with the lowest validation NLL averaged over ``seeds``."""
-    if task in FIXED_LR:
-        return FIXED_LR[task]
-    rows = [
-        v
-        for v in done().values()
-        if v["stage"] == "lr" and v["task"] == task and v["r"] == r and v["epochs"] == epochs
-    ]
-    mean = {}
-    for lr in {v["lr"] for v in rows}:
-        got = [v["val_nll"] for v in rows if v["lr"] == lr]
-        if len(got) == len(seeds):
-            mean[lr] = sum(got) / len(got)
-    if not mean:
+    """The training lr of ``task``: the lr of the check (all-linear at budget ``r``) with the
+    lowest validation NLL averaged over ``seeds`` (``tables.lowest_lr``)."""
+    import tables
+
+    lr = tables.lowest_lr(list(done().values()), task, r, epochs, len(seeds))
+    if lr is None:
         raise SystemExit(f"no complete learning-rate runs for {task} r={r}: run --stage lr")
-    return min(mean, key=lambda x: mean[x])
+    return lr
 
 
 def _past(hhmm: str) -> bool:
@@ -156,7 +145,7 @@ def main() -> None:
         # Seed-major: every lr at seed 0, then every lr at seed 1.
         jobs = [(t, lr, s) for t in tasks for s in LR_SEEDS for lr in LRS]
         if a.quick:
-            jobs = [(tasks[0], FIXED_LR.get(tasks[0], LRS[0]), 0)]
+            jobs = [(tasks[0], LRS[0], 0)]
         for t, lr, s in jobs[i::n]:
             if a.until and _past(a.until):
                 print(f"--until {a.until} UTC: not starting lr {t}/lr{lr:g}/s{s}", flush=True)

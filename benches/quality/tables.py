@@ -39,15 +39,58 @@ def _ms(xs: list[float], scale: float = 1.0, nd: int = 1) -> str:
     return f"{statistics.fmean(xs) * scale:.{nd}f} ± {sd:.{nd}f}"
 
 
+#: The learning-rate check's budget and the number of its seeds (DECISION.md amendment 6).
+LR_CHECK_R, LR_CHECK_SEEDS = 4, 2
+
+Cell = tuple[str, int, int, float]  # task, r, epochs, lr
+
+
+def lowest_lr(rows: list[dict[str, Any]], task: str, r: int, epochs: int, seeds: int) -> Any:
+    """The lr of ``task``'s learning-rate check (all-linear at budget ``r``, ``epochs``) with
+    the lowest validation NLL averaged over its ``seeds`` runs; None without a complete lr.
+
+    Example:
+        >>> row = dict(stage="lr", task="t", r=4, epochs=3)
+        >>> rows = [dict(row, lr=1e-3, val_nll=0.5), dict(row, lr=2e-3, val_nll=0.4)]
+        >>> lowest_lr(rows, "t", 4, 3, 1)
+        0.002
+    """
+    got: dict[float, list[float]] = {}
+    for v in rows:
+        if (v["stage"], v["task"], v["r"], v["epochs"]) == ("lr", task, r, epochs):
+            got.setdefault(v["lr"], []).append(v["val_nll"])
+    mean = {lr: sum(n) / len(n) for lr, n in got.items() if len(n) == seeds}
+    return min(mean, key=lambda x: mean[x]) if mean else None
+
+
+def _cells(rows: list[dict[str, Any]]) -> list[Cell]:
+    return sorted(
+        {(x["task"], x["r"], x["epochs"], x["lr"]) for x in rows if x["stage"] == "train"}
+    )
+
+
+def _in_cell(x: dict[str, Any], cell: Cell) -> bool:
+    return x["stage"] == "train" and (x["task"], x["r"], x["epochs"], x["lr"]) == cell
+
+
+def _name(cell: Cell) -> str:
+    return f"{cell[0]}/r{cell[1]}/lr{cell[3]:g}"
+
+
+def design_cells(rows: list[dict[str, Any]], cells: list[Cell]) -> list[Cell]:
+    """The cells the decision rule reads: each task's at the lr its check chose (amendment 10;
+    BBC's cells at 2e-3, trained before its check, are tables for reading)."""
+    chosen = {
+        t: lowest_lr(rows, t, LR_CHECK_R, ep, LR_CHECK_SEEDS) for t, _, ep, _ in cells
+    }
+    return [c for c in cells if chosen[c[0]] == c[3]]
+
+
 def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     out, decision = [], {}
-    cells = sorted({(r["task"], r["r"], r["epochs"]) for r in rows if r["stage"] == "train"})
-    for task, r, ep in cells:
-        cell = [
-            x
-            for x in rows
-            if x["stage"] == "train" and (x["task"], x["r"], x["epochs"]) == (task, r, ep)
-        ]
+    cells = _cells(rows)
+    for task, r, ep, lr in cells:
+        cell = [x for x in rows if _in_cell(x, (task, r, ep, lr))]
         by_arm: dict[str, dict[int, dict[str, Any]]] = {}
         for x in cell:
             by_arm.setdefault(x["arm"], {})[x["seed"]] = x
@@ -55,7 +98,6 @@ def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         nll = {a: {s: v["test_nll"] for s, v in d.items()} for a, d in by_arm.items()}
         present = [p for p in PRESETS if p in acc]
         best = max(present, key=lambda p: statistics.fmean(acc[p].values())) if present else None
-        lr = cell[0]["lr"]
         out.append(
             f"\n**{task}, budget all-linear r={r} ({cell[0]['budget']:,} LoRA parameters), "
             f"{ep} epochs, lr {lr:g}; best preset: {best}** (majority class: "
@@ -73,7 +115,7 @@ def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                 dn = paired(nll[a], nll[best])
                 da = f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] (n={n})"
                 dnl = f"{dn[0]:+.3f} [{dn[1]:+.3f}, {dn[2]:+.3f}]"
-                decision[f"{task}/r{r}/{a}"] = {
+                decision[f"{_name((task, r, ep, lr))}/{a}"] = {
                     "d_acc": m,
                     "lo": lo,
                     "hi": hi,
@@ -90,7 +132,7 @@ def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                 f"{_ms(list(nll[a].values()), 1, 3)} | {da} | {dnl} |"
             )
     out.append(versus_all_linear(rows, cells))
-    out.append(verdict(cells, decision))
+    out.append(verdict(design_cells(rows, cells), decision))
     lr_rows = [x for x in rows if x["stage"] == "lr"]
     if lr_rows:
         out.append(
@@ -128,7 +170,7 @@ def majority(task: str) -> float:
     return max(collections.Counter(y for _, y in test).values()) / len(test)
 
 
-def versus_all_linear(rows: list[dict[str, Any]], cells: list[tuple[str, int, int]]) -> str:
+def versus_all_linear(rows: list[dict[str, Any]], cells: list[Cell]) -> str:
     """Paired differences against all-linear in every cell (the decision uses the best preset,
     which is not always all-linear; this table is for reading, not for the rule)."""
     out = [
@@ -136,10 +178,10 @@ def versus_all_linear(rows: list[dict[str, Any]], cells: list[tuple[str, int, in
         "| cell | arm | seeds | Δacc (points) | ΔNLL |",
         "|---|---|---|---|---|",
     ]
-    for task, r, ep in cells:
+    for c in cells:
         by_arm: dict[str, dict[int, dict[str, Any]]] = {}
         for x in rows:
-            if x["stage"] == "train" and (x["task"], x["r"], x["epochs"]) == (task, r, ep):
+            if _in_cell(x, c):
                 by_arm.setdefault(x["arm"], {})[x["seed"]] = x
         base = by_arm.get("all-linear")
         if not base:
@@ -154,23 +196,23 @@ def versus_all_linear(rows: list[dict[str, Any]], cells: list[tuple[str, int, in
             m, lo, hi, n = paired(col(d, "test_acc"), col(base, "test_acc"))
             dn = paired(col(d, "test_nll"), col(base, "test_nll"))
             out.append(
-                f"| {task} r={r} | {SHOWN.get(a, a)} | {n} | "
+                f"| {c[0]} r={c[1]} lr {c[3]:g} | {SHOWN.get(a, a)} | {n} | "
                 f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
                 f"{dn[0]:+.3f} [{dn[1]:+.3f}, {dn[2]:+.3f}] |"
             )
     return "\n".join(out)
 
 
-def verdict(cells: list[tuple[str, int, int]], decision: dict[str, Any]) -> str:
-    """DECISION.md's rule over the measured cells: a rule (not a preset) beats the presets when
-    it beats the best preset in every measured cell."""
-    if not decision:
+def verdict(cells: list[Cell], decision: dict[str, Any]) -> str:
+    """DECISION.md's rule over the measured design cells: a rule (not a preset) beats the
+    presets when it beats the best preset in every one."""
+    if not decision or not cells:
         return ""
-    names = [f"{t}/r{r}" for t, r, _ in cells]
+    names = [_name(c) for c in cells]
     arms = sorted({k.rsplit("/", 1)[1] for k in decision} - set(PRESETS))
     out = [
-        "\nDecision rule over the measured cells (DECISION.md: 95% interval of Δacc above 0, "
-        "mean ΔNLL ≤ 0, ≥ 3 paired seeds, in every cell):\n",
+        "\nDecision rule over the measured cells at each task's checked lr (DECISION.md: 95% "
+        "interval of Δacc above 0, mean ΔNLL ≤ 0, ≥ 3 paired seeds, in every cell):\n",
         "| arm | " + " | ".join(names) + " | beats the presets |",
         "|---|" + "---|" * (len(names) + 1),
     ]
