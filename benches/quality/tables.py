@@ -80,9 +80,7 @@ def _name(cell: Cell) -> str:
 def design_cells(rows: list[dict[str, Any]], cells: list[Cell]) -> list[Cell]:
     """The cells the decision rule reads: each task's at the lr its check chose (amendment 10;
     BBC's cells at 2e-3, trained before its check, are tables for reading)."""
-    chosen = {
-        t: lowest_lr(rows, t, LR_CHECK_R, ep, LR_CHECK_SEEDS) for t, _, ep, _ in cells
-    }
+    chosen = {t: lowest_lr(rows, t, LR_CHECK_R, ep, LR_CHECK_SEEDS) for t, _, ep, _ in cells}
     return [c for c in cells if chosen[c[0]] == c[3]]
 
 
