@@ -30,17 +30,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import arms
+import tables
 import train
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality"
 RUNS = RESULTS / "runs.jsonl"
 #: The learning-rate check's grid (DECISION.md amendment 6; amendment 2 had cut it to 2e-3).
 LRS = (1e-3, 2e-3, 5e-3)
-#: The check runs at the budget of all-linear r=4; its choice applies to every budget of a task.
-LR_R = 4
+#: The check's budget and seeds (defined in tables.py, which reads the check the same way).
+LR_R, LR_SEEDS = tables.LR_CHECK_R, tables.LR_CHECK_SEEDS
 EPOCHS = 3
 SEEDS = (0, 1, 2, 3, 4)
-LR_SEEDS = (0, 1)
 
 
 def done() -> dict[str, dict[str, Any]]:
@@ -94,8 +94,6 @@ def run_one(stage: str, task: str, arm: str, r: int, lr: float, seed: int, epoch
 def chosen_lr(task: str, r: int, epochs: int, seeds: tuple[int, ...] = LR_SEEDS) -> float:
     """The training lr of ``task``: the lr of the check (all-linear at budget ``r``) with the
     lowest validation NLL averaged over ``seeds`` (``tables.lowest_lr``)."""
-    import tables
-
     lr = tables.lowest_lr(list(done().values()), task, r, epochs, len(seeds))
     if lr is None:
         raise SystemExit(f"no complete learning-rate runs for {task} r={r}: run --stage lr")
@@ -160,8 +158,6 @@ def main() -> None:
             lr = chosen_lr(t, lr_r, a.epochs, (0,) if a.quick else LR_SEEDS)
             run_one("train", t, arm, r, lr, s, a.epochs)
     if a.stage in ("all", "tables"):
-        import tables
-
         print(tables.write(RESULTS))
     if a.quick:
         import shutil

@@ -8,7 +8,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 PRESETS = ("all-linear", "attention-qv")
 #: Arm names as the tables show them (``auto`` is the rule auto followed before this benchmark).
@@ -39,13 +39,16 @@ def _ms(xs: list[float], scale: float = 1.0, nd: int = 1) -> str:
     return f"{statistics.fmean(xs) * scale:.{nd}f} ± {sd:.{nd}f}"
 
 
-#: The learning-rate check's budget and the number of its seeds (DECISION.md amendment 6).
-LR_CHECK_R, LR_CHECK_SEEDS = 4, 2
+#: The learning-rate check's budget and seeds (DECISION.md amendment 6): all-linear at r=4,
+#: seeds 0 and 1; its choice applies to every budget of a task.
+LR_CHECK_R, LR_CHECK_SEEDS = 4, (0, 1)
 
 Cell = tuple[str, int, int, float]  # task, r, epochs, lr
 
 
-def lowest_lr(rows: list[dict[str, Any]], task: str, r: int, epochs: int, seeds: int) -> Any:
+def lowest_lr(
+    rows: list[dict[str, Any]], task: str, r: int, epochs: int, seeds: int
+) -> Optional[float]:
     """The lr of ``task``'s learning-rate check (all-linear at budget ``r``, ``epochs``) with
     the lowest validation NLL averaged over its ``seeds`` runs; None without a complete lr.
 
@@ -80,8 +83,10 @@ def _name(cell: Cell) -> str:
 def design_cells(rows: list[dict[str, Any]], cells: list[Cell]) -> list[Cell]:
     """The cells the decision rule reads: each task's at the lr its check chose (amendment 10;
     BBC's cells at 2e-3, trained before its check, are tables for reading)."""
-    chosen = {t: lowest_lr(rows, t, LR_CHECK_R, ep, LR_CHECK_SEEDS) for t, _, ep, _ in cells}
-    return [c for c in cells if chosen[c[0]] == c[3]]
+    chosen = {
+        (t, ep): lowest_lr(rows, t, LR_CHECK_R, ep, len(LR_CHECK_SEEDS)) for t, _, ep, _ in cells
+    }
+    return [c for c in cells if chosen[c[0], c[2]] == c[3]]
 
 
 def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
