@@ -22,7 +22,7 @@ pub mod stats;
 use std::fs::{self, File};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
 
@@ -655,21 +655,29 @@ pub fn compute_from(
     let mut out: Vec<Option<Spectrum>> = vec![None; jobs.len()];
     let mut i = 0;
     while i < jobs.len() {
+        let mut end = i;
+        while end < jobs.len() && is_large(&jobs[end]) == is_large(&jobs[i]) {
+            end += 1;
+        }
         if is_large(&jobs[i]) {
-            if let Some(next) = jobs.get(i + 1) {
-                advise(next, libc::POSIX_FADV_WILLNEED);
+            let results = run_large(i..end, threads, |j| {
+                if let Some(next) = jobs.get(j + 1) {
+                    advise(next, libc::POSIX_FADV_WILLNEED);
+                }
+                let r = run_job(&files, &jobs[j], settings, threads, cancel);
+                if r.is_ok() {
+                    advise(&jobs[j], libc::POSIX_FADV_DONTNEED);
+                    progress.finish(j);
+                }
+                r
+            });
+            for (j, r) in (i..end).zip(results) {
+                out[j] = Some(r.expect("jobs before a failed one all ran")?);
             }
-            out[i] = Some(run_job(&files, &jobs[i], settings, threads, cancel)?);
-            advise(&jobs[i], libc::POSIX_FADV_DONTNEED);
-            progress.finish(i);
-            i += 1;
+            i = end;
             continue;
         }
         // A run of small matrices: in parallel with each other, each single-threaded.
-        let mut end = i;
-        while end < jobs.len() && !is_large(&jobs[end]) {
-            end += 1;
-        }
         let results: Vec<Result<Spectrum>> = (i..end)
             .into_par_iter()
             .map(|j| {
@@ -687,6 +695,52 @@ pub fn compute_from(
         i = end;
     }
     Ok(out.into_iter().map(|s| s.expect("every job ran")).collect())
+}
+
+/// Run `solve` on the large matrices `jobs`, taken in order by `workers` workers of the current
+/// rayon pool, each solving one matrix at a time. A matrix keeps its `threads` panel groups and
+/// dense parallelism wherever it runs (so its numerics do not depend on the schedule), while
+/// the per-iteration dense work of one matrix (Rayleigh–Ritz, Gram–Schmidt) overlaps with the
+/// products of another instead of leaving a core idle. After a failure no further matrix
+/// starts: every job before the failed one has run, so the first error in job order is the
+/// error of a sequential run.
+fn run_large<F>(
+    jobs: std::ops::Range<usize>,
+    workers: usize,
+    solve: F,
+) -> Vec<Option<Result<Spectrum>>>
+where
+    F: Fn(usize) -> Result<Spectrum> + Sync,
+{
+    let start = jobs.start;
+    let results: Vec<Mutex<Option<Result<Spectrum>>>> =
+        jobs.clone().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(start);
+    let failed = AtomicBool::new(false);
+    let work = || loop {
+        if failed.load(Ordering::Relaxed) {
+            break;
+        }
+        let j = next.fetch_add(1, Ordering::Relaxed);
+        if j >= jobs.end {
+            break;
+        }
+        let r = solve(j);
+        if r.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        *results[j - start].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    };
+    rayon::scope(|s| {
+        for _ in 1..workers.clamp(1, jobs.len().max(1)) {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -995,6 +1049,65 @@ mod tests {
         assert!(err.to_string().contains("\"ints\""), "{err}");
         let err = run_as(&file, 256, &w, &default, &AtomicBool::new(true)).unwrap_err();
         assert!(matches!(err, Error::Interrupted));
+    }
+
+    #[test]
+    fn large_matrices_solved_together_match_each_solved_alone() {
+        // Three large matrices share the pool's workers; each must get the spectrum it gets
+        // alone, bit for bit (same panel groups and dense parallelism wherever it runs).
+        let (rows, cols) = (1024, 1024);
+        let mut g = solver_test_gaussian(11);
+        let vals: Vec<f32> = (0..3 * rows * cols).map(|_| g() as f32).collect();
+        let file = write(&vals, 0);
+        let bytes = (rows * cols * 4) as u64;
+        let jobs: Vec<Job> = (0..3)
+            .map(|i| job(&format!("w{i}"), i as u64 * bytes, rows, cols))
+            .collect();
+        let settings = Settings {
+            method: Method::Randomized,
+            max_iter: 3,
+            ..Settings::default()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let together = pool.install(|| run(&file, &jobs, &settings)).unwrap();
+        for (j, t) in jobs.iter().zip(&together) {
+            let alone = pool
+                .install(|| run(&file, std::slice::from_ref(j), &settings))
+                .unwrap();
+            assert_eq!(alone[0].singular_values, t.singular_values, "{}", j.name);
+            assert_eq!(alone[0].iterations, t.iterations, "{}", j.name);
+        }
+    }
+
+    #[test]
+    fn large_jobs_stop_at_the_first_failure_in_order() {
+        let s: Vec<f64> = (1..=8).map(|i| 1.0 / i as f64).collect();
+        let file = write(&with_spectrum(40, 30, &s, 2), 0);
+        let ok = run(&file, &[job("w", 0, 40, 30)], &Settings::default()).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let results = pool.install(|| {
+            run_large(0..20, 2, |j| {
+                if j == 2 {
+                    Err(Error::Interrupted)
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    Ok(ok[0].clone())
+                }
+            })
+        });
+        assert!(results[..2].iter().all(|r| matches!(r, Some(Ok(_)))));
+        assert!(matches!(results[2], Some(Err(Error::Interrupted))));
+        // Jobs are taken in order, so whatever ran forms a prefix; after the failure at most
+        // the other worker's job in flight finishes, no new one starts.
+        let ran = results.iter().take_while(|r| r.is_some()).count();
+        assert!(results[ran..].iter().all(Option::is_none));
+        assert!(ran <= 5, "{ran} of 20 jobs ran after a failure at job 2");
     }
 
     /// Gaussian bulk (σ = `noise`) plus a rank-`spikes` power-law top, row-major f32.
