@@ -47,50 +47,72 @@ impl ElementStats {
     /// whose f32 sum overflows (|x| ≳ 1.8e19, e.g. a corrupted bf16 file) is summed again in
     /// f64, so the Frobenius norm is never a silent infinity.
     pub fn add(&mut self, v: &[f32]) {
-        for run in v.chunks(64) {
-            self.add_run(run.len(), |i| run[i]);
-        }
+        self.add_converted(v, |x| x);
     }
 
     /// [`ElementStats::add`] on bf16 words (no decoded copy needed): the same runs and sums.
     pub fn add_bf16(&mut self, words: &[u16]) {
+        self.add_converted(words, |w| f32::from_bits(u32::from(w) << 16));
+    }
+
+    /// [`ElementStats::add`] of `x(e)` for the elements `e` of `v`, with the widest vectors
+    /// this CPU has: the same code compiled for AVX-512F or AVX2 (Rust never reassociates or
+    /// fuses float operations, so every width gives the same bits).
+    #[inline(always)]
+    fn add_converted<T: Copy>(&mut self, v: &[T], x: impl Fn(T) -> f32 + Copy) {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            unsafe { self.add_bf16_avx512(words) };
-            return;
+        {
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                unsafe { self.add_avx512(v, x) };
+                return;
+            }
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                unsafe { self.add_avx2(v, x) };
+                return;
+            }
         }
-        self.add_bf16_generic(words);
+        self.add_runs(v, x);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn add_bf16_avx512(&mut self, words: &[u16]) {
-        self.add_bf16_generic(words);
+    unsafe fn add_avx512<T: Copy>(&mut self, v: &[T], x: impl Fn(T) -> f32 + Copy) {
+        self.add_runs(v, x);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn add_avx2<T: Copy>(&mut self, v: &[T], x: impl Fn(T) -> f32 + Copy) {
+        self.add_runs(v, x);
     }
 
     #[inline(always)]
-    fn add_bf16_generic(&mut self, words: &[u16]) {
-        for run in words.chunks(64) {
-            self.add_run(run.len(), |i| f32::from_bits(u32::from(run[i]) << 16));
+    fn add_runs<T: Copy>(&mut self, v: &[T], x: impl Fn(T) -> f32 + Copy) {
+        for run in v.chunks(64) {
+            self.add_run(run, x);
         }
     }
 
-    /// One run of at most 64 elements `x(0..len)`: squares summed in 16 f32 lanes.
+    /// One run of at most 64 elements: squares summed in 16 f32 lanes (element `c + l` of the
+    /// run into lane `l`, in order), whole 16-element chunks as arrays so that the loop has
+    /// no bounds checks and vectorizes.
     #[inline(always)]
-    fn add_run(&mut self, len: usize, x: impl Fn(usize) -> f32) {
+    fn add_run<T: Copy>(&mut self, run: &[T], x: impl Fn(T) -> f32) {
         let mut lanes = [0f32; 16];
         let mut bad = [0u32; 16];
-        let full = len / 16 * 16;
-        for c in (0..full).step_by(16) {
+        let mut chunks = run.chunks_exact(16);
+        for chunk in &mut chunks {
+            let chunk: &[T; 16] = chunk.try_into().expect("chunks of 16");
             for l in 0..16 {
-                let v = x(c + l);
+                let v = x(chunk[l]);
                 lanes[l] += v * v;
                 bad[l] += u32::from(!v.is_finite());
             }
         }
-        for (l, i) in (full..len).enumerate() {
-            let v = x(i);
+        for (l, &e) in chunks.remainder().iter().enumerate() {
+            let v = x(e);
             lanes[l] += v * v;
             bad[l] += u32::from(!v.is_finite());
         }
@@ -99,7 +121,12 @@ impl ElementStats {
         self.sum_sq += if s.is_finite() || bad > 0 {
             f64::from(s)
         } else {
-            (0..len).map(|i| f64::from(x(i)) * f64::from(x(i))).sum()
+            run.iter()
+                .map(|&e| {
+                    let v = f64::from(x(e));
+                    v * v
+                })
+                .sum()
         };
         self.nonfinite += u64::from(bad);
     }
@@ -391,6 +418,50 @@ impl<'a> MatrixSource<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn element_stats_are_the_same_bits_at_every_vector_width() {
+        // Random bf16 words: all exponents, so runs that overflow f32 (summed again in f64),
+        // NaN and Inf words among them.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let words: Vec<u16> = (0..2000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 48) as u16
+            })
+            .collect();
+        let small: Vec<u16> = words.iter().map(|&w| w & 0x3fff).collect(); // |x| < 2
+        for w in [&words, &small] {
+            for len in [0, 1, 15, 16, 17, 63, 64, 65, 130, 2000] {
+                let w = &w[..len];
+                let f: Vec<f32> = w
+                    .iter()
+                    .map(|&h| f32::from_bits(u32::from(h) << 16))
+                    .collect();
+                let (mut dispatched, mut words, mut baseline) = (
+                    ElementStats::default(),
+                    ElementStats::default(),
+                    ElementStats::default(),
+                );
+                dispatched.add(&f);
+                words.add_bf16(w);
+                baseline.add_runs(&f, |x| x);
+                for other in [words, baseline] {
+                    assert_eq!(dispatched.sum_sq.to_bits(), other.sum_sq.to_bits(), "{len}");
+                    assert_eq!(dispatched.nonfinite, other.nonfinite, "{len}");
+                }
+                let bad = f.iter().filter(|v| !v.is_finite()).count() as u64;
+                assert_eq!(dispatched.nonfinite, bad);
+                if bad == 0 {
+                    let want: f64 = f.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                    let err = (dispatched.sum_sq - want).abs() / want.max(f64::MIN_POSITIVE);
+                    assert!(err < 1e-5, "len {len}: {} vs {want}", dispatched.sum_sq);
+                }
+            }
+        }
+    }
+
     #[test]
     fn huge_finite_values_do_not_overflow_the_sum_of_squares() {
         let mut stats = ElementStats::default();
