@@ -8,10 +8,13 @@
 //!
 //! [`compute`] runs a list of [`Job`]s (one matrix each: a stored 2-D tensor, an expert slice
 //! of a 3-D tensor, or the row stack of several stored tensors that transformers fuses) on the
-//! current rayon pool: large matrices one at a time with their panels in parallel, small ones
-//! in parallel with each other. Results are deterministic for a given seed and pool size.
+//! current rayon pool: large matrices taken in order by one worker per pool thread, each with
+//! its panels split over as many groups as the pool has threads (so at most one large matrix
+//! per thread is in flight, and its numerics do not depend on the schedule), small ones in
+//! parallel with each other. Results are deterministic for a given seed and pool size.
 //! Memory stays bounded by the Krylov basis (columns × `top_k + oversampling` × iterations,
-//! f32) plus one decoded panel per thread: never a full copy of a matrix.
+//! f32) of each matrix in flight plus one decoded panel per panel group: never a full copy of
+//! a matrix.
 
 pub mod kernels;
 pub mod shape;
@@ -40,7 +43,8 @@ use source::{MatrixSource, Segment};
 const LARGE_ELEMENTS: usize = 1 << 20;
 /// `auto` uses the exact mode when min(rows, cols) is at most this (or twice the block).
 const EXACT_MAX_DIM: usize = 512;
-/// Target elements of one decoded panel (4 MiB of f32).
+/// Target elements of one decoded panel (4 MiB of f32; a randomized pass caps its panels lower,
+/// see `solver::PASS_PANEL_BYTES`).
 const PANEL_ELEMENTS: usize = 1 << 20;
 
 /// How singular values are computed.
