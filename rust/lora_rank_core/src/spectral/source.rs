@@ -457,7 +457,7 @@ mod tests {
                 let w = &w[..len];
                 let f: Vec<f32> = w
                     .iter()
-                    .map(|&h| f32::from_bits(u32::from(h) << 16))
+                    .map(|&h| half::bf16::from_bits(h).to_f32())
                     .collect();
                 let (mut dispatched, mut words, mut baseline) = (
                     ElementStats::default(),
