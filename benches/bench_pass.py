@@ -122,20 +122,6 @@ def torch_times(path: Path, runs: int, b: int = 40) -> dict[str, float]:
     return {k: min(v) for k, v in res.items()}
 
 
-def bf16_kernels_available() -> bool:
-    """Whether this CPU has what our bf16 kernels need (AVX-512 F/BW/VL/BF16; Linux flags).
-
-    Example:
-        >>> isinstance(bf16_kernels_available(), bool)
-        True
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return False
-    return {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= set(flags)
-
-
 def section_pass(root: Path, runs: int, m: int, n: int) -> dict[str, Any]:
     path = write_matrix(root / f"pass_{m}x{n}.safetensors", m, n, "real", m + n)
     flops = 4 * m * n * 40
@@ -156,7 +142,9 @@ def section_pass(root: Path, runs: int, m: int, n: int) -> dict[str, Any]:
     out: dict[str, Any] = {k: {"s": v, "gflops": flops / v / 1e9} for k, v in rows.items()}
     out["torch f32 GEMM 4096^3"] = {"s": tt["gemm"], "gflops": 2 * 4096**3 / tt["gemm"] / 1e9}
     # Without AVX-512 BF16 the default path *is* the f32 path: both rows then time the same code.
-    out["bf16_kernels_available"] = bf16_kernels_available()
+    from lora_rank import _core
+
+    out["bf16_kernels_available"] = _core.bf16_kernels_available()
     out["runs"] = {"ours": runs_ours, "f32": runs_f32, "torch": runs_torch}
     return out
 

@@ -14,6 +14,7 @@ __all__ = [
     "NotACheckpointError",
     "UnsupportedFormatError",
     "__version__",
+    "bf16_kernels_available",
     "checkpoint_from_headers",
     "header_length",
     "name_patterns",
@@ -62,6 +63,7 @@ def name_patterns(
     names: list[str], placeholder: str
 ) -> tuple[list[str], list[int], list[list[str]]]: ...
 def natural_order(names: list[str]) -> list[int]: ...
+def bf16_kernels_available() -> bool: ...
 
 @final
 class ByteBuffer:

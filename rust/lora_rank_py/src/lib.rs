@@ -161,6 +161,13 @@ fn natural_order(names: Vec<String>) -> Vec<usize> {
     names::natural_order(&names)
 }
 
+/// Whether this CPU runs the spectral engine's AVX-512 BF16 kernels (else bf16 passes decode
+/// to f32).
+#[pyfunction]
+fn bf16_kernels_available() -> bool {
+    lora_rank_core::spectral::kernels::available()
+}
+
 /// The JSON length announced by the first bytes of a safetensors file of `file_len` bytes
 /// (HeaderError naming `path` past the format's limit or the file's size).
 #[pyfunction]
@@ -591,6 +598,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_index, m)?)?;
     m.add_function(wrap_pyfunction!(name_patterns, m)?)?;
     m.add_function(wrap_pyfunction!(natural_order, m)?)?;
+    m.add_function(wrap_pyfunction!(bf16_kernels_available, m)?)?;
     m.add_function(wrap_pyfunction!(read_matrix, m)?)?;
     Ok(())
 }
