@@ -45,7 +45,8 @@ class SpectralSettings:
     top_k: int = 32
     #: ``"auto"``, ``"randomized"`` or ``"exact"``.
     method: str = "auto"
-    #: Relative convergence tolerance of every top-k value (randomized solver).
+    #: Relative convergence tolerance of every top-k value (randomized solver); a solve whose
+    #: whole-spectrum statistics have settled stops once σ₁ is within 3·rtol (``sv_error``).
     rtol: float = 3e-3
     #: Cap on randomized iterations (passes over a matrix).
     max_iter: int = 24

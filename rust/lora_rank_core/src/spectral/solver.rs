@@ -16,12 +16,14 @@
 //! linear ρⱼ applies); the tail is within ≈ 2× of the actual error of single values and, doubled,
 //! never below the actual largest top-32 error on the Llama-shaped study matrices
 //! (benches/study_stop.py). The iteration stops, from the 3rd pass on, when every estimate is at
-//! most `rtol`·σⱼ (+ 10⁻⁷·σ₁), or, from the 4th pass on, when σ₁ meets `rtol` and two
-//! consecutive whole-spectrum estimates agree ([`shape_settled`]), or after `max_iter` passes;
+//! most `rtol`·σⱼ (+ 10⁻⁷·σ₁), or, from the 4th pass on, when σ₁'s estimate is within
+//! [`SHAPE_TOP_RTOL_FACTOR`]·`rtol` and two consecutive whole-spectrum estimates agree
+//! ([`shape_settled`]), or after `max_iter` passes;
 //! `sv_error` is the largest relative estimate. Neither part sees the rounding of the bf16
 //! kernels (computed values end up to ≈ 6·10⁻⁵ relative *above* the exact ones), so the
 //! estimate means nothing below ≈ 10⁻⁴. `LORA_RANK_SOLVER_TRACE` (any value) prints every pass's
-//! values and estimates to stderr, for that study. The last H also yields the block Gauss
+//! values and estimates to stderr, for that study, and (`LRSHAPE`) the two shape estimates the
+//! shape rule compares with σ₁'s relative estimate (`e1`). The last H also yields the block Gauss
 //! quadrature density of WᵀW
 //! ([`quadrature_density`], [`super::shape::Density`]). Passes over bf16 matrices use the
 //! AVX-512 BF16 kernels ([`super::kernels`]) where the CPU has them.
@@ -612,16 +614,28 @@ fn max_rel(sv: &[f64], errors: &[f64]) -> f64 {
 }
 
 /// Whether two consecutive shape estimates agree to what the statistics need: energy ranks
-/// within 1% (or 1), the MP edge within 1%, the same spike count, α within 0.02, Spectrum's
-/// SNR within 1%.
+/// within 1% (or 1), the MP edge within 1%, the same spike count, α within 0.02 (or both above
+/// WeightWatcher's under-trained threshold: [`alpha_settled`]). Spectrum's SNR
+/// is not waited for: its estimate jumps by up to 70× between passes until the end and more
+/// passes do not make it more accurate (benches/README.md, "Passes per matrix").
 fn shape_settled(a: &shape::Shape, b: &shape::Shape) -> bool {
     settled_except_alpha(a, b) && alpha_settled(a, b)
 }
 
-/// The power-law part of [`shape_settled`].
+/// The power-law part of [`shape_settled`]: α moved by at most 0.02, or both estimates are above
+/// WeightWatcher's under-trained threshold ([`UNDER_TRAINED_ALPHA`]), where its reading no longer
+/// changes. There the fit does not settle: on the embedding matrices of the real-data Llama-8B
+/// bench checkpoint α climbs 32 → 37 → 43 → 50 → 56 → 61 over passes 8–13 (exact: 50–56), and
+/// waiting for 0.02 cost 5–6 passes of the largest matrices.
 fn alpha_settled(a: &shape::Shape, b: &shape::Shape) -> bool {
-    (a.pl_alpha.is_nan() && b.pl_alpha.is_nan()) || (a.pl_alpha - b.pl_alpha).abs() <= 0.02
+    (a.pl_alpha.is_nan() && b.pl_alpha.is_nan())
+        || (a.pl_alpha - b.pl_alpha).abs() <= 0.02
+        || (a.pl_alpha > UNDER_TRAINED_ALPHA && b.pl_alpha > UNDER_TRAINED_ALPHA)
 }
+
+/// WeightWatcher's `UNDER_TRAINED_THRESH` (weightwatcher 0.7.7, `constants.py`): α above it is
+/// reported as an under-trained (not heavy-tailed) layer.
+const UNDER_TRAINED_ALPHA: f64 = 6.0;
 
 /// [`shape_settled`] but for α (whose fit costs O(N²): it is only computed for two shapes that
 /// agree on everything else).
@@ -638,10 +652,7 @@ fn settled_except_alpha(a: &shape::Shape, b: &shape::Shape) -> bool {
         .iter()
         .zip(&b.energy_ranks)
         .all(|(&x, &y)| x.abs_diff(y) as f64 <= (0.01 * x as f64).max(1.0));
-    ranks
-        && a.mp_spikes == b.mp_spikes
-        && rel(a.mp_edge, b.mp_edge)
-        && rel(a.spectrum_snr, b.spectrum_snr)
+    ranks && a.mp_spikes == b.mp_spikes && rel(a.mp_edge, b.mp_edge)
 }
 
 /// Whether `LORA_RANK_SOLVER_TRACE` is set (read once): see the module docs.
@@ -652,6 +663,12 @@ fn trace() -> bool {
 
 /// First pass after which the top-k rule may stop.
 const MIN_STOP_ITER: usize = 3;
+
+/// The shape rule needs σ₁'s error estimate within this multiple of `rtol` (the top-k rule:
+/// every value within `rtol`). On flat-topped matrices (embeddings, lm_head, noise) σ₁ takes
+/// 10–11 passes to reach `rtol` while the shape is settled from the 5th–7th; `sv_error` still
+/// reports the estimate at the stop.
+const SHAPE_TOP_RTOL_FACTOR: f64 = 3.0;
 
 /// First iteration at which the shape stopping rule is tried (the quadrature needs a few
 /// blocks before its density means anything).
@@ -812,7 +829,7 @@ pub fn randomized(
             let lam = d.pseudo_spectrum(n_total, frob_sq);
             let mut now = shape::shape_without_alpha(&lam, frob_sq, m, n);
             let mut now_alpha = false;
-            let top_ok = within(&sv[..1], &errors[..1], cfg.rtol);
+            let top_ok = within(&sv[..1], &errors[..1], SHAPE_TOP_RTOL_FACTOR * cfg.rtol);
             let mut settled = false;
             if let Some((p, plam, p_alpha)) = prev_shape.as_mut() {
                 if top_ok && settled_except_alpha(p, &now) {
@@ -823,6 +840,15 @@ pub fn randomized(
                     (now.pl_alpha, now.pl_xmin) = shape::power_law_fit(&lam);
                     now_alpha = true;
                     settled = shape_settled(p, &now);
+                }
+            }
+            if trace() {
+                if let Some((p, _, _)) = prev_shape.as_ref() {
+                    eprintln!(
+                        "LRSHAPE {{\"it\":{},\"top_ok\":{},\"ranks\":[{:?},{:?}],\"spikes\":[{},{}],\"edge\":[{},{}],\"snr\":[{},{}],\"alpha\":[{},{}],\"m\":{},\"n\":{},\"e1\":{}}}",
+                        iterations, top_ok, p.energy_ranks, now.energy_ranks, p.mp_spikes, now.mp_spikes,
+                        p.mp_edge, now.mp_edge, p.spectrum_snr, now.spectrum_snr, p.pl_alpha, now.pl_alpha, m, n, errors[0] / sv[0]
+                    );
                 }
             }
             if settled {
