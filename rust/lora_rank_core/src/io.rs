@@ -31,32 +31,42 @@ pub enum ByteSource<'a> {
     Memory { start: u64, data: &'a [u8] },
 }
 
-impl ByteSource<'_> {
+impl<'a> ByteSource<'a> {
     /// Fill `buf` with the shard's bytes at `offset` (see [`read_exact_at`]); a range outside
     /// the bytes held in memory is an error naming `path`, never a panic.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64, path: &Path) -> Result<()> {
         match *self {
             ByteSource::File(file) => read_exact_at(file, buf, offset, path),
-            ByteSource::Memory { start, data } => {
-                let range = offset
-                    .checked_sub(start)
-                    .and_then(|lo| usize::try_from(lo).ok())
-                    .and_then(|lo| Some(lo..lo.checked_add(buf.len())?))
-                    .filter(|r| r.end <= data.len());
-                let Some(range) = range else {
-                    return Err(Error::Changed {
-                        path: path.to_path_buf(),
-                        msg: format!(
-                            "could not read {} bytes at offset {offset}: outside the {} bytes \
-                             fetched at offset {start}",
-                            buf.len(),
-                            data.len()
-                        ),
-                    });
-                };
-                buf.copy_from_slice(&data[range]);
+            ByteSource::Memory { .. } => {
+                let held = self.held(buf.len(), offset, path)?;
+                buf.copy_from_slice(held.expect("memory"));
                 Ok(())
             }
+        }
+    }
+
+    /// The `len` bytes at `offset` without a copy when they are held in memory (`None` for a
+    /// file); a range outside the bytes held is an error naming `path`, as for
+    /// [`ByteSource::read_exact_at`].
+    pub fn held(&self, len: usize, offset: u64, path: &Path) -> Result<Option<&'a [u8]>> {
+        let ByteSource::Memory { start, data } = *self else {
+            return Ok(None);
+        };
+        let range = offset
+            .checked_sub(start)
+            .and_then(|lo| usize::try_from(lo).ok())
+            .and_then(|lo| Some(lo..lo.checked_add(len)?))
+            .filter(|r| r.end <= data.len());
+        match range {
+            Some(range) => Ok(Some(&data[range])),
+            None => Err(Error::Changed {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "could not read {len} bytes at offset {offset}: outside the {} bytes \
+                     held at offset {start}",
+                    data.len()
+                ),
+            }),
         }
     }
 }

@@ -13,8 +13,10 @@
 //! per thread is in flight, and its numerics do not depend on the schedule), small ones in
 //! parallel with each other. Results are deterministic for a given seed and pool size.
 //! Memory stays bounded by the Krylov basis (columns × `top_k + oversampling` × iterations,
-//! f32) of each matrix in flight plus one decoded panel per panel group: never a full copy of
-//! a matrix.
+//! f32) of each matrix in flight plus one decoded panel per panel group, plus the stored
+//! (16- or 8-bit) bytes of the matrices in flight that fit in [`RESIDENT_BUDGET_BYTES`]
+//! together ([`ResidentPool`]): never a decoded copy of a matrix, never more than that budget
+//! of stored bytes, whatever the checkpoint's size.
 
 pub mod kernels;
 pub mod shape;
@@ -427,12 +429,143 @@ pub fn resolve_method(settings: &Settings, rows: usize, cols: usize) -> Method {
     }
 }
 
+/// Stored bytes that [`ResidentPool`] may hold at once (one pool per [`compute_from`] call):
+/// with 2 workers, the two largest Llama-8B layer matrices (2 × 117 MB bf16) fit, the
+/// 1.05 GB embedding does not (it streams from its file). Only matrices stored in 16 bits or
+/// fewer are held (an f32 matrix streams: no f32 copy of a whole matrix, DESIGN.md).
+const RESIDENT_BUDGET_BYTES: usize = 512 << 20;
+
+/// Buffers holding whole matrices' stored bytes during a randomized solve, so that every pass
+/// after the first reads them in place instead of copying them from the page cache again
+/// (`pread` of each panel, 10–12% of a Llama-8B scan's CPU on a 2-core Zen 4). The same bytes
+/// go to the same kernels, so the spectra are the same bits. A matrix that does not fit in
+/// [`RESIDENT_BUDGET_BYTES`] beside the buffers lent out streams from its file as before.
+/// Buffers are reused from one matrix to the next: a fresh one costs a page fault per 4 KiB.
+struct ResidentPool {
+    budget: usize,
+    /// Idle buffers, and the bytes of every buffer allocated (idle or lent).
+    state: Mutex<(Vec<Vec<u64>>, usize)>,
+}
+
+impl ResidentPool {
+    fn new(budget: usize) -> ResidentPool {
+        ResidentPool {
+            budget,
+            state: Mutex::default(),
+        }
+    }
+
+    /// A buffer of at least `len` bytes, if the budget allows.
+    fn take(&self, len: usize) -> Option<Vec<u64>> {
+        let words = len.div_ceil(8);
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (idle, allocated) = &mut *guard;
+        let fits = (0..idle.len())
+            .filter(|&i| idle[i].len() >= words)
+            .min_by_key(|&i| idle[i].len());
+        if let Some(i) = fits {
+            return Some(idle.swap_remove(i));
+        }
+        // Room for a new one: free idle buffers that are too small, smallest first.
+        idle.sort_by_key(|b| std::cmp::Reverse(b.len()));
+        while *allocated + 8 * words > self.budget {
+            *allocated -= 8 * idle.pop()?.len();
+        }
+        *allocated += 8 * words;
+        Some(vec![0u64; words])
+    }
+
+    fn give(&self, buffer: Vec<u64>) {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        guard.0.push(buffer);
+    }
+}
+
+/// A matrix's stored bytes in a buffer of a [`ResidentPool`] (given back when dropped).
+struct Resident<'p> {
+    pool: &'p ResidentPool,
+    buffer: Vec<u64>,
+    len: usize,
+}
+
+impl<'p> Resident<'p> {
+    /// `src`'s bytes read into a buffer of `pool`, or `None` when it is quantized (its passes
+    /// decode it anyway), stored in more than 16 bits, already in memory, or over the budget.
+    fn load(pool: &'p ResidentPool, src: &MatrixSource<'_>) -> Result<Option<Resident<'p>>> {
+        let in_files = src
+            .segments
+            .iter()
+            .all(|s| matches!(s.bytes, ByteSource::File(_)));
+        let Ok(len) = usize::try_from(src.nbytes()) else {
+            return Ok(None);
+        };
+        let narrow = src.dtype.byte_size().is_some_and(|b| b <= 2);
+        if src.is_quantized() || !narrow || !in_files || len == 0 {
+            return Ok(None);
+        }
+        let Some(buffer) = pool.take(len) else {
+            return Ok(None);
+        };
+        let mut resident = Resident { pool, buffer, len };
+        let bytes = resident.bytes_mut();
+        let mut at = 0;
+        for seg in &src.segments {
+            let seg_len = len / src.rows() * seg.rows;
+            seg.bytes
+                .read_exact_at(&mut bytes[at..at + seg_len], seg.offset, seg.path)?;
+            at += seg_len;
+        }
+        Ok(Some(resident))
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: u64 storage is valid as bytes; `len` ≤ 8 × the buffer's length (`take`).
+        unsafe { std::slice::from_raw_parts_mut(self.buffer.as_mut_ptr().cast(), self.len) }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: as in `bytes_mut`, read-only.
+        unsafe { std::slice::from_raw_parts(self.buffer.as_ptr().cast(), self.len) }
+    }
+
+    /// `src` reading from this copy of its bytes.
+    fn source<'r>(&'r self, src: &MatrixSource<'r>) -> MatrixSource<'r> {
+        let bytes = self.bytes();
+        let row_bytes = self.len / src.rows();
+        let mut at = 0;
+        let segments = src
+            .segments
+            .iter()
+            .map(|seg| {
+                let seg_len = row_bytes * seg.rows;
+                let data = &bytes[at..at + seg_len];
+                at += seg_len;
+                Segment {
+                    bytes: ByteSource::Memory {
+                        start: seg.offset,
+                        data,
+                    },
+                    ..*seg
+                }
+            })
+            .collect();
+        MatrixSource::new(segments, src.cols, src.dtype)
+    }
+}
+
+impl Drop for Resident<'_> {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buffer));
+    }
+}
+
 fn run_job(
     files: &[Option<OpenShard>],
     job: &Job,
     settings: &Settings,
     threads: usize,
     cancel: &AtomicBool,
+    pool: &ResidentPool,
 ) -> Result<Spectrum> {
     let shard_of = |i: usize| files[i].as_ref().expect("shards of jobs are open");
     let read_shards = job
@@ -474,7 +607,11 @@ fn run_job(
     } else if method == Method::Exact {
         solver::exact(&src, &cfg, cancel)?
     } else {
-        solver::randomized(&src, &cfg, cancel)?
+        let resident = Resident::load(pool, &src)?;
+        match &resident {
+            Some(r) => solver::randomized(&r.source(&src), &cfg, cancel)?,
+            None => solver::randomized(&src, &cfg, cancel)?,
+        }
     };
     for &i in &read_shards {
         shard_of(i).check_unchanged(&job.name)?;
@@ -644,6 +781,7 @@ pub fn compute_from(
         validate(shards, job)?;
     }
     let files = open_used(shards, jobs)?;
+    let pool = ResidentPool::new(RESIDENT_BUDGET_BYTES);
     let threads = rayon::current_num_threads();
     // Parallelism comes from our own panel groups and job batches; faer's small dense kernels
     // (QR of a block, Rayleigh–Ritz) run sequentially inside them instead of contending.
@@ -668,7 +806,7 @@ pub fn compute_from(
                 if let Some(next) = jobs.get(j + 1) {
                     advise(next, libc::POSIX_FADV_WILLNEED);
                 }
-                let r = run_job(&files, &jobs[j], settings, threads, cancel);
+                let r = run_job(&files, &jobs[j], settings, threads, cancel, &pool);
                 if r.is_ok() {
                     advise(&jobs[j], libc::POSIX_FADV_DONTNEED);
                     progress.finish(j);
@@ -685,7 +823,7 @@ pub fn compute_from(
         let results: Vec<Result<Spectrum>> = (i..end)
             .into_par_iter()
             .map(|j| {
-                let r = run_job(&files, &jobs[j], settings, 1, cancel);
+                let r = run_job(&files, &jobs[j], settings, 1, cancel, &pool);
                 if r.is_ok() {
                     advise(&jobs[j], libc::POSIX_FADV_DONTNEED);
                     progress.finish(j);
@@ -1086,6 +1224,98 @@ mod tests {
             assert_eq!(alone[0].singular_values, t.singular_values, "{}", j.name);
             assert_eq!(alone[0].iterations, t.iterations, "{}", j.name);
         }
+    }
+
+    #[test]
+    fn resident_and_streamed_matrices_give_the_same_bits() {
+        // Two-segment jobs (bf16 at an odd offset, f16, and f32, which is never held) solved
+        // with their bytes held in the pool's buffers and streamed from the file (a pool with
+        // no budget): the same spectra, bit for bit.
+        let (rows, cols) = (300, 256);
+        let mut g = solver_test_gaussian(5);
+        let vals: Vec<f32> = (0..rows * cols).map(|_| g() as f32).collect();
+        let mut raw = vec![0u8; 7];
+        for v in &vals {
+            raw.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+        }
+        let f16_at = raw.len() as u64;
+        for v in &vals {
+            raw.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+        }
+        let f32_at = raw.len() as u64;
+        for v in &vals {
+            raw.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&raw).unwrap();
+        let split = |offset: u64, dtype: Dtype| Job {
+            name: format!("{dtype:?}"),
+            segments: vec![
+                SegmentSpec {
+                    shard: 0,
+                    offset,
+                    rows: 100,
+                },
+                SegmentSpec {
+                    shard: 0,
+                    offset: offset + (100 * cols * dtype.byte_size().unwrap()) as u64,
+                    rows: rows - 100,
+                },
+            ],
+            cols,
+            dtype,
+            quant: Vec::new(),
+        };
+        let jobs = [
+            split(7, Dtype::BF16),
+            split(f16_at, Dtype::F16),
+            split(f32_at, Dtype::F32),
+        ];
+        let shards = [ShardBytes::File(&ShardFile {
+            path: file.path().to_path_buf(),
+            expected_len: raw.len() as u64,
+        })];
+        let files = open_used(&shards, &jobs).unwrap();
+        let settings = Settings {
+            method: Method::Randomized,
+            ..Settings::default()
+        };
+        let cancel = AtomicBool::new(false);
+        let held = ResidentPool::new(RESIDENT_BUDGET_BYTES);
+        let streamed = ResidentPool::new(0);
+        for job in &jobs {
+            let a = run_job(&files, job, &settings, 2, &cancel, &held).unwrap();
+            let b = run_job(&files, job, &settings, 2, &cancel, &streamed).unwrap();
+            assert_eq!(a.singular_values, b.singular_values, "{}", job.name);
+            assert_eq!(a.frobenius_norm.to_bits(), b.frobenius_norm.to_bits());
+            assert_eq!(a.energy_ranks, b.energy_ranks);
+            assert_eq!(a.iterations, b.iterations);
+        }
+        // One buffer, used by the bf16 and the f16 job, is back in the pool (the f32 job
+        // streamed); the streamed solves never took one.
+        let state = held.state.lock().unwrap();
+        let idle: Vec<usize> = state.0.iter().map(Vec::len).collect();
+        assert_eq!((idle, state.1), (vec![rows * cols / 4], rows * cols * 2));
+        assert_eq!(streamed.state.lock().unwrap().1, 0);
+    }
+
+    #[test]
+    fn resident_pool_reuses_buffers_within_its_budget() {
+        let pool = ResidentPool::new(1000);
+        let a = pool.take(400).unwrap();
+        let b = pool.take(500).unwrap();
+        assert!(pool.take(200).is_none(), "over the budget");
+        pool.give(a);
+        let c = pool.take(300).unwrap();
+        assert_eq!(c.len(), 50, "the idle 400-byte buffer is reused");
+        pool.give(b);
+        pool.give(c);
+        // 900 bytes held idle: a 600-byte buffer frees both (smallest first) to make room.
+        let d = pool.take(600).unwrap();
+        assert_eq!(d.len(), 75);
+        let state = pool.state.lock().unwrap();
+        assert!(state.0.is_empty());
+        assert_eq!(state.1, 600);
     }
 
     #[test]

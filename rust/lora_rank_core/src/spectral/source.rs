@@ -165,19 +165,32 @@ impl Scratch {
 
     /// Decode the first `out.len()` elements of `dtype` held in the buffer.
     fn decode(&self, dtype: Dtype, out: &mut [f32]) {
-        let n = out.len();
-        match dtype {
-            // Little-endian data read into native u16 words: fast paths.
-            Dtype::BF16 if cfg!(target_endian = "little") => bf16_to_f32(self.halves(n), out),
-            Dtype::F16 if cfg!(target_endian = "little") => {
-                let h: &[f16] = half::slice::HalfBitsSliceExt::reinterpret_cast(self.halves(n));
-                h.convert_to_f32_slice(out);
-            }
-            _ => {
-                let size = dtype.byte_size().unwrap_or(1);
-                decode_into(dtype, self.bytes(n * size), out);
-            }
+        let size = dtype.byte_size().unwrap_or(1);
+        decode_bytes(dtype, self.bytes(out.len() * size), out);
+    }
+}
+
+/// `bytes` as native 16-bit words, when they are 2-byte aligned (little-endian only).
+fn as_words(bytes: &[u8]) -> Option<&[u16]> {
+    if !cfg!(target_endian = "little") || bytes.as_ptr().align_offset(2) != 0 {
+        return None;
+    }
+    // SAFETY: the pointer is 2-byte aligned (checked), the length is within `bytes`, and any
+    // bit pattern is a valid u16.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u16>(), bytes.len() / 2) })
+}
+
+/// Decode `out.len()` elements of `dtype` from `bytes`: 16-bit floats through the fast
+/// paths when the bytes are aligned words, anything else through [`decode_into`].
+fn decode_bytes(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    let n = out.len();
+    match (dtype, as_words(bytes)) {
+        (Dtype::BF16, Some(words)) => bf16_to_f32(&words[..n], out),
+        (Dtype::F16, Some(words)) => {
+            let h: &[f16] = half::slice::HalfBitsSliceExt::reinterpret_cast(&words[..n]);
+            h.convert_to_f32_slice(out);
         }
+        _ => decode_into(dtype, &bytes[..n * dtype.byte_size().unwrap_or(1)], out),
     }
 }
 
@@ -318,39 +331,67 @@ impl<'a> MatrixSource<'a> {
             }
             return Ok(());
         }
-        let row_bytes = self.cols * self.esize;
-        let len = panel.rows * row_bytes;
-        let offset = seg.offset + (panel.row0 * row_bytes) as u64;
-        seg.bytes
-            .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
+        let bytes = self.panel_bytes(panel, scratch)?;
         let out = &mut out[..panel.rows * self.cols];
-        scratch.decode(self.dtype, out);
+        decode_bytes(self.dtype, bytes, out);
         if let Some(s) = stats {
             s.add(out);
         }
         Ok(())
     }
 
+    /// The stored bytes of `panel` of a matrix that is not quantized: a slice of the bytes
+    /// held in memory (no copy), or read from the file into `scratch`.
+    fn panel_bytes<'s>(&'s self, panel: Panel, scratch: &'s mut Scratch) -> Result<&'s [u8]> {
+        let seg = &self.segments[panel.segment];
+        let (len, offset) = self.panel_range(panel);
+        if let Some(held) = seg.bytes.held(len, offset, seg.path)? {
+            return Ok(held);
+        }
+        seg.bytes
+            .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
+        Ok(scratch.bytes(len))
+    }
+
+    /// (length, shard offset) of the stored bytes of `panel` of a matrix that is not quantized.
+    fn panel_range(&self, panel: Panel) -> (usize, u64) {
+        let row_bytes = self.cols * self.esize;
+        let offset = self.segments[panel.segment].offset + (panel.row0 * row_bytes) as u64;
+        (panel.rows * row_bytes, offset)
+    }
+
     /// Read `panel` of a BF16 matrix and return its stored words (row-major), without
-    /// decoding; `stats` (when given) gets its elements straight from the words.
+    /// decoding, and without a copy when the bytes are held in memory (2-byte aligned);
+    /// `stats` (when given) gets its elements straight from the words.
     pub fn read_panel_bf16<'s>(
-        &self,
+        &'s self,
         panel: Panel,
         scratch: &'s mut Scratch,
         stats: Option<&mut ElementStats>,
     ) -> Result<&'s [u16]> {
         debug_assert!(self.dtype == Dtype::BF16 && cfg!(target_endian = "little"));
         let seg = &self.segments[panel.segment];
-        let row_bytes = self.cols * self.esize;
-        let len = panel.rows * row_bytes;
-        let offset = seg.offset + (panel.row0 * row_bytes) as u64;
-        seg.bytes
-            .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
         let n = panel.rows * self.cols;
+        let (len, offset) = self.panel_range(panel);
+        let words = match seg.bytes.held(len, offset, seg.path)? {
+            Some(held) => match as_words(held) {
+                Some(words) => words,
+                None => {
+                    // Held at an odd address: copied into the aligned scratch.
+                    scratch.bytes_mut(len).copy_from_slice(held);
+                    scratch.halves(n)
+                }
+            },
+            None => {
+                seg.bytes
+                    .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
+                scratch.halves(n)
+            }
+        };
         if let Some(s) = stats {
-            s.add_bf16(scratch.halves(n));
+            s.add_bf16(words);
         }
-        Ok(scratch.halves(n))
+        Ok(words)
     }
 
     /// Read `panel` of a quantized matrix, dequantize it exactly into `decoded` (f32; `stats`
@@ -549,6 +590,57 @@ mod tests {
             .flat_map(|r| [vals[3 * r + 1], vals[3 * r + 2]])
             .collect();
         assert_eq!(cols, expect_cols);
+    }
+
+    #[test]
+    fn panels_held_in_memory_read_as_from_the_file_at_any_alignment() {
+        // A 4 × 5 matrix of 16-bit floats at byte 6 of a shard, read from the file and from
+        // copies of the shard held at an even and at an odd address.
+        let (rows, cols) = (4, 5);
+        let vals: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.25 - 2.0).collect();
+        for dtype in [Dtype::BF16, Dtype::F16] {
+            let mut raw = vec![0u8; 6];
+            for v in &vals {
+                raw.extend_from_slice(&match dtype {
+                    Dtype::BF16 => half::bf16::from_f32(*v).to_le_bytes(),
+                    _ => f16::from_f32(*v).to_le_bytes(),
+                });
+            }
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(&raw).unwrap();
+            let file = f.reopen().unwrap();
+            let path = f.path().to_path_buf();
+            let mut held = vec![0u8; raw.len() + 1];
+            let read = |bytes: ByteSource<'_>| {
+                let seg = Segment {
+                    bytes,
+                    path: &path,
+                    offset: 6,
+                    rows,
+                };
+                let src = MatrixSource::new(vec![seg], cols, dtype);
+                let (mut scratch, mut out) = (Scratch::default(), vec![0f32; rows * cols]);
+                let mut words = Vec::new();
+                for p in src.panels(3) {
+                    let at = p.row0 * cols;
+                    src.read_panel(p, &mut scratch, &mut out[at..], None)
+                        .unwrap();
+                    if dtype == Dtype::BF16 {
+                        words
+                            .extend_from_slice(src.read_panel_bf16(p, &mut scratch, None).unwrap());
+                    }
+                }
+                (out, words)
+            };
+            let from_file = read(ByteSource::File(&file));
+            assert_eq!(from_file.0, vals, "{dtype:?}");
+            for shift in [0, 1] {
+                held[shift..shift + raw.len()].copy_from_slice(&raw);
+                let data = &held[shift..shift + raw.len()];
+                let from_memory = read(ByteSource::Memory { start: 0, data });
+                assert_eq!(from_memory, from_file, "{dtype:?}, shifted by {shift}");
+            }
+        }
     }
 
     #[test]
