@@ -6,6 +6,10 @@ It serves checkpoint directories the way the Hub answers ``huggingface_hub`` 2.x
 - ``GET /api/models/{repo}/revision/{rev}``: ``{"id", "sha", "siblings": [{"rfilename"}]}``;
   an unknown repo is 404 with ``X-Error-Code: RepoNotFound``, an unknown revision 404 with
   ``RevisionNotFound``.
+- ``GET /api/agent-harnesses``: an empty registry of AI agent harnesses
+  (``{"standardEnvVars": [], "harnesses": {}}``). huggingface_hub 2.x fetches it to build its
+  user agent (unless ``HF_HUB_DISABLE_TELEMETRY``) and caches it in ``HF_HOME`` for a day
+  only when the fetch succeeds: a 404 here made every process pay that round trip again.
 - ``HEAD|GET /{repo}/resolve/{rev}/{file}``: ``X-Repo-Commit`` and ``ETag``; an LFS file
   (``*.safetensors``, ``*.bin``, ...) answers with a 302 to ``/cdn/...`` (``X-Linked-Etag``, ``X-Linked-Size``),
   which clients follow; ``Range: bytes=a-b`` → 206 with ``Content-Range``. An unknown file
@@ -330,7 +334,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.connection.close()
                 return
         kinds = {f.kind for f in faults}
-        if m := _API.match(path):
+        if path == "/api/agent-harnesses":
+            body = json.dumps({"standardEnvVars": [], "harnesses": {}}).encode()
+            self._send(method, 200, body, {"Content-Type": "application/json"})
+        elif m := _API.match(path):
             self._api(method, unquote(m["repo"]), unquote(m["rev"]))
         elif m := _RESOLVE.match(path):
             self._resolve(method, m["repo"], unquote(m["rev"]), unquote(m["file"]), kinds)
