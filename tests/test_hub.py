@@ -168,6 +168,25 @@ def test_revision_subfolder_and_urls(hub: HubServer) -> None:
     assert _inventory(lora_rank.analyze("hf://tiny/llama@v1")) == llama
 
 
+@pytest.mark.parametrize(
+    ("name", "revision"),
+    [
+        ("model.safetensors.index.json", None),
+        ("sub dir/model-00001-of-00002.safetensors", "main"),
+        ("ckpt/ünïcode #1.safetensors", "refs/pr/1"),
+        ("a?b&c.safetensors", "v1.0+local"),
+    ],
+)
+def test_urls_are_the_ones_huggingface_hub_builds(
+    hub: HubServer, name: str, revision: str | None
+) -> None:
+    from huggingface_hub import constants, hf_hub_url
+
+    http = hub_source._Http(hub_source.HubSource("org/name"), headers={})
+    want = hf_hub_url("org/name", name, revision=revision, endpoint=constants.ENDPOINT)
+    assert http.url(name, revision) == want
+
+
 def test_plain_url_on_another_server_gets_no_token(
     hub: HubServer, hub_repos: dict[str, Repo], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -227,10 +227,14 @@ class _Http:
         if self.src.url is not None:
             base = self.src.url.rsplit("/", 1)[0]
             return f"{base}/{quote(name)}"
-        from huggingface_hub import constants, hf_hub_url
+        from huggingface_hub import constants
 
-        return hf_hub_url(
-            self.src.repo_id or "", name, revision=revision, endpoint=constants.ENDPOINT
+        # What huggingface_hub.hf_hub_url builds for a model repo (its own URL template),
+        # without importing huggingface_hub.file_download (25-35 ms) before the first request.
+        return constants.HUGGINGFACE_CO_URL_TEMPLATE.format(
+            repo_id=self.src.repo_id or "",
+            revision=quote(revision or constants.DEFAULT_REVISION, safe=""),
+            filename=quote(name),
         )
 
     def where(self, name: str) -> str:
@@ -517,18 +521,18 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
     base = f"{folder}" if src.url is None else ""
     config_name = (file.rsplit("/", 1)[0] + "/" if file and "/" in file else base) + "config.json"
     pool = _Pool()
-    pool.grow(1)  # for the headers; the rest start in the background below
+    pool.grow(2)  # for the headers and the HTTP client; the rest start in the background below
     # The cyclic collector paused while the threads turn over httpx's objects (refcounting
     # still frees them): its passes over every live object cost the 405B's whole process
     # 30 ms of 0.95 s (median of 15 interleaved runs at load 5). Switched back on after, if it was on.
     with gc_paused():
         try:
-            # huggingface_hub's headers can cost a round trip (its agent registry, when HF_HOME has
-            # no fresh copy): built in the pool while this thread imports what the URLs need.
+            # huggingface_hub's headers (30 ms; a round trip more when HF_HOME has no fresh copy
+            # of its agent registry) and its HTTP client (45 ms: TLS context) made side by side
+            # in the pool, while this thread starts the other threads.
+            pool.submit(_http_client)
             hf_headers = pool.submit(_Http.build_headers, src)
             pool.grow_in_background(MAX_PARALLEL if index_name else 2)
-            if src.repo_id is not None:
-                from huggingface_hub import hf_hub_url  # noqa: F401
             http = _Http(src, hf_headers.result())
             config_future = pool.submit(_optional_get, http, config_name, revision)
             index_bytes: Optional[bytes] = None
@@ -589,6 +593,13 @@ def open_remote(src: HubSource, threads: Optional[int] = None) -> RemoteCheckpoi
         for total, url in (by_name[s["name"]] for s in raw["shards"])
     ]
     return RemoteCheckpoint(dict(raw), shards, http.requests, http.bytes)
+
+
+def _http_client() -> None:
+    """Make ``huggingface_hub``'s shared HTTP client (the first request would)."""
+    from huggingface_hub.utils._http import get_session
+
+    get_session()
 
 
 class _Pool:
