@@ -473,25 +473,26 @@ def _spectral_matrix(shape: tuple[int, int], seed: int) -> Any:
     return w.to(torch.bfloat16)
 
 
-def _real_tensor(name: str, shape: tuple[int, ...]) -> Any:
+def _real_tensor(name: str, shape: tuple[int, ...], noise: bool = False) -> Any:
     import torch
 
     seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
     if len(shape) == 1:
         return torch.ones(shape, dtype=torch.bfloat16)
-    if "embed_tokens" in name or "lm_head" in name:
+    if noise or "embed_tokens" in name or "lm_head" in name:
         g = torch.Generator().manual_seed(seed)
         return (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
     return _spectral_matrix((shape[0], shape[1]), seed)
 
 
-def build_real_layers(layers: int = 2, root: Path = DATA) -> Path:
+def build_real_layers(layers: int = 2, root: Path = DATA, *, noise: bool = False) -> Path:
     """A real-data bf16 Llama-3-8B-shaped checkpoint of ``layers`` layers (true vocabulary,
-    hidden and intermediate sizes), sharded at 2 GB. About 2.1 GB + 0.44 GB per layer."""
+    hidden and intermediate sizes), sharded at 2 GB. About 2.1 GB + 0.44 GB per layer.
+    ``noise``: every matrix is 0.02·N(0, 1) (an untrained model: no spectral gap anywhere)."""
     from safetensors.torch import save_file
 
     spec = Spec(
-        f"llama3-8b-{layers}layers-bf16",
+        f"llama3-8b-{layers}layers-{'noise-' if noise else ''}bf16",
         "LlamaConfig",
         "LlamaForCausalLM",
         dict(LLAMA3_8B, num_hidden_layers=layers),
@@ -504,10 +505,11 @@ def build_real_layers(layers: int = 2, root: Path = DATA) -> Path:
     with _atomic_dir(out) as tmp:
         _write_meta_files(lay, tmp)
         for fname, tensors in lay.shards.items():
-            data = {name: _real_tensor(name, shape) for name, shape in tensors}
+            data = {name: _real_tensor(name, shape, noise) for name, shape in tensors}
             save_file(data, str(tmp / fname), metadata={"format": "pt"})
             del data
-        _write_stamp(tmp, key, kind="real bf16 data, MP bulk + power-law top per matrix")
+        kind = "0.02·N(0, 1) bf16" if noise else "real bf16 data, MP bulk + power-law top"
+        _write_stamp(tmp, key, kind=f"{kind} per matrix")
     return out
 
 
