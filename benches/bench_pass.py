@@ -6,8 +6,8 @@
 
 Sections (every timing is min over ``--runs`` interleaved runs, both sides in this process):
 
-- ``pass``: 14336×4096 bf16, block 40, 2 threads, the sides interleaved run by run (ours with
-  the kernels, ours without, torch). Ours: one fused pass ``acc += Pᵀ(P·X)`` as
+- ``pass``: 14336×4096 bf16 (``--pass-shapes``: others, e.g. every Llama-8B shape), block 40,
+  2 threads, the sides interleaved run by run (ours with the kernels, ours without, torch). Ours: one fused pass ``acc += Pᵀ(P·X)`` as
   (time of ``max_iter=7`` − time of ``max_iter=1``) / 6 with ``rtol=1e-12`` (no early stop), with
   the AVX-512 BF16 kernels and with them off (``LORA_RANK_NO_BF16_KERNEL``: decode to f32 +
   faer). torch: ``Aᵀ(A·X)`` in f32 and in bf16 on the matrix in memory, and a 4096³ f32 GEMM
@@ -42,6 +42,8 @@ LLAMA_SHAPES = {  # name: (rows, cols, count per layer)
     "down_proj": (4096, 14336, 1),
 }
 EMBED = (128256, 4096)
+#: ``--pass-shapes`` for every matrix shape of Llama-3-8B.
+PASS_SHAPES = [f"{m}x{n}" for m, n, _ in LLAMA_SHAPES.values()] + [f"{EMBED[0]}x{EMBED[1]}"]
 
 
 def write_matrix(path: Path, m: int, n: int, kind: str, seed: int) -> Path:
@@ -224,6 +226,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--max-iter", type=int, default=None, help="shapes: cap the passes")
+    ap.add_argument(
+        "--pass-shapes",
+        default="14336x4096",
+        help="pass: comma-separated MxN (every Llama-8B shape: " + ",".join(PASS_SHAPES) + ")",
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "pass.json"))
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -232,9 +239,14 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"uptime_before": os.getloadavg()}
     if "pass" in only:
-        m, n = (1792, 512) if args.quick else (14336, 4096)
-        res["pass"] = section_pass(root, 1 if args.quick else args.runs, m, n)
-        print(json.dumps(res["pass"], indent=1), flush=True)
+        shapes = ["1792x512"] if args.quick else args.pass_shapes.split(",")
+        for i, shape in enumerate(shapes):
+            m, n = (int(d) for d in shape.split("x"))
+            out = section_pass(root, 1 if args.quick else args.runs, m, n)
+            if i == 0:
+                res["pass"] = out
+            res.setdefault("pass_shapes", {})[shape] = out
+            print(shape, json.dumps(out, indent=1), flush=True)
     if "accuracy" in only:
         m, n = (512, 512) if args.quick else (4096, 4096)
         res["accuracy"] = section_accuracy(root, m, n)
