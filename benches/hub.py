@@ -16,9 +16,9 @@ huggingface_hub's registry of AI agent harnesses as a user's ``HF_HOME`` does (f
 in both tools, as on a first run of the day.
 
 Usage: ``python benches/hub.py [--runs N] [--latency S] [--spectral-checkpoint minilm|DIR]
-[--skip-inventory] [--skip-spectral] [--no-pycache] [--fresh-home]``. Prints one JSON document; times are min
-and median of the runs (the machine is shared: compare the two tools within one run, not
-across runs).
+[--skip-inventory] [--skip-spectral] [--no-pycache] [--fresh-home]``. Prints one JSON
+document; times are min and median of the runs (the machine is shared: compare the two tools
+within one run, not across runs).
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   stored dtype (F32, F16, BF16, F64, F8_E4M3, F8_E5M2) into ``f32`` panels; no decoded copy
   of a matrix is ever made. For the randomized solver's passes, a matrix stored in 16 bits or
   fewer is read once into memory when it fits in a fixed budget (512 MiB over the matrices in
-  flight) and every later pass reads it there instead of from the page cache again. A runtime matrix that transformers fuses from several stored tensors
-  (an expert's ``gate_proj`` + ``up_proj``) is read as their row stack, an expert slice of a
-  stored 3-D tensor as its contiguous block. Conv1D weights (stored ``[in, out]``) need nothing
+  flight) and every later pass reads it there instead of from the page cache again. A runtime
+  matrix that transformers fuses from several stored tensors (an expert's ``gate_proj`` +
+  ``up_proj``) is read as their row stack, an expert slice of a stored 3-D tensor as its
+  contiguous block. Conv1D weights (stored ``[in, out]``) need nothing
   special: singular values do not change under transposition.
 - **Quantized weights** (FP8 block-scaled, GPTQ, AWQ; :mod:`lora_rank.inventory.quantization`): the
   engine reads the packed panel and dequantizes it into the ``f32`` panel (FP8 × block scale;

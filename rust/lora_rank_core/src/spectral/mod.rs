@@ -508,12 +508,9 @@ impl<'p> Resident<'p> {
         };
         let mut resident = Resident { pool, buffer, len };
         let bytes = resident.bytes_mut();
-        let mut at = 0;
-        for seg in &src.segments {
-            let seg_len = len / src.rows() * seg.rows;
+        for (seg, span) in spans(src, len) {
             seg.bytes
-                .read_exact_at(&mut bytes[at..at + seg_len], seg.offset, seg.path)?;
-            at += seg_len;
+                .read_exact_at(&mut bytes[span], seg.offset, seg.path)?;
         }
         Ok(Some(resident))
     }
@@ -531,26 +528,31 @@ impl<'p> Resident<'p> {
     /// `src` reading from this copy of its bytes.
     fn source<'r>(&'r self, src: &MatrixSource<'r>) -> MatrixSource<'r> {
         let bytes = self.bytes();
-        let row_bytes = self.len / src.rows();
-        let mut at = 0;
-        let segments = src
-            .segments
-            .iter()
-            .map(|seg| {
-                let seg_len = row_bytes * seg.rows;
-                let data = &bytes[at..at + seg_len];
-                at += seg_len;
-                Segment {
-                    bytes: ByteSource::Memory {
-                        start: seg.offset,
-                        data,
-                    },
-                    ..*seg
-                }
+        let segments = spans(src, self.len)
+            .map(|(seg, span)| Segment {
+                bytes: ByteSource::Memory {
+                    start: seg.offset,
+                    data: &bytes[span],
+                },
+                ..*seg
             })
             .collect();
         MatrixSource::new(segments, src.cols, src.dtype)
     }
+}
+
+/// Each segment of `src` (stored bytes `len` in all) with where its bytes lie in a
+/// [`Resident`] buffer: the segments back to back, in order.
+fn spans<'s, 'a>(
+    src: &'s MatrixSource<'a>,
+    len: usize,
+) -> impl Iterator<Item = (&'s Segment<'a>, std::ops::Range<usize>)> {
+    let row_bytes = len / src.rows();
+    src.segments.iter().scan(0, move |at, seg| {
+        let span = *at..*at + row_bytes * seg.rows;
+        *at = span.end;
+        Some((seg, span))
+    })
 }
 
 impl Drop for Resident<'_> {
