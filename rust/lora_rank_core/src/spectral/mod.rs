@@ -1380,14 +1380,25 @@ mod tests {
         for (m, n) in [(1024, 1024), (768, 1536), (1536, 640)] {
             let file = write(&mp_plus_spikes(m, n, 64, 11), 0);
             let jobs = [job("w", 0, m, n)];
-            let get = |method| {
-                let settings = Settings {
-                    method,
+            let solve = |settings: Settings| run(&file, &jobs, &settings).unwrap().remove(0);
+            let randomized = |seed| {
+                solve(Settings {
+                    method: Method::Randomized,
+                    seed,
                     ..Settings::default()
-                };
-                run(&file, &jobs, &settings).unwrap().remove(0)
+                })
             };
-            let (r, e) = (get(Method::Randomized), get(Method::Exact));
+            let full = |top_k| {
+                solve(Settings {
+                    method: Method::Exact,
+                    top_k,
+                    ..Settings::default()
+                })
+            };
+            let (r, e) = (
+                randomized(Settings::default().seed),
+                full(Settings::default().top_k),
+            );
             eprintln!(
                 "{m}x{n}: iterations {} converged {} sv_error {:.2e}",
                 r.iterations, r.converged, r.sv_error
@@ -1414,7 +1425,34 @@ mod tests {
             // bulk, which the quadrature resolves to a few % only, and the SNR moves by up to 2×
             // with them (benches/README.md, "Accuracy"). Finite, though.
             assert!(r.shape.spectrum_snr.is_finite() && r.shape.mp_snr.is_finite());
-            assert!((r.shape.pl_alpha - e.shape.pl_alpha).abs() < 0.1);
+            // α: WeightWatcher's x_min is the argmin of a KS distance D that has two near-equal
+            // minima on these matrices (a numpy replica of the 768×1536 one: D = 0.072 at
+            // λ = 1.91, α = 2.38, and D = 0.079 at λ = 0.97 inside the bulk, α = 3.83), so the
+            // estimate's few % of error in the bulk sends some solves to the other minimum (2
+            // of 40 seeds on the square matrix, 3 of 40 on the 768×1536 one). Checked over 8
+            // seeds: at least half the solves within 0.1 of the exact α, and every other one
+            // at a near-tie: the fit at its x_min has, on the exact spectrum, a D within 15% of
+            // the best and (to 0.2: that fit's tail includes estimated bulk values) the α it
+            // reported.
+            let all = full(m.min(n));
+            let lam: Vec<f64> = all.singular_values.iter().map(|s| s * s).collect();
+            let (_, best_d) = shape::power_law_fit_at(&lam, all.shape.pl_xmin);
+            let mut near = 0;
+            for seed in 0..8 {
+                let r = randomized(seed);
+                if (r.shape.pl_alpha - e.shape.pl_alpha).abs() < 0.1 {
+                    near += 1;
+                    continue;
+                }
+                let (alpha, d) = shape::power_law_fit_at(&lam, r.shape.pl_xmin);
+                assert!(
+                    d <= 1.15 * best_d && (alpha - r.shape.pl_alpha).abs() < 0.2,
+                    "{m}x{n} seed {seed}: α {} at x_min {} (on the exact spectrum: α {alpha}, D {d} against the best {best_d})",
+                    r.shape.pl_alpha,
+                    r.shape.pl_xmin
+                );
+            }
+            assert!(near >= 4, "{m}x{n}: α within 0.1 in {near} of 8 solves");
         }
     }
 }

@@ -402,6 +402,18 @@ pub fn power_law_fit(lam: &[f64]) -> (f64, f64) {
     (best.2, x[best.1])
 }
 
+/// The power-law fit of [`power_law_fit`] with x_min fixed at the first of its values ≥
+/// `xmin`: (α, its KS distance). For tests that score another spectrum's fit on this one.
+#[cfg(test)]
+pub fn power_law_fit_at(lam: &[f64], xmin: f64) -> (f64, f64) {
+    let x = fit_values(lam);
+    let i = x.partition_point(|&v| v < xmin).min(x.len() - 1);
+    let logs: Vec<f64> = x.iter().map(|v| v.ln()).collect();
+    let n = (x.len() - i) as f64;
+    let alpha = 1.0 + n / (logs[i..].iter().sum::<f64>() - n * logs[i]);
+    (alpha, ks_distance(&logs, i, alpha, 1, f64::INFINITY))
+}
+
 /// The eigenvalues the power-law fit uses: those above [`PL_EVALS_THRESH`], ascending.
 fn fit_values(lam: &[f64]) -> Vec<f64> {
     let mut x: Vec<f64> = lam

@@ -661,8 +661,11 @@ fn trace() -> bool {
     *ON.get_or_init(|| std::env::var_os("LORA_RANK_SOLVER_TRACE").is_some())
 }
 
-/// First pass after which the top-k rule may stop.
-const MIN_STOP_ITER: usize = 3;
+/// First pass after which the top-k rule may stop. Not the 3rd: on a 600×700 rank-120
+/// power-law matrix, each of the 3 of 60 seeded solves that stopped after 3 passes had a
+/// top-32 value 1.0–2.2% off against an estimate of at most 0.3% (`rtol` 1%): the extrapolated
+/// tail rests on a single change there. Every solve that stopped after 4 was exact to 10⁻⁴.
+const MIN_STOP_ITER: usize = 4;
 
 /// The shape rule needs σ₁'s error estimate within this multiple of `rtol` (the top-k rule:
 /// every value within `rtol`). On flat-topped matrices (embeddings, lm_head, noise) σ₁ takes
@@ -804,7 +807,7 @@ pub fn randomized(
             );
         }
         // Early Ritz values may sit near other eigenvalues than their own (the bounds hold for
-        // *some* eigenvalue): no stop before MIN_STOP_ITER passes, as before.
+        // *some* eigenvalue): no stop before MIN_STOP_ITER passes.
         converged = iterations >= MIN_STOP_ITER && within(&sv, &errors, cfg.rtol);
         sv_error = max_rel(&sv, &errors);
         prev = lam.to_vec();
