@@ -26,7 +26,8 @@
 //! shape rule compares with σ₁'s relative estimate (`e1`). The last H also yields the block Gauss
 //! quadrature density of WᵀW
 //! ([`quadrature_density`], [`super::shape::Density`]). Passes over bf16 matrices use the
-//! AVX-512 BF16 kernels ([`super::kernels`]) where the CPU has them.
+//! AVX-512 BF16 kernels ([`super::kernels`]) where the CPU has them and the spectrum's range
+//! allows ([`BF16_RANGE`]).
 //!
 //! **Exact**: the Gram matrix over the smaller dimension (AᵀA from row panels, or AAᵀ from
 //! column blocks when the matrix is wide) accumulated in f64, then faer's symmetric
@@ -135,13 +136,15 @@ struct Pass<'p, 's> {
     chunks: usize,
     want_stats: bool,
     cancel: &'p AtomicBool,
+    /// With the bf16 kernels ([`uses_bf16_kernel`], and within [`BF16_RANGE`]).
+    bf16: bool,
 }
 
 impl Pass<'_, '_> {
     /// AᵀA·X (n × b) and, if asked, the element statistics: with the AVX-512 BF16 kernels on
     /// bf16 words when they are available, else with f32 panels and faer's matmul.
     fn run(self) -> Result<(Mat<f32>, ElementStats)> {
-        if uses_bf16_kernel(self.src) {
+        if self.bf16 {
             fused_pass_bf16(self)
         } else {
             fused_pass(self)
@@ -677,18 +680,63 @@ const SHAPE_TOP_RTOL_FACTOR: f64 = 3.0;
 /// blocks before its density means anything).
 const SHAPE_MIN_ITER: usize = 4;
 
-/// Top singular values by randomized block Krylov (see the module docs).
+/// How far below σ₁² the bf16 kernels resolve eigenvalues of AᵀA: a pass on them computes
+/// B·X̃ for X rounded to bf16, and the rounding's components along the top singular vectors,
+/// amplified by σ₁², perturb every smaller Ritz value. Measured on bf16 matrices with 8 strong
+/// values over a noise bulk (520×1100, 1100×520, 800×800; σ₁²/λ₉ from 7·10³ to 6·10⁶): the
+/// relative error of λ₉ is ≈ 0.07·(σ₁²/λ₉)·2⁻⁹/√n (n: columns), 3–6% at σ₁²/λ₉ ≈ 10⁴ and
+/// over 100% from 6·10⁴, while the error estimates saw nothing. The kernels are therefore
+/// used only while θ₁ ≤ `BF16_RANGE`·√n·λ̄, λ̄ the mean eigenvalue below the top k (from
+/// ‖W‖_F², exact): there that error is ≤ 0.07·32/512 ≈ 0.4% of λ̄; past it the solve restarts
+/// on the f32 path (2⁻²⁴ instead of 2⁻⁹).
+pub(crate) const BF16_RANGE: f64 = 32.0;
+
+/// Whether the Ritz values `ritz` (descending) of a bf16-kernel solve reach past
+/// [`BF16_RANGE`]: θ₁ > `BF16_RANGE`·√n·λ̄ with λ̄ = (‖W‖_F² − Σᵢ≤ₖ θᵢ) / (min(m, n) − k).
+fn beyond_bf16_range(ritz: &[f64], frob_sq: f64, k: usize, n_total: usize, n: usize) -> bool {
+    let top: f64 = ritz.iter().take(k).map(|t| t.max(0.0)).sum();
+    let rest = n_total.saturating_sub(k).max(1) as f64;
+    let mean_below = (frob_sq - top).max(0.0) / rest;
+    ritz.first()
+        .is_some_and(|&t1| t1 > BF16_RANGE * (n as f64).sqrt() * mean_below)
+}
+
+/// Top singular values by randomized block Krylov (see the module docs): on the bf16 kernels
+/// where [`uses_bf16_kernel`], restarted on the f32 path when the spectrum's range exceeds what
+/// they resolve ([`BF16_RANGE`]; the passes of both count in `iterations`).
 pub fn randomized(
     src: &MatrixSource<'_>,
     cfg: &SolverConfig,
     cancel: &AtomicBool,
 ) -> Result<Outcome> {
+    if uses_bf16_kernel(src) {
+        match randomized_on(src, cfg, cancel, true)? {
+            Ok(outcome) => return Ok(outcome),
+            Err(passes) => {
+                let mut outcome =
+                    randomized_on(src, cfg, cancel, false)?.expect("the f32 path never gives up");
+                outcome.iterations += passes;
+                return Ok(outcome);
+            }
+        }
+    }
+    Ok(randomized_on(src, cfg, cancel, false)?.expect("the f32 path never gives up"))
+}
+
+/// [`randomized`] with (`bf16`) or without the bf16 kernels: `Err(passes)` when a bf16 solve
+/// gives up after that many passes ([`beyond_bf16_range`]).
+fn randomized_on(
+    src: &MatrixSource<'_>,
+    cfg: &SolverConfig,
+    cancel: &AtomicBool,
+    bf16: bool,
+) -> Result<std::result::Result<Outcome, usize>> {
     let m = src.rows();
     let n = src.cols;
     let n_total = m.min(n);
     let k = cfg.top_k.min(n_total);
     let b = cfg.block.max(k).min(n).max(1);
-    let read_bytes = if uses_bf16_kernel(src) { 2 } else { 4 };
+    let read_bytes = if bf16 { 2 } else { 4 };
     let panel_elems = cfg.panel_elems.min(PASS_PANEL_BYTES / read_bytes);
     let panels = src.panels(panel_rows(n, panel_elems));
     let mut rng = Gaussian::new(cfg.seed);
@@ -719,13 +767,14 @@ pub fn randomized(
             chunks: cfg.chunks,
             want_stats: iterations == 0,
             cancel,
+            bf16,
         }
         .run()?;
         iterations += 1;
         if iterations == 1 {
             stats = st;
             if stats.nonfinite > 0 {
-                return Ok(nan_outcome(k, stats, iterations));
+                return Ok(Ok(nan_outcome(k, stats, iterations)));
             }
         }
         basis.push(&x);
@@ -763,6 +812,9 @@ pub fn randomized(
             Some((theta, _)) => theta.iter().rev().copied().collect(),
             None => vec![f64::NAN; dim],
         };
+        if bf16 && beyond_bf16_range(&ritz, stats.sum_sq, k, n_total, n) {
+            return Ok(Err(iterations));
+        }
         sv = ritz.iter().take(k).map(|l| l.max(0.0).sqrt()).collect();
         // H's new column block is the first Gram–Schmidt round's coefficients.
         let (next, r) = next_block(basis.as_ref(), w, &mut rng, cfg.par, Some(&c));
@@ -862,7 +914,7 @@ pub fn randomized(
         }
         x = next.expect("not exhausted");
     }
-    Ok(Outcome {
+    Ok(Ok(Outcome {
         sv,
         stats,
         iterations,
@@ -870,7 +922,7 @@ pub fn randomized(
         full: false,
         density,
         sv_error,
-    })
+    }))
 }
 
 /// `g += a·aᵀ` on the lower triangle of `g` only (the eigensolver reads no other part): half
