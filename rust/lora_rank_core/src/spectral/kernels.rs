@@ -7,7 +7,8 @@
 //! dequantized exactly (f32) and rounded to bf16 once, the same relative 2⁻⁹ per element. The rounding errors are
 //! independent and nearly orthogonal to any fixed direction, so their effect on a Rayleigh
 //! quotient is ≈ 2⁻⁹/√n relative (measured against f64 in benches/bench_spectra.py and the
-//! tests: top-32 within the solver tolerance).
+//! tests: top-32 within the solver tolerance) — relative to σ₁², though: eigenvalues far below
+//! it are lost, so the solver leaves these kernels past [`super::solver::BF16_RANGE`].
 //!
 //! - Y = P·X: pairs along the columns k; X is packed as `xp[k2·bpad + j]` = (X[2k2, j],
 //!   X[2k2+1, j]); each stored 32-bit word of a row of P is such a pair and is broadcast.
