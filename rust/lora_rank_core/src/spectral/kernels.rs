@@ -47,6 +47,7 @@ fn bf16_bits(x: f32) -> u32 {
 pub struct PackedX {
     data: Vec<u32>,
     pairs: usize,
+    cols: usize,
     bpad: usize,
 }
 
@@ -66,16 +67,27 @@ impl PackedX {
                 data[k2 * bpad + j] = lo | (hi << 16);
             }
         }
-        PackedX { data, pairs, bpad }
+        PackedX {
+            data,
+            pairs,
+            cols: b,
+            bpad,
+        }
     }
 
     pub fn bpad(&self) -> usize {
         self.bpad
     }
+
+    /// Columns of X (b).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
 }
 
-/// acc (b × n, row j = column j of AᵀA·X) += Pᵀ(P·X) for the panel `p` (rows × n bf16 words).
-/// `y` and `ypair` are scratch. Must only be called when [`available`].
+/// acc (b × n, row j = column j of AᵀA·X) += Pᵀ(P·X) for the panel `p` (rows × n bf16 words):
+/// [`panel_times`] then [`panel_transpose_times`]. `y` and `ypair` are scratch. Must only be
+/// called when [`available`].
 #[allow(clippy::too_many_arguments)]
 pub fn panel_pass(
     p: &[u16],
@@ -87,11 +99,17 @@ pub fn panel_pass(
     y: &mut Vec<f32>,
     ypair: &mut Vec<u32>,
 ) {
-    assert!(p.len() >= rows * n && acc.len() >= b * n && xp.pairs == n.div_ceil(2));
+    panel_times(p, rows, n, xp, y);
+    panel_transpose_times(p, rows, n, b, y, acc, ypair);
+}
+
+/// Y = P·X for the panel `p` (rows × n bf16 words) into `y` (rows × [`PackedX::bpad`], row
+/// i at `y[i·bpad..]`, f32). Must only be called when [`available`].
+pub fn panel_times(p: &[u16], rows: usize, n: usize, xp: &PackedX, y: &mut Vec<f32>) {
+    assert!(p.len() >= rows * n && xp.pairs == n.div_ceil(2));
     let bpad = xp.bpad;
     y.resize(rows * bpad, 0.0);
-    let rows2 = rows.div_ceil(2);
-    ypair.resize(rows2 * b, 0);
+    let b = xp.cols;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller checked `available()`; all indices are within the asserted lengths.
     unsafe {
@@ -105,18 +123,41 @@ pub fn panel_pass(
             (3, _) => times_x::<3, 7>(p, n, xp, y),
             _ => times_x_generic(p, rows, n, xp, y),
         }
-        for i2 in 0..rows2 {
-            for j in 0..b {
-                let lo = bf16_bits(y[2 * i2 * bpad + j]);
-                let hi = if 2 * i2 + 1 < rows {
-                    bf16_bits(y[(2 * i2 + 1) * bpad + j])
-                } else {
-                    0
-                };
-                ypair[i2 * b + j] = lo | (hi << 16);
-            }
+    }
+}
+
+/// acc (b × n, row j = column j of Pᵀ·Y) += Pᵀ·Y for the panel `p` (rows × n bf16 words) and
+/// Y (rows × b) in `y` as [`panel_times`] leaves it (row i at `y[i·bpad..]`, f32, bpad ≥ b a
+/// multiple of 16); Y is rounded to bf16 pairs in `ypair` (scratch). Must only be called
+/// when [`available`].
+pub fn panel_transpose_times(
+    p: &[u16],
+    rows: usize,
+    n: usize,
+    b: usize,
+    y: &[f32],
+    acc: &mut [f32],
+    ypair: &mut Vec<u32>,
+) {
+    let bpad = b.div_ceil(16) * 16;
+    assert!(p.len() >= rows * n && acc.len() >= b * n && y.len() >= rows * bpad);
+    let rows2 = rows.div_ceil(2);
+    ypair.resize(rows2 * b, 0);
+    for i2 in 0..rows2 {
+        for j in 0..b {
+            let lo = bf16_bits(y[2 * i2 * bpad + j]);
+            let hi = if 2 * i2 + 1 < rows {
+                bf16_bits(y[(2 * i2 + 1) * bpad + j])
+            } else {
+                0
+            };
+            ypair[i2 * b + j] = lo | (hi << 16);
         }
-        transpose_times_y(Words { p, rows, n }, b, ypair, acc, y);
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller checked `available()`; all indices are within the asserted lengths.
+    unsafe {
+        transpose_times_y(Words { p, rows, n }, b, ypair, acc, &y[..rows * bpad]);
     }
 }
 
