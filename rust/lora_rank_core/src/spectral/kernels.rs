@@ -458,13 +458,8 @@ mod tests {
             (19, 66, 24),
             (13, 50, 36),
         ] {
-            let mut state = 1u64;
-            let mut rnd = || {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            };
+            let mut uniform = super::super::test_uniform(1);
+            let mut rnd = || uniform() as f32;
             let p: Vec<u16> = (0..rows * n)
                 .map(|_| half::bf16::from_f32(rnd()).to_bits())
                 .collect();

@@ -887,6 +887,19 @@ where
         .collect()
 }
 
+/// Uniform numbers in [−½, ½) with 24 random bits, from a 64-bit LCG (Knuth's MMIX
+/// constants): the inputs of the kernels' and the solver's unit tests.
+#[cfg(test)]
+pub(crate) fn test_uniform(seed: u64) -> impl FnMut() -> f64 {
+    let mut state = seed;
+    move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 40) as f64 / (1u64 << 24) as f64) - 0.5
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1265,13 +1265,7 @@ mod tests {
     }
 
     fn check_row_space_pass(rows: usize, cols: usize, b: usize, panel_rows: usize) {
-        let mut state = 7u64;
-        let mut rnd = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 40) as f64 / (1u64 << 24) as f64) - 0.5
-        };
+        let mut rnd = crate::spectral::test_uniform(7);
         let a: Vec<f32> = (0..rows * cols)
             .map(|_| half::bf16::from_f64(rnd()).to_f32())
             .collect();
