@@ -407,11 +407,7 @@ fn fused_pass_bf16(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
             for &p in *group {
                 check_cancel(cancel)?;
                 let stats = want_stats.then_some(&mut st);
-                let words = if src.is_quantized() {
-                    src.read_panel_as_bf16(p, &mut bytes, &mut decoded, &mut rounded, stats)?
-                } else {
-                    src.read_panel_bf16(p, &mut bytes, stats)?
-                };
+                let words = read_words(src, p, &mut bytes, &mut decoded, &mut rounded, stats)?;
                 super::kernels::panel_pass(words, p.rows, n, b, &xp, &mut acc, &mut y, &mut ypair);
             }
             Ok((acc, st))
