@@ -20,9 +20,10 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   int × scale − scale·zero with the group of each input row, act-order ``g_idx`` included);
   scales and zero points are read once per matrix. GPTQ/AWQ matrices are streamed as Wᵀ
   (their stored orientation), which has the same singular values.
-- **method="randomized"**: randomized block Krylov on WᵀW (Halko–Martinsson–Tropp; Musco &
-  Musco), blocks of ``top_k + oversample`` columns, every block kept; each iteration is one fused pass
-  over the matrix. It stops when the estimated relative error of every top-k singular value
+- **method="randomized"**: randomized block Krylov on WᵀW, or on WWᵀ for a wide matrix (fewer
+  rows than columns: the same nonzero eigenvalues, a shorter basis) (Halko–Martinsson–Tropp;
+  Musco & Musco), blocks of ``top_k + oversample`` columns, every block kept; each iteration
+  is one pass over the matrix (two sweeps of its panels for a wide one). It stops when the estimated relative error of every top-k singular value
   is at most ``rtol`` (the estimate extrapolates each value's last two changes geometrically),
   or by the shape rule below, or after ``max_iter`` passes. The settings and their defaults:
   :class:`~lora_rank.spectral.settings.SpectralSettings`. Ritz values approach the true σ
@@ -71,7 +72,10 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   matrices); a smaller ``rtol`` tightens both rules.
 - **Kernels**: bf16 matrices on CPUs with AVX-512 BF16 run both products of a pass as bf16
   dot products (``vdpbf16ps``) on the stored words, with X and P·X rounded to bf16
-  (``LORA_RANK_NO_BF16_KERNEL=1`` falls back to decoding to f32).
+  (``LORA_RANK_NO_BF16_KERNEL=1`` falls back to decoding to f32). That rounding hides
+  eigenvalues far below σ₁², so a matrix whose top value stands too far above the rest
+  (θ₁ > 32·√n × the mean eigenvalue below the top k) is solved again on the f32 path; its
+  ``iterations`` count the passes of both.
 - **nonfinite**: count of NaN/Inf elements; when nonzero, every other field is NaN (energy
   ranks 0), a warning is added to the report and issued, and the scan goes on.
 

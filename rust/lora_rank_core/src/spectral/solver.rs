@@ -942,18 +942,16 @@ pub fn randomized(
     cfg: &SolverConfig,
     cancel: &AtomicBool,
 ) -> Result<Outcome> {
+    let mut bf16_passes = 0;
     if uses_bf16_kernel(src) {
         match randomized_on(src, cfg, cancel, true)? {
             Ok(outcome) => return Ok(outcome),
-            Err(passes) => {
-                let mut outcome =
-                    randomized_on(src, cfg, cancel, false)?.expect("the f32 path never gives up");
-                outcome.iterations += passes;
-                return Ok(outcome);
-            }
+            Err(passes) => bf16_passes = passes,
         }
     }
-    Ok(randomized_on(src, cfg, cancel, false)?.expect("the f32 path never gives up"))
+    let mut outcome = randomized_on(src, cfg, cancel, false)?.expect("the f32 path never gives up");
+    outcome.iterations += bf16_passes;
+    Ok(outcome)
 }
 
 /// [`randomized`] with (`bf16`) or without the bf16 kernels: `Err(passes)` when a bf16 solve
