@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import itertools
 import json
 import os
 import queue
@@ -126,6 +127,7 @@ class HubServer:
         self.repos = repos
         self.latency = latency
         self.faults: list[Fault] = []
+        self.request_ids = itertools.count(1)
         self.log: list[Request] = []
         #: Requests being served now, and the most seen at once since the last reset().
         self.in_flight = 0
@@ -297,7 +299,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _error(self, method: str, status: int, code: str, message: str) -> None:
         body = json.dumps({"error": message}).encode()
-        headers = {"X-Error-Code": code, "X-Error-Message": message}
+        # As the Hub, an id for the request (which a bug report quotes).
+        request_id = f"local-{status}-{next(self.hub.request_ids)}"
+        headers = {"X-Error-Code": code, "X-Error-Message": message, "X-Request-Id": request_id}
         headers["Content-Type"] = "application/json"
         self._send(method, status, body, headers)
 

@@ -71,6 +71,8 @@ MAX_PARALLEL = 100
 #: Attempts per request, and the first wait between them (doubling).
 RETRIES = 4
 BACKOFF = 0.25
+#: Statuses retried (rate limit and server errors, as huggingface_hub's default).
+RETRIED_STATUS = (429, 500, 502, 503, 504)
 #: Read timeout of every request, seconds.
 TIMEOUT = 30.0
 #: Buffer for a spectral scan: a batch of matrices is fetched while the previous is solved
@@ -303,6 +305,7 @@ class _Http:
             "headers": headers,
             "timeout": TIMEOUT,
             "max_retries": RETRIES - 1,
+            "retry_on_status_codes": RETRIED_STATUS,
             "base_wait_time": BACKOFF,
             "max_wait_time": 4 * BACKOFF,
             "follow_redirects": True,
@@ -441,8 +444,19 @@ def _http_error(src: HubSource, where: str, e: Exception) -> Exception:
         return HubError(f"{where}: unauthorized (HTTP {status}): {login}")
     if status == 404 and src.repo_id is None:
         return HubError(f"{where}: file not found")
-    first = str(e).strip().splitlines()
-    return HubError(f"{where}: HTTP error {status}: {first[0] if first else e}")
+    # Not huggingface_hub's message: it holds the URL, which for a CDN redirect carries a
+    # signature; the server's own message and request id are what a bug report needs.
+    reason = getattr(getattr(e, "response", None), "reason_phrase", "") or ""
+    text = f"{where}: HTTP error {status}" + (f" {reason}" if reason else "")
+    if status in RETRIED_STATUS:
+        text += f" after {RETRIES} attempts"
+    server_message = getattr(e, "server_message", None)
+    if server_message:
+        text += f": {' '.join(str(server_message).split())}"
+    request_id = getattr(e, "request_id", None)
+    if request_id:
+        text += f" (request id {request_id})"
+    return HubError(text)
 
 
 # -- headers ---------------------------------------------------------------------------------
