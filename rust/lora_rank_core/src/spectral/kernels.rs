@@ -51,10 +51,16 @@ pub struct PackedX {
     bpad: usize,
 }
 
+/// The row stride of the kernels' f32 blocks Y (and of [`PackedX`]'s rows) for b columns: b
+/// rounded up to a multiple of 16 (one AVX-512 register of f32).
+pub fn padded_cols(b: usize) -> usize {
+    b.div_ceil(16) * 16
+}
+
 impl PackedX {
     pub fn new(n: usize, b: usize, x: impl Fn(usize, usize) -> f32) -> PackedX {
         let pairs = n.div_ceil(2);
-        let bpad = b.div_ceil(16) * 16;
+        let bpad = padded_cols(b);
         let mut data = vec![0u32; pairs * bpad];
         for k2 in 0..pairs {
             for j in 0..b {
@@ -127,8 +133,8 @@ pub fn panel_times(p: &[u16], rows: usize, n: usize, xp: &PackedX, y: &mut Vec<f
 }
 
 /// acc (b × n, row j = column j of Pᵀ·Y) += Pᵀ·Y for the panel `p` (rows × n bf16 words) and
-/// Y (rows × b) in `y` as [`panel_times`] leaves it (row i at `y[i·bpad..]`, f32, bpad ≥ b a
-/// multiple of 16); Y is rounded to bf16 pairs in `ypair` (scratch). Must only be called
+/// Y (rows × b) in `y` as [`panel_times`] leaves it (row i at `y[i·bpad..]`, f32, bpad =
+/// [`padded_cols`]`(b)`); Y is rounded to bf16 pairs in `ypair` (scratch). Must only be called
 /// when [`available`].
 pub fn panel_transpose_times(
     p: &[u16],
@@ -139,7 +145,7 @@ pub fn panel_transpose_times(
     acc: &mut [f32],
     ypair: &mut Vec<u32>,
 ) {
-    let bpad = b.div_ceil(16) * 16;
+    let bpad = padded_cols(b);
     assert!(p.len() >= rows * n && acc.len() >= b * n && y.len() >= rows * bpad);
     let rows2 = rows.div_ceil(2);
     ypair.resize(rows2 * b, 0);

@@ -170,15 +170,17 @@ impl Pass<'_, '_> {
         let (src, x) = (self.src, self.x);
         let (n, b) = (src.cols, x.ncols());
         debug_assert_eq!(x.nrows(), src.rows());
-        let mut first_row = Vec::with_capacity(self.panels.len());
-        let mut seg_start = vec![0usize; src.segments.len()];
-        for s in 1..seg_start.len() {
-            seg_start[s] = seg_start[s - 1] + src.segments[s - 1].rows;
-        }
-        for p in self.panels {
-            first_row.push(seg_start[p.segment] + p.row0);
-        }
-        let panels: Vec<(Panel, usize)> = self.panels.iter().copied().zip(first_row).collect();
+        // Each panel with its first row in A (the panels cover A in order).
+        let mut row = 0;
+        let panels: Vec<(Panel, usize)> = self
+            .panels
+            .iter()
+            .map(|&p| {
+                row += p.rows;
+                (p, row - p.rows)
+            })
+            .collect();
+        debug_assert_eq!(row, src.rows());
         let groups = split(&panels, self.chunks);
         let bf16 = self.bf16;
         // Sweep 1: Z = AᵀX.
@@ -289,7 +291,7 @@ impl<'p, 's> PanelReader<'p, 's> {
         let (n, b) = (self.src.cols, xp.ncols());
         self.acc.resize(n * b, 0.0);
         if self.bf16 {
-            let bpad = b.div_ceil(16) * 16;
+            let bpad = super::kernels::padded_cols(b);
             self.y.clear();
             self.y.resize(p.rows * bpad, 0.0);
             for i in 0..p.rows {
