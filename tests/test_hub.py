@@ -317,6 +317,27 @@ def test_retries_are_bounded(hub: HubServer) -> None:
     assert 1 < len(attempts) <= 4 * hub_source.RETRIES * len(hub.repos["tiny/llama"].files())
 
 
+def test_repo_listing_is_retried_and_bounded(hub: HubServer) -> None:
+    # tiny/minilm has no index: its files come from the repo's API listing (model_info).
+    local = _inventory(lora_rank.analyze(hub.repos["tiny/minilm"].root))
+    for kind, kw in [("status", {"status": 503}), ("reset", {})]:
+        hub.reset()
+        fault = hub.fault(kind, times=2, match="/api/models/", **kw)
+        assert _inventory(lora_rank.analyze("tiny/minilm")) == local
+        assert fault.hits == 2
+    hub.reset()
+    hub.fault("status", status=503, times=None, match="/api/models/")
+    with pytest.raises(lora_rank.HubError) as info:
+        lora_rank.analyze("tiny/minilm")
+    assert re.fullmatch(
+        r"hf://tiny/minilm: HTTP error 503 Service Unavailable after 4 attempts: injected 503 "
+        r"\(request id local-503-\d+\)",
+        str(info.value),
+    ), str(info.value)
+    listings = [r for r in hub.log if r.path.startswith("/api/models/")]
+    assert [r.status for r in listings] == [503] * hub_source.RETRIES
+
+
 @pytest.mark.parametrize("repo", ["tiny/minilm", "tiny/mixtral"])
 def test_remote_spectra_equal_local_bit_for_bit(
     hub: HubServer, repo: str, monkeypatch: pytest.MonkeyPatch

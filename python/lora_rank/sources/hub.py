@@ -696,18 +696,33 @@ def _optional_get(
 
 
 def _list_repo(http: _Http) -> tuple[list[str], Optional[str]]:
-    """Files of the repo at the revision, and its commit (``HfApi.model_info``)."""
+    """Files of the repo at the revision, and its commit (``HfApi.model_info``, which does not
+    retry by itself: retried here as :meth:`_Http.fetch`'s requests are, on
+    :data:`RETRIED_STATUS`, timeouts and network errors)."""
+    import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     src = http.src
-    try:
-        info = HfApi().model_info(
-            src.repo_id or "", revision=src.revision or "main", timeout=TIMEOUT
-        )
-    except HfHubHTTPError as e:
-        raise _http_error(src, src.display(), e) from None
-    return [s.rfilename for s in info.siblings or []], info.sha
+    wait = BACKOFF
+    for attempt in range(RETRIES):
+        last = attempt + 1 == RETRIES
+        try:
+            info = HfApi().model_info(
+                src.repo_id or "", revision=src.revision or "main", timeout=TIMEOUT
+            )
+            return [s.rfilename for s in info.siblings or []], info.sha
+        except HfHubHTTPError as e:
+            if last or e.response.status_code not in RETRIED_STATUS:
+                raise _http_error(src, src.display(), e) from None
+        except (httpx2.TimeoutException, httpx2.NetworkError) as e:
+            if last:
+                raise HubError(
+                    f"{src.display()}: {type(e).__name__} after {RETRIES} attempts: {e}"
+                ) from None
+        time.sleep(wait)
+        wait *= 2
+    raise AssertionError("unreachable")
 
 
 # -- spectra ---------------------------------------------------------------------------------
