@@ -409,8 +409,30 @@ WIDE_ARCHS: dict[str, Arch] = {
     ]
 }
 
+#: Checkpoints of other tests, outside the architecture-table checks: ConvNeXt (a vision
+#: model whose only Linear layers are its blocks' pwconv1/pwconv2, of no attention or MLP kind).
+OTHER_ARCHS: dict[str, Arch] = {
+    a.name: a
+    for a in [
+        Arch(
+            "convnext",
+            "ConvNextConfig",
+            "ConvNextForImageClassification",
+            dict(
+                num_channels=3,
+                patch_size=4,
+                num_stages=2,
+                hidden_sizes=[16, 32],
+                depths=[2, 2],
+                num_labels=5,
+                image_size=32,
+            ),
+        ),
+    ]
+}
+
 #: Every test architecture by name (what the ``checkpoint`` fixture builds).
-ALL_ARCHS: dict[str, Arch] = {**ARCHS, **WIDE_ARCHS}
+ALL_ARCHS: dict[str, Arch] = {**ARCHS, **WIDE_ARCHS, **OTHER_ARCHS}
 
 
 def build_model(arch: Arch, seed: int = 0) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Callable, Optional
 
 import lora_rank
 import pytest
@@ -98,3 +99,27 @@ def test_preset_budget_below_rank_one_names_reachable_budgets(report: Report) ->
         recommend(report, "all-linear", budget=40_000)
     with pytest.raises(ConfigError, match=r"168,960 \(rank 4\), 337,920 \(rank 8\)"):
         recommend(report, "all-linear", budget=100_000, rank_multiple=4)
+
+
+@pytest.mark.parametrize("task", [None, "classification"])
+@pytest.mark.parametrize("rule", list(RULES))
+def test_every_rule_weighs_convnext(
+    rule: str, task: Optional[str], checkpoint: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """ConvNeXt's Linear layers (pwconv1/pwconv2) are of no attention or MLP kind: every weighted
+    strategy still weighs each module all-linear wraps, or names it in a warning with why (the
+    spectral rule raised 'no module can be scored' here); PEFT counts the trainable params."""
+    path = checkpoint("convnext")
+    report = lora_rank.analyze(path)
+    wrapped = {m.name for m in report.lora_targets}
+    pw = {n for n in wrapped if n.endswith((".pwconv1", ".pwconv2"))}
+    assert len(pw) == 8 and wrapped == pw | {"classifier"}
+    per_rank = sum((m.in_features or 0) + (m.out_features or 0) for m in report.lora_targets)
+    rec = recommend(report, rule, budget=per_rank * 8, task=task)
+    check_against_peft(rec, path, tmp_path)
+    assert set(rec.module_ranks()) >= pw
+    warned = {n for n in wrapped if any(n in w for w in rec.warnings)}
+    assert set(rec.module_ranks()) | warned == wrapped
+    if rule == "spectral":  # the head weighs 0 for every task: said, with why
+        assert "classifier" not in rec.module_ranks()
+        assert any("weighs classifier 0" in w for w in rec.warnings)

@@ -22,8 +22,11 @@ Task weights (used by ``strategy="spectral"`` and :func:`lora_rank.recommend.str
 ``None`` (general) weighs attention and MLP equally; ``"classification"`` targets attention
 only (LoRA's q/v finding; the head should be trained in full); ``"knowledge"`` favours the MLP
 (factual associations live in the MLP layers: Geva et al. 2021, Meng et al. 2022) at 1.0 vs
-0.5 for attention; ``"style"`` favours attention (1.0) over the MLP (0.5). Routers, shared-expert
-gates, classifier heads and linear layers of no known role weigh 0: listed, never chosen.
+0.5 for attention; ``"style"`` favours attention (1.0) over the MLP (0.5). A linear layer of no
+known role *inside a numbered layer* (ConvNeXt's ``pwconv1``/``pwconv2``, projections no kind
+rule names) is one of the block's projections, attention or MLP unknown: it weighs the mean of
+the two (:func:`module_weight`). Routers, shared-expert gates, classifier heads and linear layers
+of no known role outside the layers (poolers, head transforms) weigh 0: listed, never chosen.
 
 Example:
     >>> PRESETS["attention-qv"].kinds
@@ -70,6 +73,26 @@ def task_weight(task: Optional[str], kind: str) -> float:
     if kind in ATTENTION_KINDS:
         return attention
     return mlp if kind in MLP_KINDS else 0.0
+
+
+def module_weight(task: Optional[str], m: Module) -> float:
+    """How much ``task`` values adapting ``m``: :func:`task_weight` of its kind, and for a linear
+    layer of no known role inside a numbered layer the mean of the task's attention and MLP
+    weights (0: not a candidate).
+
+    Example:
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> mods = {m.name: m for m in report.modules}
+        >>> module_weight("knowledge", mods["encoder.layer.0.intermediate.dense"])
+        1.0
+        >>> module_weight(None, mods["pooler.dense"])  # other_linear outside the layers
+        0.0
+    """
+    if m.kind == "other_linear" and m.layer is not None:
+        check_task(task)
+        return sum(TASKS[task]) / 2
+    return task_weight(task, m.kind)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ benches/quality):
   experts, each of which gets its own rank-``r`` adapter). It counts the directions the trained
   weight actually uses; unlike the stable rank ‖W‖_F²/σ₁² it is not collapsed by one outlier
   singular value (common in MLP projections). When it is unknown (0) the stable rank is used.
-- **weight** ``w`` of its kind for the task (:func:`lora_rank.recommend.presets.task_weight`).
+- **weight** ``w`` of its kind for the task (:func:`lora_rank.recommend.presets.module_weight`:
+  the kind's task weight; a linear layer of no known role inside a numbered layer weighs the
+  mean of the task's attention and MLP weights).
 - **score** = ``w · d``. A rank-``r`` adapter reaches ``r / d`` of the module's used directions;
   the allocation gives every module the same reach per unit of weight (rank ∝ score), which
   is what AdaLoRA's learned budgets look like (more rank to the MLP and output projections,
@@ -31,7 +33,7 @@ import statistics
 from typing import Any, Optional
 
 from ..report import Module, Report, Spectrum
-from .presets import Candidate, task_weight
+from .presets import Candidate, module_weight
 
 
 def spectra_of(m: Module) -> list[Spectrum]:
@@ -59,9 +61,9 @@ def effective_rank(m: Module) -> Optional[float]:
 
 
 def score(m: Module, task: Optional[str]) -> Optional[float]:
-    """``task_weight · effective_rank`` of ``m``; None without spectra."""
+    """``module_weight · effective_rank`` of ``m``; None without spectra."""
     d = effective_rank(m)
-    return None if d is None else task_weight(task, m.kind) * d
+    return None if d is None else module_weight(task, m) * d
 
 
 def _mean(values: list[float]) -> float:
@@ -74,7 +76,7 @@ def module_row(c: Candidate, task: Optional[str], last_layer: int) -> dict[str, 
     m = c.module
     spectra = spectra_of(m)
     d = effective_rank(m)
-    w = task_weight(task, m.kind)
+    w = module_weight(task, m)
     layer = m.layer
     return {
         "level": "module",
@@ -112,7 +114,7 @@ def kind_rows(module_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "kind": kind,
                 "modules": len(rows),
                 "score": _mean([r["score"] for r in rows]),
-                "weight": rows[0]["weight"],
+                "weight": _mean([r["weight"] for r in rows]),
                 "effective_rank": _mean([r["effective_rank"] for r in rows]),
                 "energy_rank_90": _mean([r["energy_rank_90"] for r in rows]),
                 "stable_rank": _mean([r["stable_rank"] for r in rows]),

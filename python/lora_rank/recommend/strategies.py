@@ -205,9 +205,15 @@ def _weighted_targets(
     skipped: dict[str, list[str]] = {}
     for c in cands:
         w = rule.weight(c, task, cands)
-        if w == 0:
-            continue  # not a candidate of this rule (a kind the task weighs 0)
         m = c.module
+        if w == 0:
+            # Not a candidate of this rule (a kind the task weighs 0): said when all-linear
+            # wraps it, since the strategies start from all-linear's modules.
+            if m.is_lora_target:
+                skipped.setdefault(f"{rule.name!r} weighs {m.kind} 0 for task {task!r}", []).append(
+                    m.name
+                )
+            continue
         cap = min(max_rank, min(m.in_features or 0, m.out_features or 0) // step * step)
         why = (
             "no spectrum"
@@ -225,11 +231,15 @@ def _weighted_targets(
         by_key[c.reach.key] = c
     for why, names in skipped.items():
         notes.append(
-            f"{len(names)} module(s) not scored ({why}): {', '.join(names[:4])}"
+            f"{len(names)} module(s) get no rank ({why}): {', '.join(names[:4])}"
             + (" ..." if len(names) > 4 else "")
         )
     if not items:
-        raise ConfigError(f"no module of {report.path} can be scored for task {task!r}")
+        why = "; ".join(notes) if notes else "it has no module PEFT can adapt"
+        raise ConfigError(
+            f"no module of {report.path} can be weighed by strategy {rule.name!r} for task "
+            f"{task!r}: {why}"
+        )
     if budget is None:
         budget = sum(it.cost * r for it in items)
     cheapest = min(it.cost * min_rank for it in items)

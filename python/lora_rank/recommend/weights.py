@@ -4,7 +4,9 @@ ranks are allocated ∝ weight under the budget by the water-filling of
 
 ==================  ==========================================================================
 ``"spectral"``      task weight × effective rank of W (energy rank 90%; :mod:`lora_rank.recommend.scoring`)
-                    over the kinds the task weighs (the pooler and other linears weigh 0).
+                    over the modules the task weighs (linear layers of no known role inside
+                    the layers weigh the mean of attention's and the MLP's task weights;
+                    poolers, heads and routers weigh 0 and are named in ``warnings``).
                     This was ``"auto"`` before the recommendation-quality benchmark.
 ``"kind-prior"``    MLP projections weigh 2, attention and other linear layers 1, over
                     all-linear's modules: "more rank to the MLP" (PEFT's method comparison,
@@ -24,6 +26,10 @@ ranks are allocated ∝ weight under the budget by the water-filling of
 Spectrum's SNR selection (Hartford et al. 2024) needs the whole spectrum (the bulk's IQR and
 its Marchenko–Pastur edge), which the top-k spectra here do not give; it is measured in
 ``benches/quality`` from a full SVD and is not a strategy yet.
+
+Every module all-linear wraps gets a weight, or is named in the recommendation's ``warnings``
+with the reason it gets none (a weight of 0 for the task, no spectrum, an all-zero or
+non-finite weight matrix, smaller than ``min_rank``).
 
 Which of these ``"auto"`` follows is decided by ``benches/quality`` (README "What auto does
 and why").
@@ -45,7 +51,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from . import scoring
-from .presets import MLP_KINDS, Candidate, task_weight
+from .presets import MLP_KINDS, Candidate, module_weight
 
 #: weight(candidate, task, every candidate) → weight (0: not a candidate of the rule; NaN: an
 #: unusable weight matrix; None: no spectrum).
@@ -65,7 +71,7 @@ class Rule:
 
 
 def _spectral(c: Candidate, task: Optional[str], _: Sequence[Candidate]) -> Optional[float]:
-    w = task_weight(task, c.module.kind)
+    w = module_weight(task, c.module)
     if w <= 0:
         return 0.0
     d = scoring.effective_rank(c.module)
