@@ -18,10 +18,20 @@ It serves checkpoint directories the way the Hub answers ``huggingface_hub`` 2.x
 
 Faults (:class:`Fault`) are injected per request whose path contains a substring: an HTTP
 status a number of times (500-then-OK, 429), a slow response, a range answered with the
-whole file or with a wrong ``Content-Range``, a truncated body, a connection reset, a changed
-ETag. ``latency`` delays every request. Every request is logged (:attr:`HubServer.log`) with
-the bytes of body sent, so tests and benchmarks can count requests and bytes, and
-:attr:`HubServer.max_in_flight` says how many were served at once.
+whole file (on the redirect target, or on the first request instead of its 302) or with a
+wrong ``Content-Range``, a 302 carrying the whole file as its body, a truncated body, a
+connection reset, a changed ETag. ``latency`` delays every request. Every request is logged
+(:attr:`HubServer.log`) with the bytes of body the server actually wrote to the socket, so
+tests and benchmarks can count requests and bytes, and :attr:`HubServer.max_in_flight` says
+how many were served at once.
+
+Bodies are streamed from the file in chunks (a sparse multi-GB shard costs neither memory nor
+disk). A body the client should refuse (a whole file answering a range request, the body of a
+302) is sent the way that makes the count a measure of the client, not of the kernel's socket
+buffers: one :data:`WINDOW` of it with the headers, then nothing more until the client has
+either closed the connection (the count stays at one window) or left it open for
+:data:`HOLD` seconds (a client reading the body: the rest follows, up to :data:`CAP`, and the
+connection is closed, so a client that would download a whole 4 GB shard fails in seconds).
 
 Usage::
 
@@ -40,6 +50,7 @@ import json
 import os
 import queue
 import re
+import select
 import socket
 import threading
 import time
@@ -52,6 +63,13 @@ from urllib.parse import unquote, urlsplit
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 #: Files smaller than this get a sha256 ETag; larger ones a stamp (see HubServer.etag).
 HASHED_MAX = 10_000_000
+#: Bodies are read from the file and written to the socket in chunks of this size.
+CHUNK = 256 * 1024
+#: A body the client should refuse: bytes sent with the headers, seconds then given to the
+#: client to close the connection, and the most sent in all when it does not.
+WINDOW = 16 * 1024
+HOLD = 1.0
+CAP = 8 * 2**20
 
 
 @dataclass
@@ -83,10 +101,13 @@ class Fault:
     """A fault for requests whose path contains ``match`` (and method ``method`` if set).
 
     ``kind``: ``"status"`` (answer ``status``), ``"slow"`` (sleep ``delay`` s first),
-    ``"whole"`` (answer a range request with 200 and the whole file), ``"bad_range"`` (206 with
-    a Content-Range that is off by 16 bytes), ``"truncate"`` (announce the full length, send
-    half, close), ``"reset"`` (close the connection without answering), ``"etag"`` (a different
-    ETag from then on). ``times``: how many matching requests it applies to (None: all).
+    ``"whole"`` (answer a range request with 200 and the whole file; on a ``/resolve/`` path
+    of an LFS file, instead of the 302, as a proxy that ignores Range would), ``"fat_redirect"``
+    (a 302 whose body is the whole file), ``"bad_range"`` (206 with a Content-Range that is off
+    by 16 bytes), ``"truncate"`` (announce the full length, send half, close), ``"reset"``
+    (close the connection without answering), ``"etag"`` (a different ETag from then on).
+    ``after``: matching requests let through first; ``times``: how many matching requests it
+    applies to after those (None: all).
     """
 
     kind: str
@@ -95,10 +116,15 @@ class Fault:
     status: int = 500
     delay: float = 0.0
     method: Optional[str] = None
+    after: int = 0
     hits: int = 0
+    seen: int = 0
 
     def applies(self, method: str, path: str) -> bool:
         if self.match not in path or (self.method and self.method != method):
+            return False
+        self.seen += 1
+        if self.seen <= self.after:
             return False
         if self.times is not None and self.hits >= self.times:
             return False
@@ -165,6 +191,13 @@ class HubServer:
             self.faults.clear()
             self.log.clear()
             self.max_in_flight = self.in_flight
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until no request is being served (a response the client closed early is logged
+        once the server has seen the close)."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def root(self, repo: Repo) -> Path:
         """``repo.root`` resolved (once)."""
@@ -404,7 +437,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         etag = self.hub.etag(name, target, rel, "etag" in kinds)
         size = target.stat().st_size
-        if rel.endswith(LFS_SUFFIXES):
+        if rel.endswith(LFS_SUFFIXES) and not ("whole" in kinds and "Range" in self.headers):
             headers = {
                 "X-Repo-Commit": sha,
                 "X-Linked-Etag": f'"{etag}"',
@@ -412,6 +445,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "ETag": f'"{hashlib.sha1(rel.encode()).hexdigest()}"',
                 "Location": f"/cdn/{name}/{sha}/{rel}?sig=local",
             }
+            if "fat_redirect" in kinds and method != "HEAD":
+                # The file as the body of the redirect (a client must not read it).
+                self._stream(method, 302, headers, target, 0, size, refused=True)
+                return
             self._send(method, 302, b"", headers)
             return
         self._body(method, target, etag, {"X-Repo-Commit": sha}, kinds)
@@ -446,22 +483,75 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             shown = (start + 16, end + 16) if "bad_range" in kinds else (start, end)
             headers["Content-Range"] = f"bytes {shown[0]}-{shown[1]}/{size}"
         length = end - start + 1
-        with open(target, "rb") as f:
-            f.seek(start)
-            body = f.read(length) if method != "HEAD" else b""
-        if "truncate" in kinds and method != "HEAD":
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(length))
-            self.end_headers()
-            half = body[: len(body) // 2]
-            self.wfile.write(half)
-            self.wfile.flush()
-            self.hub.record(Request(method, self.path, rng, status, len(half)))
-            self.close_connection = True
+        refused = status == 200 and rng is not None
+        self._stream(method, status, headers, target, start, length, refused=refused, kinds=kinds)
+
+    def _stream(
+        self,
+        method: str,
+        status: int,
+        headers: dict[str, str],
+        target: Path,
+        start: int,
+        length: int,
+        *,
+        refused: bool = False,
+        kinds: frozenset[str] | set[str] = frozenset(),
+    ) -> None:
+        """Send ``length`` bytes of ``target`` from ``start`` as the body, in chunks read from
+        the file, and log the bytes the socket took. ``refused``: a body the client should not
+        read (see the module docs: one window, then wait for the client to close)."""
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(length))
+        self._headers_buffer.append(b"\r\n")
+        rng = self.headers.get("Range")
+        if method == "HEAD":
+            self.flush_headers()
+            self.hub.record(Request(method, self.path, rng, status, 0))
             return
-        self._send(method, status, body, headers, length=length)
+        todo = length // 2 if "truncate" in kinds else length
+        if refused:
+            todo = min(todo, CAP)
+        sent = 0
+        first = True
+        try:
+            with open(target, "rb") as f:
+                f.seek(start)
+                while sent < todo:
+                    n = min(CHUNK, todo - sent, WINDOW if first and refused else CHUNK)
+                    chunk = f.read(n)
+                    if not chunk:
+                        break
+                    if first:
+                        # Headers and the first chunk in one write, as a production server does.
+                        self._headers_buffer.append(chunk)
+                        self.flush_headers()
+                    else:
+                        self.wfile.write(chunk)
+                    sent += len(chunk)
+                    if first and refused and self._closed_by_client(HOLD):
+                        break
+                    first = False
+            if first:
+                self.flush_headers()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self.hub.record(Request(method, self.path, rng, status, sent))
+        if sent < length:
+            self.close_connection = True
+
+    def _closed_by_client(self, timeout: float) -> bool:
+        """Whether the client closes the connection within ``timeout`` seconds."""
+        ready, _, _ = select.select([self.connection], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
 
 def main() -> None:

@@ -47,6 +47,81 @@ def _huge_header_file(out: Path) -> Path:
     return out
 
 
+#: A sparse shard's size: what a Range-ignoring server would send for each request.
+SPARSE_SIZE = 4 * 2**30
+#: Bytes the server may send for a request the client refuses (ISSUE 38: kilobytes, not GB).
+REFUSED_MAX = 64 * 1024
+_ITEM = {"F32": 4, "BF16": 2}
+
+
+def _sparse_shard(path: Path, tensors: dict[str, tuple[str, list[int]]], filler_name: str) -> None:
+    """A safetensors file of :data:`SPARSE_SIZE` bytes whose header lists ``tensors`` and a
+    1-D ``filler_name`` (a norm weight: no scan reads it) up to that size, its data a hole
+    (``truncate``: zeros that take no disk)."""
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        n = _ITEM[dtype] * shape[0] * (shape[1] if len(shape) > 1 else 1)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    room = SPARSE_SIZE - 8 - offset - len(raw) - 256
+    filler = room // 4
+    header[filler_name] = {
+        "dtype": "F32",
+        "shape": [filler],
+        "data_offsets": [offset, offset + 4 * filler],
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset + 4 * filler)
+
+
+def _sparse_repos(root: Path) -> dict[str, Repo]:
+    """``sparse/sharded``: two 4 GB shards with an index and a config (the header of each fits
+    its first range); ``sparse/bigheader``: one 4 GB file, no index, whose header needs a
+    second range (it is larger than the first range's 100 kB)."""
+    sharded = root / "sharded"
+    sharded.mkdir(parents=True)
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "vocab_size": 128,
+    }
+    (sharded / "config.json").write_text(json.dumps(config))
+    weight_map = {}
+    for i in range(2):
+        name = f"model-0000{i + 1}-of-00002.safetensors"
+        tensors = {
+            f"model.layers.{i}.self_attn.{p}_proj.weight": ("F32", [64, 64])
+            for p in ("q", "k", "v", "o")
+        }
+        filler = f"model.layers.{i}.input_layernorm.weight"
+        _sparse_shard(sharded / name, tensors, filler)
+        weight_map.update({t: name for t in [*tensors, filler]})
+    index = {"metadata": {}, "weight_map": weight_map}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    big = root / "bigheader"
+    big.mkdir()
+    tensors = {
+        f"model.layers.{i}.some_rather_long_module_name_to_grow_the_header.weight": (
+            "BF16",
+            [8, 8],
+        )
+        for i in range(1200)
+    }
+    _sparse_shard(big / "model.safetensors", tensors, "model.norm.weight")
+    assert all(p.stat().st_blocks * 512 < 2**20 for p in root.rglob("*.safetensors"))
+    return {"sparse/sharded": Repo(sharded, sha=SHA), "sparse/bigheader": Repo(big, sha=SHA)}
+
+
 @pytest.fixture(scope="session")
 def hub_repos(
     checkpoint: Callable[[str], Path], minilm: Path, tmp_path_factory: pytest.TempPathFactory
@@ -74,6 +149,7 @@ def hub_repos(
         "tiny/nothing": Repo(nothing, sha=SHA),
         "tiny/bigheader": Repo(_single_file_with_big_header(root / "big"), sha=SHA),
         "tiny/hugeheader": Repo(_huge_header_file(root / "huge"), sha=SHA),
+        **_sparse_repos(root / "sparse"),
     }
 
 
@@ -318,7 +394,7 @@ def test_retries_are_bounded(hub: HubServer) -> None:
 
 
 def test_repo_listing_is_retried_and_bounded(hub: HubServer) -> None:
-    # tiny/minilm has no index: its files come from the repo's API listing (model_info).
+    # tiny/minilm has no index: its files come from the repo's API listing (/api/models/).
     local = _inventory(lora_rank.analyze(hub.repos["tiny/minilm"].root))
     for kind, kw in [("status", {"status": 503}), ("reset", {})]:
         hub.reset()
@@ -392,3 +468,90 @@ def test_cli_analyze_hub_repo_through_hf_endpoint(hub: HubServer, tmp_path: Path
     out = subprocess.run(bad, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "repo not found" in out.stderr
+
+
+def _refusal(where: str) -> str:
+    return (
+        f"{where}: the server answered a range request with status 200 (the whole file) "
+        "instead of 206; refusing to download it"
+    )
+
+
+def _whole_file_answers(hub: HubServer) -> list[Any]:
+    """Requests for a range of a sparse shard that the server answered with the whole file."""
+    hub.settle()
+    return [r for r in hub.log if r.range and r.status == 200 and ".safetensors" in r.path]
+
+
+SPARSE_FAULTS = [
+    # A proxy that answers the first request itself, with the whole file instead of the 302.
+    ("first request", "sparse/sharded", {"match": "/resolve/"}),
+    # The resolve is right (302), its target (the CDN) ignores Range.
+    ("redirect target", "sparse/sharded", {"match": "/cdn/"}),
+    # The first range of the header is served; the second (the header is larger) is not.
+    ("after a good range", "sparse/bigheader", {"match": "/cdn/", "after": 1}),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "repo", "kw"), SPARSE_FAULTS, ids=[c for c, _, _ in SPARSE_FAULTS]
+)
+def test_a_server_ignoring_range_costs_kilobytes_not_the_shard(
+    hub: HubServer, case: str, repo: str, kw: dict[str, Any]
+) -> None:
+    hub.fault("whole", times=None, **kw)
+    with pytest.raises(lora_rank.HubError) as info:
+        lora_rank.analyze(repo)
+    message = str(info.value)
+    shard = "model" if repo == "sparse/bigheader" else "model-0000[12]-of-00002"
+    pattern = re.escape(f"{repo}: ") + shard + re.escape(".safetensors" + _refusal(""))
+    assert re.fullmatch(pattern, message), message
+    refused = _whole_file_answers(hub)
+    # Refused at once, never retried: one whole-file answer per shard at most, each closed by
+    # the client after one buffer (the server counts what it wrote to the socket).
+    assert 1 <= len(refused) <= 2
+    assert all(r.body_bytes <= REFUSED_MAX for r in refused), [r.body_bytes for r in refused]
+    if case == "after a good range":
+        ranged = [r for r in hub.log if "/cdn/" in r.path]
+        assert ranged[0].status == 206 and ranged[0].range == "bytes=0-99999"
+        assert ranged[1].status == 200 and ranged[1].range.startswith("bytes=100000-")
+
+
+@pytest.mark.parametrize("match", ["/cdn/", "/resolve/"])
+def test_a_spectral_read_ignoring_range_costs_kilobytes(hub: HubServer, match: str) -> None:
+    from lora_rank.spectral.compute import compute_spectra
+
+    report = lora_rank.analyze("sparse/sharded")
+    hub.reset()
+    hub.fault("whole", match=match, times=None)
+    with pytest.raises(lora_rank.HubError) as info:
+        compute_spectra(report, progress=False)
+    url = f"{hub.url}/sparse/sharded/resolve/{SHA}/model-00001-of-00002.safetensors"
+    assert str(info.value) == _refusal(url)
+    refused = _whole_file_answers(hub)
+    assert len(refused) == 1 and refused[0].body_bytes <= REFUSED_MAX, refused
+
+
+def test_a_spectral_read_leaves_the_body_of_a_redirect_unread(hub: HubServer) -> None:
+    from lora_rank.spectral.compute import compute_spectra
+
+    report = lora_rank.analyze("sparse/sharded")
+    hub.reset()
+    hub.fault("fat_redirect", match="/resolve/", times=None)
+    compute_spectra(report, progress=False)
+    hub.settle()
+    fat = [r for r in hub.log if r.status == 302]
+    assert fat and all(r.body_bytes <= REFUSED_MAX for r in fat), fat
+    assert all(m.spectrum for m in report.modules if m.kind.startswith("attn_"))
+
+
+def test_the_body_of_a_redirect_is_not_read(hub: HubServer) -> None:
+    # Each shard's 302 carries the whole 4 GB file as its body: the redirect is followed, the
+    # body left unread (the connection closed), the analysis the same.
+    hub.fault("fat_redirect", match="/resolve/", times=None)
+    remote = lora_rank.analyze("sparse/sharded")
+    hub.settle()
+    fat = [r for r in hub.log if r.status == 302]
+    assert len(fat) == 2 and all(r.body_bytes <= REFUSED_MAX for r in fat), fat
+    hub.reset()
+    assert _inventory(lora_rank.analyze("sparse/sharded")) == _inventory(remote)

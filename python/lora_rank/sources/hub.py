@@ -20,16 +20,26 @@ is written to disk and the bytes fetched are exactly the bytes of the matrices a
 
 Endpoint, token, offline mode and the cache location come from ``huggingface_hub``
 (``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``, ``HF_HOME``/``HF_HUB_CACHE``), requests go
-through its shared session with its backoff (429, 5xx, timeouts and connection resets are
-retried a bounded number of times), and its HTTP errors are turned into one-line
-:class:`~lora_rank.errors.HubError` messages naming the repo and file. Every range response is
-checked: a 200 answering a range request, a wrong ``Content-Range``, a short body, or an
-``ETag`` that differs from the one seen when the header was read
-(:class:`~lora_rank.FileChangedError`).
+through its shared HTTP client with its headers (429, 5xx, timeouts and connection resets are
+retried a bounded number of times with backoff, each retry logged as a warning on this module's
+logger), and its HTTP errors are turned into one-line
+:class:`~lora_rank.errors.HubError` messages naming the repo and file.
+
+Every response is streamed and checked before its body is read (:meth:`_Http.fetch`; the
+same for the index, ``config.json``, the repo listing, each shard's header, the spectral
+scan's ranges, every retry and every hop of a redirect): its status, ``Content-Range`` (the
+bytes asked for), ``Content-Length`` and ``Content-Encoding``, and its ``ETag`` against the
+one seen when the header was read (:class:`~lora_rank.FileChangedError`). A response that
+fails a check is closed at once, with its connection: a server or proxy that answers a range
+request with ``200`` and the whole file costs at most one read buffer of the HTTP client
+(64 KiB), not the file. No body is read past the bytes asked for (plus :data:`SLACK`), a
+redirect's or an error's body past :data:`SLACK`, a whole file past :data:`MAX_WHOLE`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import queue
 import re
@@ -39,7 +49,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from .. import _core
 from ..errors import FileChangedError, HubError, NotACheckpointError, UnsupportedFormatError
@@ -73,11 +83,22 @@ RETRIES = 4
 BACKOFF = 0.25
 #: Statuses retried (rate limit and server errors, as huggingface_hub's default).
 RETRIED_STATUS = (429, 500, 502, 503, 504)
-#: Read timeout of every request, seconds.
+#: Read timeout of every request, seconds; also the longest ``Retry-After`` waited for.
 TIMEOUT = 30.0
+#: Body bytes read past what a request asked for before the response is refused, and the
+#: most read of a redirect's or an error's body: one read of the HTTP client (httpcore reads
+#: the socket 64 KiB at a time, so a refused response costs that much at most anyway).
+SLACK = 64 * 1024
+#: Largest file read whole (an index, ``config.json``, a repo listing): the format's header
+#: limit, the limit of local JSON files too (``checkpoint.rs``).
+MAX_WHOLE = 100_000_000
+#: Redirects followed per request (httpx's default bound).
+MAX_REDIRECTS = 20
 #: Buffer for a spectral scan: a batch of matrices is fetched while the previous is solved
 #: only when both fit in this (or the largest matrix alone); matrices never split.
 SPECTRAL_BUFFER = 256 * 2**20
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -248,16 +269,17 @@ class _Http:
         )
 
     @staticmethod
-    def _etag(response: httpx2.Response) -> Optional[str]:
-        for r in [*response.history, response]:
+    def _etag(chain: Sequence[httpx2.Response]) -> Optional[str]:
+        """The file's ETag from the responses of a request, its redirects first."""
+        for r in chain:
             linked = r.headers.get("X-Linked-Etag")
             if linked:
                 return linked.lstrip("W/").strip('"')
-        tag = response.headers.get("ETag")
+        tag = chain[-1].headers.get("ETag")
         return tag.lstrip("W/").strip('"') if tag else None
 
-    def _check_etag(self, url: str, where: str, response: httpx2.Response) -> None:
-        etag = self._etag(response)
+    def _check_etag(self, url: str, where: str, chain: Sequence[httpx2.Response]) -> None:
+        etag = self._etag(chain)
         if etag is None:
             return
         with self._lock:
@@ -282,121 +304,166 @@ class _Http:
         where: str,
         byte_range: Optional[tuple[int, int]] = None,
         sink: Optional[Callable[[int, bytes], None]] = None,
+        limit: int = MAX_WHOLE,
     ) -> tuple[bytes, dict[str, str], Optional[int]]:
         """GET ``url`` (or bytes ``[a, b)`` of it; ``where`` names it in messages). Returns
         (the body unless ``sink(offset, chunk)`` takes it, the final response's headers, the
-        file's total size from ``Content-Range``). Retries (bounded, with backoff) on 429/5xx,
-        connection errors and short bodies.
+        file's total size from ``Content-Range``). A whole file (no ``byte_range``) may have
+        at most ``limit`` bytes.
 
-        Without a ``sink`` (headers, index, config: small bodies) the response is read whole
-        by ``huggingface_hub``'s ``http_backoff``, which costs less per request than a stream."""
+        Each attempt streams the response and checks it before reading its body (see the
+        module docs); redirects are followed here, hop by hop, each checked the same way (the
+        token goes only to the first request's host). Retried (:data:`RETRIES` attempts in
+        all, with backoff) on :data:`RETRIED_STATUS`, timeouts, network errors and short
+        bodies; never on a response that is wrong (a 200 for a range, a wrong length)."""
         import httpx2
         from huggingface_hub.errors import HfHubHTTPError
-        from huggingface_hub.utils._http import (
-            hf_raise_for_status,
-            http_backoff,
-            http_stream_backoff,
-        )
 
-        headers = dict(self.headers)
-        if byte_range is not None:
-            headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
-        options: dict[str, Any] = {
-            "headers": headers,
-            "timeout": TIMEOUT,
-            "max_retries": RETRIES - 1,
-            "retry_on_status_codes": RETRIED_STATUS,
-            "base_wait_time": BACKOFF,
-            "max_wait_time": 4 * BACKOFF,
-            "follow_redirects": True,
-        }
         wait = BACKOFF
-        for attempt in range(RETRIES):
-            got = 0
+        for attempt in range(1, RETRIES + 1):
+            got = [0]
             try:
-                if sink is None:
-                    try:
-                        response = http_backoff("GET", url, **options)
-                    except (httpx2.RemoteProtocolError, httpx2.ReadError) as e:
-                        # Already retried RETRIES times by http_backoff.
-                        raise HubError(
-                            f"{where}: truncated response body after {RETRIES} attempts ({e})"
-                        ) from None
-                    self._count(response)
-                    hf_raise_for_status(response)
-                    total, expected = self._check(url, where, response, byte_range)
-                    body = response.content
-                    got = len(body)
-                    if expected is not None and got != expected:
-                        raise _Truncated(got, expected)
-                    return body, dict(response.headers), total
-                with http_stream_backoff("GET", url, **options) as response:
-                    self._count(response)
-                    hf_raise_for_status(response)
-                    total, expected = self._check(url, where, response, byte_range)
-                    try:
-                        for chunk in response.iter_bytes(1 << 20):
-                            if expected is not None and got + len(chunk) > expected:
-                                raise HubError(
-                                    f"{where}: the server sent more than the {expected} bytes "
-                                    "requested"
-                                )
-                            sink(got, chunk)
-                            got += len(chunk)
-                    except (httpx2.RemoteProtocolError, httpx2.ReadError) as e:
-                        # Raised as our own type: huggingface_hub's stream backoff would
-                        # otherwise try to retry inside the `with` and fail.
-                        raise _Truncated(got, expected, str(e)) from None
-                    if expected is not None and got != expected:
-                        raise _Truncated(got, expected)
-                    return b"", dict(response.headers), total
-            except (_Truncated, httpx2.RemoteProtocolError, httpx2.ReadError) as e:
-                if attempt + 1 == RETRIES:
+                return self._attempt(url, where, byte_range, sink, limit, got)
+            except _Retry as e:
+                if attempt == RETRIES:
+                    raise _http_error(self.src, where, e.error) from None
+                reason = f"HTTP error {e.status}"
+                pause = max(wait, min(e.retry_after or 0.0, TIMEOUT))
+            except _Truncated as e:
+                if attempt == RETRIES:
                     raise HubError(
                         f"{where}: truncated response body after {RETRIES} attempts ({e})"
                     ) from None
-                time.sleep(wait)
-                wait *= 2
+                reason, pause = f"truncated response body ({e})", wait
+            except httpx2.ConnectError as e:
+                if attempt == RETRIES:
+                    host = urlsplit(url).netloc
+                    raise HubError(
+                        f"{where}: could not connect to {host} after {RETRIES} attempts: {e}"
+                    ) from None
+                reason, pause = f"{type(e).__name__}: {e}", wait
+            except (
+                httpx2.TimeoutException,
+                httpx2.NetworkError,
+                httpx2.RemoteProtocolError,
+            ) as e:
+                if attempt == RETRIES:
+                    raise HubError(
+                        f"{where}: {type(e).__name__} after {RETRIES} attempts: {e}"
+                    ) from None
+                reason, pause = f"{type(e).__name__}: {e}", wait
             except HfHubHTTPError as e:
                 raise _http_error(self.src, where, e) from None
-            except (httpx2.TransportError, OSError) as e:
+            except (httpx2.TransportError, httpx2.InvalidURL, OSError) as e:
                 raise HubError(f"{where}: {type(e).__name__}: {e}") from None
             finally:
                 with self._lock:
-                    self.bytes += got
+                    self.bytes += got[0]
+            _log.warning(
+                "%s: %s; retrying in %.2f s (attempt %d of %d)",
+                where,
+                reason,
+                pause,
+                attempt + 1,
+                RETRIES,
+            )
+            time.sleep(pause)
+            wait *= 2
         raise AssertionError("unreachable")
 
-    def _count(self, response: httpx2.Response) -> None:
-        with self._lock:
-            self.requests += 1 + len(response.history)
+    def _attempt(
+        self,
+        url: str,
+        where: str,
+        byte_range: Optional[tuple[int, int]],
+        sink: Optional[Callable[[int, bytes], None]],
+        limit: int,
+        got: list[int],
+    ) -> tuple[bytes, dict[str, str], Optional[int]]:
+        """One attempt of :meth:`fetch`; ``got[0]`` counts the body bytes read."""
+        from huggingface_hub.utils._http import get_session
+
+        client = get_session()
+        headers = dict(self.headers)
+        if byte_range is not None:
+            headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
+        origin = _origin(url)
+        chain: list[httpx2.Response] = []
+        for _ in range(MAX_REDIRECTS + 1):
+            request = client.build_request("GET", url, headers=headers, timeout=TIMEOUT)
+            response = client.send(request, stream=True, follow_redirects=False)
+            try:
+                with self._lock:
+                    self.requests += 1
+                chain.append(response)
+                if response.has_redirect_location:
+                    _skip_body(response)
+                    url = urljoin(url, response.headers["Location"])
+                    if _origin(url) != origin:  # as httpx: the token stays on its host
+                        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                    continue
+                if response.status_code >= 400:
+                    _raise_status(response)
+                total, expected = self._check(url, where, chain, byte_range, limit)
+                body = _read_body(response, where, expected, limit, sink, got)
+                return body, dict(response.headers), total
+            finally:
+                response.close()  # drops the connection when its body was not read to the end
+        raise HubError(f"{where}: more than {MAX_REDIRECTS} redirects")
 
     def _check(
         self,
         url: str,
         where: str,
-        response: httpx2.Response,
+        chain: Sequence[httpx2.Response],
         byte_range: Optional[tuple[int, int]],
+        limit: int,
     ) -> tuple[Optional[int], Optional[int]]:
-        """(total size from Content-Range, bytes the body must have) of a successful response,
-        after checking its status, Content-Range and ETag."""
+        """(total size from Content-Range, bytes the body must have) of a response, after
+        checking its status, Content-Range, Content-Length, Content-Encoding and ETag; no byte
+        of its body read."""
+        response = chain[-1]
         total = self._check_range(where, response, byte_range)
         expected = None
         if byte_range is not None:
             assert total is not None
             expected = min(byte_range[1], total) - byte_range[0]
-        self._check_etag(url, where, response)
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise HubError(
+                f"{where}: the server sent the body encoded ({encoding}) although it was asked "
+                "for the bytes as they are"
+            )
+        value = response.headers.get("Content-Length")
+        if value is not None:
+            length = int(value) if value.strip().isdigit() else -1
+            if expected is not None and length != expected:
+                raise HubError(
+                    f"{where}: the server announced {value.strip()} bytes for a range of "
+                    f"{expected} bytes; refusing to read them"
+                )
+            if expected is None and not 0 <= length <= limit:
+                raise HubError(
+                    f"{where}: {value.strip()} bytes is larger than the {limit}-byte limit for "
+                    "this file"
+                )
+        self._check_etag(url, where, chain)
         return total, expected
 
     @staticmethod
     def _check_range(
         where: str, response: httpx2.Response, byte_range: Optional[tuple[int, int]]
     ) -> Optional[int]:
+        status = response.status_code
         if byte_range is None:
+            if status != 200:
+                raise HubError(f"{where}: unexpected HTTP status {status}")
             return None
-        if response.status_code != 206:
+        if status != 206:
+            whole = " (the whole file)" if status == 200 else ""
             raise HubError(
                 f"{where}: the server answered a range request with status "
-                f"{response.status_code} (the whole file) instead of 206; refusing to download it"
+                f"{status}{whole} instead of 206; refusing to download it"
             )
         value = response.headers.get("Content-Range", "")
         m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", value.strip())
@@ -410,6 +477,98 @@ class _Http:
                 f"{byte_range[0]}-{byte_range[1] - 1}"
             )
         return total
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _skip_body(response: httpx2.Response) -> None:
+    """Done with a redirect: its body read (to keep the connection) only when it announces at
+    most :data:`SLACK` bytes; otherwise closing the response drops the connection."""
+    import httpx2
+
+    value = response.headers.get("Content-Length", "")
+    if value.strip().isdigit() and int(value) <= SLACK:
+        with contextlib.suppress(httpx2.TransportError):
+            response.read()
+
+
+def _raise_status(response: httpx2.Response) -> None:
+    """Raise ``huggingface_hub``'s error for an HTTP error status (:class:`_Retry` for a
+    retried one), from at most :data:`SLACK` bytes of its body (the message's JSON)."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils._http import hf_raise_for_status
+
+    body = b""
+    try:
+        for chunk in response.iter_raw():
+            body += chunk
+            if len(body) >= SLACK:
+                break
+    except httpx2.TransportError:
+        pass
+    dropped = ("content-length", "content-encoding", "transfer-encoding")
+    bounded = httpx2.Response(
+        response.status_code,
+        headers=[(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped],
+        content=body[:SLACK],
+        request=response.request,
+        extensions={k: v for k, v in response.extensions.items() if k == "reason_phrase"},
+    )
+    try:
+        hf_raise_for_status(bounded)
+    except HfHubHTTPError as e:
+        if response.status_code in RETRIED_STATUS:
+            raise _Retry(e, response.status_code, response.headers.get("Retry-After")) from None
+        raise
+    raise HubError(f"unexpected HTTP status {response.status_code}")  # pragma: no cover
+
+
+def _read_body(
+    response: httpx2.Response,
+    where: str,
+    expected: Optional[int],
+    limit: int,
+    sink: Optional[Callable[[int, bytes], None]],
+    got: list[int],
+) -> bytes:
+    """The body of a checked response (or ``b""`` when ``sink`` takes it): exactly
+    ``expected`` bytes, or at most ``limit``; never more than one chunk of the socket read past
+    them, whatever the server sends."""
+    import httpx2
+
+    cap = limit if expected is None else expected
+    parts: list[bytes] = []
+    try:
+        for chunk in response.iter_raw():
+            got[0] += len(chunk)
+            if got[0] > cap:
+                if expected is None:
+                    raise HubError(f"{where}: larger than the {limit}-byte limit for this file")
+                raise HubError(f"{where}: the server sent more than the {expected} bytes requested")
+            if sink is None:
+                parts.append(chunk)
+            else:
+                sink(got[0] - len(chunk), chunk)
+    except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.ReadTimeout) as e:
+        raise _Truncated(got[0], expected, str(e)) from None
+    if expected is not None and got[0] != expected:
+        raise _Truncated(got[0], expected)
+    return b"".join(parts)
+
+
+class _Retry(Exception):
+    """A retried HTTP status (``error``: ``huggingface_hub``'s exception for it)."""
+
+    def __init__(self, error: Exception, status: int, retry_after: Optional[str]) -> None:
+        super().__init__(str(status))
+        self.error = error
+        self.status = status
+        value = (retry_after or "").strip()
+        self.retry_after = float(value) if value.isdigit() else None
 
 
 class _Truncated(Exception):
@@ -696,33 +855,24 @@ def _optional_get(
 
 
 def _list_repo(http: _Http) -> tuple[list[str], Optional[str]]:
-    """Files of the repo at the revision, and its commit (``HfApi.model_info``, which does not
-    retry by itself: retried here as :meth:`_Http.fetch`'s requests are, on
-    :data:`RETRIED_STATUS`, timeouts and network errors)."""
-    import httpx2
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    """Files of the repo at the revision, and its commit: the request ``HfApi.model_info``
+    makes, read by :meth:`_Http.fetch` (checked, bounded and retried as every other)."""
+    import json
+
+    from huggingface_hub import constants
 
     src = http.src
-    wait = BACKOFF
-    for attempt in range(RETRIES):
-        last = attempt + 1 == RETRIES
-        try:
-            info = HfApi().model_info(
-                src.repo_id or "", revision=src.revision or "main", timeout=TIMEOUT
-            )
-            return [s.rfilename for s in info.siblings or []], info.sha
-        except HfHubHTTPError as e:
-            if last or e.response.status_code not in RETRIED_STATUS:
-                raise _http_error(src, src.display(), e) from None
-        except (httpx2.TimeoutException, httpx2.NetworkError) as e:
-            if last:
-                raise HubError(
-                    f"{src.display()}: {type(e).__name__} after {RETRIES} attempts: {e}"
-                ) from None
-        time.sleep(wait)
-        wait *= 2
-    raise AssertionError("unreachable")
+    revision = quote(src.revision or constants.DEFAULT_REVISION, safe="")
+    url = f"{constants.ENDPOINT}/api/models/{src.repo_id or ''}/revision/{revision}"
+    where = src.display()
+    body, _, _ = http.fetch(url, where)
+    try:
+        info = json.loads(body)
+        files = [str(s["rfilename"]) for s in info.get("siblings") or []]
+        sha = info.get("sha")
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise HubError(f"{where}: unreadable repo listing ({type(e).__name__}: {e})") from None
+    return files, sha if isinstance(sha, str) else None
 
 
 # -- spectra ---------------------------------------------------------------------------------
