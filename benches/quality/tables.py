@@ -286,3 +286,142 @@ def write(results: Path) -> str:
 
 if __name__ == "__main__":
     print(write(Path(__file__).resolve().parents[1] / "results" / "quality"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction benchmark (issue 33; DECISION.md "Extraction benchmark (issue 33)")
+
+EXTRACT_ARMS = ("budgeted", "uniform", "kohya", "full-rank", "full fine-tune")
+#: The library and the reference agree on a cell when their ranks are equal and their energy
+#: kept differs by at most this (share of Σ‖ΔW‖²).
+AGREE_TOL = 1e-5
+
+
+def _mci(xs: list[float], scale: float = 1.0, nd: int = 1) -> str:
+    """Mean ± the 95% t-interval's half-width (df = n − 1); the mean alone for one value."""
+    if not xs:
+        return "–"
+    m = statistics.fmean(xs) * scale
+    if len(xs) < 2:
+        return f"{m:.{nd}f}"
+    h = t95(len(xs) - 1) * statistics.stdev(xs) * scale / math.sqrt(len(xs))
+    return f"{m:.{nd}f} ± {h:.{nd}f}"
+
+
+def extraction_rows(rows: list[dict[str, Any]], impl: str) -> dict[tuple[str, Any, str], dict]:
+    """(task, r, arm) → {seed: row} for ``impl`` (``lib`` or ``ref``); the full fine-tune's own
+    row (impl ``ft``) and the reference's full-rank ΔW are shown under every budget."""
+    out: dict[tuple[str, Any, str], dict[int, dict[str, Any]]] = {}
+    rs = sorted({x["r"] for x in rows if x["r"] is not None})
+    for x in rows:
+        if x["impl"] == impl:
+            out.setdefault((x["task"], x["r"], x["arm"]), {})[x["seed"]] = x
+        elif x["impl"] == "ft" or (x["arm"] == "full-rank" and x["impl"] == "ref"):
+            for r in rs:
+                out.setdefault((x["task"], r, x["arm"]), {})[x["seed"]] = x
+    return out
+
+
+def extraction_table(path: Path, impl: Optional[str] = None) -> str:
+    """The extraction benchmark's markdown: per task × budget, energy kept, LoRA parameters and
+    test accuracy / NLL per arm (mean ± 95% interval over the fine-tune seeds), the paired
+    difference budgeted − uniform, and (with library rows) the library-vs-reference check."""
+    if not path.exists():
+        return "(no extraction results)"
+    rows = json.loads(path.read_text())["rows"]
+    if impl is None:
+        impl = "lib" if any(x["impl"] == "lib" for x in rows) else "ref"
+    cells = extraction_rows(rows, impl)
+    who = "the library (`Comparison.extract`)" if impl == "lib" else "the bench's reference"
+    out = [
+        f"Extraction by {who}; mean ± 95% t-interval half-width over the fine-tune seeds "
+        "(n = seeds). Energy kept: share of Σ‖ΔW‖²_F over the 37 all-linear modules. "
+        "`full-rank`: every module's whole ΔW as an adapter (the fine-tune without its "
+        "bias/LayerNorm/embedding changes); `full fine-tune`: the fine-tuned model itself.\n"
+    ]
+    for task in sorted({k[0] for k in cells}):
+        ft = cells.get((task, r_first(cells, task), "full fine-tune"), {})
+        for r in sorted({k[1] for k in cells if k[0] == task and k[1] is not None}):
+            got = {a: cells.get((task, r, a), {}) for a in EXTRACT_ARMS}
+            budget = next((x["budget"] for x in got["budgeted"].values()), None)
+            out.append(
+                f"\n**{task}, budget all-linear r={r}"
+                + (f" ({budget:,} LoRA parameters)" if budget else "")
+                + f"** — fine-tune seeds: {len(ft)}\n"
+            )
+            out.append("| arm | n | energy kept % | LoRA params | test acc % | test NLL |")
+            out.append("|---|---|---|---|---|---|")
+            for a in EXTRACT_ARMS:
+                d = got[a]
+                if not d:
+                    continue
+                v = list(d.values())
+                params = [x["lora_params"] for x in v if "lora_params" in x]
+                out.append(
+                    f"| {a} | {len(v)} | {_mci([x['energy_kept'] for x in v], 100, 2)} | "
+                    + (
+                        f"{min(params):,}–{max(params):,}"
+                        if params and min(params) != max(params)
+                        else (f"{params[0]:,}" if params else "–")
+                    )
+                    + f" | {_mci([x['test_acc'] for x in v], 100)} | "
+                    f"{_mci([x['test_nll'] for x in v], 1, 3)} |"
+                )
+            b, u = got["budgeted"], got["uniform"]
+            if b and u:
+                m, lo, hi, n = paired(
+                    {s: x["test_acc"] for s, x in b.items()},
+                    {s: x["test_acc"] for s, x in u.items()},
+                )
+                dn = paired(
+                    {s: x["test_nll"] for s, x in b.items()},
+                    {s: x["test_nll"] for s, x in u.items()},
+                )
+                de = [b[s]["energy_kept"] - u[s]["energy_kept"] for s in sorted(set(b) & set(u))]
+                out.append(
+                    f"\nbudgeted − uniform (paired, n={n}): Δacc {100 * m:+.1f} "
+                    f"[{100 * lo:+.1f}, {100 * hi:+.1f}] points ({_verdict(lo, hi)}); "
+                    f"ΔNLL {dn[0]:+.3f} [{dn[1]:+.3f}, {dn[2]:+.3f}]; Δenergy kept "
+                    f"{100 * min(de):+.2f} to {100 * max(de):+.2f} points "
+                    f"({'≥ uniform in every seed' if min(de) >= 0 else 'BELOW uniform'})"
+                )
+    if impl == "lib":
+        out.append(agreement_table(rows))
+    return "\n".join(out)
+
+
+def r_first(cells: dict[tuple[str, Any, str], dict], task: str) -> Any:
+    """The first budget with rows for ``task`` (the full fine-tune rows repeat under each)."""
+    return min((k[1] for k in cells if k[0] == task and k[1] is not None), default=None)
+
+
+def _verdict(lo: float, hi: float) -> str:
+    if math.isnan(lo):
+        return "no interval"
+    if lo > 0:
+        return "budgeted better"
+    if hi < 0:
+        return "budgeted WORSE"
+    return "not distinguished"
+
+
+def agreement_table(rows: list[dict[str, Any]]) -> str:
+    """Library vs reference per task × budget × arm: same ranks, and the largest |energy kept
+    (library) − energy kept (reference)| over seeds."""
+    lib = [x for x in rows if x["impl"] == "lib"]
+    out = [
+        "\nLibrary vs the bench's reference (float64 SVD, same allocation rules): cells with "
+        f"identical ranks, and max |Δ energy kept| (agree: same ranks and ≤ {AGREE_TOL:g}):\n",
+        "| task | r | arm | seeds | same ranks | max abs Δenergy | agree |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted({(x["task"], x["r"], x["arm"]) for x in lib}):
+        g = [x for x in lib if (x["task"], x["r"], x["arm"]) == key]
+        same = sum(bool(x["same_ranks"]) for x in g)
+        d = max(abs(x["d_energy_lib_minus_ref"]) for x in g)
+        ok = same == len(g) and d <= AGREE_TOL
+        out.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {len(g)} | {same}/{len(g)} | {d:.2e} | "
+            f"{'yes' if ok else 'NO'} |"
+        )
+    return "\n".join(out)
