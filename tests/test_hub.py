@@ -555,3 +555,31 @@ def test_the_body_of_a_redirect_is_not_read(hub: HubServer) -> None:
     assert len(fat) == 2 and all(r.body_bytes <= REFUSED_MAX for r in fat), fat
     hub.reset()
     assert _inventory(lora_rank.analyze("sparse/sharded")) == _inventory(remote)
+
+
+def test_cli_without_network_prints_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "home"),
+        "HF_HUB_CACHE": str(tmp_path / "cache"),
+    }
+    env.pop("HF_TOKEN", None)
+    cmd = [sys.executable, "-m", "lora_rank", "analyze", "org/name"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == (
+        f"lora-rank analyze: error: org/name: model.safetensors.index.json: could not connect "
+        f"to 127.0.0.1:{port} after {hub_source.RETRIES} attempts: [Errno 111] Connection "
+        "refused\n"
+    ), out.stderr
+    # The retries are logged, and shown with --debug (with the traceback).
+    out = subprocess.run([*cmd, "--debug"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "retrying in" in out.stderr and "Traceback" in out.stderr, out.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -111,7 +112,11 @@ def _common_options() -> _Parser:
         "(exact, needs the [peft] extra)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no notes")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks of errors and the libraries' log (retries, warnings)",
+    )
     return p
 
 
@@ -453,6 +458,22 @@ def _user_error(e: BaseException) -> Optional[str]:
 
 
 @contextlib.contextmanager
+def _library_logging(args: argparse.Namespace) -> Iterator[None]:
+    """The log of the libraries (huggingface_hub's and the hub source's retries, transformers'
+    warnings) switched off while a command runs, unless ``--debug``: a failure prints one line,
+    ours. Switched back on after (``main`` may run inside a program of its own)."""
+    if args.debug:
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+@contextlib.contextmanager
 def _warnings_as_notes(args: argparse.Namespace) -> Iterator[None]:
     """Show Python warnings as ``lora-rank: warning: ...`` lines on stderr (not with -q)."""
     with warnings.catch_warnings(record=True) as caught:
@@ -484,7 +505,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        with _warnings_as_notes(args):
+        with _library_logging(args), _warnings_as_notes(args):
             status: int = args.func(args)
         return status
     except KeyboardInterrupt:
