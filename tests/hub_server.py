@@ -18,20 +18,22 @@ It serves checkpoint directories the way the Hub answers ``huggingface_hub`` 2.x
 
 Faults (:class:`Fault`) are injected per request whose path contains a substring: an HTTP
 status a number of times (500-then-OK, 429), a slow response, a range answered with the
-whole file (on the redirect target, or on the first request instead of its 302) or with a
-wrong ``Content-Range``, a 302 carrying the whole file as its body, a truncated body, a
+whole file (on the redirect target, or on the first request instead of its 302), with a
+wrong ``Content-Range`` or with more than the range (announced, or chunked without a length),
+a 302 carrying the whole file as its body, a truncated body, a
 connection reset, a changed ETag. ``latency`` delays every request. Every request is logged
 (:attr:`HubServer.log`) with the bytes of body the server actually wrote to the socket, so
 tests and benchmarks can count requests and bytes, and :attr:`HubServer.max_in_flight` says
 how many were served at once.
 
 Bodies are streamed from the file in chunks (a sparse multi-GB shard costs neither memory nor
-disk). A body the client should refuse (a whole file answering a range request, the body of a
-302) is sent the way that makes the count a measure of the client, not of the kernel's socket
-buffers: one :data:`WINDOW` of it with the headers, then nothing more until the client has
-either closed the connection (the count stays at one window) or left it open for
-:data:`HOLD` seconds (a client reading the body: the rest follows, up to :data:`CAP`, and the
-connection is closed, so a client that would download a whole 4 GB shard fails in seconds).
+disk). Bytes the client should not read (a whole file answering a range request, the body of
+a 302, a body longer than the range) are sent the way that makes the count a measure of the
+client, not of the kernel's socket buffers: one :data:`WINDOW` of them, then nothing more
+until the client has either closed the connection (the count stays at one window past what
+was asked for) or left it open for :data:`HOLD` seconds (a client reading on: the rest
+follows, up to :data:`CAP`, and the connection is closed, so a client that would download a
+whole 4 GB shard fails in seconds).
 
 Usage::
 
@@ -104,7 +106,9 @@ class Fault:
     ``"whole"`` (answer a range request with 200 and the whole file; on a ``/resolve/`` path
     of an LFS file, instead of the 302, as a proxy that ignores Range would), ``"fat_redirect"``
     (a 302 whose body is the whole file), ``"bad_range"`` (206 with a Content-Range that is off
-    by 16 bytes), ``"truncate"`` (announce the full length, send half, close), ``"reset"``
+    by 16 bytes), ``"long_body"`` (206 with the right Content-Range but the rest of the file
+    announced and sent), ``"chunked_extra"`` (206 with the right Content-Range, no
+    Content-Length, the rest of the file sent chunked), ``"truncate"`` (announce the full length, send half, close), ``"reset"``
     (close the connection without answering), ``"etag"`` (a different ETag from then on).
     ``after``: matching requests let through first; ``times``: how many matching requests it
     applies to after those (None: all).
@@ -447,7 +451,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             }
             if "fat_redirect" in kinds and method != "HEAD":
                 # The file as the body of the redirect (a client must not read it).
-                self._stream(method, 302, headers, target, 0, size, refused=True)
+                self._stream(method, 302, headers, target, 0, size, excess_from=0)
                 return
             self._send(method, 302, b"", headers)
             return
@@ -483,8 +487,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             shown = (start + 16, end + 16) if "bad_range" in kinds else (start, end)
             headers["Content-Range"] = f"bytes {shown[0]}-{shown[1]}/{size}"
         length = end - start + 1
-        refused = status == 200 and rng is not None
-        self._stream(method, status, headers, target, start, length, refused=refused, kinds=kinds)
+        excess_from = 0 if status == 200 and rng is not None else None
+        chunked = False
+        if status == 206 and "long_body" in kinds:
+            length, excess_from = size - start, 0
+        elif status == 206 and "chunked_extra" in kinds:
+            length, excess_from, chunked = size - start, length, True
+        self._stream(
+            method,
+            status,
+            headers,
+            target,
+            start,
+            length,
+            excess_from=excess_from,
+            chunked=chunked,
+            kinds=kinds,
+        )
 
     def _stream(
         self,
@@ -495,16 +514,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         start: int,
         length: int,
         *,
-        refused: bool = False,
+        excess_from: Optional[int] = None,
+        chunked: bool = False,
         kinds: frozenset[str] | set[str] = frozenset(),
     ) -> None:
-        """Send ``length`` bytes of ``target`` from ``start`` as the body, in chunks read from
-        the file, and log the bytes the socket took. ``refused``: a body the client should not
-        read (see the module docs: one window, then wait for the client to close)."""
+        """Send ``length`` bytes of ``target`` from ``start`` as the body (``chunked``: in the
+        chunked encoding, without a Content-Length), in chunks read from the file, and log the
+        bytes the socket took. ``excess_from``: where the bytes the client should not read
+        begin (see the module docs: one window of them, then wait for the client to close)."""
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
-        self.send_header("Content-Length", str(length))
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))
         self._headers_buffer.append(b"\r\n")
         rng = self.headers.get("Range")
         if method == "HEAD":
@@ -512,30 +536,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.hub.record(Request(method, self.path, rng, status, 0))
             return
         todo = length // 2 if "truncate" in kinds else length
-        if refused:
-            todo = min(todo, CAP)
+        held = excess_from is None
+        if excess_from is not None:
+            todo = min(todo, excess_from + CAP)
         sent = 0
-        first = True
+        headers_sent = False
         try:
             with open(target, "rb") as f:
                 f.seek(start)
                 while sent < todo:
-                    n = min(CHUNK, todo - sent, WINDOW if first and refused else CHUNK)
-                    chunk = f.read(n)
-                    if not chunk:
+                    n = min(CHUNK, todo - sent)
+                    if not held:
+                        assert excess_from is not None
+                        if sent >= excess_from + WINDOW:
+                            held = True
+                            if self._closed_by_client(HOLD):
+                                break
+                        else:
+                            n = min(n, excess_from + WINDOW - sent)
+                    data = f.read(n)
+                    if not data:
                         break
-                    if first:
+                    chunk = b"%x\r\n%b\r\n" % (len(data), data) if chunked else data
+                    if not headers_sent:
                         # Headers and the first chunk in one write, as a production server does.
                         self._headers_buffer.append(chunk)
                         self.flush_headers()
+                        headers_sent = True
                     else:
                         self.wfile.write(chunk)
-                    sent += len(chunk)
-                    if first and refused and self._closed_by_client(HOLD):
-                        break
-                    first = False
-            if first:
+                    sent += len(data)
+            if not headers_sent:
                 self.flush_headers()
+            if chunked and sent == length:
+                self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:

@@ -583,3 +583,45 @@ def test_cli_without_network_prints_one_line(tmp_path: Path) -> None:
     out = subprocess.run([*cmd, "--debug"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "retrying in" in out.stderr and "Traceback" in out.stderr, out.stderr
+
+
+def test_a_body_longer_than_the_range_is_refused(hub: HubServer) -> None:
+    # 206 with the right Content-Range, and the rest of the 4 GB file announced: refused from
+    # the headers.
+    hub.fault("long_body", match="/cdn/", times=None)
+    with pytest.raises(lora_rank.HubError) as info:
+        lora_rank.analyze("sparse/sharded")
+    assert re.fullmatch(
+        r"sparse/sharded: model-0000[12]-of-00002\.safetensors: the server announced \d{10} "
+        r"bytes for a range of \d+ bytes; refusing to read them",
+        str(info.value),
+    ), str(info.value)
+    hub.settle()
+    long = [r for r in hub.log if "/cdn/" in r.path]
+    assert 1 <= len(long) <= 2 and all(r.body_bytes <= REFUSED_MAX for r in long), long
+    # The same without a Content-Length (chunked): what was asked for is read, then at most a
+    # buffer more.
+    hub.reset()
+    hub.fault("chunked_extra", match="/cdn/", times=None)
+    with pytest.raises(lora_rank.HubError) as info:
+        lora_rank.analyze("sparse/sharded")
+    m = re.fullmatch(
+        r"sparse/sharded: model-0000[12]-of-00002\.safetensors: the server sent more than the "
+        r"(\d+) bytes requested",
+        str(info.value),
+    )
+    assert m, str(info.value)
+    hub.settle()
+    extra = [r for r in hub.log if "/cdn/" in r.path]
+    assert all(r.body_bytes <= int(m[1]) + REFUSED_MAX for r in extra), extra
+
+
+def test_a_whole_file_is_bounded(hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_source, "MAX_WHOLE", 1000)
+    size = (hub.repos["tiny/llama"].root / "model.safetensors.index.json").stat().st_size
+    with pytest.raises(lora_rank.HubError) as info:
+        lora_rank.analyze("tiny/llama")
+    assert str(info.value) == (
+        f"tiny/llama: model.safetensors.index.json: {size} bytes is larger than the 1000-byte "
+        "limit for this file"
+    )

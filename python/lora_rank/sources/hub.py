@@ -304,12 +304,12 @@ class _Http:
         where: str,
         byte_range: Optional[tuple[int, int]] = None,
         sink: Optional[Callable[[int, bytes], None]] = None,
-        limit: int = MAX_WHOLE,
+        limit: Optional[int] = None,
     ) -> tuple[bytes, dict[str, str], Optional[int]]:
         """GET ``url`` (or bytes ``[a, b)`` of it; ``where`` names it in messages). Returns
         (the body unless ``sink(offset, chunk)`` takes it, the final response's headers, the
         file's total size from ``Content-Range``). A whole file (no ``byte_range``) may have
-        at most ``limit`` bytes.
+        at most ``limit`` bytes (default :data:`MAX_WHOLE`).
 
         Each attempt streams the response and checks it before reading its body (see the
         module docs); redirects are followed here, hop by hop, each checked the same way (the
@@ -319,11 +319,12 @@ class _Http:
         import httpx2
         from huggingface_hub.errors import HfHubHTTPError
 
+        most = MAX_WHOLE if limit is None else limit
         wait = BACKOFF
         for attempt in range(1, RETRIES + 1):
             got = [0]
             try:
-                return self._attempt(url, where, byte_range, sink, limit, got)
+                return self._attempt(url, where, byte_range, sink, most, got)
             except _Retry as e:
                 if attempt == RETRIES:
                     raise _http_error(self.src, where, e.error) from None
