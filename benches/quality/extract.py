@@ -247,8 +247,8 @@ class Pair:
             raise AssertionError("kohya: midpoint threshold changed the ranks")
         return tau, ranks
 
-    def ranks(self, arm: str, r: int) -> tuple[dict[str, int], dict[str, Any]]:
-        b = self.budget(r)
+    def ranks(self, arm: str, r: int | None) -> tuple[dict[str, int], dict[str, Any]]:
+        b = self.budget(r or 0)
         extra: dict[str, Any] = {}
         if arm == "budgeted":
             ranks = self.budgeted(b)
@@ -409,7 +409,7 @@ def _lib_ranks(pair: Pair, ranks: dict[str, int]) -> dict[str, int]:
 
 def eval_cell(pair: Pair, impl: str, r: int | None, arm: str, scratch: Path) -> dict[str, Any]:
     start = time.perf_counter()
-    ranks, extra = pair.ranks(arm, r if r is not None else 0)
+    ranks, extra = pair.ranks(arm, r)
     row: dict[str, Any] = {
         "key": _key(impl, pair.task, pair.seed, r, arm),
         "impl": impl,
