@@ -70,7 +70,7 @@ CHUNK = 256 * 1024
 #: A body the client should refuse: bytes sent with the headers, seconds then given to the
 #: client to close the connection, and the most sent in all when it does not.
 WINDOW = 16 * 1024
-HOLD = 1.0
+HOLD = 2.0
 CAP = 8 * 2**20
 
 
