@@ -11,8 +11,9 @@ It serves checkpoint directories the way the Hub answers ``huggingface_hub`` 2.x
   user agent (unless ``HF_HUB_DISABLE_TELEMETRY``) and caches it in ``HF_HOME`` for a day
   only when the fetch succeeds: a 404 here made every process pay that round trip again.
 - ``HEAD|GET /{repo}/resolve/{rev}/{file}``: ``X-Repo-Commit`` and ``ETag``; an LFS file
-  (``*.safetensors``, ``*.bin``, ...) answers with a 302 to ``/cdn/...`` (``X-Linked-Etag``, ``X-Linked-Size``),
-  which clients follow; ``Range: bytes=a-b`` → 206 with ``Content-Range``. An unknown file
+  (``*.safetensors``, ``*.bin``, ...) answers with a 302 to ``/cdn/...`` (``X-Linked-Etag``,
+  ``X-Linked-Size``; on another server, another origin, when :attr:`HubServer.cdn` names
+  one), which clients follow; ``Range: bytes=a-b`` → 206 with ``Content-Range``. An unknown file
   is 404 ``EntryNotFound``; a gated repo without the right token 403 ``GatedRepo``; a private
   one 401 ``RepoNotFound``.
 
@@ -143,6 +144,8 @@ class Request:
     range: Optional[str]
     status: int
     body_bytes: int
+    #: Whether the request carried an ``Authorization`` header (a token).
+    authorized: bool = False
 
 
 class HubServer:
@@ -156,6 +159,9 @@ class HubServer:
         which is this server's cost, not the client's nor the Hub's."""
         self.repos = repos
         self.latency = latency
+        #: Where a 302 sends LFS files: this server ('') or another one's URL (another origin,
+        #: as the Hub's CDN is).
+        self.cdn = ""
         self.faults: list[Fault] = []
         self.request_ids = itertools.count(1)
         self.log: list[Request] = []
@@ -332,7 +338,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._headers_buffer.append(body)
             sent = len(body)
         self.flush_headers()
-        self.hub.record(Request(method, self.path, self.headers.get("Range"), status, sent))
+        self._record(Request(method, self.path, self.headers.get("Range"), status, sent))
+
+    def _record(self, req: Request) -> None:
+        req.authorized = "Authorization" in self.headers
+        self.hub.record(req)
 
     def _error(self, method: str, status: int, code: str, message: str) -> None:
         body = json.dumps({"error": message}).encode()
@@ -367,7 +377,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._error(method, f.status, "", f"injected {f.status}")
                 return
             elif f.kind == "reset":
-                self.hub.record(Request(method, self.path, self.headers.get("Range"), 0, 0))
+                self._record(Request(method, self.path, self.headers.get("Range"), 0, 0))
                 self.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                 )
@@ -447,7 +457,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "X-Linked-Etag": f'"{etag}"',
                 "X-Linked-Size": str(size),
                 "ETag": f'"{hashlib.sha1(rel.encode()).hexdigest()}"',
-                "Location": f"/cdn/{name}/{sha}/{rel}?sig=local",
+                "Location": f"{self.hub.cdn}/cdn/{name}/{sha}/{rel}?sig=local",
             }
             if "fat_redirect" in kinds and method != "HEAD":
                 # The file as the body of the redirect (a client must not read it).
@@ -533,7 +543,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         if method == "HEAD":
             self.flush_headers()
-            self.hub.record(Request(method, self.path, rng, status, 0))
+            self._record(Request(method, self.path, rng, status, 0))
             return
         todo = length // 2 if "truncate" in kinds else length
         held = excess_from is None
@@ -573,7 +583,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
-            self.hub.record(Request(method, self.path, rng, status, sent))
+            self._record(Request(method, self.path, rng, status, sent))
         if sent < length:
             self.close_connection = True
 

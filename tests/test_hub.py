@@ -625,3 +625,17 @@ def test_a_whole_file_is_bounded(hub: HubServer, monkeypatch: pytest.MonkeyPatch
         f"tiny/llama: model.safetensors.index.json: {size} bytes is larger than the 1000-byte "
         "limit for this file"
     )
+
+
+def test_the_token_stays_on_the_hub_when_a_redirect_leaves_it(
+    hub: HubServer, hub_repos: dict[str, Repo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redirects are followed by hub.py itself (each hop checked): the token must go to the
+    # Hub's host only, never to the CDN's (another origin), as httpx does.
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with HubServer(hub_repos) as cdn:
+        hub.cdn = cdn.url
+        remote = lora_rank.analyze("tiny/gated")
+    assert _inventory(remote) == _inventory(lora_rank.analyze(hub_repos["tiny/gated"].root))
+    assert cdn.log and all("/cdn/" in r.path and not r.authorized for r in cdn.log)
+    assert all(r.authorized for r in hub.log if "/resolve/" in r.path)
