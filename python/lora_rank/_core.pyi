@@ -102,6 +102,7 @@ def spectra(
     *,
     progress: Optional[Callable[[int, int, str], object]] = None,
     quant: Optional[list[Optional[list[_QuantTuple]]]] = None,
+    minus: Optional[list[Optional[tuple[_JobTuple, Optional[list[_QuantTuple]]]]]] = None,
 ) -> list[dict[str, Any]]: ...
 def spectra_in_memory(
     buffers: list[tuple[str, int, ByteBuffer]],

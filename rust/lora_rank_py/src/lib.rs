@@ -280,9 +280,30 @@ fn to_quant(q: QuantTuple) -> PyResult<quant::QuantSpec> {
     })
 }
 
+/// The subtracted matrix of a delta job: its job tuple and per-segment quantization.
+type MinusTuple = (JobTuple, Option<Vec<QuantTuple>>);
+
 /// Engine jobs from Python tuples; `quant[i]` (when given) is job i's per-segment
-/// quantization, None for a plain matrix.
+/// quantization, None for a plain matrix; `minus[i]` (when given) makes job i a delta: that
+/// job's matrix minus this one's.
 fn to_jobs(
+    jobs: Vec<JobTuple>,
+    quant: Option<Vec<Option<Vec<QuantTuple>>>>,
+    minus: Option<Vec<Option<MinusTuple>>>,
+) -> PyResult<Vec<spectral::Job>> {
+    let mut minus = minus.unwrap_or_default().into_iter();
+    let mut out = to_plain_jobs(jobs, quant)?;
+    for job in &mut out {
+        if let Some((base, quant)) = minus.next().flatten() {
+            let base = to_plain_jobs(vec![base], Some(vec![quant]))?.remove(0);
+            job.minus = Some(Box::new(base));
+        }
+    }
+    Ok(out)
+}
+
+/// [`to_jobs`] without deltas.
+fn to_plain_jobs(
     jobs: Vec<JobTuple>,
     quant: Option<Vec<Option<Vec<QuantTuple>>>>,
 ) -> PyResult<Vec<spectral::Job>> {
@@ -311,6 +332,7 @@ fn to_jobs(
                 cols,
                 dtype,
                 quant,
+                minus: None,
             })
         })
         .collect()
@@ -330,7 +352,7 @@ fn read_matrix<'py>(
         .into_iter()
         .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
         .collect();
-    let job = to_jobs(vec![job], Some(vec![quant]))?.remove(0);
+    let job = to_jobs(vec![job], Some(vec![quant]), None)?.remove(0);
     let values = py
         .detach(|| spectral::read_matrix(&shards, &job))
         .map_err(to_pyerr)?;
@@ -342,11 +364,14 @@ fn read_matrix<'py>(
 ///
 /// `shards`: `(path, size implied by the header)`; `jobs`: `(name, [(shard, offset, rows)],
 /// cols, dtype)`; `quant`: per job, None or one quantization tuple per segment (then rows
-/// and cols are the logical ones; see `lora_rank_core::quant`). The scan runs on a worker thread with the GIL released; this thread wakes
-/// every 100 ms to report progress and check for Ctrl-C (which cancels the scan).
+/// and cols are the logical ones; see `lora_rank_core::quant`); `minus`: per job, None or
+/// `(job, quant)` of the matrix subtracted from it (a delta ΔW = W − W_base, streamed from
+/// both; `shards` then lists both checkpoints' files). The scan runs on a worker thread with
+/// the GIL released; this thread wakes every 100 ms to report progress and check for Ctrl-C
+/// (which cancels the scan).
 /// `settings`: a `SpectralSettings` (its fields are read by name; the defaults live there).
 #[pyfunction]
-#[pyo3(signature = (shards, jobs, settings, *, progress=None, quant=None))]
+#[pyo3(signature = (shards, jobs, settings, *, progress=None, quant=None, minus=None))]
 #[allow(clippy::type_complexity)]
 fn spectra<'py>(
     py: Python<'py>,
@@ -355,12 +380,13 @@ fn spectra<'py>(
     settings: SettingsArg,
     progress: Option<Bound<'py, PyAny>>,
     quant: Option<Vec<Option<Vec<QuantTuple>>>>,
+    minus: Option<Vec<Option<MinusTuple>>>,
 ) -> PyResult<Bound<'py, PyList>> {
     let shards: Vec<spectral::ShardFile> = shards
         .into_iter()
         .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
         .collect();
-    let jobs = to_jobs(jobs, quant)?;
+    let jobs = to_jobs(jobs, quant, minus)?;
     scan(py, Shards::Files(shards), jobs, settings, progress)
 }
 
@@ -420,7 +446,7 @@ fn spectra_in_memory<'py>(
         .into_iter()
         .map(|(path, start, mut buf)| (path, start, std::mem::take(&mut buf.data)))
         .collect();
-    let jobs = to_jobs(jobs, None)?;
+    let jobs = to_jobs(jobs, None, None)?;
     scan(py, Shards::Memory(memory), jobs, settings, progress)
 }
 

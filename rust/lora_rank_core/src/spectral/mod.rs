@@ -7,7 +7,8 @@
 //!   SNR, power-law α) from the exact spectrum or the solver's quadrature density.
 //!
 //! [`compute`] runs a list of [`Job`]s (one matrix each: a stored 2-D tensor, an expert slice
-//! of a 3-D tensor, or the row stack of several stored tensors that transformers fuses) on the
+//! of a 3-D tensor, or the row stack of several stored tensors that transformers fuses; or the
+//! difference of two such matrices, [`Job::minus`], e.g. a fine-tune's update) on the
 //! current rayon pool: large matrices taken in order by one worker per pool thread, each with
 //! its panels split over as many groups as the pool has threads (so at most one large matrix
 //! per thread is in flight, and its numerics do not depend on the schedule), small ones in
@@ -29,7 +30,6 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::UNIX_EPOCH;
 
 use faer::Par;
 use rayon::prelude::*;
@@ -185,11 +185,32 @@ pub struct Job {
     /// Empty for a plain matrix; else one per segment, and `rows`/`cols` are the logical
     /// (dequantized) ones (see [`crate::quant`]).
     pub quant: Vec<QuantSpec>,
+    /// For a delta (ΔW = this matrix − that one: a fine-tune against its base), the matrix
+    /// subtracted: same columns and the same rows in every segment, any shards (the two
+    /// checkpoints' shards are one list), any dtype or quantization. Read panel by panel
+    /// beside this one ([`source::MatrixSource::minus`]); it has no `minus` of its own.
+    pub minus: Option<Box<Job>>,
 }
 
 impl Job {
     pub fn rows(&self) -> usize {
         self.segments.iter().map(|s| s.rows).sum()
+    }
+
+    /// This job and, for a delta, the subtracted one.
+    fn parts(&self) -> impl Iterator<Item = &Job> {
+        std::iter::once(self).chain(self.minus.as_deref())
+    }
+
+    /// Every shard the job reads: its segments' and its quantization's auxiliary tensors', of
+    /// both matrices for a delta.
+    fn shards_read(&self) -> Vec<usize> {
+        self.parts()
+            .flat_map(|j| {
+                let aux = j.quant.iter().flat_map(|q| q.aux()).map(|a| a.shard);
+                j.segments.iter().map(|s| s.shard).chain(aux)
+            })
+            .collect()
     }
 
     /// Stored bytes of segment `i`.
@@ -250,21 +271,39 @@ impl Progress {
     }
 }
 
-/// Size and modification time (ns since the epoch) of a path, following symlinks.
-fn stamp(path: &Path) -> Result<(u64, i128)> {
-    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
-    Ok((meta.len(), mtime))
+/// What identifies one version of a file: size, modification and status-change times (ns
+/// since the epoch) and (device, inode), of the path, following symlinks. A rewrite in place
+/// changes mtime and ctime even when the size stays and the writer sets mtime back (ctime
+/// cannot be set); a file replaced by a rename changes the inode. Not detectable: a change
+/// within the filesystem's timestamp granularity of the previous one (Linux stamps with a
+/// coarse clock, a few ms) on a file that keeps its size, or a filesystem that does not keep
+/// these times (some FUSE and network mounts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    dev: u64,
+    ino: u64,
 }
 
-/// An opened shard: a file with its (size, mtime) stamp, or bytes in memory.
+fn stamp(path: &Path) -> Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    Ok(Stamp {
+        len: meta.len(),
+        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+        ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// An opened shard: a file with its [`Stamp`], or bytes in memory.
 struct OpenShard<'a> {
     path: PathBuf,
-    file: Option<(File, (u64, i128))>,
+    file: Option<(File, Stamp)>,
     memory: Option<MemoryShard<'a>>,
 }
 
@@ -283,12 +322,12 @@ impl<'a> OpenShard<'a> {
         let path = shard.path.clone();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let stamp = stamp(&path)?;
-        if stamp.0 != shard.expected_len {
+        if stamp.len != shard.expected_len {
             return Err(Error::Changed {
                 path,
                 msg: format!(
                     "it is {} bytes long, but its header describes {} bytes",
-                    stamp.0, shard.expected_len
+                    stamp.len, shard.expected_len
                 ),
             });
         }
@@ -316,12 +355,18 @@ impl<'a> OpenShard<'a> {
         };
         let now = stamp(&self.path)?;
         if now != *before {
+            let what = if (now.dev, now.ino) != (before.dev, before.ino) {
+                "was replaced by another file"
+            } else if now.len != before.len {
+                "changed size"
+            } else {
+                "was modified (same size, new modification or status-change time)"
+            };
             return Err(Error::Changed {
                 path: self.path.clone(),
                 msg: format!(
-                    "size or modification time changed around tensor {tensor:?} \
-                     ({} → {} bytes)",
-                    before.0, now.0
+                    "it {what} around tensor {tensor:?} ({} → {} bytes)",
+                    before.len, now.len
                 ),
             });
         }
@@ -346,6 +391,38 @@ impl<'a> OpenShard<'a> {
 }
 
 fn validate(shards: &[ShardBytes], job: &Job) -> Result<()> {
+    let Some(base) = &job.minus else {
+        return validate_one(shards, job);
+    };
+    validate_one(shards, job)?;
+    validate_one(shards, base)?;
+    let rows = |j: &Job| j.segments.iter().map(|s| s.rows).collect::<Vec<_>>();
+    if base.minus.is_some() || base.cols != job.cols || rows(base) != rows(job) {
+        let path = job
+            .segments
+            .first()
+            .and_then(|s| shards.get(s.shard))
+            .map_or_else(|| PathBuf::from("<checkpoint>"), |s| s.path().to_path_buf());
+        return Err(Error::Unsupported {
+            path,
+            msg: format!(
+                "tensor {:?} ({} × {}, row segments {:?}) cannot be compared with {:?} \
+                 ({} × {}, row segments {:?})",
+                job.name,
+                job.rows(),
+                job.cols,
+                rows(job),
+                base.name,
+                base.rows(),
+                base.cols,
+                rows(base)
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn validate_one(shards: &[ShardBytes], job: &Job) -> Result<()> {
     let first = job
         .segments
         .first()
@@ -489,8 +566,9 @@ struct Resident<'p> {
 }
 
 impl<'p> Resident<'p> {
-    /// `src`'s bytes read into a buffer of `pool`, or `None` when it is quantized (its passes
-    /// decode it anyway), stored in more than 16 bits, already in memory, or over the budget.
+    /// `src`'s bytes read into a buffer of `pool`, or `None` when its values are computed
+    /// (quantized or a delta: its passes decode it anyway), it is stored in more than 16
+    /// bits, already in memory, or over the budget.
     fn load(pool: &'p ResidentPool, src: &MatrixSource<'_>) -> Result<Option<Resident<'p>>> {
         let in_files = src
             .segments
@@ -500,7 +578,7 @@ impl<'p> Resident<'p> {
             return Ok(None);
         };
         let narrow = src.dtype.byte_size().is_some_and(|b| b <= 2);
-        if src.is_quantized() || !narrow || !in_files || len == 0 {
+        if src.is_computed() || !narrow || !in_files || len == 0 {
             return Ok(None);
         }
         let Some(buffer) = pool.take(len) else {
@@ -570,12 +648,7 @@ fn run_job(
     pool: &ResidentPool,
 ) -> Result<Spectrum> {
     let shard_of = |i: usize| files[i].as_ref().expect("shards of jobs are open");
-    let read_shards = job
-        .segments
-        .iter()
-        .map(|s| s.shard)
-        .chain(job.quant.iter().flat_map(|q| q.aux()).map(|a| a.shard))
-        .collect::<Vec<_>>();
+    let read_shards = job.shards_read();
     for &i in &read_shards {
         shard_of(i).check_unchanged(&job.name)?;
     }
@@ -690,8 +763,17 @@ fn summarize(o: Outcome, top_k: usize, rows: usize, cols: usize, method: Method)
 }
 
 /// The streaming source of `job` over the open shards (quantized segments get their
-/// auxiliary tensors read and checked here).
+/// auxiliary tensors read and checked here); for a delta, of both matrices.
 fn matrix_source<'a>(files: &'a [Option<OpenShard<'a>>], job: &Job) -> Result<MatrixSource<'a>> {
+    let own = one_source(files, job)?;
+    Ok(match &job.minus {
+        Some(base) => own.minus(one_source(files, base)?),
+        None => own,
+    })
+}
+
+/// [`matrix_source`] of one stored matrix.
+fn one_source<'a>(files: &'a [Option<OpenShard<'a>>], job: &Job) -> Result<MatrixSource<'a>> {
     let shard_of = |i: usize| files[i].as_ref().expect("shards of jobs are open");
     let segments = job
         .segments
@@ -743,11 +825,8 @@ pub fn read_matrix(shards: &[ShardFile], job: &Job) -> Result<Vec<f32>> {
 /// The shards `jobs` read (segments and auxiliary tensors), opened and size-checked.
 fn open_used<'a>(shards: &[ShardBytes<'a>], jobs: &[Job]) -> Result<Vec<Option<OpenShard<'a>>>> {
     let mut used = vec![false; shards.len()];
-    for s in jobs.iter().flat_map(|j| &j.segments) {
-        used[s.shard] = true;
-    }
-    for a in jobs.iter().flat_map(|j| &j.quant).flat_map(|q| q.aux()) {
-        used[a.shard] = true;
+    for i in jobs.iter().flat_map(Job::shards_read) {
+        used[i] = true;
     }
     shards
         .iter()
@@ -757,7 +836,7 @@ fn open_used<'a>(shards: &[ShardBytes<'a>], jobs: &[Job]) -> Result<Vec<Option<O
 }
 
 /// Spectra of every job, in order, on the current rayon pool. Checks each shard's size
-/// against its header first and its (size, mtime) before and after every matrix
+/// against its header first and its [`Stamp`] before and after every matrix
 /// ([`Error::Changed`]); stops with [`Error::Interrupted`] soon after `cancel` is set.
 pub fn compute(
     shards: &[ShardFile],
@@ -789,9 +868,11 @@ pub fn compute_from(
     // (QR of a block, Rayleigh–Ritz) run sequentially inside them instead of contending.
     faer::set_global_parallelism(Par::Seq);
     let advise = |job: &Job, advice: libc::c_int| {
-        for (i, s) in job.segments.iter().enumerate() {
-            if let Some(f) = &files[s.shard] {
-                f.advise(s.offset, job.segment_bytes(i), advice);
+        for part in job.parts() {
+            for (i, s) in part.segments.iter().enumerate() {
+                if let Some(f) = &files[s.shard] {
+                    f.advise(s.offset, part.segment_bytes(i), advice);
+                }
             }
         }
     };
@@ -967,6 +1048,7 @@ mod tests {
             cols,
             dtype: Dtype::F32,
             quant: Vec::new(),
+            minus: None,
         }
     }
 
@@ -1084,6 +1166,7 @@ mod tests {
             cols: 90,
             dtype: Dtype::F32,
             quant: Vec::new(),
+            minus: None,
         };
         let sp = &run(&file, &[j], &Settings::default()).unwrap()[0];
         assert_eq!(sp.method, Method::Exact);
@@ -1196,6 +1279,118 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_has_the_spectrum_of_the_difference() {
+        // ΔW = planted rank-6 update of known singular values; W_base a full-rank matrix of
+        // larger norm; W_ft = W_base + ΔW stored in f32 (shard 0), W_base in another file
+        // (shard 1), at other offsets. Both methods recover ΔW's values, not W_ft's.
+        let (m, n) = (600, 700);
+        let planted = [9.0, 7.0, 5.0, 3.0, 2.0, 1.0];
+        let base_s: Vec<f64> = (0..600).map(|i| 40.0 / (1.0 + i as f64).sqrt()).collect();
+        let base = with_spectrum(m, n, &base_s, 5);
+        let delta = with_spectrum(m, n, &planted, 6);
+        let ft: Vec<f32> = base.iter().zip(&delta).map(|(b, d)| b + d).collect();
+        let (ft_file, base_file) = (write(&ft, 8), write(&base, 24));
+        let shards = [&ft_file, &base_file].map(|f| ShardFile {
+            path: f.path().to_path_buf(),
+            expected_len: f.as_file().metadata().unwrap().len(),
+        });
+        let minus = Job {
+            segments: vec![SegmentSpec {
+                shard: 1,
+                offset: 24,
+                rows: m,
+            }],
+            ..job("base", 0, m, n)
+        };
+        let jobs = [Job {
+            minus: Some(Box::new(minus)),
+            ..job("w", 8, m, n)
+        }];
+        // What the delta is in f32 (the engine subtracts decoded f32 values): its exact
+        // spectrum in f64 is the oracle, and ‖ΔW‖_F² its sum of squares.
+        let stored: Vec<f64> = ft
+            .iter()
+            .zip(&base)
+            .map(|(a, b)| f64::from(a - b))
+            .collect();
+        let frob = stored.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let want = Mat::<f64>::from_fn(m, n, |i, j| stored[i * n + j])
+            .singular_values()
+            .unwrap();
+        for method in [Method::Exact, Method::Randomized] {
+            let settings = Settings {
+                method,
+                top_k: 8,
+                ..Settings::default()
+            };
+            let flag = AtomicBool::new(false);
+            let r = compute(&shards, &jobs, &settings, &flag, &Progress::default())
+                .unwrap()
+                .remove(0);
+            let err = max_rel_err(&r.singular_values[..6], &want[..6]);
+            assert!(
+                err < 1e-4,
+                "{method:?}: {:?} vs {:?}",
+                r.singular_values,
+                want
+            );
+            assert!(
+                (r.singular_values[0] - 9.0).abs() < 1e-3,
+                "{method:?}: {:?}",
+                r.singular_values
+            );
+            assert!((r.frobenius_norm - frob).abs() / frob < 1e-6, "{method:?}");
+            assert!(
+                r.singular_values[6] < 1e-3,
+                "{method:?}: {:?}",
+                r.singular_values
+            );
+        }
+        // A base of another shape is one error naming both tensors.
+        let mut bad = jobs[0].clone();
+        bad.minus.as_mut().unwrap().segments[0].rows = m - 1;
+        let flag = AtomicBool::new(false);
+        let err = compute(
+            &shards,
+            &[bad],
+            &Settings::default(),
+            &flag,
+            &Progress::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("\"w\"") && msg.contains("\"base\""), "{msg}");
+    }
+
+    #[test]
+    fn a_rewrite_that_keeps_size_and_mtime_is_detected() {
+        // A writer that rewrites the shard in place and sets its modification time back
+        // (as `rsync --times` or `touch -r` do): only the status-change time tells.
+        let file = write(&[1.0; 64], 0);
+        let shard = ShardFile {
+            path: file.path().to_path_buf(),
+            expected_len: 256,
+        };
+        let open = OpenShard::open(ShardBytes::File(&shard)).unwrap();
+        open.check_unchanged("w").unwrap();
+        let mtime = file.as_file().metadata().unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(file.path())
+            .unwrap();
+        f.write_all(&[7u8; 256]).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let now = fs::metadata(file.path()).unwrap();
+        assert_eq!((now.len(), now.modified().unwrap()), (256, mtime));
+        let err = open.check_unchanged("w").unwrap_err();
+        assert!(matches!(err, Error::Changed { .. }), "{err}");
+        assert!(err.to_string().contains("was modified"), "{err}");
+    }
+
+    #[test]
     fn changed_file_and_bad_dtype_are_errors() {
         let file = write(&[1.0; 64], 0);
         let (w, default) = ([job("w", 0, 8, 8)], Settings::default());
@@ -1280,6 +1475,7 @@ mod tests {
             cols,
             dtype,
             quant: Vec::new(),
+            minus: None,
         };
         let jobs = [
             split(7, Dtype::BF16),

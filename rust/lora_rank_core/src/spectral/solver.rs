@@ -116,11 +116,15 @@ const PASS_PANEL_BYTES: usize = 1 << 20;
 /// Whether passes over `src` use the bf16 kernels ([`super::kernels`]): bf16 matrices on
 /// their stored words, quantized ones on their exact dequantization rounded to bf16 (relative
 /// 2⁻⁹ per element, the rounding the kernels already apply to X and Y; the element statistics
-/// stay exact). The environment variable `LORA_RANK_NO_BF16_KERNEL` (any value) turns them
-/// off, for side-by-side benches.
+/// stay exact), and a delta of two such matrices on its exact difference rounded likewise (a
+/// delta with an f32 or f16 side stays on the f32 path, as that side alone would). The
+/// environment variable `LORA_RANK_NO_BF16_KERNEL` (any value) turns them off, for
+/// side-by-side benches.
 pub fn uses_bf16_kernel(src: &MatrixSource<'_>) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    (src.dtype == crate::dtype::Dtype::BF16 || src.is_quantized())
+    let narrow = |s: &MatrixSource<'_>| s.dtype == crate::dtype::Dtype::BF16 || s.is_quantized();
+    narrow(src)
+        && src.base().is_none_or(narrow)
         && cfg!(target_endian = "little")
         && *ON.get_or_init(|| {
             super::kernels::available() && std::env::var_os("LORA_RANK_NO_BF16_KERNEL").is_none()
@@ -375,7 +379,7 @@ impl<'p, 's> PanelReader<'p, 's> {
     }
 }
 
-/// The bf16 words of panel `p`: stored (bf16) or dequantized and rounded (quantized).
+/// The bf16 words of panel `p`: stored (bf16) or computed and rounded (quantized, delta).
 fn read_words<'w>(
     src: &'w MatrixSource<'_>,
     p: Panel,
@@ -384,7 +388,7 @@ fn read_words<'w>(
     rounded: &'w mut Vec<u16>,
     stats: Option<&mut ElementStats>,
 ) -> Result<&'w [u16]> {
-    if src.is_quantized() {
+    if src.is_computed() {
         src.read_panel_as_bf16(p, bytes, decoded, rounded, stats)
     } else {
         src.read_panel_bf16(p, bytes, stats)

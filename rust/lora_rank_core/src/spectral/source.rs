@@ -5,6 +5,10 @@
 //! `gate_proj` and `up_proj`, is their row concatenation). Data is read with positioned reads
 //! from a file or from bytes already in memory ([`ByteSource`]) into a byte buffer and decoded
 //! into an `f32` working panel; nothing ever holds a full decoded copy of the matrix.
+//!
+//! A delta source (ΔW = W − W_base: a fine-tune against its base, [`MatrixSource::minus`])
+//! reads the same panel of both matrices and subtracts, panel by panel: the update's spectrum
+//! streams from the two files like a single matrix's, with one extra decoded panel of memory.
 
 use std::path::Path;
 
@@ -142,6 +146,8 @@ impl ElementStats {
 #[derive(Debug, Default)]
 pub struct Scratch {
     words: Vec<u64>,
+    /// The subtracted matrix's decoded panel, for a delta source.
+    minus: Vec<f32>,
 }
 
 impl Scratch {
@@ -230,6 +236,8 @@ pub struct MatrixSource<'a> {
     /// One per segment for a quantized matrix (rows and cols are then the logical ones),
     /// else empty.
     dequant: Vec<Dequant>,
+    /// For a delta, the matrix subtracted from this one (same rows, columns and segment rows).
+    minus: Option<Box<MatrixSource<'a>>>,
 }
 
 impl<'a> MatrixSource<'a> {
@@ -244,6 +252,7 @@ impl<'a> MatrixSource<'a> {
             dtype,
             esize,
             dequant: Vec::new(),
+            minus: None,
         }
     }
 
@@ -261,7 +270,26 @@ impl<'a> MatrixSource<'a> {
             dtype,
             esize: 1,
             dequant,
+            minus: None,
         }
+    }
+
+    /// The delta `self − base`, read panel by panel from both (ΔW = W_ft − W_base). `base`
+    /// must have the same columns and the same rows in every segment (checked by the caller,
+    /// who names the tensors in the message); either side may be quantized.
+    pub fn minus(mut self, base: MatrixSource<'a>) -> Self {
+        assert_eq!(
+            self.cols, base.cols,
+            "a delta's matrices have the same columns"
+        );
+        let rows = |s: &MatrixSource<'_>| s.segments.iter().map(|g| g.rows).collect::<Vec<_>>();
+        assert_eq!(
+            rows(&self),
+            rows(&base),
+            "a delta's matrices have the same segments"
+        );
+        self.minus = Some(Box::new(base));
+        self
     }
 
     /// Whether the matrix is quantized (decoded by [`Dequant`] while streaming).
@@ -269,13 +297,35 @@ impl<'a> MatrixSource<'a> {
         !self.dequant.is_empty()
     }
 
+    /// Whether the matrix is a delta of two stored matrices ([`MatrixSource::minus`]).
+    pub fn is_delta(&self) -> bool {
+        self.minus.is_some()
+    }
+
+    /// Whether the values are computed from the stored bytes (dequantized or subtracted), so
+    /// that no stored word is the value itself: passes read them through
+    /// [`MatrixSource::read_panel_as_bf16`] and they are never held as stored bytes.
+    pub fn is_computed(&self) -> bool {
+        self.is_quantized() || self.is_delta()
+    }
+
+    /// The subtracted matrix of a delta.
+    pub fn base(&self) -> Option<&MatrixSource<'a>> {
+        self.minus.as_deref()
+    }
+
     /// Total number of rows.
     pub fn rows(&self) -> usize {
         self.segments.iter().map(|s| s.rows).sum()
     }
 
-    /// Number of stored bytes.
+    /// Number of stored bytes (of both matrices, for a delta).
     pub fn nbytes(&self) -> u64 {
+        self.own_nbytes() + self.minus.as_ref().map_or(0, |m| m.nbytes())
+    }
+
+    /// Number of stored bytes of this matrix alone.
+    fn own_nbytes(&self) -> u64 {
         if self.dequant.is_empty() {
             return (self.rows() * self.cols * self.esize) as u64;
         }
@@ -292,8 +342,9 @@ impl<'a> MatrixSource<'a> {
     pub fn panels(&self, panel_rows: usize) -> Vec<Panel> {
         let mut out = Vec::new();
         for (segment, seg) in self.segments.iter().enumerate() {
-            // Quantized panels start on a stored row (GPTQ packs several logical rows in one).
-            let pack = self.dequant.get(segment).map_or(1, |d| d.pack);
+            // Quantized panels start on a stored row (GPTQ packs several logical rows in one),
+            // of both matrices for a delta.
+            let pack = self.row_pack(segment);
             let r = panel_rows.max(1).next_multiple_of(pack);
             let mut row0 = 0;
             while row0 < seg.rows {
@@ -309,8 +360,28 @@ impl<'a> MatrixSource<'a> {
         out
     }
 
-    /// Read `panel` and decode it row-major into `out[..rows * cols]`, adding its elements to
-    /// `stats` when given. `bytes` is a reusable scratch buffer.
+    /// Logical rows per stored row in `segment` (1 but for packed quantized formats); for a
+    /// delta, the least common multiple of both matrices'.
+    fn row_pack(&self, segment: usize) -> usize {
+        let own = self.dequant.get(segment).map_or(1, |d| d.pack);
+        match &self.minus {
+            Some(m) => {
+                let other = m.row_pack(segment);
+                let gcd = |mut a: usize, mut b: usize| {
+                    while b != 0 {
+                        (a, b) = (b, a % b);
+                    }
+                    a
+                };
+                own / gcd(own, other) * other
+            }
+            None => own,
+        }
+    }
+
+    /// Read `panel` and decode it row-major into `out[..rows * cols]` (for a delta, this
+    /// matrix's panel minus the base's), adding its elements to `stats` when given. `scratch`
+    /// is a reusable buffer.
     pub fn read_panel(
         &self,
         panel: Panel,
@@ -318,25 +389,37 @@ impl<'a> MatrixSource<'a> {
         out: &mut [f32],
         stats: Option<&mut ElementStats>,
     ) -> Result<()> {
+        let out = &mut out[..panel.rows * self.cols];
+        self.read_own_panel(panel, scratch, out)?;
+        if let Some(base) = &self.minus {
+            let mut theirs = std::mem::take(&mut scratch.minus);
+            theirs.resize(out.len(), 0.0);
+            let read = base.read_panel(panel, scratch, &mut theirs, None);
+            for (o, t) in out.iter_mut().zip(&theirs) {
+                *o -= t;
+            }
+            scratch.minus = theirs;
+            read?;
+        }
+        if let Some(s) = stats {
+            s.add(out);
+        }
+        Ok(())
+    }
+
+    /// [`MatrixSource::read_panel`] of this matrix alone (no delta, no statistics).
+    fn read_own_panel(&self, panel: Panel, scratch: &mut Scratch, out: &mut [f32]) -> Result<()> {
         let seg = &self.segments[panel.segment];
         if let Some(d) = self.dequant.get(panel.segment) {
             let len = panel.rows.div_ceil(d.pack) * d.row_bytes;
             let offset = seg.offset + ((panel.row0 / d.pack) * d.row_bytes) as u64;
             seg.bytes
                 .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
-            let out = &mut out[..panel.rows * self.cols];
             d.decode(scratch.bytes(len), panel.row0, panel.rows, out);
-            if let Some(s) = stats {
-                s.add(out);
-            }
             return Ok(());
         }
         let bytes = self.panel_bytes(panel, scratch)?;
-        let out = &mut out[..panel.rows * self.cols];
         decode_bytes(self.dtype, bytes, out);
-        if let Some(s) = stats {
-            s.add(out);
-        }
         Ok(())
     }
 
@@ -369,7 +452,9 @@ impl<'a> MatrixSource<'a> {
         scratch: &'s mut Scratch,
         stats: Option<&mut ElementStats>,
     ) -> Result<&'s [u16]> {
-        debug_assert!(self.dtype == Dtype::BF16 && cfg!(target_endian = "little"));
+        debug_assert!(
+            self.dtype == Dtype::BF16 && !self.is_computed() && cfg!(target_endian = "little")
+        );
         let seg = &self.segments[panel.segment];
         let n = panel.rows * self.cols;
         let (len, offset) = self.panel_range(panel);
@@ -394,9 +479,9 @@ impl<'a> MatrixSource<'a> {
         Ok(words)
     }
 
-    /// Read `panel` of a quantized matrix, dequantize it exactly into `decoded` (f32; `stats`
-    /// get these values) and return it rounded to bf16 words (round to nearest even, relative
-    /// error ≤ 2⁻⁹ per element) for the bf16 kernels.
+    /// Read `panel` of a quantized matrix or a delta, compute its values exactly into
+    /// `decoded` (f32; `stats` get these values) and return them rounded to bf16 words (round
+    /// to nearest even, relative error ≤ 2⁻⁹ per element) for the bf16 kernels.
     pub fn read_panel_as_bf16<'w>(
         &self,
         panel: Panel,
@@ -405,7 +490,7 @@ impl<'a> MatrixSource<'a> {
         words: &'w mut Vec<u16>,
         stats: Option<&mut ElementStats>,
     ) -> Result<&'w [u16]> {
-        debug_assert!(self.is_quantized());
+        debug_assert!(self.is_computed());
         let n = panel.rows * self.cols;
         decoded.resize(n, 0.0);
         self.read_panel(panel, scratch, decoded, stats)?;
@@ -417,8 +502,41 @@ impl<'a> MatrixSource<'a> {
     }
 
     /// Read columns `c0..c1` of every row and decode them row-major into
-    /// `out[..rows * (c1 - c0)]` (one positioned read per row).
+    /// `out[..rows * (c1 - c0)]` (one positioned read per row); for a delta, this matrix's
+    /// columns minus the base's.
     pub fn read_columns(
+        &self,
+        c0: usize,
+        c1: usize,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+        stats: Option<&mut ElementStats>,
+    ) -> Result<()> {
+        let Some(base) = &self.minus else {
+            return self.read_own_columns(c0, c1, scratch, out, stats);
+        };
+        let width = c1 - c0;
+        let out = &mut out[..self.rows() * width];
+        self.read_own_columns(c0, c1, scratch, out, None)?;
+        let mut theirs = std::mem::take(&mut scratch.minus);
+        theirs.resize(out.len(), 0.0);
+        let read = base.read_columns(c0, c1, scratch, &mut theirs, None);
+        for (o, t) in out.iter_mut().zip(&theirs) {
+            *o -= t;
+        }
+        scratch.minus = theirs;
+        read?;
+        if let Some(s) = stats {
+            // Row by row, as a plain matrix's columns are added.
+            for row in out.chunks(width.max(1)) {
+                s.add(row);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`MatrixSource::read_columns`] of this matrix alone.
+    fn read_own_columns(
         &self,
         c0: usize,
         c1: usize,
@@ -463,7 +581,7 @@ impl<'a> MatrixSource<'a> {
         let mut full = vec![0f32; rows.next_multiple_of(32) * self.cols];
         let mut row = 0;
         for p in self.panels(rows) {
-            self.read_panel(p, scratch, &mut full, None)?;
+            self.read_own_panel(p, scratch, &mut full[..p.rows * self.cols])?;
             for r in 0..p.rows {
                 let dst = &mut out[(row + r) * width..(row + r + 1) * width];
                 dst.copy_from_slice(&full[r * self.cols + c0..r * self.cols + c1]);
