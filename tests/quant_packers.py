@@ -12,6 +12,9 @@ with numpy: the fixtures and the reference of the quantization tests.
   [−2^(b−1), 2^(b−1) − 1] per group of ``in`` and output, stored as q + 2^(b−1) in a dense
   little-endian bit stream per row (value j at bit j·b), ``weight_shape`` = [out, in];
   ``float-quantized``: e4m3(W / s) with s = amax / 448 per output row (channel strategy).
+- compressed-tensors ``int-quantized`` (W8A8): the library itself, ``calculate_qparams`` on
+  min/max per tensor, row or group and ``IntQuantizationCompressor.compress`` (int8 weight,
+  scales, zero points when asymmetric); its ``decompress`` is the reference.
 - bitsandbytes: the library's own ``quantize_4bit`` (NF4/FP4, nested absmax or not) and
   ``int8_vectorwise_quant``, serialised as ``Params4bit``/``Int8Params`` are
   (``quant_state.as_dict(packed=True)`` under ``weight.``); the numpy reference re-implements
@@ -203,6 +206,62 @@ def ct_fp8_channel(w: np.ndarray) -> tuple[Any, np.ndarray]:
 
     s = (np.maximum(np.abs(w).max(axis=1), 1e-12) / 448.0).astype(np.float32)[:, None]
     return torch.from_numpy((w / s).astype(np.float32)).to(torch.float8_e4m3fn), s
+
+
+def ct_int_scheme(
+    bits: int, strategy: str, group: int | None, symmetric: bool, static_input: bool = False
+) -> Any:
+    """The compressed-tensors ``QuantizationScheme`` of int weights (llm-compressor's W8A8
+    shape: int8 input activations, dynamic per token, or static per tensor)."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    weights = QuantizationArgs(
+        num_bits=bits, type="int", symmetric=symmetric, strategy=strategy, group_size=group
+    )
+    if static_input:
+        inputs = QuantizationArgs(num_bits=8, type="int", symmetric=symmetric, strategy="tensor")
+    else:
+        inputs = QuantizationArgs(
+            num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True
+        )
+    return QuantizationScheme(targets=["Linear"], weights=weights, input_activations=inputs)
+
+
+def ct_int(w: np.ndarray, scheme: Any, scale_dtype: Any = None) -> dict[str, Any]:
+    """compressed-tensors ``int-quantized`` tensors of ``w`` [out, in], made by the library:
+    min/max per tensor, row or group, its ``calculate_qparams`` and
+    ``IntQuantizationCompressor.compress``; scales cast to ``scale_dtype`` (a torch dtype,
+    default float32) first, as a model saved in that dtype stores them."""
+    import torch
+    from compressed_tensors.compressors.naive_quantized.base import IntQuantizationCompressor
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    args = scheme.weights
+    x = torch.from_numpy(w)
+    if args.strategy == "tensor":
+        lo, hi = x.min().reshape(1), x.max().reshape(1)
+    elif args.strategy == "channel":
+        lo, hi = x.min(1, keepdim=True).values, x.max(1, keepdim=True).values
+    else:
+        g = x.reshape(x.shape[0], -1, args.group_size)
+        lo, hi = g.min(-1).values, g.max(-1).values
+    scale, zero = calculate_qparams(lo, hi, args)
+    scale = scale.to(scale_dtype or torch.float32)
+    state = {"weight": x.to(scale.dtype), "weight_scale": scale, "weight_zero_point": zero}
+    out = IntQuantizationCompressor.compress(state, scheme)
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def ct_int_reference(t: dict[str, Any], scheme: Any) -> np.ndarray:
+    """The library's ``IntQuantizationCompressor.decompress`` of :func:`ct_int`'s tensors, as
+    float32 (scales upcast to float32 first: the exact products, as the engine computes)."""
+    import torch
+    from compressed_tensors.compressors.naive_quantized.base import IntQuantizationCompressor
+
+    state = {k: v.float() if k == "weight_scale" else v for k, v in t.items()}
+    out = IntQuantizationCompressor.decompress(state, scheme)["weight"]
+    assert out.dtype == torch.float32
+    return out.numpy()
 
 
 def bnb4(w: np.ndarray, quant_type: str, nested: bool) -> dict[str, Any]:

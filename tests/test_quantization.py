@@ -89,6 +89,12 @@ def quantize_checkpoint(src: Path, out: Path, method: str) -> tuple[Path, dict[s
             ref[p] = (cb.numpy().astype(np.float32) * scb.numpy()[:, None]) * np.float32(
                 7.874015718698502e-3
             )
+        elif method == "ct-int8":
+            import torch
+
+            t = qp.ct_int(w, CT_W8A8, torch.bfloat16)
+            tensors.update({f"{p}.{k}": v for k, v in t.items()})
+            ref[p] = qp.ct_int_reference(t, CT_W8A8)
         elif method == "ct-fp8":
             q, scale = qp.ct_fp8_channel(w)
             tensors[name], tensors[p + ".weight_scale"] = q, scale
@@ -103,6 +109,7 @@ def quantize_checkpoint(src: Path, out: Path, method: str) -> tuple[Path, dict[s
         "awq": {"quant_method": "awq", "bits": 4, "group_size": GROUP, "version": "gemm"},
         "ct-int4": ct_config("pack-quantized", "int", 4, "group", GROUP),
         "ct-fp8": ct_config("float-quantized", "float", 8, "channel", None),
+        "ct-int8": ct_scheme_config(CT_W8A8, "int-quantized"),
         "bnb-4-nf4-nested": bnb_config(4, "nf4", True),
         "bnb-4-fp4": bnb_config(4, "fp4", False),
         "bnb-8": bnb_config(8),
@@ -129,6 +136,24 @@ def ct_config(fmt: str, kind: str, bits: int, strategy: str, group: int | None) 
         ignore=["lm_head"],
     )
     return config.model_dump(mode="json")
+
+
+def ct_scheme_config(scheme: Any, fmt: str) -> dict[str, Any]:
+    """``quantization_config`` of one compressed-tensors scheme, as the library writes it."""
+    from compressed_tensors.quantization import QuantizationConfig
+
+    config = QuantizationConfig(
+        config_groups={"group_0": scheme},
+        format=fmt,
+        quantization_status="compressed",
+        ignore=["lm_head"],
+    )
+    return config.model_dump(mode="json")
+
+
+#: llm-compressor's W8A8 int scheme: int8 weights per channel, symmetric; int8 activations,
+#: dynamic per token.
+CT_W8A8 = qp.ct_int_scheme(8, "channel", None, True)
 
 
 def bnb_config(bits: int, quant_type: str = "nf4", nested: bool = False) -> dict[str, Any]:
@@ -174,11 +199,22 @@ def _dequantized(report: lora_rank.Report) -> dict[str, np.ndarray]:
     return out
 
 
-METHODS = ("fp8", "gptq", "awq", "ct-int4", "ct-fp8", "bnb-4-nf4-nested", "bnb-4-fp4", "bnb-8")
+METHODS = (
+    "fp8",
+    "gptq",
+    "awq",
+    "ct-int4",
+    "ct-fp8",
+    "ct-int8",
+    "bnb-4-nf4-nested",
+    "bnb-4-fp4",
+    "bnb-8",
+)
 #: ``Quantization.method`` of each fixture method.
 METHOD_NAME = {
     "ct-int4": "compressed-tensors",
     "ct-fp8": "compressed-tensors",
+    "ct-int8": "compressed-tensors",
     "bnb-4-nf4-nested": "bitsandbytes",
     "bnb-4-fp4": "bitsandbytes",
     "bnb-8": "bitsandbytes",
@@ -222,6 +258,10 @@ def test_inventory_is_the_logical_model(
             assert ("nested_absmax" in roles) == nested == (q.absmax_offset is not None)
         elif method == "bnb-8":
             assert (q.bits, m.dtype, roles) == (8, "I8", {"scales": m.name + ".SCB"})
+        elif method == "ct-int8":
+            assert (q.bits, q.group_size, q.block_size) == (8, -1, (1, m.in_features))
+            assert (q.checkpoint_format, m.dtype) == ("int-quantized", "I8")
+            assert roles == {"scales": m.name + ".weight_scale"}
         elif method == "ct-fp8":
             assert (q.bits, q.block_size) == (8, (1, m.in_features))
             assert (q.checkpoint_format, m.dtype) == ("float-quantized", "F8_E4M3")
@@ -562,6 +602,146 @@ def test_unsupported_compressed_tensors_variants_are_refused(
         qc.update(edit)
     with pytest.raises(lora_rank.UnsupportedFormatError, match=match):
         lora_rank.analyze(_single_linear(tmp_path, t, qc))
+
+
+@pytest.mark.parametrize(
+    ("bits", "strategy", "group", "symmetric", "scale_dtype"),
+    [
+        (8, "channel", None, True, "float32"),  # llm-compressor's W8A8
+        (8, "channel", None, True, "bfloat16"),  # ... as a bf16 model saves it
+        (8, "tensor", None, True, "float16"),
+        (8, "group", 8, True, "float32"),
+        (8, "channel", None, False, "float32"),  # asymmetric: zero points
+        (8, "tensor", None, False, "bfloat16"),
+        (8, "group", 8, False, "float32"),
+        (4, "group", 16, False, "float32"),  # W4 ints, one per byte
+    ],
+)
+def test_compressed_tensors_int_quantized_matches_the_library(
+    bits: int,
+    strategy: str,
+    group: int | None,
+    symmetric: bool,
+    scale_dtype: str,
+    tmp_path: Path,
+) -> None:
+    """``int-quantized`` (W8A8) made by compressed-tensors' own compressor: the inventory shows
+    the logical [out, in] weight, the engine's dequantization equals the library's
+    ``IntQuantizationCompressor.decompress`` value for value (scales as float32; with bf16/f16
+    scales the library's own half-precision result is ours rounded once), and the spectra are
+    those of that matrix."""
+    import torch
+    from compressed_tensors.compressors.naive_quantized.base import IntQuantizationCompressor
+
+    shape = (24, 48)
+    w = _spectral_matrix(*shape, seed=bits + len(strategy))
+    static = not symmetric  # static activation scales and zero points, attached
+    scheme = qp.ct_int_scheme(bits, strategy, group, symmetric, static_input=static)
+    t = qp.ct_int(w, scheme, getattr(torch, scale_dtype))
+    assert t["weight"].dtype == torch.int8 and ("weight_zero_point" in t) == (not symmetric)
+    tensors = {f"l.{k}": v for k, v in t.items()}
+    if static:
+        tensors["l.input_scale"] = torch.tensor([0.02], dtype=torch.float32)
+        tensors["l.input_zero_point"] = torch.tensor([3], dtype=torch.int8)
+    path = _single_linear(tmp_path, tensors, ct_scheme_config(scheme, "int-quantized"))
+    report = lora_rank.analyze(path)
+    assert [m.name for m in report.modules] == ["l"]
+    m = report.module("l")
+    assert (m.out_features, m.in_features, m.params, m.dtype) == (*shape, 24 * 48, "I8")
+    q = m.quantization
+    assert q is not None and (q.method, q.checkpoint_format, q.bits) == (
+        "compressed-tensors",
+        "int-quantized",
+        bits,
+    )
+    assert set(dict(q.aux)) == {"scales"} | (
+        {"zeros", "input_scale", "input_zero_point"} if static else set()
+    )
+    got = _dequantized(report)["l"]
+    want = qp.ct_int_reference(t, scheme)
+    np.testing.assert_array_equal(got, want)
+    theirs = IntQuantizationCompressor.decompress(dict(t), scheme)["weight"]
+    assert theirs.dtype == getattr(torch, scale_dtype)
+    np.testing.assert_array_equal(torch.from_numpy(got).to(theirs.dtype).float(), theirs.float())
+    compute_spectra(report, method="exact", top_k=8, progress=False)
+    sv = np.linalg.svd(want.astype(np.float64), compute_uv=False)
+    sp = report.module("l").spectrum
+    assert sp is not None
+    np.testing.assert_allclose(sp.singular_values, sv[:8], rtol=1e-4)
+
+
+def _ct_int_tensors(symmetric: bool) -> dict[str, Any]:
+    scheme = qp.ct_int_scheme(8, "group", 16, symmetric)
+    t = qp.ct_int(_spectral_matrix(8, 64, seed=1), scheme)
+    return {f"l.{k}": v for k, v in t.items()}
+
+
+@pytest.mark.parametrize(
+    ("symmetric", "change", "match"),
+    [
+        (True, lambda t: t.pop("l.weight_scale"), "'l.weight': an int8 weight without its scales"),
+        (
+            True,
+            lambda t: t.update({"l.weight_scale": np.ones((8, 3), np.float32)}),
+            r"'l.weight_scale': dtype F32 shape \[8, 3\], but the group scales of a \[8, 64\] "
+            r"int8 weight must be \[8, 4\]",
+        ),
+        (
+            True,
+            lambda t: t.update({"l.weight": t["l.weight"].to(torch_int16())}),
+            r"'l.weight_scale': scales of a weight that is I16 \[8, 64\], not an I8 or FP8",
+        ),
+        (
+            False,
+            lambda t: t.pop("l.weight_zero_point"),
+            "'l.weight': asymmetric int8 weights without their zero points",
+        ),
+        (
+            False,
+            lambda t: t.update({"l.weight_zero_point": np.zeros((8, 2), np.int8)}),
+            r"'l.weight_zero_point': shape \[8, 2\], but the zero points of its scales needs "
+            r"\[8, 4\]",
+        ),
+        (
+            True,
+            lambda t: t.update({"l.weight_g_idx": np.zeros(64, np.int32)}),
+            "activation-ordered int-quantized weights",
+        ),
+    ],
+)
+def test_malformed_int_quantized_names_tensor_and_rule(
+    symmetric: bool, change: Callable[[dict[str, Any]], Any], match: str, tmp_path: Path
+) -> None:
+    t = _ct_int_tensors(symmetric)
+    change(t)
+    scheme = qp.ct_int_scheme(8, "group", 16, symmetric)
+    path = _single_linear(tmp_path, t, ct_scheme_config(scheme, "int-quantized"))
+    with pytest.raises(lora_rank.HeaderError, match=match) as e:
+        _dequantized(lora_rank.analyze(path))
+    assert "model.safetensors" in str(e.value)
+
+
+def torch_int16() -> Any:
+    import torch
+
+    return torch.int16
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"strategy": "block", "block_structure": [8, 8]}, "strategy 'block'"),
+        ({"type": "float"}, "8-bit float weights are not supported by int-quantized"),
+        ({"num_bits": 16}, "16-bit int weights"),
+    ],
+)
+def test_unsupported_int_quantized_variants_are_refused(
+    edit: dict[str, Any], match: str, tmp_path: Path
+) -> None:
+    qc = ct_scheme_config(qp.ct_int_scheme(8, "group", 16, True), "int-quantized")
+    qc["config_groups"]["group_0"]["weights"].update(edit)
+    with pytest.raises(lora_rank.UnsupportedFormatError, match=match):
+        lora_rank.analyze(_single_linear(tmp_path, _ct_int_tensors(True), qc))
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])

@@ -23,8 +23,13 @@ tensor and the rule):
   ``[2]`` holding ``[out, in]``, optional ``P.weight_g_idx``; and format ``float-quantized``
   with FP8 weights (``tensor``, ``channel``, ``group`` or ``block``): ``P.weight``
   F8_E4M3 ``[out, in]`` and ``P.weight_scale`` (``[1]``, ``[out, 1]``, ``[out, in/group]``
-  or ``[⌈out/b₀⌉, ⌈in/b₁⌉]``). Activation scales (``input_scale``, ``input_global_scale``)
-  are attached to their module too.
+  or ``[⌈out/b₀⌉, ⌈in/b₁⌉]``); and format ``int-quantized`` (llm-compressor's W8A8; also
+  ``naive-quantized`` with int weights, the same layout) with int weights of 2–8 bits stored
+  one per byte (strategy ``tensor``, ``channel`` or ``group``; symmetric, or asymmetric with
+  zero points): ``P.weight`` I8 ``[out, in]``, ``P.weight_scale`` ``[1]``, ``[out, 1]`` or
+  ``[out, ⌈in/group⌉]``, optional ``P.weight_zero_point`` (I8 or I32) of the scales' shape.
+  Activation scales and zero points (``input_scale``, ``input_zero_point``,
+  ``input_global_scale``) are attached to their module too.
 
 - ``quant_method="bitsandbytes"``: ``load_in_4bit`` (NF4 or FP4, nested absmax or not, as
   ``Params4bit`` serialises: ``P.weight`` U8 ``[⌈out·in/2⌉, 1]``, ``P.weight.absmax``,
@@ -38,7 +43,7 @@ tensor and the rule):
   logical ``P`` ``[experts, in, out]``, the orientation transformers gives them on load.
 
 Any other ``quant_method`` or variant (per-tensor FP8, GPTQ in Marlin format,
-AWQ GEMV, compressed-tensors' asymmetric, NVFP4 or MXFP4 formats, bitsandbytes with a
+AWQ GEMV, compressed-tensors' asymmetric packed, NVFP4 or MXFP4 formats, bitsandbytes with a
 ``bnb_4bit_quant_storage`` other than uint8) is not supported yet: the inventory then
 shows the stored tensors as they are and says so in a warning (shapes, parameter counts and
 targets of such modules are the packed ones, not the model's).
@@ -92,13 +97,15 @@ class _Format:
 @dataclass(frozen=True)
 class _CtSchemes:
     """What a compressed-tensors ``quantization_config`` says of its weights: the scheme of
-    its ``pack-quantized`` int weights and of its ``float-quantized`` FP8 weights (each None
-    when no config group uses it)."""
+    its ``pack-quantized`` int weights, of its ``float-quantized`` FP8 weights and of its
+    ``int-quantized`` int8 weights (each None when no config group uses it)."""
 
     #: (bits, group size or None for channel/tensor).
     packed: Optional[tuple[int, Optional[int]]] = None
     #: (strategy, group size or block) of FP8 weights.
     float8: Optional[tuple[str, Optional[tuple[int, int]]]] = None
+    #: (bits, strategy, group size or None, symmetric) of int weights stored one per byte.
+    int8: Optional[tuple[int, str, Optional[int], bool]] = None
 
 
 def _int(qc: dict[str, Any], *keys: str, default: Optional[int] = None) -> Optional[int]:
@@ -197,7 +204,7 @@ def detect(config: Optional[dict[str, Any]], path: str) -> tuple[Optional[_Forma
     ]
 
 
-_CT_FORMATS = ("pack-quantized", "float-quantized")
+_CT_FORMATS = ("pack-quantized", "float-quantized", "int-quantized", "naive-quantized")
 
 
 def _ct_schemes(qc: dict[str, Any], where: str) -> _CtSchemes:
@@ -208,7 +215,10 @@ def _ct_schemes(qc: dict[str, Any], where: str) -> _CtSchemes:
         >>> w = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
         ...      "group_size": 128}
         >>> _ct_schemes({"format": "pack-quantized", "config_groups": {"g": {"weights": w}}}, "c")
-        _CtSchemes(packed=(4, 128), float8=None)
+        _CtSchemes(packed=(4, 128), float8=None, int8=None)
+        >>> w8 = {"num_bits": 8, "type": "int", "symmetric": False, "strategy": "channel"}
+        >>> _ct_schemes({"format": "int-quantized", "config_groups": {"g": {"weights": w8}}}, "c")
+        _CtSchemes(packed=None, float8=None, int8=(8, 'channel', None, False))
     """
     status = qc.get("quantization_status", "compressed")
     if status != "compressed":
@@ -220,6 +230,7 @@ def _ct_schemes(qc: dict[str, Any], where: str) -> _CtSchemes:
         raise UnsupportedFormatError(f"{where}: config_groups is missing or empty")
     packed: set[tuple[int, Optional[int]]] = set()
     float8: set[tuple[str, Optional[tuple[int, int]]]] = set()
+    int8: set[tuple[int, str, Optional[int], bool]] = set()
     for name, group in groups.items():
         w = group.get("weights") if isinstance(group, dict) else None
         if w is None:
@@ -231,12 +242,32 @@ def _ct_schemes(qc: dict[str, Any], where: str) -> _CtSchemes:
                 f"{here}: format {fmt!r} is not supported (supported: {', '.join(_CT_FORMATS)})"
             )
         bits, kind, strategy = w.get("num_bits"), w.get("type"), w.get("strategy")
-        if not w.get("symmetric", True):
+        symmetric = w.get("symmetric", True) is not False
+        if fmt == "naive-quantized" and kind == "float":
+            fmt = "float-quantized"  # the same layout: FP8 weights with their scales
+        int_stored = fmt in ("int-quantized", "naive-quantized")
+        if not symmetric and not int_stored:
             raise UnsupportedFormatError(
-                f"{here}: asymmetric weights (zero points) are not supported yet"
+                f"{here}: asymmetric weights (zero points) are not supported by {fmt} yet "
+                "(only by int-quantized)"
             )
         size = w.get("group_size")
-        if fmt == "pack-quantized":
+        if int_stored:
+            if kind != "int" or not isinstance(bits, int) or not 2 <= bits <= 8:
+                raise UnsupportedFormatError(
+                    f"{here}: {bits}-bit {kind} weights are not supported by {fmt} "
+                    "(supported: int, 2 to 8 bits, one per byte)"
+                )
+            if strategy == "group" and isinstance(size, int) and size > 0:
+                int8.add((bits, "group", size, symmetric))
+            elif strategy in ("channel", "tensor"):
+                int8.add((bits, strategy, None, symmetric))
+            else:
+                raise UnsupportedFormatError(
+                    f"{here}: strategy {strategy!r} (group_size {size!r}) is not supported by "
+                    f"{fmt} (supported: tensor, channel, group)"
+                )
+        elif fmt == "pack-quantized":
             if kind != "int" or not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise UnsupportedFormatError(
                     f"{here}: {bits}-bit {kind} weights are not supported by pack-quantized "
@@ -265,13 +296,13 @@ def _ct_schemes(qc: dict[str, Any], where: str) -> _CtSchemes:
                 float8.add((strategy, None))
             else:
                 raise UnsupportedFormatError(f"{here}: FP8 strategy {strategy!r} is not supported")
-    if len(packed) > 1 or len(float8) > 1:
+    if len(packed) > 1 or len(float8) > 1 or len(int8) > 1:
         raise UnsupportedFormatError(
             f"{where}: config groups with different weight schemes are not supported yet"
         )
-    if not packed and not float8:
+    if not packed and not float8 and not int8:
         raise UnsupportedFormatError(f"{where}: no config group quantizes weights")
-    return _CtSchemes(next(iter(packed), None), next(iter(float8), None))
+    return _CtSchemes(next(iter(packed), None), next(iter(float8), None), next(iter(int8), None))
 
 
 def _signature_warning(tensors: list[Tensor]) -> list[str]:
@@ -456,6 +487,67 @@ def _ct_float(fmt: _Format, p: str, by: dict[str, Tensor]) -> Optional[tuple[Ten
         aux,
         stored,
         "float-quantized",
+    )
+    return w, q
+
+
+def _ct_int(fmt: _Format, p: str, by: dict[str, Tensor]) -> Optional[tuple[Tensor, Quantization]]:
+    """A compressed-tensors ``int-quantized`` weight: I8 ``[out, in]`` with scales of the
+    shape its strategy gives (``tensor``, ``channel``, ``group``) and, when asymmetric, zero
+    points of the same shape."""
+    w, s = by.get(p + ".weight"), by.get(p + ".weight_scale")
+    if w is None or w.dtype != "I8":
+        if s is not None:  # no FP8 weight either (tried first): the scales of nothing
+            shown = "missing" if w is None else f"{w.dtype} {list(w.shape)}"
+            raise _bad(s, f"scales of a weight that is {shown}, not an I8 or FP8 [out, in] tensor")
+        return None
+    assert fmt.ct is not None
+    if fmt.ct.int8 is None:
+        raise _bad(w, "an int8 weight, but no config group is int-quantized")
+    zp = by.get(p + ".weight_zero_point")
+    if s is None:
+        raise _bad(w, "an int8 weight without its scales (weight_scale is missing)")
+    if len(w.shape) != 2:
+        raise _bad(w, f"shape {list(w.shape)}: an int8 weight must be 2-D [out, in]")
+    if p + ".weight_g_idx" in by:
+        raise _bad(w, "activation-ordered int-quantized weights (weight_g_idx) are not supported")
+    bits, strategy, group, symmetric = fmt.ct.int8
+    out_f, in_f = w.shape
+    tensor: tuple[tuple[int, ...], ...] = ((1,), (), (1, 1))
+    if strategy == "group":
+        assert group is not None
+        want: tuple[tuple[int, ...], ...] = ((out_f, -(-in_f // group)),)
+        block = (1, group)
+    elif strategy == "channel":
+        want, block = ((out_f, 1),) + (tensor if out_f == 1 else ()), (1, in_f)
+    else:
+        want, block = tensor, (out_f, in_f)
+    if s.dtype not in _SCALE_DTYPES or s.shape not in want:
+        raise _bad(
+            s,
+            f"dtype {s.dtype} shape {list(s.shape)}, but the {strategy} scales of a "
+            f"{list(w.shape)} int8 weight must be {' or '.join(str(list(x)) for x in want)} "
+            f"of {' or '.join(_SCALE_DTYPES)}",
+        )
+    aux = [("scales", s.name)]
+    if zp is None and not symmetric:
+        raise _bad(w, "asymmetric int8 weights without their zero points (weight_zero_point)")
+    if zp is not None:
+        _expect(zp, s.shape, ("I8", "I32"), lambda: "the zero points of its scales")
+        aux.append(("zeros", zp.name))
+    aux += _ct_activation_aux(p, by)
+    stored = w.numel + sum(by[n].numel for _, n in aux)
+    q = Quantization(
+        "compressed-tensors",
+        bits,
+        group or -1,
+        block,
+        w.dtype,
+        w.shape,
+        w.name,
+        tuple(aux),
+        stored,
+        "int-quantized",
     )
     return w, q
 
@@ -725,7 +817,18 @@ def _prefixes(fmt: _Format, tensors: list[Tensor], by: dict[str, Tensor]) -> lis
         packed = [
             t.name[: -len(".weight_packed")] for t in tensors if t.name.endswith(".weight_packed")
         ]
-        return packed + fp8_weights
+        int8 = [
+            t.name[: -len(".weight")]
+            for t in tensors
+            if t.dtype == "I8" and t.name.endswith(".weight")
+        ]
+        found = set(packed + fp8_weights + int8)
+        scales = [
+            t.name[: -len(".weight_scale")]
+            for t in tensors
+            if t.name.endswith(".weight_scale") and t.name[: -len(".weight_scale")] not in found
+        ]
+        return packed + fp8_weights + int8 + scales
     return [t.name[: -len(".qweight")] for t in tensors if t.name.endswith(".qweight")]
 
 
@@ -746,7 +849,7 @@ def _module(
     if fmt.method == "compressed-tensors":
         if p + ".weight_packed" in by:
             return _ct_packed(fmt, p, by, read_ints)
-        return _ct_float(fmt, p, by)
+        return _ct_float(fmt, p, by) or _ct_int(fmt, p, by)
     return _int_packed(fmt, p, by)
 
 
@@ -905,6 +1008,24 @@ def engine_spec(
             0.0,
         )
         return fp8, out_f, in_f
+    if q.checkpoint_format == "int-quantized":
+        zeros = aux("zeros")
+        if zeros is not None:  # the layout of the scales
+            zeros = (*zeros[:3], scales[3], zeros[4])
+        group = q.group_size if q.group_size and q.group_size > 0 else in_f
+        int8: QuantTuple = (
+            "ct_int",
+            q.weight_key,
+            q.bits,
+            (group, 0),
+            0,
+            scales,
+            zeros,
+            None,
+            [],
+            0.0,
+        )
+        return int8, out_f, in_f
     if q.method == "compressed-tensors":
         group = q.group_size if q.group_size and q.group_size > 0 else in_f
         packed: QuantTuple = (
@@ -944,6 +1065,13 @@ def _format_of(q: Quantization) -> _Format:
     if q.method == "compressed-tensors":
         if q.checkpoint_format == "float-quantized":
             return _Format(q.method, 8, (0, 0), ct=_CtSchemes(float8=("block", q.block_size)))
+        if q.checkpoint_format == "int-quantized":
+            group = q.group_size if q.group_size and q.group_size > 0 else None
+            rows = q.block_size[0] if q.block_size else 1
+            strategy = "group" if group else "channel" if rows == 1 else "tensor"
+            symmetric = "zeros" not in dict(q.aux)
+            scheme = (q.bits, strategy, group, symmetric)
+            return _Format(q.method, q.bits, (0, 0), ct=_CtSchemes(int8=scheme))
         group = q.group_size if q.group_size and q.group_size > 0 else None
         return _Format(q.method, q.bits, (0, 0), ct=_CtSchemes(packed=(q.bits, group)))
     block = q.block_size if q.block_size else (q.group_size or -1, 0)

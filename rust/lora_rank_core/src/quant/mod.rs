@@ -25,6 +25,12 @@
 //!   `weight_g_idx` I32 `[in]` (activation order); W\[i, j\] = s\[i, g\] · (q\[i, j\] −
 //!   2^(bits−1)) with g = g_idx\[j\] or j / group. Streamed as `[out, in]`. Its FP8 variant
 //!   (`float-quantized`) is [`Format::Fp8Block`] with the block its scale shape implies.
+//! - [`Format::CtInt`] (compressed-tensors `int-quantized` / `naive-quantized` int, e.g.
+//!   llm-compressor's W8A8): `weight` I8 `[out, in]` holding q (2 to 8 bits, signed),
+//!   `weight_scale` `[out or 1, groups]` (tensor: one scale; channel: one group; group:
+//!   groups of `block[0]` input features), optional `weight_zero_point` of the scales' shape
+//!   (asymmetric); W\[i, j\] = (q\[i, j\] − z\[i, g\]) · s\[i, g\] with g = j / group, in f32 as
+//!   compressed-tensors' `dequantize` computes it with f32 scales. Streamed as `[out, in]`.
 //! - [`Format::Bnb4`] (bitsandbytes NF4/FP4, `Params4bit`): `weight` U8 `[⌈out·in/2⌉, 1]`,
 //!   element e of the flattened `[out, in]` matrix in the high (e even) or low nibble of byte
 //!   e/2; `absmax` F32 `[⌈out·in/b⌉]` per block of b = `block[0]` elements, or, nested
@@ -56,19 +62,22 @@ pub enum Format {
     Gptq,
     Awq,
     CtPacked,
+    CtInt,
     Bnb4,
     Bnb8,
     Mxfp4,
 }
 
 impl Format {
-    /// Parse `"fp8_block"`, `"gptq"`, `"awq"`, `"ct_packed"`, `"bnb4"`, `"bnb8"` or `"mxfp4"`.
+    /// Parse `"fp8_block"`, `"gptq"`, `"awq"`, `"ct_packed"`, `"ct_int"`, `"bnb4"`, `"bnb8"`
+    /// or `"mxfp4"`.
     pub fn parse(s: &str) -> Option<Format> {
         match s {
             "fp8_block" => Some(Format::Fp8Block),
             "gptq" => Some(Format::Gptq),
             "awq" => Some(Format::Awq),
             "ct_packed" => Some(Format::CtPacked),
+            "ct_int" => Some(Format::CtInt),
             "bnb4" => Some(Format::Bnb4),
             "bnb8" => Some(Format::Bnb8),
             "mxfp4" => Some(Format::Mxfp4),
@@ -131,7 +140,7 @@ impl QuantSpec {
             Format::Awq => cols * self.bits as usize / 8,
             Format::CtPacked => (cols * self.bits as usize).div_ceil(32) * 4,
             Format::Bnb4 | Format::Mxfp4 => cols / 2,
-            Format::Bnb8 => cols,
+            Format::Bnb8 | Format::CtInt => cols,
         }
     }
 
@@ -205,6 +214,16 @@ enum Kind {
     RowScaled {
         /// Per row: the scale of every element (SCB · 1/127 is applied as two products).
         scb: Vec<f32>,
+    },
+    Int8 {
+        /// `[scale_rows, groups]`; `scale_rows` is 1 (one scale row for every row) or `rows`.
+        scale: Vec<f32>,
+        /// Zero points as f32 in the layout of `scale`; empty when symmetric.
+        zero: Vec<f32>,
+        scale_rows: usize,
+        groups: usize,
+        /// Columns per group (consecutive runs; the last may be shorter).
+        run: usize,
     },
 }
 
@@ -369,6 +388,75 @@ fn dense(stored: &Stored<'_, '_>) -> Result<Kind> {
         group,
         run,
         byte_values,
+    })
+}
+
+/// [`Kind::Int8`] for a compressed-tensors `int-quantized` weight (see the module docs).
+fn int8(stored: &Stored<'_, '_>) -> Result<Kind> {
+    let (spec, rows, cols) = (stored.spec, stored.rows, stored.cols);
+    let (dtype, path, open) = (stored.dtype, stored.path, stored.open);
+    let bad = |rule: String| header_error(path, &spec.weight, rule);
+    let bits = spec.bits;
+    if !(2..=8).contains(&bits) {
+        return Err(bad(format!(
+            "{bits}-bit int-quantized weights are not supported (supported: 2 to 8)"
+        )));
+    }
+    if dtype != Dtype::I8 {
+        return Err(bad(format!(
+            "int-quantized weights must be I8, not {}",
+            dtype.name()
+        )));
+    }
+    if spec.g_idx.is_some() {
+        return Err(bad(
+            "activation-ordered int-quantized weights (weight_g_idx) are not supported".into(),
+        ));
+    }
+    let (scale_rows, groups) = match spec.scales.shape[..] {
+        [r, g] if (r == rows || r == 1) && g > 0 => (r, g),
+        _ => {
+            let rule = format!(
+                "shape {:?}, but the scales of a [{rows}, {cols}] weight must be [{rows} or 1, groups]",
+                spec.scales.shape
+            );
+            return Err(header_error(path, &spec.scales.name, rule));
+        }
+    };
+    let run = if groups == 1 { cols } else { spec.block[0] };
+    if run == 0 || groups != cols.div_ceil(run) {
+        let rule = format!(
+            "{groups} groups, but {cols} input features in groups of {run} make {}",
+            cols.div_ceil(run.max(1))
+        );
+        return Err(header_error(path, &spec.scales.name, rule));
+    }
+    let zero = match &spec.zeros {
+        None => Vec::new(),
+        Some(z) => {
+            expect_shape(
+                path,
+                z,
+                &spec.scales.shape,
+                "zero points of the scales' groups",
+            )?;
+            let bytes = read_typed(z, open, &[Dtype::I8, Dtype::I32], "I8 or I32 is expected")?;
+            if z.dtype == Dtype::I8 {
+                bytes.iter().map(|&b| f32::from(b as i8)).collect()
+            } else {
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+                    .collect()
+            }
+        }
+    };
+    Ok(Kind::Int8 {
+        scale: read_floats(&spec.scales, open)?,
+        zero,
+        scale_rows,
+        groups,
+        run,
     })
 }
 
@@ -642,6 +730,7 @@ impl Dequant {
                 }
             }
             Format::CtPacked => dense(&stored)?,
+            Format::CtInt => int8(&stored)?,
             Format::Bnb4 => nibbles(&stored)?,
             Format::Mxfp4 => {
                 if dtype != Dtype::U8 || !cols.is_multiple_of(32) {
@@ -833,6 +922,36 @@ impl Dequant {
                     }
                 }
             }
+            Kind::Int8 {
+                scale,
+                zero,
+                scale_rows,
+                groups,
+                run,
+            } => {
+                for r in 0..rows {
+                    let src = &raw[r * cols..(r + 1) * cols];
+                    let srow = if *scale_rows == 1 { 0 } else { row0 + r };
+                    let s = &scale[srow * groups..(srow + 1) * groups];
+                    let dst = &mut out[r * cols..(r + 1) * cols];
+                    let runs = dst.chunks_mut(*run).zip(src.chunks(*run)).zip(s);
+                    if zero.is_empty() {
+                        for ((d, q), &sc) in runs {
+                            for (o, &b) in d.iter_mut().zip(q) {
+                                *o = f32::from(b as i8) * sc;
+                            }
+                        }
+                    } else {
+                        // (q − z) · s: q − z is exact, one rounding (the library's order).
+                        let z = &zero[srow * groups..(srow + 1) * groups];
+                        for (((d, q), &sc), &zp) in runs.zip(z) {
+                            for (o, &b) in d.iter_mut().zip(q) {
+                                *o = (f32::from(b as i8) - zp) * sc;
+                            }
+                        }
+                    }
+                }
+            }
             Kind::RowScaled { scb } => {
                 // bitsandbytes: A * SCB * 7.874015718698502e-3 (two float32 products).
                 let inv = 7.874_015_718_698_502e-3_f64 as f32;
@@ -1019,6 +1138,77 @@ mod tests {
                 assert!((out[i * cols + j] - want).abs() <= 1e-6 * want.abs().max(1.0));
             }
         }
+    }
+
+    #[test]
+    fn ct_int_groups_zero_points_and_one_scale_row_dequantize_by_hand() {
+        // 3 rows × 10 columns in groups of 4 (the last group 2 wide); q[i, j] = 7i − 3j + 5.
+        let (rows, cols, group) = (3usize, 10usize, 4usize);
+        let q = |i: usize, j: usize| (7 * i as i32 - 3 * j as i32 + 5) as i8;
+        let weight: Vec<u8> = (0..rows * cols)
+            .map(|e| q(e / cols, e % cols) as u8)
+            .collect();
+        let scales: Vec<f32> = (0..rows * 3).map(|k| 0.25 + k as f32 / 8.0).collect();
+        let zeros: Vec<u8> = (0..rows * 3).map(|k| (k as i8 - 4) as u8).collect();
+        let scale_bytes: Vec<u8> = scales.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let (f, off) = file_of(&[scale_bytes, zeros.clone()]);
+        let opened = Opened::new(&f);
+        let open = |_: usize| opened.source();
+        let spec = QuantSpec {
+            zeros: Some(aux("w.weight_zero_point", off[1], &[rows, 3], Dtype::I8)),
+            ..plain_spec(
+                Format::CtInt,
+                "w.weight",
+                8,
+                [group, 0],
+                aux("w.weight_scale", off[0], &[rows, 3], Dtype::F32),
+            )
+        };
+        let d = Dequant::load(&spec, rows, cols, Dtype::I8, &open).unwrap();
+        let mut out = vec![0f32; rows * cols];
+        d.decode(&weight[cols..], 1, rows - 1, &mut out);
+        for i in 1..rows {
+            for j in 0..cols {
+                let k = i * 3 + j / group;
+                let want = (f32::from(q(i, j)) - f32::from(zeros[k] as i8)) * scales[k];
+                assert_eq!(out[(i - 1) * cols + j], want, "{i} {j}");
+            }
+        }
+        // Symmetric, one scale for the whole tensor ([1, 1]).
+        let one = QuantSpec {
+            zeros: None,
+            ..plain_spec(
+                Format::CtInt,
+                "w.weight",
+                8,
+                [cols, 0],
+                aux("w.weight_scale", off[0], &[1, 1], Dtype::F32),
+            )
+        };
+        let d = Dequant::load(&one, rows, cols, Dtype::I8, &open).unwrap();
+        d.decode(&weight, 0, rows, &mut out);
+        for (e, &v) in out.iter().enumerate() {
+            assert_eq!(v, f32::from(q(e / cols, e % cols)) * scales[0]);
+        }
+        // Checks: stored dtype, scale groups, zero-point shape.
+        let err = Dequant::load(&one, rows, cols, Dtype::U8, &open).unwrap_err();
+        assert!(err.to_string().contains("must be I8, not U8"), "{err}");
+        let groups = QuantSpec {
+            block: [3, 0],
+            ..spec.clone()
+        };
+        let err = Dequant::load(&groups, rows, cols, Dtype::I8, &open).unwrap_err();
+        assert!(err.to_string().contains("groups of 3 make 4"), "{err}");
+        let zeros_shape = QuantSpec {
+            zeros: Some(aux("w.weight_zero_point", off[1], &[rows, 2], Dtype::I8)),
+            ..spec
+        };
+        let err = Dequant::load(&zeros_shape, rows, cols, Dtype::I8, &open).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"w.weight_zero_point\": shape [3, 2]"),
+            "{err}"
+        );
     }
 
     #[test]
