@@ -314,18 +314,19 @@ def extraction_rows(rows: list[dict[str, Any]], impl: str) -> dict[tuple[str, An
     out: dict[tuple[str, Any, str], dict[int, dict[str, Any]]] = {}
     rs = sorted({x["r"] for x in rows if x["r"] is not None})
     for x in rows:
-        if x["impl"] == impl:
-            out.setdefault((x["task"], x["r"], x["arm"]), {})[x["seed"]] = x
-        elif x["impl"] == "ft" or (x["arm"] == "full-rank" and x["impl"] == "ref"):
+        if x["impl"] == "ft" or (x["arm"] == "full-rank" and x["impl"] == "ref"):
             for r in rs:
                 out.setdefault((x["task"], r, x["arm"]), {})[x["seed"]] = x
+        elif x["impl"] == impl:
+            out.setdefault((x["task"], x["r"], x["arm"]), {})[x["seed"]] = x
     return out
 
 
 def extraction_table(path: Path, impl: Optional[str] = None) -> str:
-    """The extraction benchmark's markdown: per task × budget, energy kept, LoRA parameters and
-    test accuracy / NLL per arm (mean ± 95% interval over the fine-tune seeds), the paired
-    difference budgeted − uniform, and (with library rows) the library-vs-reference check."""
+    """The extraction benchmark's markdown: per task × budget × arm, energy kept, LoRA
+    parameters and test accuracy / NLL (mean ± 95% interval over the fine-tune seeds); per
+    task × budget, the paired difference budgeted − uniform and DECISION.md's reading of it;
+    with library rows, the library-vs-reference check."""
     if not path.exists():
         return "(no extraction results)"
     rows = json.loads(path.read_text())["rows"]
@@ -334,65 +335,59 @@ def extraction_table(path: Path, impl: Optional[str] = None) -> str:
     cells = extraction_rows(rows, impl)
     who = "the library (`Comparison.extract`)" if impl == "lib" else "the bench's reference"
     out = [
-        f"Extraction by {who}; mean ± 95% t-interval half-width over the fine-tune seeds "
-        "(n = seeds). Energy kept: share of Σ‖ΔW‖²_F over the 37 all-linear modules. "
+        f"Extraction by {who}. Mean ± half-width of the 95% t-interval over the fine-tune "
+        "seeds (n). Energy kept: share of Σ‖ΔW‖²_F over the 37 all-linear modules. "
         "`full-rank`: every module's whole ΔW as an adapter (the fine-tune without its "
-        "bias/LayerNorm/embedding changes); `full fine-tune`: the fine-tuned model itself.\n"
+        "bias changes); `full fine-tune`: the fine-tuned model itself.\n",
+        "| task | budget | arm | n | energy kept % | LoRA params | test acc % | test NLL |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for task in sorted({k[0] for k in cells}):
-        ft = cells.get((task, r_first(cells, task), "full fine-tune"), {})
-        for r in sorted({k[1] for k in cells if k[0] == task and k[1] is not None}):
-            got = {a: cells.get((task, r, a), {}) for a in EXTRACT_ARMS}
-            budget = next((x["budget"] for x in got["budgeted"].values()), None)
+    keys = sorted({(k[0], k[1]) for k in cells if k[1] is not None})
+    diffs = [
+        "\nPaired difference budgeted − uniform (same fine-tune seed; mean [95% t-interval]):\n",
+        "| task | budget | n | Δacc (points) | reading | ΔNLL | Δenergy kept (points, min–max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, r in keys:
+        got = {a: cells.get((task, r, a), {}) for a in EXTRACT_ARMS}
+        budget = next((x["budget"] for x in got["budgeted"].values()), None)
+        label = f"r={r}" + (f" ({budget:,})" if budget else "")
+        for a in EXTRACT_ARMS:
+            v = list(got[a].values())
+            if not v:
+                continue
+            params = [x["lora_params"] for x in v if "lora_params" in x]
+            shown = "–"
+            if params:
+                lo_p, hi_p = min(params), max(params)
+                shown = f"{lo_p:,}" if lo_p == hi_p else f"{lo_p:,}–{hi_p:,}"
             out.append(
-                f"\n**{task}, budget all-linear r={r}"
-                + (f" ({budget:,} LoRA parameters)" if budget else "")
-                + f"** — fine-tune seeds: {len(ft)}\n"
+                f"| {task} | {label} | {a} | {len(v)} | "
+                f"{_mci([x['energy_kept'] for x in v], 100, 1)} | {shown} | "
+                f"{_mci([x['test_acc'] for x in v], 100)} | "
+                f"{_mci([x['test_nll'] for x in v], 1, 3)} |"
             )
-            out.append("| arm | n | energy kept % | LoRA params | test acc % | test NLL |")
-            out.append("|---|---|---|---|---|---|")
-            for a in EXTRACT_ARMS:
-                d = got[a]
-                if not d:
-                    continue
-                v = list(d.values())
-                params = [x["lora_params"] for x in v if "lora_params" in x]
-                out.append(
-                    f"| {a} | {len(v)} | {_mci([x['energy_kept'] for x in v], 100, 2)} | "
-                    + (
-                        f"{min(params):,}–{max(params):,}"
-                        if params and min(params) != max(params)
-                        else (f"{params[0]:,}" if params else "–")
-                    )
-                    + f" | {_mci([x['test_acc'] for x in v], 100)} | "
-                    f"{_mci([x['test_nll'] for x in v], 1, 3)} |"
-                )
-            b, u = got["budgeted"], got["uniform"]
-            if b and u:
-                m, lo, hi, n = paired(
-                    {s: x["test_acc"] for s, x in b.items()},
-                    {s: x["test_acc"] for s, x in u.items()},
-                )
-                dn = paired(
-                    {s: x["test_nll"] for s, x in b.items()},
-                    {s: x["test_nll"] for s, x in u.items()},
-                )
-                de = [b[s]["energy_kept"] - u[s]["energy_kept"] for s in sorted(set(b) & set(u))]
-                out.append(
-                    f"\nbudgeted − uniform (paired, n={n}): Δacc {100 * m:+.1f} "
-                    f"[{100 * lo:+.1f}, {100 * hi:+.1f}] points ({_verdict(lo, hi)}); "
-                    f"ΔNLL {dn[0]:+.3f} [{dn[1]:+.3f}, {dn[2]:+.3f}]; Δenergy kept "
-                    f"{100 * min(de):+.2f} to {100 * max(de):+.2f} points "
-                    f"({'≥ uniform in every seed' if min(de) >= 0 else 'BELOW uniform'})"
-                )
+        b, u = got["budgeted"], got["uniform"]
+        if b and u:
+            m, lo, hi, n = paired(
+                {s: x["test_acc"] for s, x in b.items()}, {s: x["test_acc"] for s, x in u.items()}
+            )
+            dn = paired(
+                {s: x["test_nll"] for s, x in b.items()}, {s: x["test_nll"] for s, x in u.items()}
+            )
+            de = [b[s]["energy_kept"] - u[s]["energy_kept"] for s in sorted(set(b) & set(u))]
+            reading = _verdict(lo, hi) if n >= 3 else "no claim (< 3 seeds)"
+            acc = f"{100 * m:+.1f}" + ("" if n < 2 else f" [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+            nll = f"{dn[0]:+.3f}" + ("" if n < 2 else f" [{dn[1]:+.3f}, {dn[2]:+.3f}]")
+            diffs.append(
+                f"| {task} | {label} | {n} | {acc} | {reading} | {nll} | "
+                f"{100 * min(de):+.1f} to {100 * max(de):+.1f}"
+                f"{'' if min(de) >= 0 else ' (BELOW uniform)'} |"
+            )
+    out += diffs
     if impl == "lib":
         out.append(agreement_table(rows))
     return "\n".join(out)
-
-
-def r_first(cells: dict[tuple[str, Any, str], dict], task: str) -> Any:
-    """The first budget with rows for ``task`` (the full fine-tune rows repeat under each)."""
-    return min((k[1] for k in cells if k[0] == task and k[1] is not None), default=None)
 
 
 def _verdict(lo: float, hi: float) -> str:
