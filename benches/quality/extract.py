@@ -170,6 +170,20 @@ class Pair:
             and not np.array_equal(base[k], ft[k])
         )
 
+    _comparison: Any = None
+
+    def comparison(self) -> Any:
+        """``lora_rank.compare(base, ft, spectral=True)`` of this pair (made once)."""
+        if self._comparison is None:
+            import lora_rank
+
+            start = time.perf_counter()
+            self._comparison = lora_rank.compare(
+                str(self.dir / "base"), str(self.dir / "ft"), spectral=True
+            )
+            self.compare_seconds = round(time.perf_counter() - start, 2)
+        return self._comparison
+
     def budget(self, r: int) -> int:
         """All-linear's LoRA parameter count at uniform rank ``r`` over the targets."""
         return r * sum(self.cost.values())
@@ -384,9 +398,7 @@ def _key(impl: str, task: str, seed: int, r: int | None, arm: str) -> str:
 
 
 def _lib_extract(pair: Pair, arm: str, r: int, ref_extra: dict[str, Any], out: Path) -> Any:
-    import lora_rank
-
-    cmp = lora_rank.compare(str(pair.dir / "base"), str(pair.dir / "ft"), spectral=True)
+    cmp = pair.comparison()
     if arm == "budgeted":
         return cmp.extract(str(out), budget=pair.budget(r))
     if arm == "uniform":
@@ -425,9 +437,13 @@ def eval_cell(pair: Pair, impl: str, r: int | None, arm: str, scratch: Path) -> 
         pair.write_adapter(ranks, adapter)
         row.update(ranks=ranks, energy_kept=pair.kept(ranks), lora_params=pair.params(ranks))
     else:
+        pair.comparison()
+        t0 = time.perf_counter()
         ad = _lib_extract(pair, arm, int(r or 0), extra, adapter)
         lib_ranks = _lib_ranks(pair, dict(ad.ranks))
         row.update(
+            compare_seconds=pair.compare_seconds,
+            extract_seconds=round(time.perf_counter() - t0, 2),
             ranks=lib_ranks,
             energy_kept=float(ad.energy_kept),
             lora_params=pair.params(lib_ranks),
