@@ -340,16 +340,33 @@ def test_plot_writes_image(
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
-def test_plot_unknown_module_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_plot_unknown_module_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pattern matching nothing fails before the spectral scan, in one line naming modules
+    that exist (and the near miss corrected: Llama's 'layers.0.*' is 'layer.0.*' on BERT)."""
     pytest.importorskip("matplotlib")
-    status, _, err = main(
-        capsys, "plot", "--demo", "--spectra", "q_proj", "--out", str(tmp_path / "x.png")
+    import lora_rank.spectral.compute as compute
+
+    def no_scan(*_: object, **__: object) -> None:
+        raise AssertionError("spectra computed before the patterns were resolved")
+
+    monkeypatch.setattr(compute, "compute_spectra", no_scan)
+    examples = (
+        "modules are named like encoder.layer.0.attention.output.dense, "
+        "encoder.layer.0.attention.self.key, encoder.layer.0.attention.self.query, "
+        "encoder.layer.0.attention.self.value, encoder.layer.0.intermediate.dense, ... "
+        "(54 modules); give a runtime name, a dot-suffix of one or a glob)"
     )
-    assert status == 2
-    assert err.strip() == (
-        "lora-rank plot: error: no module matches 'q_proj' (give a runtime name, suffix or glob)"
-    )
-    assert not (tmp_path / "x.png").exists()
+    for pattern, hint in (("q_proj", ""), ("layers.0.*", "did you mean 'layer.0.*'? ")):
+        status, _, err = main(
+            capsys, "plot", "--demo", "--spectra", pattern, "--out", str(tmp_path / "x.png")
+        )
+        assert status == 2
+        assert err.strip() == (
+            f"lora-rank plot: error: no module matches {pattern!r} ({hint}{examples}"
+        )
+        assert not (tmp_path / "x.png").exists()
 
 
 # -- notebook HTML ---------------------------------------------------------------------------

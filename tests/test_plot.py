@@ -223,8 +223,14 @@ def test_select_modules(minilm_spectra: lora_rank.Report) -> None:
         "encoder.layer.5.attention.output.LayerNorm",
         "encoder.layer.5.output.LayerNorm",
     ]
-    with pytest.raises(lora_rank.ConfigError, match="no module matches 'q_proj'"):
+    with pytest.raises(lora_rank.ConfigError, match="no module matches 'q_proj'") as e:
         plot.select_modules(minilm_spectra, ["q_proj"])
+    assert "did you mean" not in str(e.value)  # no piece of the names is near 'q_proj'
+    assert "named like encoder.layer.0.attention.output.dense, " in str(e.value)
+    # Llama's 'layers.0.*' (the README's pattern once) is 'layer.0.*' here: said, not guessed.
+    with pytest.raises(lora_rank.ConfigError, match=r"did you mean 'layer\.0\.\*'\?"):
+        plot.select_modules(minilm_spectra, ["query", "layers.0.*"])
+    assert len(plot.select_modules(minilm_spectra, ["layer.0.*"])) == 8  # 6 linears, 2 norms
 
 
 @pytest.mark.parametrize(("fmt", "magic"), [("png", b"\x89PNG\r\n\x1a\n"), ("svg", b"<?xml")])

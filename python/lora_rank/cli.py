@@ -426,7 +426,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
             f"{rec.trainable_params:,} trainable parameters",
         )
     else:
-        report = _analyze(args, spectral=True)
+        report = _analyze(args, spectral=not args.spectra)
+        if args.spectra:
+            # Resolve the patterns before the scan: a pattern matching nothing fails at once.
+            from .spectral.compute import compute_spectra
+
+            plot.select_modules(report, args.spectra)
+            compute_spectra(
+                report, _spectral_settings(args), progress=False if args.quiet else None
+            )
         fig = (
             plot.spectra(report, args.spectra)
             if args.spectra

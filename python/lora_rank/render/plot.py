@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 import statistics
@@ -265,26 +266,66 @@ def _annotate(ax: Any, g: Grid, image: Any, integer: bool) -> None:
             )
 
 
+def _matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)
+
+
+def _corrected(pattern: str, names: Sequence[str]) -> Optional[str]:
+    """``pattern`` with its first dot-separated piece that is no piece of any module name
+    replaced by the closest piece that is, when the result matches a module (``layers.0.*``
+    on BERT: ``layer.0.*``); else None."""
+    pieces = sorted({p for n in names for p in n.split(".")})
+    parts = pattern.split(".")
+    for i, part in enumerate(parts):
+        if part in pieces or any(c in part for c in "*?["):
+            continue
+        for close in difflib.get_close_matches(part, pieces, n=3, cutoff=0.6):
+            fixed = ".".join([*parts[:i], close, *parts[i + 1 :]])
+            if any(_matches(n, fixed) for n in names):
+                return fixed
+        return None
+    return None
+
+
+def _no_match(report: Report, pattern: str) -> ConfigError:
+    """The error for a pattern matching no module: a corrected pattern when one piece is a
+    near miss, and a few modules that exist (the first of each kind PEFT can adapt)."""
+    names = [m.name for m in report.modules]
+    fixed = _corrected(pattern, names)
+    shown: dict[str, str] = {}
+    for m in report.lora_targets or report.modules:
+        shown.setdefault(m.kind, m.name)
+    examples = list(shown.values())[:5]
+    more = f", ... ({len(names)} modules)" if len(names) > len(examples) else ""
+    hint = f"did you mean {fixed!r}? " if fixed else ""
+    return ConfigError(
+        f"no module matches {pattern!r} ({hint}modules are named like {', '.join(examples)}"
+        f"{more}; give a runtime name, a dot-suffix of one or a glob)"
+    )
+
+
 def select_modules(report: Report, patterns: Sequence[str]) -> list[Module]:
     """Modules matching any of ``patterns``: an exact runtime name, a dot-suffix of one (as PEFT
     matches: ``layer.0.attention.self.query``), or a shell glob of either (``layer.0.*``,
-    ``*.query``). Every pattern must match at least one module.
+    ``*.query``). Every pattern must match at least one module; a pattern that matches none
+    raises :class:`~lora_rank.ConfigError` naming a few modules that exist (and the pattern
+    with a near-miss piece corrected, when that matches).
 
     Example:
         >>> import lora_rank
         >>> r = lora_rank.analyze(lora_rank.demo_checkpoint())
         >>> [m.name for m in select_modules(r, ["layer.5.attention.self.query"])]
         ['encoder.layer.5.attention.self.query']
+        >>> select_modules(r, ["layers.0.*"])
+        Traceback (most recent call last):
+        ...
+        lora_rank.errors.ConfigError: no module matches 'layers.0.*' (did you mean 'layer.0.*'? ...
     """
     chosen: dict[str, Module] = {}
     for pat in patterns:
-        hits = [
-            m
-            for m in report.modules
-            if fnmatch.fnmatchcase(m.name, pat) or fnmatch.fnmatchcase(m.name, "*." + pat)
-        ]
+        hits = [m for m in report.modules if _matches(m.name, pat)]
         if not hits:
-            raise ConfigError(f"no module matches {pat!r} (give a runtime name, suffix or glob)")
+            raise _no_match(report, pat)
         for m in hits:
             chosen.setdefault(m.name, m)
     return list(chosen.values())
