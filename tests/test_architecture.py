@@ -189,7 +189,10 @@ def test_binding_reads_exactly_the_settings_fields() -> None:
     for name in ("spectra", "spectra_in_memory"):
         stub = _stub_function(name)
         assert [a.arg for a in stub.args.args][-1] == "settings", name
-        assert [a.arg for a in stub.args.kwonlyargs] in (["progress", "quant"], ["progress"])
+        assert [a.arg for a in stub.args.kwonlyargs] in (
+            ["progress", "quant", "minus"],
+            ["progress"],
+        )
     fields = dataclasses.asdict(SpectralSettings())
     assert _core.spectra([], [], SpectralSettings()) == []
     assert _core.spectra([], [], types.SimpleNamespace(**fields)) == []  # type: ignore[arg-type]

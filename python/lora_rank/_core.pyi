@@ -21,6 +21,7 @@ __all__ = [
     "natural_order",
     "open_checkpoint",
     "parse_index",
+    "product_spectra",
     "read_matrix",
     "spectra",
     "spectra_in_memory",
@@ -90,7 +91,15 @@ def read_matrix(
     shards: list[tuple[str, int]],
     job: _JobTuple,
     quant: Optional[list[_QuantTuple]] = None,
+    minus: Optional[tuple[_JobTuple, Optional[list[_QuantTuple]]]] = None,
 ) -> bytes: ...
+def product_spectra(
+    shards: list[tuple[str, int]],
+    modules: list[tuple[_JobTuple, _JobTuple, float]],
+    top_k: int,
+    *,
+    threads: Optional[int] = None,
+) -> list[dict[str, Any]]: ...
 
 # Each result dict has exactly the fields of ``lora_rank.report.Spectrum``, in its order (the
 # one definition; ``Spectrum.from_core`` converts by field name and tests/test_architecture.py

@@ -340,19 +340,21 @@ fn to_plain_jobs(
 
 /// The decoded (dequantized for quantized weights) matrix of one job as little-endian f32
 /// bytes, row-major: a check for small matrices (tests), never used by the spectral scan.
+/// With `minus`, the delta: this job's matrix minus that one's (a fine-tune's update).
 #[pyfunction]
-#[pyo3(signature = (shards, job, quant=None))]
+#[pyo3(signature = (shards, job, quant=None, minus=None))]
 fn read_matrix<'py>(
     py: Python<'py>,
     shards: Vec<(std::path::PathBuf, u64)>,
     job: JobTuple,
     quant: Option<Vec<QuantTuple>>,
+    minus: Option<MinusTuple>,
 ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
     let shards: Vec<spectral::ShardFile> = shards
         .into_iter()
         .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
         .collect();
-    let job = to_jobs(vec![job], Some(vec![quant]), None)?.remove(0);
+    let job = to_jobs(vec![job], Some(vec![quant]), Some(vec![minus]))?.remove(0);
     let values = py
         .detach(|| spectral::read_matrix(&shards, &job))
         .map_err(to_pyerr)?;
@@ -388,6 +390,46 @@ fn spectra<'py>(
         .collect();
     let jobs = to_jobs(jobs, quant, minus)?;
     scan(py, Shards::Files(shards), jobs, settings, progress)
+}
+
+/// Exact spectra of LoRA updates scaling·B·A from their factors (never formed; see
+/// `lora_rank_core::spectral::factors`): `modules` are `(A job (r × in), B job (out × r),
+/// scaling)`, read from `shards`; one result dict per module, as `spectra` returns, for the
+/// out × in product, with `top_k` singular values.
+#[pyfunction]
+#[pyo3(signature = (shards, modules, top_k, *, threads=None))]
+fn product_spectra<'py>(
+    py: Python<'py>,
+    shards: Vec<(std::path::PathBuf, u64)>,
+    modules: Vec<(JobTuple, JobTuple, f64)>,
+    top_k: usize,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyList>> {
+    let shards: Vec<spectral::ShardFile> = shards
+        .into_iter()
+        .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
+        .collect();
+    let mut factors = Vec::with_capacity(modules.len());
+    for (a, b, scaling) in modules {
+        let mut jobs = to_jobs(vec![a, b], None, None)?.into_iter();
+        let (a, b) = (
+            jobs.next().expect("two jobs"),
+            jobs.next().expect("two jobs"),
+        );
+        factors.push(spectral::factors::Factors { a, b, scaling });
+    }
+    let results = py
+        .detach(|| {
+            with_pool(threads, || {
+                spectral::factors::product_spectra(&shards, &factors, top_k)
+            })
+        })?
+        .map_err(to_pyerr)?;
+    let out = PyList::empty(py);
+    for s in &results {
+        out.append(spectrum_dict(py, s)?)?;
+    }
+    Ok(out)
 }
 
 /// A fixed-size byte buffer filled piece by piece (e.g. from an HTTP response body) and handed
@@ -568,35 +610,40 @@ fn scan<'py>(
         .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("spectral worker panicked"))??
         .map_err(to_pyerr)?;
     let out = PyList::empty(py);
-    for s in results {
-        let d = PyDict::new(py);
-        d.set_item("singular_values", s.singular_values)?;
-        d.set_item("frobenius_norm", s.frobenius_norm)?;
-        d.set_item("spectral_norm", s.spectral_norm)?;
-        d.set_item("stable_rank", s.stable_rank)?;
-        d.set_item("energy_rank_90", s.energy_ranks[0])?;
-        d.set_item("energy_rank_95", s.energy_ranks[1])?;
-        d.set_item("energy_rank_99", s.energy_ranks[2])?;
-        d.set_item("energy_rank_exact", s.energy_rank_exact)?;
-        d.set_item("alpha", s.alpha)?;
-        d.set_item("nonfinite", s.nonfinite)?;
-        d.set_item("method", s.method.name())?;
-        d.set_item("iterations", s.iterations)?;
-        d.set_item("converged", s.converged)?;
-        d.set_item("sv_error", s.sv_error)?;
-        d.set_item("energy_rank_stderr", s.energy_rank_stderr.to_vec())?;
-        let sh = &s.shape;
-        d.set_item("sv_quantiles", sh.sv_quantiles.to_vec())?;
-        d.set_item("mp_sigma", sh.mp_sigma)?;
-        d.set_item("mp_edge", sh.mp_edge)?;
-        d.set_item("mp_spikes", sh.mp_spikes)?;
-        d.set_item("spectrum_snr", sh.spectrum_snr)?;
-        d.set_item("mp_snr", sh.mp_snr)?;
-        d.set_item("pl_alpha", sh.pl_alpha)?;
-        d.set_item("pl_xmin", sh.pl_xmin)?;
-        out.append(d)?;
+    for s in &results {
+        out.append(spectrum_dict(py, s)?)?;
     }
     Ok(out)
+}
+
+/// The result dict of one spectrum: exactly the fields of `lora_rank.Spectrum`, in order.
+fn spectrum_dict<'py>(py: Python<'py>, s: &spectral::Spectrum) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("singular_values", s.singular_values.clone())?;
+    d.set_item("frobenius_norm", s.frobenius_norm)?;
+    d.set_item("spectral_norm", s.spectral_norm)?;
+    d.set_item("stable_rank", s.stable_rank)?;
+    d.set_item("energy_rank_90", s.energy_ranks[0])?;
+    d.set_item("energy_rank_95", s.energy_ranks[1])?;
+    d.set_item("energy_rank_99", s.energy_ranks[2])?;
+    d.set_item("energy_rank_exact", s.energy_rank_exact)?;
+    d.set_item("alpha", s.alpha)?;
+    d.set_item("nonfinite", s.nonfinite)?;
+    d.set_item("method", s.method.name())?;
+    d.set_item("iterations", s.iterations)?;
+    d.set_item("converged", s.converged)?;
+    d.set_item("sv_error", s.sv_error)?;
+    d.set_item("energy_rank_stderr", s.energy_rank_stderr.to_vec())?;
+    let sh = &s.shape;
+    d.set_item("sv_quantiles", sh.sv_quantiles.to_vec())?;
+    d.set_item("mp_sigma", sh.mp_sigma)?;
+    d.set_item("mp_edge", sh.mp_edge)?;
+    d.set_item("mp_spikes", sh.mp_spikes)?;
+    d.set_item("spectrum_snr", sh.spectrum_snr)?;
+    d.set_item("mp_snr", sh.mp_snr)?;
+    d.set_item("pl_alpha", sh.pl_alpha)?;
+    d.set_item("pl_xmin", sh.pl_xmin)?;
+    Ok(d)
 }
 
 #[pymodule]
@@ -626,5 +673,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(natural_order, m)?)?;
     m.add_function(wrap_pyfunction!(bf16_kernels_available, m)?)?;
     m.add_function(wrap_pyfunction!(read_matrix, m)?)?;
+    m.add_function(wrap_pyfunction!(product_spectra, m)?)?;
     Ok(())
 }

@@ -19,6 +19,7 @@
 //! together ([`ResidentPool`]): never a decoded copy of a matrix, never more than that budget
 //! of stored bytes, whatever the checkpoint's size.
 
+pub mod factors;
 pub mod kernels;
 pub mod shape;
 pub mod solver;
@@ -695,7 +696,13 @@ fn run_job(
 }
 
 /// Turn a solver outcome into the reported statistics.
-fn summarize(o: Outcome, top_k: usize, rows: usize, cols: usize, method: Method) -> Spectrum {
+pub(crate) fn summarize(
+    o: Outcome,
+    top_k: usize,
+    rows: usize,
+    cols: usize,
+    method: Method,
+) -> Spectrum {
     let n_total = rows.min(cols);
     let k = top_k.min(o.sv.len());
     let top: Vec<f64> = o.sv[..k].to_vec();
