@@ -25,8 +25,8 @@ pub struct Factors {
 /// The singular values (descending, all min(r, in, out) of them) of `scaling·B·A`, with `a`
 /// row-major r × in and `b` row-major out × r.
 pub fn product_singular_values(a: &[f32], b: &[f32], r: usize, scaling: f64) -> Vec<f64> {
-    let n_in = if r == 0 { 0 } else { a.len() / r };
-    let n_out = if r == 0 { 0 } else { b.len() / r };
+    let n_in = a.len().checked_div(r).unwrap_or(0);
+    let n_out = b.len().checked_div(r).unwrap_or(0);
     if r == 0 || n_in == 0 || n_out == 0 {
         return Vec::new();
     }
