@@ -264,14 +264,19 @@ def ct_int_reference(t: dict[str, Any], scheme: Any) -> np.ndarray:
     return out.numpy()
 
 
-def bnb4(w: np.ndarray, quant_type: str, nested: bool) -> dict[str, Any]:
+def bnb4(w: np.ndarray, quant_type: str, nested: bool, storage: str = "uint8") -> dict[str, Any]:
     """bitsandbytes 4-bit tensors of ``w`` [out, in] as ``Linear4bit`` saves them (keys
-    relative to the module: ``weight``, ``weight.absmax``, ...), block size 64."""
+    relative to the module: ``weight``, ``weight.absmax``, ...), block size 64; the packed
+    bytes stored as the torch dtype ``storage`` (``bnb_4bit_quant_storage``)."""
     import bitsandbytes.functional as F
     import torch
 
     q, state = F.quantize_4bit(
-        torch.from_numpy(w), blocksize=64, quant_type=quant_type, compress_statistics=nested
+        torch.from_numpy(w),
+        blocksize=64,
+        quant_type=quant_type,
+        compress_statistics=nested,
+        quant_storage=getattr(torch, storage),
     )
     return {"weight": q, **{f"weight.{k}": v for k, v in state.as_dict(packed=True).items()}}
 
@@ -280,10 +285,12 @@ def bnb4_reference(t: dict[str, Any]) -> np.ndarray:
     """numpy dequantization of :func:`bnb4`'s tensors (float32, bitsandbytes' order of ops)."""
     import json
 
+    import torch
+
     state = next(v for k, v in t.items() if "quant_state" in k)
     qs = json.loads(bytes(state.numpy().tobytes()).decode())
     out_f, in_f = qs["shape"]
-    packed = t["weight"].numpy().reshape(-1)
+    packed = t["weight"].contiguous().view(-1).view(torch.uint8).numpy()  # any storage dtype
     idx = np.empty(packed.size * 2, np.int64)
     idx[0::2], idx[1::2] = packed >> 4, packed & 15
     code = t["weight.quant_map"].numpy().astype(np.float32)

@@ -156,7 +156,9 @@ def ct_scheme_config(scheme: Any, fmt: str) -> dict[str, Any]:
 CT_W8A8 = qp.ct_int_scheme(8, "channel", None, True)
 
 
-def bnb_config(bits: int, quant_type: str = "nf4", nested: bool = False) -> dict[str, Any]:
+def bnb_config(
+    bits: int, quant_type: str = "nf4", nested: bool = False, storage: str = "uint8"
+) -> dict[str, Any]:
     """``quantization_config`` as transformers writes it for bitsandbytes."""
     from transformers import BitsAndBytesConfig
 
@@ -165,6 +167,7 @@ def bnb_config(bits: int, quant_type: str = "nf4", nested: bool = False) -> dict
         load_in_8bit=bits == 8,
         bnb_4bit_quant_type=quant_type,
         bnb_4bit_use_double_quant=nested,
+        bnb_4bit_quant_storage=storage,
     )
     return config.to_dict()
 
@@ -744,24 +747,55 @@ def test_unsupported_int_quantized_variants_are_refused(
         lora_rank.analyze(_single_linear(tmp_path, _ct_int_tensors(True), qc))
 
 
-@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-@pytest.mark.parametrize("nested", [False, True])
+#: torch dtype name → safetensors dtype name.
+SAFETENSORS_DTYPE = {
+    "uint8": "U8",
+    "int8": "I8",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float32": "F32",
+}
+
+
+@pytest.mark.parametrize(
+    ("quant_type", "nested", "storage"),
+    [
+        ("nf4", False, "uint8"),
+        ("nf4", True, "uint8"),
+        ("fp4", False, "uint8"),
+        ("fp4", True, "uint8"),
+        ("nf4", True, "bfloat16"),  # bnb_4bit_quant_storage: the same bytes as another dtype
+        ("nf4", False, "float16"),
+        ("fp4", True, "float32"),
+        ("nf4", False, "int8"),
+    ],
+)
 def test_bitsandbytes_4bit_matches_the_library(
-    quant_type: str, nested: bool, tmp_path: Path
+    quant_type: str, nested: bool, storage: str, tmp_path: Path
 ) -> None:
     """The engine's 4-bit dequantization equals bitsandbytes' own ``dequantize_4bit`` (CPU,
-    float32), value for value, including a last partial block."""
+    float32), value for value, including a last partial block, whatever dtype the packed
+    bytes are stored as."""
     import bitsandbytes.functional as F
     import torch
 
     w = _spectral_matrix(24, 40, seed=3).astype(np.float32)  # 960 = 15 blocks of 64
-    t = qp.bnb4(w, quant_type, nested)
+    t = qp.bnb4(w, quant_type, nested, storage)
     tensors = {f"l.{k}": v for k, v in t.items()}
-    report = lora_rank.analyze(_single_linear(tmp_path, tensors, bnb_config(4, quant_type, nested)))
-    assert (report.module("l").out_features, report.module("l").in_features) == (24, 40)
+    qc = bnb_config(4, quant_type, nested, storage)
+    assert qc["bnb_4bit_quant_storage"] == storage
+    report = lora_rank.analyze(_single_linear(tmp_path, tensors, qc))
+    m = report.module("l")
+    assert (m.out_features, m.in_features, m.params) == (24, 40, 960)
+    assert m.quantization is not None
+    assert m.quantization.storage_dtype == SAFETENSORS_DTYPE[storage] == m.dtype
     got = _dequantized(report)["l"]
     _, state = F.quantize_4bit(
-        torch.from_numpy(w), blocksize=64, quant_type=quant_type, compress_statistics=nested
+        torch.from_numpy(w),
+        blocksize=64,
+        quant_type=quant_type,
+        compress_statistics=nested,
+        quant_storage=getattr(torch, storage),
     )
     want = F.dequantize_4bit(t["weight"], state).numpy()
     assert want.dtype == np.float32
@@ -777,6 +811,72 @@ def test_bitsandbytes_int8_matches_the_library(tmp_path: Path) -> None:
     path = _single_linear(tmp_path, {"l.weight": cb, "l.SCB": scb}, bnb_config(8))
     got = _dequantized(lora_rank.analyze(path))["l"]
     np.testing.assert_array_equal(got, F.int8_vectorwise_dequant(cb, scb).numpy())
+
+
+def test_bitsandbytes_4bit_storage_checks_name_tensor_and_rule(tmp_path: Path) -> None:
+    """The stored dtype must be the config's ``bnb_4bit_quant_storage``, and the element count
+    that of the packed bytes in that dtype."""
+    w = _spectral_matrix(24, 40, seed=3).astype(np.float32)
+    t = {f"l.{k}": v for k, v in qp.bnb4(w, "nf4", False, "bfloat16").items()}
+    path = _single_linear(tmp_path / "a", t, bnb_config(4, storage="float32"))
+    with pytest.raises(lora_rank.HeaderError, match=r"weight that is BF16 \[240, 1\], not F32"):
+        lora_rank.analyze(path)
+    t["l.weight"] = t["l.weight"][:-1].clone()
+    path = _single_linear(tmp_path / "b", t, bnb_config(4, storage="bfloat16"))
+    with pytest.raises(
+        lora_rank.HeaderError, match=r"take \[240, 1\] BF16 elements \(480 bytes\)"
+    ) as e:
+        lora_rank.analyze(path)
+    assert "model.safetensors" in str(e.value) and "'l.weight'" in str(e.value)
+    qc = {**bnb_config(4), "bnb_4bit_quant_storage": "int4"}
+    with pytest.raises(lora_rank.UnsupportedFormatError, match="bnb_4bit_quant_storage 'int4'"):
+        lora_rank.analyze(_single_linear(tmp_path / "c", t, qc))
+
+
+def test_bitsandbytes_4bit_bf16_storage_saved_by_transformers(
+    checkpoint: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The tiny llama loaded in 4 bits with ``bnb_4bit_quant_storage=torch.bfloat16`` and saved
+    by transformers (BF16 weights of packed bytes): the inventory is the plain model's, and
+    every module dequantizes to what bitsandbytes' own ``dequantize_4bit`` gives from the
+    saved tensors."""
+    import bitsandbytes.functional as F
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    src = checkpoint("llama")
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_storage=torch.bfloat16, bnb_4bit_use_double_quant=True
+    )
+    model = AutoModelForCausalLM.from_pretrained(src, quantization_config=config, device_map="cpu")
+    model.save_pretrained(tmp_path)
+    plain = lora_rank.analyze(src)
+    report = lora_rank.analyze(tmp_path)
+    summary = lambda r: [  # noqa: E731
+        (m.name, m.kind, m.in_features, m.out_features, m.params) for m in r.modules
+    ]
+    assert summary(report) == summary(plain)
+    stored = _load_torch(tmp_path)
+    got = _dequantized(report)
+    assert set(got) == {m.name for m in report.modules if m.quantization is not None}
+    assert len(got) == 14
+    for name, mat in got.items():
+        assert stored[name + ".weight"].dtype == torch.bfloat16
+        parts = {
+            k[len(name) + 8 :]: v for k, v in stored.items() if k.startswith(name + ".weight.")
+        }
+        state = F.QuantState.from_dict(parts, device=torch.device("cpu"))
+        want = F.dequantize_4bit(stored[name + ".weight"], state).float().numpy()
+        np.testing.assert_array_equal(mat, want, err_msg=name)
+
+
+def _load_torch(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    out: dict[str, Any] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,9 @@ tensor and the rule):
   ``input_global_scale``) are attached to their module too.
 
 - ``quant_method="bitsandbytes"``: ``load_in_4bit`` (NF4 or FP4, nested absmax or not, as
-  ``Params4bit`` serialises: ``P.weight`` U8 ``[⌈out·in/2⌉, 1]``, ``P.weight.absmax``,
+  ``Params4bit`` serialises: ``P.weight`` U8 ``[⌈out·in/2⌉, 1]`` — with
+  ``bnb_4bit_quant_storage`` ``int8``, ``float16``, ``bfloat16``, ``float32`` or ``float64``
+  the same bytes viewed as that dtype, ``[⌈out·in/2 / itemsize⌉, 1]`` (FSDP/QLoRA setups) —, ``P.weight.absmax``,
   ``P.weight.quant_map``, ``P.weight.nested_absmax``, ``P.weight.nested_quant_map`` and
   ``P.weight.quant_state.bitsandbytes__nf4|fp4``, whose JSON holds the logical shape: it is
   read from local shards, ≤ 4 KiB) and ``load_in_8bit`` (LLM.int8: ``P.weight`` I8
@@ -43,8 +45,7 @@ tensor and the rule):
   logical ``P`` ``[experts, in, out]``, the orientation transformers gives them on load.
 
 Any other ``quant_method`` or variant (per-tensor FP8, GPTQ in Marlin format,
-AWQ GEMV, compressed-tensors' asymmetric packed, NVFP4 or MXFP4 formats, bitsandbytes with a
-``bnb_4bit_quant_storage`` other than uint8) is not supported yet: the inventory then
+AWQ GEMV, compressed-tensors' asymmetric packed, NVFP4 or MXFP4 formats) is not supported yet: the inventory then
 shows the stored tensors as they are and says so in a warning (shapes, parameter counts and
 targets of such modules are the packed ones, not the model's).
 
@@ -92,6 +93,8 @@ class _Format:
     checkpoint_format: Optional[str] = None
     #: compressed-tensors: the int and the float scheme of its config groups.
     ct: Optional[_CtSchemes] = None
+    #: bitsandbytes 4-bit: the dtype the packed bytes are stored as (bnb_4bit_quant_storage).
+    storage: str = "U8"
 
 
 @dataclass(frozen=True)
@@ -190,12 +193,15 @@ def detect(config: Optional[dict[str, Any]], path: str) -> tuple[Optional[_Forma
             raise UnsupportedFormatError(
                 f"{where}: exactly one of load_in_4bit and load_in_8bit must be true"
             )
-        storage = str(qc.get("bnb_4bit_quant_storage") or "uint8")
-        if four and storage != "uint8":
+        storage = str(qc.get("bnb_4bit_quant_storage") or "uint8").removeprefix("torch.")
+        if four and storage not in _BNB4_STORAGE:
             raise UnsupportedFormatError(
-                f"{where}: bnb_4bit_quant_storage {storage!r} is not supported (only 'uint8')"
+                f"{where}: bnb_4bit_quant_storage {storage!r} is not supported "
+                f"(supported: {', '.join(_BNB4_STORAGE)})"
             )
-        return _Format(method, 4 if four else 8, (0, 0)), []
+        return _Format(
+            method, 4 if four else 8, (0, 0), storage=_BNB4_STORAGE.get(storage, "U8")
+        ), []
     return None, [
         f"quantization_config quant_method {method!r} is not supported by lora_rank yet: its "
         "quantized modules are listed as stored (packed shapes, stored element counts, "
@@ -203,6 +209,18 @@ def detect(config: Optional[dict[str, Any]], path: str) -> tuple[Optional[_Forma
         "spectra cannot be computed"
     ]
 
+
+#: bitsandbytes' ``bnb_4bit_quant_storage`` values (transformers' list) → the safetensors dtype
+#: the packed bytes are stored as, and its size in bytes.
+_BNB4_STORAGE = {
+    "uint8": "U8",
+    "int8": "I8",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float32": "F32",
+    "float64": "F64",
+}
+_ITEMSIZE = {"U8": 1, "I8": 1, "F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 _CT_FORMATS = ("pack-quantized", "float-quantized", "int-quantized", "naive-quantized")
 
@@ -721,10 +739,13 @@ _BNB4_AUX = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
 
 
 def _bnb4(
-    p: str, by: dict[str, Tensor], read_bytes: Callable[[Tensor], Optional[bytes]]
+    p: str,
+    by: dict[str, Tensor],
+    read_bytes: Callable[[Tensor], Optional[bytes]],
+    storage: str = "U8",
 ) -> Optional[tuple[Tensor, Quantization]]:
-    """A bitsandbytes 4-bit weight; its logical shape and block sizes come from the JSON of
-    its ``quant_state`` tensor (read with ``read_bytes``)."""
+    """A bitsandbytes 4-bit weight (packed bytes stored as ``storage``); its logical shape and
+    block sizes come from the JSON of its ``quant_state`` tensor (read with ``read_bytes``)."""
     w = by.get(p + ".weight")
     states = [
         by[n]
@@ -732,13 +753,16 @@ def _bnb4(
         if n in by
     ]
     if not states:
-        if w is not None and w.dtype == "U8" and p + ".weight.absmax" in by:
+        if w is not None and w.dtype == storage and p + ".weight.absmax" in by:
             raise _bad(w, "a 4-bit weight without its quant_state")
         return None
     state = states[0]
-    if w is None or w.dtype != "U8" or len(w.shape) != 2 or w.shape[1] != 1:
+    if w is None or w.dtype != storage or len(w.shape) != 2 or w.shape[1] != 1:
         shown = "missing" if w is None else f"{w.dtype} {list(w.shape)}"
-        raise _bad(state, f"the quant_state of a weight that is {shown}, not U8 [n, 1]")
+        where = "" if storage == "U8" else " (bnb_4bit_quant_storage)"
+        raise _bad(
+            state, f"the quant_state of a weight that is {shown}, not {storage}{where} [n, 1]"
+        )
     raw = read_bytes(state)
     if raw is None:
         raise UnsupportedFormatError(
@@ -754,11 +778,14 @@ def _bnb4(
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         rule = f"not the JSON of a 4-bit quant_state with shape and blocksize ({e})"
         raise _bad(state, rule) from None
-    if -(-out_f * in_f // 2) != w.shape[0]:
+    nbytes = -(-out_f * in_f // 2)
+    size = _ITEMSIZE[storage]
+    if -(-nbytes // size) != w.shape[0]:
+        unit = "bytes" if size == 1 else f"{storage} elements ({nbytes} bytes)"
         raise _bad(
             w,
             f"shape {list(w.shape)}, but [{out_f}, {in_f}] 4-bit weights take "
-            f"[{-(-out_f * in_f // 2)}, 1] bytes",
+            f"[{-(-nbytes // size)}, 1] {unit}",
         )
     names = {role: f"{p}.weight.{role}" for role in _BNB4_AUX}
     for role in ("absmax", "quant_map"):
@@ -843,7 +870,7 @@ def _module(
     if fmt.method == "fp8":
         return _fp8(fmt, p, by)
     if fmt.method == "bitsandbytes":
-        return _bnb4(p, by, read_bytes) if fmt.bits == 4 else _bnb8(p, by)
+        return _bnb4(p, by, read_bytes, fmt.storage) if fmt.bits == 4 else _bnb8(p, by)
     if fmt.method == "mxfp4":
         return _mxfp4(p, by)
     if fmt.method == "compressed-tensors":
@@ -1060,6 +1087,8 @@ def engine_spec(
 
 def _format_of(q: Quantization) -> _Format:
     """The format that produced ``q`` (to read the other stored parts of its module)."""
+    if q.method == "bitsandbytes" and q.bits == 4:
+        return _Format(q.method, 4, (0, 0), storage=q.storage_dtype)
     if q.method in ("bitsandbytes", "mxfp4"):
         return _Format(q.method, q.bits, (0, 0))
     if q.method == "compressed-tensors":
@@ -1106,6 +1135,6 @@ def _stored_weight_key(k: str, t: Tensor) -> Optional[str]:
     ``weight_packed``, ``qweight``), else None."""
     if k.endswith((".qweight", ".weight_packed", "_blocks")):
         return k
-    if k.endswith(".weight") and t.dtype in (*_FP8_DTYPES, "I8", "U8"):
-        return k
+    if k.endswith(".weight") and t.dtype in (*_FP8_DTYPES, *_ITEMSIZE):
+        return k  # I8/U8 ints; bitsandbytes' 4-bit bytes stored as any of its storage dtypes
     return None

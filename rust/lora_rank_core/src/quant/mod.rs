@@ -31,7 +31,8 @@
 //!   groups of `block[0]` input features), optional `weight_zero_point` of the scales' shape
 //!   (asymmetric); W\[i, j\] = (q\[i, j\] − z\[i, g\]) · s\[i, g\] with g = j / group, in f32 as
 //!   compressed-tensors' `dequantize` computes it with f32 scales. Streamed as `[out, in]`.
-//! - [`Format::Bnb4`] (bitsandbytes NF4/FP4, `Params4bit`): `weight` U8 `[⌈out·in/2⌉, 1]`,
+//! - [`Format::Bnb4`] (bitsandbytes NF4/FP4, `Params4bit`): `weight` U8 `[⌈out·in/2⌉, 1]`
+//!   (or those bytes viewed as the `bnb_4bit_quant_storage` dtype: I8, F16, BF16, F32, F64),
 //!   element e of the flattened `[out, in]` matrix in the high (e even) or low nibble of byte
 //!   e/2; `absmax` F32 `[⌈out·in/b⌉]` per block of b = `block[0]` elements, or, nested
 //!   (double quantization), U8 codes with `extra` = `[quant_map, nested_absmax,
@@ -484,9 +485,19 @@ fn nibbles(stored: &Stored<'_, '_>) -> Result<Kind> {
     let (spec, dtype, path, open) = (stored.spec, stored.dtype, stored.path, stored.open);
     let (rows, cols) = (stored.rows, stored.cols);
     let bad = |rule: String| header_error(path, &spec.weight, rule);
-    if dtype != Dtype::U8 {
+    // `bnb_4bit_quant_storage`: the packed bytes viewed as another dtype (same bytes).
+    let storages = [
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::F32,
+        Dtype::F64,
+    ];
+    if !storages.contains(&dtype) {
         return Err(bad(format!(
-            "4-bit weights must be stored as U8, not {}",
+            "4-bit weights must be stored as U8 (or I8, F16, BF16, F32, F64: \
+             bnb_4bit_quant_storage), not {}",
             dtype.name()
         )));
     }
