@@ -16,6 +16,7 @@ __all__ = [
     "__version__",
     "bf16_kernels_available",
     "checkpoint_from_headers",
+    "frobenius_norms",
     "header_length",
     "name_patterns",
     "natural_order",
@@ -93,6 +94,14 @@ def read_matrix(
     quant: Optional[list[_QuantTuple]] = None,
     minus: Optional[tuple[_JobTuple, Optional[list[_QuantTuple]]]] = None,
 ) -> bytes: ...
+def frobenius_norms(
+    shards: list[tuple[str, int]],
+    jobs: list[_JobTuple],
+    *,
+    quant: Optional[list[Optional[list[_QuantTuple]]]] = None,
+    minus: Optional[list[Optional[tuple[_JobTuple, Optional[list[_QuantTuple]]]]]] = None,
+    threads: Optional[int] = None,
+) -> list[float]: ...
 def product_spectra(
     shards: list[tuple[str, int]],
     modules: list[tuple[_JobTuple, _JobTuple, float]],

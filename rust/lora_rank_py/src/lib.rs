@@ -392,6 +392,27 @@ fn spectra<'py>(
     scan(py, Shards::Files(shards), jobs, settings, progress)
 }
 
+/// ‖W‖_F of each job's matrix, streamed (of the difference for a job with a `minus`; NaN when
+/// it holds NaN/Inf); `quant` and `minus` as in `spectra`.
+#[pyfunction]
+#[pyo3(signature = (shards, jobs, *, quant=None, minus=None, threads=None))]
+fn frobenius_norms(
+    py: Python<'_>,
+    shards: Vec<(std::path::PathBuf, u64)>,
+    jobs: Vec<JobTuple>,
+    quant: Option<Vec<Option<Vec<QuantTuple>>>>,
+    minus: Option<Vec<Option<MinusTuple>>>,
+    threads: Option<usize>,
+) -> PyResult<Vec<f64>> {
+    let shards: Vec<spectral::ShardFile> = shards
+        .into_iter()
+        .map(|(path, expected_len)| spectral::ShardFile { path, expected_len })
+        .collect();
+    let jobs = to_jobs(jobs, quant, minus)?;
+    py.detach(|| with_pool(threads, || spectral::frobenius_norms(&shards, &jobs)))?
+        .map_err(to_pyerr)
+}
+
 /// Exact spectra of LoRA updates scaling·B·A from their factors (never formed; see
 /// `lora_rank_core::spectral::factors`): `modules` are `(A job (r × in), B job (out × r),
 /// scaling)`, read from `shards`; one result dict per module, as `spectra` returns, for the
@@ -674,5 +695,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bf16_kernels_available, m)?)?;
     m.add_function(wrap_pyfunction!(read_matrix, m)?)?;
     m.add_function(wrap_pyfunction!(product_spectra, m)?)?;
+    m.add_function(wrap_pyfunction!(frobenius_norms, m)?)?;
     Ok(())
 }

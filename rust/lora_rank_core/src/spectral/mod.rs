@@ -829,6 +829,42 @@ pub fn read_matrix(shards: &[ShardFile], job: &Job) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// ‖W‖_F of each job's matrix (of the difference, for a delta): one streamed read each, in
+/// parallel on the current rayon pool, with the same checks as [`compute`] (NaN when the
+/// matrix holds NaN/Inf).
+pub fn frobenius_norms(shards: &[ShardFile], jobs: &[Job]) -> Result<Vec<f64>> {
+    let shards: Vec<ShardBytes> = shards.iter().map(ShardBytes::File).collect();
+    for job in jobs {
+        validate(&shards, job)?;
+    }
+    let files = open_used(&shards, jobs)?;
+    let shard_of = |i: usize| files[i].as_ref().expect("shards of jobs are open");
+    jobs.par_iter()
+        .map(|job| {
+            for i in job.shards_read() {
+                shard_of(i).check_unchanged(&job.name)?;
+            }
+            let src = matrix_source(&files, job)?;
+            let panels = src.panels(PANEL_ELEMENTS / src.cols.max(1));
+            let most = panels.iter().map(|p| p.rows).max().unwrap_or(0);
+            let mut buf = vec![0f32; most * src.cols];
+            let (mut scratch, mut stats) = (source::Scratch::default(), Default::default());
+            for p in panels {
+                src.read_panel(p, &mut scratch, &mut buf, Some(&mut stats))?;
+            }
+            for i in job.shards_read() {
+                shard_of(i).check_unchanged(&job.name)?;
+            }
+            let stats: source::ElementStats = stats;
+            Ok(if stats.nonfinite > 0 {
+                f64::NAN
+            } else {
+                stats.sum_sq.sqrt()
+            })
+        })
+        .collect()
+}
+
 /// The shards `jobs` read (segments and auxiliary tensors), opened and size-checked.
 fn open_used<'a>(shards: &[ShardBytes<'a>], jobs: &[Job]) -> Result<Vec<Option<OpenShard<'a>>>> {
     let mut used = vec![false; shards.len()];
@@ -1353,6 +1389,10 @@ mod tests {
                 r.singular_values
             );
         }
+        let norms = frobenius_norms(&shards, &[jobs[0].clone(), job("ft", 8, m, n)]).unwrap();
+        assert!((norms[0] - frob).abs() / frob < 1e-6, "{norms:?}");
+        let ft_frob = ft.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+        assert!((norms[1] - ft_frob).abs() / ft_frob < 1e-6, "{norms:?}");
         // A base of another shape is one error naming both tensors.
         let mut bad = jobs[0].clone();
         bad.minus.as_mut().unwrap().segments[0].rows = m - 1;
