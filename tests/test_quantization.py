@@ -673,6 +673,62 @@ def test_compressed_tensors_int_quantized_matches_the_library(
     np.testing.assert_allclose(sp.singular_values, sv[:8], rtol=1e-4)
 
 
+def test_int_quantized_model_saved_by_model_compressor(
+    checkpoint: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The tiny llama quantized W8 (asymmetric groups of 16) and saved the way llm-compressor
+    does it: ``apply_quantization_config``, scales from the library's ``calculate_qparams``,
+    ``ModelCompressor.compress_model``, ``save_pretrained`` and ``update_config``. The
+    inventory is the plain model's; every module dequantizes to what the library's
+    ``decompress_model`` gives, value for value."""
+    import torch
+    from checkpoints import load_model
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    src = checkpoint("llama")
+    model = load_model(src)
+    scheme = qp.ct_int_scheme(8, "group", GROUP, False)
+    config = QuantizationConfig(
+        config_groups={"group_0": scheme}, ignore=["lm_head"], quantization_status="frozen"
+    )
+    apply_quantization_config(model, config)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "weight_scale"):
+                g = m.weight.reshape(m.weight.shape[0], -1, GROUP)
+                scale, zero = calculate_qparams(g.amin(-1), g.amax(-1), scheme.weights)
+                m.weight_scale.copy_(scale)
+                m.weight_zero_point.copy_(zero)
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="int-quantized")
+    assert compressor is not None
+    compressor.compress_model(model)
+    model.save_pretrained(tmp_path)
+    compressor.update_config(str(tmp_path))
+    report = lora_rank.analyze(tmp_path)
+    plain = lora_rank.analyze(src)
+    summary = lambda r: [  # noqa: E731
+        (m.name, m.kind, m.in_features, m.out_features, m.params, m.is_lora_target)
+        for m in r.modules
+    ]
+    assert summary(report) == summary(plain)
+    got = _dequantized(report)
+    assert len(got) == 14
+    compressor.decompress_model(model)
+    weights = dict(model.named_parameters())
+    for name, mat in got.items():
+        want = weights[name + ".weight"].detach().float().numpy()
+        np.testing.assert_array_equal(mat, want, err_msg=name)
+    # Spectra of those weights.
+    compute_spectra(report, method="exact", top_k=4, progress=False)
+    for name, mat in got.items():
+        sv = np.linalg.svd(mat.astype(np.float64), compute_uv=False)
+        sp = report.module(name).spectrum
+        assert sp is not None
+        np.testing.assert_allclose(sp.singular_values, sv[:4], rtol=1e-4, err_msg=name)
+
+
 def _ct_int_tensors(symmetric: bool) -> dict[str, Any]:
     scheme = qp.ct_int_scheme(8, "group", 16, symmetric)
     t = qp.ct_int(_spectral_matrix(8, 64, seed=1), scheme)
