@@ -254,6 +254,12 @@ def _weighted_targets(
         full = sum(it.cost * it.cap for it in items)
         why = "max_rank and the matrix sizes cap it" if full < budget else "rank steps are coarse"
         notes.append(f"uses {used:,} of the {budget:,} budget ({used / budget:.1%}): {why}")
+    unranked = [by_key[it.key].module.name for it in items if it.key not in ranks]
+    if unranked:
+        notes.append(
+            f"{len(unranked)} of {len(items)} weighted module(s) get no rank within the budget "
+            f"{budget:,}: {', '.join(unranked[:4])}" + (" ..." if len(unranked) > 4 else "")
+        )
     targets = [
         _target(by_key[it.key], ranks[it.key], ratio, it.score) for it in items if it.key in ranks
     ]
