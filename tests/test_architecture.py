@@ -30,6 +30,10 @@ ALLOWED_LAZY = {
     ("lora_rank.report", "lora_rank.render.html"),
     # Recommendation._repr_html_: render reads recommendations; notebooks display them.
     ("lora_rank.peft.recommendation", "lora_rank.render.html"),
+    # compare() reads both checkpoints with analyze(); analyze dispatches adapters to deltas.
+    ("lora_rank.deltas.compare", "lora_rank.analysis"),
+    # Comparison.extract: extraction (torch) builds on comparisons; compare() needs no torch.
+    ("lora_rank.deltas.compare", "lora_rank.deltas.extract"),
 }
 
 

@@ -12,6 +12,7 @@ Example:
 
 from ._core import __version__
 from .analysis import analyze
+from .deltas import AdapterReport, Comparison, compare
 from .demo import demo_checkpoint
 from .errors import (
     CheckpointIndexError,
@@ -31,7 +32,9 @@ from .spectral.settings import SpectralSettings
 
 __all__ = [
     "KINDS",
+    "AdapterReport",
     "CheckpointIndexError",
+    "Comparison",
     "ConfigError",
     "FileChangedError",
     "HeaderError",
@@ -48,5 +51,6 @@ __all__ = [
     "UnsupportedFormatError",
     "__version__",
     "analyze",
+    "compare",
     "demo_checkpoint",
 ]

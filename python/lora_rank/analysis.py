@@ -7,6 +7,7 @@ import os
 import warnings as _warnings
 from typing import Optional, Union
 
+from .deltas.adapter import analyze_adapter, is_adapter
 from .errors import ConfigError
 from .gc_pause import gc_paused
 from .inventory import naming, quantization
@@ -32,6 +33,7 @@ def analyze(
     progress: Union[bool, ProgressCallback, None] = None,
     resolve: str = "rules",
     trust_remote_code: bool = False,
+    base: Optional[PathLike] = None,
 ) -> Report:
     """Inventory a safetensors checkpoint without loading it; optionally compute spectra.
 
@@ -55,6 +57,13 @@ def analyze(
             torch) or ``"transformers"`` (build the model on the meta device from config.json and
             take module names and classes from it: exact, slower, needs the ``peft`` extra).
         trust_remote_code: allow custom modelling code with ``resolve="transformers"``.
+        base: for a PEFT adapter directory, the base checkpoint to check it against (each
+            adapted module must exist there with the adapter's shape) and to report
+            ‖ΔW‖_F / ‖W‖_F per module.
+
+    A PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)
+    gives an :class:`~lora_rank.deltas.adapter.AdapterReport`: per adapted module r, alpha,
+    scaling, the exact spectrum of its update scaling·B·A and the rank it uses.
 
     Returns:
         A :class:`~lora_rank.report.Report`.
@@ -72,6 +81,14 @@ def analyze(
     chosen = (settings or SpectralSettings()).replace(
         top_k=top_k, method=method, rtol=rtol, seed=seed, threads=threads
     )
+    if os.path.isdir(os.fspath(path)) and is_adapter(os.fspath(path)):
+        return analyze_adapter(
+            os.fspath(path),
+            base=analyze(base, threads=chosen.threads, progress=False) if base else None,
+            threads=chosen.threads,
+        )
+    if base is not None:
+        raise ConfigError(f"base= is for PEFT adapter directories; {path} is not one")
     # The inventory's objects hold no reference cycles: the cyclic collector is paused while
     # they are made (see gc_pause).
     with gc_paused():
