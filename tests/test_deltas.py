@@ -259,3 +259,29 @@ def test_resized_vocabulary_is_flagged_and_saved(
     assert any("embed_tokens" in n for n in resized), c.changes
     a = c.extract(None, r=3)
     assert "model.embed_tokens" in a.modules_to_save
+
+
+def test_cli_extract_resize_and_analyze_an_adapter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lora_rank.cli import main
+    from lora_rank.deltas.extract import example_finetune
+
+    ft = example_finetune(str(tmp_path / "ft"))
+    assert main(["compare", "--demo", ft, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 40 matrices changed" in out and "encoder.layer.0.attention.self.query" in out
+    assert main(["extract", "--demo", ft, "--budget", "20000", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "trainable parameters (PEFT's count): 9,216 (budget 20,000)" in out
+    assert main(["resize", str(tmp_path / "a"), "--r", "3", "--out", str(tmp_path / "b")]) == 0
+    assert main(["analyze", str(tmp_path / "b"), "--base", str(lora_rank.demo_checkpoint())]) == 0
+    out = capsys.readouterr().out
+    assert "encoder.layer.0.attention.self.query │ 3 │" in out
+    # A fine-tune of another model: one line on stderr, status 2.
+    from checkpoints import ARCHS, save_checkpoint
+
+    other = save_checkpoint(ARCHS["llama"], tmp_path / "llama")
+    assert main(["compare", "--demo", str(other), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no weight matrix in common" in err[0], err

@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _listing_options(a, "module", {"json": "the full Report.to_json()", "csv": "the rows"})
     a.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    a.add_argument(
+        "--base",
+        metavar="BASE",
+        help="for a PEFT adapter directory: the base checkpoint to check it against (and "
+        "report ‖ΔW‖/‖W‖ per module)",
+    )
 
     r = _command(
         sub,
@@ -242,7 +248,77 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. 'layers.0.self_attn.q_proj' '*.31.*')",
     )
     _recommend_options(pl, for_plot=True)
+    _delta_commands(sub)
     return parser
+
+
+def _size_options(p: argparse.ArgumentParser, budget_of: str) -> None:
+    """``--budget`` / ``--r`` / ``--energy``: how many directions of each update to keep."""
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument(
+        "--budget",
+        metavar="B",
+        help=f"LoRA parameters: a count (2M, 500000) or a share of {budget_of} (0.5%%, 0.005); "
+        "keeps the most Σ‖ΔW‖²",
+    )
+    how.add_argument("--r", type=_positive_int, metavar="R", help="one rank for every module")
+    how.add_argument(
+        "--energy",
+        type=float,
+        metavar="SHARE",
+        help="per module, the smallest rank keeping SHARE of its ‖ΔW‖² (e.g. 0.9)",
+    )
+    p.add_argument("--out", metavar="DIR", help="write the PEFT adapter into DIR")
+
+
+def _delta_commands(sub: Any) -> None:
+    """``compare``, ``extract`` and ``resize``: updates between checkpoints and adapters."""
+    c = _command(
+        sub,
+        "compare",
+        cmd_compare,
+        help="compare a base with a fine-tune: what changed and the spectra of the updates",
+        description="Pair the modules of BASE (PATH) and FINETUNED and report per weight matrix "
+        "the relative change and the spectrum of ΔW = W_ft − W_base (streamed from both "
+        "files), and every other difference (norms, biases, resized embeddings, new tensors).",
+    )
+    c.add_argument("finetuned", metavar="FINETUNED", help="the fine-tuned checkpoint")
+    c.add_argument("--no-spectral", action="store_true", help="norms only, no spectra")
+    c.add_argument("--all", action="store_true", help="list unchanged matrices too")
+    c.add_argument("--format", choices=("table", "json"), default="table")
+    e = _command(
+        sub,
+        "extract",
+        cmd_extract,
+        help="extract a budgeted PEFT LoRA adapter from a full fine-tune",
+        description="Write a PEFT LoRA adapter whose factors are the truncated SVD of each "
+        "update ΔW = W_ft − W_base between BASE (PATH) and FINETUNED, with ranks allocated "
+        "under a parameter budget (--budget), one rank (--r) or a per-module threshold "
+        "(--energy). Needs the [peft] extra.",
+    )
+    e.add_argument("finetuned", metavar="FINETUNED", help="the fine-tuned checkpoint")
+    _size_options(e, "the base's parameters")
+    e.add_argument(
+        "--task-type", metavar="TYPE", help="PEFT task_type (SEQ_CLS: heads saved whole)"
+    )
+    e.add_argument(
+        "--no-biases", action="store_true", help="do not store changed biases (bias='lora_only')"
+    )
+    e.add_argument(
+        "--no-modules-to-save",
+        action="store_true",
+        help="do not store changed norms, embeddings and new modules in full",
+    )
+    rz = _command(
+        sub,
+        "resize",
+        cmd_resize,
+        help="re-truncate a PEFT LoRA adapter to a smaller budget or rank",
+        description="Write a smaller PEFT LoRA adapter from the exact SVD of each module's "
+        "update (QR of A and B, SVD of the r×r core) of the adapter at PATH. Needs the [peft] "
+        "extra.",
+    )
+    _size_options(rz, "the adapter's LoRA parameters")
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -284,6 +360,7 @@ def _analyze(args: argparse.Namespace, spectral: bool) -> Report:
         settings=_spectral_settings(args),
         progress=False if args.quiet else None,
         resolve=args.resolve,
+        base=getattr(args, "base", None),
     )
 
 
@@ -333,6 +410,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .render.format import to_csv
 
     report = _analyze(args, spectral=args.spectral)
+    from .deltas.adapter import AdapterReport
+
+    if isinstance(report, AdapterReport) and args.format == "table":
+        from .render.deltas import adapter_table
+
+        _emit(args, None, lambda width: [adapter_table(report)])
+        return 0
     if args.format == "json":
         _emit(args, report.to_json(indent=2) + "\n")
     elif args.format == "csv":
@@ -395,6 +479,81 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         _note(args, f"wrote {path}")
     elif args.format == "table":
         _note(args, "adapter_config.json not written: add --out DIR")
+    return 0
+
+
+def _compare(args: argparse.Namespace, spectral: bool = True) -> Any:
+    from .deltas.compare import compare
+
+    return compare(
+        _checkpoint_path(args),
+        args.finetuned,
+        spectral=spectral,
+        settings=_spectral_settings(args),
+        progress=False if args.quiet else None,
+    )
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``lora-rank compare``."""
+    import json
+
+    from .render.deltas import comparison_tables
+    from .report import _nan_to_none
+
+    c = _compare(args, spectral=not args.no_spectral)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(_nan_to_none(c.to_dict()), indent=2) + "\n")
+        return 0
+    console = _console()
+    for t in comparison_tables(c, changed_only=not args.all):
+        console.print(t)
+    return 0
+
+
+def _size(args: argparse.Namespace) -> dict[str, Any]:
+    return {"budget": args.budget, "r": args.r, "energy": args.energy}
+
+
+def _report_adapter(args: argparse.Namespace, adapter: Any) -> None:
+    from .render.deltas import extraction_table
+
+    _console().print(extraction_table(adapter))
+    print(
+        f"trainable parameters (PEFT's count): {adapter.trainable_params:,}"
+        + (f" (budget {adapter.budget:,})" if adapter.budget else "")
+    )
+    for w in adapter.warnings:
+        _note(args, f"{PROG}: warning: {' '.join(w.split())}")
+    if adapter.path:
+        _note(args, f"wrote {adapter.path}/adapter_config.json and adapter_model.safetensors")
+    else:
+        _note(args, "adapter not written: add --out DIR")
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """``lora-rank extract``."""
+    if args.out:
+        _check_out_dir(Path(args.out))
+    c = _compare(args)
+    adapter = c.extract(
+        args.out,
+        **_size(args),
+        task_type=args.task_type,
+        biases=not args.no_biases,
+        modules_to_save=not args.no_modules_to_save,
+    )
+    _report_adapter(args, adapter)
+    return 0
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    """``lora-rank resize``."""
+    from .deltas.extract import resize
+
+    if args.out:
+        _check_out_dir(Path(args.out))
+    _report_adapter(args, resize(_checkpoint_path(args), args.out, **_size(args)))
     return 0
 
 

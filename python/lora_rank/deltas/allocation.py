@@ -20,20 +20,31 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import ConfigError
 
+#: Singular values below this share of the largest σ² of all modules are numerically zero
+#: (float rounding of the stored weights): no rank is spent on them.
+NEGLIGIBLE = 1e-12
+
 
 def budgeted(
     values: Mapping[str, Sequence[float]], cost: Mapping[str, int], budget: int
 ) -> dict[str, int]:
     """Ranks keeping the most Σσ² under ``budget`` parameters; ``values[m]`` are module m's
     singular values (descending), ``cost[m]`` its parameters per rank (in + out). Modules
-    that get no step are left out.
+    that get no step are left out, and so are values that are numerically zero
+    (:data:`NEGLIGIBLE`).
 
     Example:
         >>> budgeted({"a": [2.0, 1.0]}, {"a": 4}, 7)
         {'a': 1}
     """
+    floor = NEGLIGIBLE * max((v[0] ** 2 for v in values.values() if v), default=0.0)
     steps = sorted(
-        ((s * s / cost[m], m, i) for m, vals in values.items() for i, s in enumerate(vals)),
+        (
+            (s * s / cost[m], m, i)
+            for m, vals in values.items()
+            for i, s in enumerate(vals)
+            if s * s > floor
+        ),
         key=lambda t: (-t[0], t[1], t[2]),
     )
     ranks: dict[str, int] = {}

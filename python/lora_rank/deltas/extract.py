@@ -177,7 +177,7 @@ def extract(
         >>> c = lora_rank.compare(base, example_finetune(tempfile.mkdtemp()), progress=False)
         >>> a = c.extract(tempfile.mkdtemp(), budget=10_000)
         >>> a.ranks, a.lora_params, round(a.energy_kept, 3)
-        ({'encoder.layer.0.attention.self.query': 13}, 9984, 1.0)
+        ({'encoder.layer.0.attention.self.query': 12}, 9216, 1.0)
     """
     import torch
 
