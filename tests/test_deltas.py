@@ -282,6 +282,7 @@ def test_cli_extract_resize_and_analyze_an_adapter(
     from checkpoints import ARCHS, save_checkpoint
 
     other = save_checkpoint(ARCHS["llama"], tmp_path / "llama")
+    capsys.readouterr()
     assert main(["compare", "--demo", str(other), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no weight matrix in common" in err[0], err
