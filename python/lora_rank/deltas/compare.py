@@ -45,7 +45,7 @@ class ModuleDelta:
 
     ``name`` is the base's module name (``expert`` set for one expert's slice);
     ``base_norm`` and ``delta_norm`` are ‖W_base‖_F and ‖ΔW‖_F; ``spectrum`` is ΔW's (with
-    ``spectral=True``). ``lora_target`` says whether PEFT's ``all-linear`` wraps the module.
+    ``spectral=True``; None when ΔW is zero). ``lora_target`` says whether PEFT's ``all-linear`` wraps the module.
 
     Example:
         >>> d = ModuleDelta("q", "q", "attn_q", 0, None, 8, 8, 2.0, 0.5, None, True)
@@ -336,18 +336,25 @@ def compare(
         quant=[plan_b.quant[i] for i, _ in pairs],
         threads=chosen.threads,
     )
+    # One streamed read of both finds the updates that are zero (often most of them: a
+    # fine-tune of some layers, unchanged embeddings); only the others are solved.
+    delta_norms = _core.frobenius_norms(
+        shards, jobs, quant=quant, minus=minus, threads=chosen.threads
+    )
     spectra: list[Optional[Spectrum]] = [None] * len(pairs)
     if spectral:
-        with progress_reporter(progress, len(jobs), "updates") as callback:
+        todo = [k for k, d in enumerate(delta_norms) if d != 0]
+        with progress_reporter(progress, len(todo), "updates") as callback:
             results = _core.spectra(
-                shards, jobs, chosen, progress=callback, quant=quant, minus=minus
+                shards,
+                [jobs[k] for k in todo],
+                chosen,
+                progress=callback,
+                quant=[quant[k] for k in todo],
+                minus=[minus[k] for k in todo],
             )
-        spectra = [Spectrum.from_core(d) for d in results]
-        delta_norms = [s.frobenius_norm if s else math.nan for s in spectra]
-    else:
-        delta_norms = _core.frobenius_norms(
-            shards, jobs, quant=quant, minus=minus, threads=chosen.threads
-        )
+        for k, d in zip(todo, results):
+            spectra[k] = Spectrum.from_core(d)
     modules: list[ModuleDelta] = []
     for (i, j), nb, nd, s in zip(pairs, base_norms, delta_norms, spectra):
         mb, e = plan_b.targets[i]
