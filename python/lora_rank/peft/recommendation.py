@@ -20,7 +20,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..report import Report
 
 #: The file PEFT reads an adapter's config from.
 ADAPTER_CONFIG = "adapter_config.json"
@@ -141,9 +144,17 @@ class Recommendation:
             **self.peft_kwargs(),
         }
 
-    def save(self, directory: Union[str, os.PathLike[str]]) -> Path:
+    def save(
+        self,
+        directory: Union[str, os.PathLike[str]],
+        format: str = "peft",
+        report: Optional[Report] = None,
+    ) -> Path:
         """Write ``adapter_config.json`` into ``directory`` (created if missing) atomically;
         ``peft.LoraConfig.from_pretrained(directory)`` reads it back. Returns the file's path.
+        Another ``format`` (``axolotl``, ``llama-factory``, ``unsloth``, ``trl``) writes that
+        trainer's config instead (:mod:`lora_rank.export`; ``report`` lets it translate
+        ``"all-linear"`` into a list it checks).
 
         Example:
             >>> import lora_rank
@@ -152,7 +163,13 @@ class Recommendation:
             >>> path = rec.save(tempfile.mkdtemp())
             >>> path.name, peft.LoraConfig.from_pretrained(path.parent).r
             ('adapter_config.json', 8)
+            >>> rec.save(tempfile.mkdtemp(), format="axolotl").name
+            'axolotl_lora.yaml'
         """
+        if format != "peft":
+            from ..export import save
+
+            return save(self, directory, format, report)
         from ..atomic import write_atomic
 
         out = Path(directory)
@@ -160,6 +177,24 @@ class Recommendation:
         path = out / ADAPTER_CONFIG
         write_atomic(path, json.dumps(self.adapter_config(), indent=2) + "\n")
         return path
+
+    def export(
+        self, format: str = "peft", report: Optional[Report] = None
+    ) -> Union[str, dict[str, Any]]:
+        """This recommendation in a trainer's format: a dict for ``peft`` (the
+        ``adapter_config.json`` content) and ``unsloth`` (``get_peft_model`` keywords), YAML
+        text for ``axolotl``, ``llama-factory`` and ``trl``; a one-line ConfigError names what
+        a format cannot express (:mod:`lora_rank.export`).
+
+        Example:
+            >>> import lora_rank
+            >>> rec = lora_rank.analyze(lora_rank.demo_checkpoint()).recommend("attention-qv")
+            >>> rec.export("unsloth")["r"]
+            8
+        """
+        from ..export import export
+
+        return export(self, format, report)
 
     # -- views ------------------------------------------------------------------------------
     def module_ranks(self) -> dict[str, int]:
