@@ -28,6 +28,8 @@ ALLOWED_LAZY = {
     ("lora_rank.report", "lora_rank.recommend.strategies"),
     # Report._repr_html_: render reads reports; notebooks display them.
     ("lora_rank.report", "lora_rank.render.html"),
+    # Report.select_unfrozen: export (Spectrum's selection) reads reports, a report offers it.
+    ("lora_rank.report", "lora_rank.export.spectrum"),
     # Recommendation._repr_html_: render reads recommendations; notebooks display them.
     ("lora_rank.peft.recommendation", "lora_rank.render.html"),
     # compare() reads both checkpoints with analyze(); analyze dispatches adapters to deltas.

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
 from .errors import ConfigError, LoraRankError, PeftEmulationError
+from .export import FORMATS as EXPORT_FORMATS
+from .export import filename as export_filename
+from .export.spectrum import FORMATS as SPECTRUM_FORMATS
 from .recommend.presets import TASKS
 from .recommend.strategies import AUTO, STRATEGIES, needs_spectra
 from .render.plot import METRICS
@@ -223,9 +226,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _recommend_options(r, for_plot=False)
     r.add_argument(
-        "--out", metavar="DIR", help="write DIR/adapter_config.json (created if missing)"
+        "--out",
+        metavar="DIR",
+        help="write DIR/adapter_config.json, or the --export format's file (created if missing)",
+    )
+    # --export, not --format: --format already chooses what is printed (table or json).
+    r.add_argument(
+        "--export",
+        choices=EXPORT_FORMATS,
+        default="peft",
+        metavar="FORMAT",
+        help="trainer config to write: "
+        + ", ".join(f"{f} ({export_filename(f)})" for f in EXPORT_FORMATS)
+        + "; default peft. Without --out the config is printed instead of the table. What "
+        "a format cannot express is refused in one line",
     )
     _listing_options(r, "adapted module", {"json": "the recommendation as a dict"})
+
+    u = _command(
+        sub,
+        "unfreeze",
+        cmd_unfreeze,
+        help="Spectrum's selection of layers to unfreeze by its SNR (exact spectra)",
+        description="Rank the layers of every module type by Spectrum's SNR (the exact full "
+        "spectrum of each weight, as Spectrum computes it) and keep the top share of each, as "
+        "Spectrum's unfrozen_parameters YAML (axolotl reads it) and its snr_results JSON.",
+    )
+    u.add_argument(
+        "--top-percent",
+        type=float,
+        default=25.0,
+        metavar="P",
+        help="share of each module type's layers to unfreeze, in (0, 100] (default: 25)",
+    )
+    u.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write the files into DIR (created if missing); without it the YAML is printed",
+    )
+    u.add_argument(
+        "--format",
+        choices=SPECTRUM_FORMATS,
+        default="spectrum",
+        help="spectrum (default: Spectrum's snr_results JSON, its sorted JSON and its "
+        "unfrozen_parameters YAML) or axolotl (axolotl_unfrozen.yaml: base_model and "
+        "unfrozen_parameters, the trainable count in a comment)",
+    )
+    u.add_argument(
+        "--model-name",
+        metavar="NAME",
+        help="model name in Spectrum's file names and axolotl's base_model (default: the hub "
+        "id or the checkpoint directory's name)",
+    )
 
     pl = _command(
         sub,
@@ -461,7 +513,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     if args.out:
         _check_out_dir(Path(args.out))
-    _, rec = _recommendation(args)
+    report, rec = _recommendation(args)
+    if args.export != "peft":
+        from . import export
+
+        # Render first: a format that cannot express the recommendation fails in one line.
+        text = export.render(rec, args.export, report)
+        if not args.out:
+            sys.stdout.write(text)
+            for w in rec.warnings:
+                _note(args, f"{PROG}: warning: {' '.join(w.split())}")
+            return 0
     if args.format == "json":
         from .report import _nan_to_none
 
@@ -475,10 +537,39 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     for w in rec.warnings:
         _note(args, f"{PROG}: warning: {' '.join(w.split())}")
     if args.out:
-        path = rec.save(args.out)
-        _note(args, f"wrote {path}")
+        path = rec.save(args.out, format=args.export, report=report)
+        _note(args, f"wrote {path} ({rec.trainable_params:,} trainable parameters)")
     elif args.format == "table":
         _note(args, "adapter_config.json not written: add --out DIR")
+    return 0
+
+
+def cmd_unfreeze(args: argparse.Namespace) -> int:
+    """``lora-rank unfreeze``."""
+    if args.out:
+        _check_out_dir(Path(args.out))
+    if not 0 < args.top_percent <= 100:
+        raise UsageError(f"--top-percent {args.top_percent:g}: expected a share in (0, 100]")
+    report = _analyze(args, spectral=False)
+    sel = report.select_unfrozen(
+        args.top_percent,
+        model_name=args.model_name,
+        settings=_spectral_settings(args),
+        progress=False if args.quiet else None,
+    )
+    if not args.out:
+        sys.stdout.write(sel.axolotl_yaml() if args.format == "axolotl" else sel.yaml())
+    else:
+        for path in sel.save(args.out, args.format):
+            _note(args, f"wrote {path}")
+    chosen = sum(len(v) for v in sel.selected.values())
+    _note(
+        args,
+        f"{chosen} of {len(sel.snr)} layers unfrozen (top {sel.percent_text}% of each of "
+        f"{len(sel.selected)} module types by Spectrum's SNR, exact spectra), plus "
+        f"{' and '.join(sel.unfrozen_parameters[:2])}: {sel.trainable_params:,} of "
+        f"{sel.total_params:,} parameters trainable in axolotl",
+    )
     return 0
 
 

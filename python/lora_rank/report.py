@@ -20,6 +20,7 @@ from .inventory.kinds import KINDS
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from .export.spectrum import Unfrozen
     from .peft.recommendation import Recommendation
 
 
@@ -392,6 +393,21 @@ class Report:
         from .recommend.strategies import rank_targets
 
         return rank_targets(self, task=task)
+
+    def select_unfrozen(self, top_percent: float = 25, **kwargs: Any) -> Unfrozen:
+        """Spectrum's selection of layers to unfreeze by its SNR (exact spectra, computed here
+        when missing); see :func:`lora_rank.export.spectrum.select_unfrozen`.
+
+        Example:
+            >>> import lora_rank
+            >>> sel = lora_rank.analyze(lora_rank.demo_checkpoint()).select_unfrozen(25, progress=False)
+            >>> sel.selected["attention.self.query"], sel.trainable_params
+            (['encoder.layer.3.attention.self.query'], 2807808)
+        """
+        # Lazy import (deliberate cycle): export reads reports; a report offers the method.
+        from .export.spectrum import select_unfrozen
+
+        return select_unfrozen(self, top_percent, **kwargs)
 
     # -- export ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
