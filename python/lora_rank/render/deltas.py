@@ -32,9 +32,17 @@ def _table(title: str, columns: list[tuple[str, str]]) -> Table:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", box=box.HEAVY_HEAD)
-    for name, justify in columns:
-        table.add_column(name, justify="right" if justify == "r" else "left")
+    for i, (name, justify) in enumerate(columns):
+        # The first column names a module or tensor: never cut.
+        table.add_column(name, justify="right" if justify == "r" else "left", no_wrap=i == 0)
     return table
+
+
+def _change(share: Optional[float]) -> str:
+    """A relative change; "from 0" where the base was all zeros."""
+    if share is None:
+        return ""
+    return "from 0" if share == float("inf") else percent(share)
 
 
 def _values(sv: Any) -> str:
@@ -69,8 +77,7 @@ def adapter_table(report: AdapterReport) -> Table:
             fmt_number(m.spectrum.frobenius_norm),
         ]
         if with_base:
-            change = m.relative_change
-            row.append(percent(change) if change is not None else "")
+            row.append(_change(m.relative_change))
         table.add_row(*row)
     return table
 
@@ -99,7 +106,7 @@ def comparison_tables(c: Comparison, changed_only: bool = True) -> list[Table]:
     )
     for m in shown:
         name = m.finetuned_name + (f"[{m.expert}]" if m.expert is not None else "")
-        row = [name, m.kind, percent(m.relative_change)]
+        row = [name, m.kind, _change(m.relative_change)]
         if spectral and m.spectrum is not None:
             s = m.spectrum
             row += [str(s.energy_rank_90), str(s.energy_rank_99), _values(s.singular_values)]
@@ -111,8 +118,7 @@ def comparison_tables(c: Comparison, changed_only: bool = True) -> list[Table]:
             [("tensor", "l"), ("change", "l"), ("detail", "l"), ("‖Δ‖/‖base‖", "r")],
         )
         for ch in c.changes:
-            rel = percent(ch.relative_change) if ch.relative_change is not None else ""
-            other.add_row(ch.name, ch.change, ch.detail, rel)
+            other.add_row(ch.name, ch.change, ch.detail, _change(ch.relative_change))
         tables.append(other)
     return tables
 
