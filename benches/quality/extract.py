@@ -373,8 +373,18 @@ def evaluate_adapter(pair: Pair, adapter: Path) -> dict[str, Any]:
     trainable = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) + sum(
         p.numel() for n, p in model.named_parameters() if "modules_to_save" in n
     )
+    wrapped = {
+        n[len("base_model.model.") :]: int(m.r["default"])
+        for n, m in model.named_modules()
+        if hasattr(m, "lora_A") and "default" in getattr(m, "r", {})
+    }
     res = train.evaluate(model, data.load(pair.task), "test")
-    return {"test_acc": res["acc"], "test_nll": res["nll"], "peft_params": trainable}
+    return {
+        "test_acc": res["acc"],
+        "test_nll": res["nll"],
+        "peft_params": trainable,
+        "peft_wrapped_ranks": wrapped,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,11 +396,18 @@ def load_rows() -> list[dict[str, Any]]:
 
 
 def save_row(row: dict[str, Any]) -> None:
-    rows = [x for x in load_rows() if x["key"] != row["key"]] + [row]
+    """Add ``row`` to the results file (replacing its key), under a lock: the reference's and
+    the library's evaluations may run at once."""
+    import fcntl
+
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"rows": rows}, indent=1))
-    tmp.replace(OUT)
+    PAIRS.mkdir(parents=True, exist_ok=True)
+    with open(PAIRS / "results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [x for x in load_rows() if x["key"] != row["key"]] + [row]
+        tmp = OUT.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"rows": rows}, indent=1))
+        tmp.replace(OUT)
 
 
 def _key(impl: str, task: str, seed: int, r: int | None, arm: str) -> str:
@@ -399,12 +416,16 @@ def _key(impl: str, task: str, seed: int, r: int | None, arm: str) -> str:
 
 def _lib_extract(pair: Pair, arm: str, r: int, ref_extra: dict[str, Any], out: Path) -> Any:
     cmp = pair.comparison()
+    # SEQ_CLS: the classifier goes to modules_to_save (not a LoRA target); biases=False: no arm
+    # carries the fine-tune's bias changes (DECISION.md; the library's default stores the
+    # biases of adapted modules, which would favour arms that adapt more modules).
+    kw: dict[str, Any] = {"task_type": "SEQ_CLS", "biases": False}
     if arm == "budgeted":
-        return cmp.extract(str(out), budget=pair.budget(r))
+        return cmp.extract(str(out), budget=pair.budget(r), **kw)
     if arm == "uniform":
-        return cmp.extract(str(out), r=r)
+        return cmp.extract(str(out), r=r, **kw)
     if arm == "kohya":
-        return cmp.extract(str(out), energy=ref_extra["threshold"])
+        return cmp.extract(str(out), energy=ref_extra["threshold"], **kw)
     raise ValueError(arm)
 
 
@@ -448,6 +469,11 @@ def eval_cell(pair: Pair, impl: str, r: int | None, arm: str, scratch: Path) -> 
             energy_kept=float(ad.energy_kept),
             lora_params=pair.params(lib_ranks),
             lib_trainable_params=int(ad.trainable_params),
+            lib_lora_params=int(ad.lora_params),
+            lib_budget=ad.budget,
+            lib_modules_to_save=list(ad.modules_to_save),
+            lib_not_captured=len(ad.not_captured),
+            lib_warnings=list(ad.warnings),
             ref_ranks=ranks,
             ref_energy_kept=pair.kept(ranks),
             ref_energy_of_lib_ranks=pair.kept(lib_ranks),
@@ -456,6 +482,8 @@ def eval_cell(pair: Pair, impl: str, r: int | None, arm: str, scratch: Path) -> 
         row["d_energy_lib_minus_ref"] = row["energy_kept"] - row["ref_energy_kept"]
     row.update(adapter_check(pair, adapter))
     row.update(evaluate_adapter(pair, adapter))
+    # PEFT wrapped exactly the modules and ranks the adapter file holds.
+    row["peft_ranks_match"] = row.pop("peft_wrapped_ranks") == row["adapter_ranks"]
     row["seconds"] = round(time.perf_counter() - start, 1)
     row["finished"] = _now()
     return row
