@@ -273,11 +273,12 @@ def test_cli_extract_resize_and_analyze_an_adapter(
     assert "1 of 40 matrices changed" in out and "encoder.layer.0.attention.self.query" in out
     assert main(["extract", "--demo", ft, "--budget", "20000", "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
-    assert "trainable parameters (PEFT's count): 9,216 (budget 20,000)" in out
+    assert "LoRA parameters: 9,216 (budget 20,000)" in out
+    assert "trainable parameters (PEFT's count): 9,216\n" in out
     assert main(["resize", str(tmp_path / "a"), "--r", "3", "--out", str(tmp_path / "b")]) == 0
     assert main(["analyze", str(tmp_path / "b"), "--base", str(lora_rank.demo_checkpoint())]) == 0
     out = capsys.readouterr().out
-    assert "encoder.layer.0.attention.self.query │ 3 │" in out
+    assert "encoder.layer.0.attention.self.query │ 3 │     3 │     1 │    3 │" in out
     # A fine-tune of another model: one line on stderr, status 2.
     from checkpoints import ARCHS, save_checkpoint
 

@@ -610,12 +610,17 @@ def _report_adapter(args: argparse.Namespace, adapter: Any) -> None:
     from .render.deltas import extraction_table
 
     _console().print(extraction_table(adapter))
-    print(
-        f"trainable parameters (PEFT's count): {adapter.trainable_params:,}"
-        + (f" (budget {adapter.budget:,})" if adapter.budget else "")
-    )
-    for w in adapter.warnings:
-        _note(args, f"{PROG}: warning: {' '.join(w.split())}")
+    budget = f" (budget {adapter.budget:,})" if adapter.budget else ""
+    print(f"LoRA parameters: {adapter.lora_params:,}{budget}")
+    extra = adapter.trainable_params - adapter.lora_params
+    if extra:
+        print(
+            f"trainable parameters (PEFT's count): {adapter.trainable_params:,}, of which "
+            f"{extra:,} in biases (bias='lora_only') and modules_to_save "
+            f"({', '.join(adapter.modules_to_save) or 'none'})"
+        )
+    else:
+        print(f"trainable parameters (PEFT's count): {adapter.trainable_params:,}")
     if adapter.path:
         _note(args, f"wrote {adapter.path}/adapter_config.json and adapter_model.safetensors")
     else:

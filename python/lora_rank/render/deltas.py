@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..deltas.extract import ExtractedAdapter
 
 #: Singular values shown per update.
-SHOWN = 4
+SHOWN = 3
 
 
 def _table(title: str, columns: list[tuple[str, str]]) -> Table:
@@ -58,14 +58,18 @@ def adapter_table(report: AdapterReport) -> Table:
         >>> from lora_rank.deltas.adapter import example_adapter
         >>> t = adapter_table(lora_rank.analyze(example_adapter(tempfile.mkdtemp())))
         >>> [c.header for c in t.columns][:4]
-        ['module', 'r', 'alpha', 'scaling']
+        ['module', 'r', 'alpha', 'scale']
     """
     with_base = report.base_path is not None
-    cols = [("module", "l"), ("r", "r"), ("alpha", "r"), ("scaling", "r"), ("rank used", "r")]
-    cols += [("σ of ΔW", "l"), ("‖ΔW‖_F", "r")]
+    cols = [("module", "l"), ("r", "r"), ("alpha", "r"), ("scale", "r"), ("used", "r")]
+    cols += [("top σ of ΔW", "l")]
     if with_base:
         cols.append(("‖ΔW‖/‖W‖", "r"))
-    table = _table(f"Adapter {report.path}: {len(report.adapted)} adapted modules", cols)
+    table = _table(
+        f"Adapter {report.path}: {len(report.adapted)} adapted modules "
+        "(used: rank holding 99% of ‖ΔW‖²)",
+        cols,
+    )
     for m in report.adapted:
         row = [
             m.name + (" (DoRA)" if m.dora else ""),
@@ -74,7 +78,6 @@ def adapter_table(report: AdapterReport) -> Table:
             fmt_number(m.scaling),
             str(m.rank_used),
             _values(m.spectrum.singular_values),
-            fmt_number(m.spectrum.frobenius_norm),
         ]
         if with_base:
             row.append(_change(m.relative_change))
@@ -94,19 +97,19 @@ def comparison_tables(c: Comparison, changed_only: bool = True) -> list[Table]:
         [0]
     """
     shown = c.changed_modules if changed_only else c.modules
-    cols = [("module", "l"), ("kind", "l"), ("‖ΔW‖/‖W‖", "r")]
+    cols = [("module", "l"), ("‖ΔW‖/‖W‖", "r")]
     spectral = c.settings is not None
     if spectral:
-        cols += [("rank 90%", "r"), ("rank 99%", "r"), ("σ of ΔW", "l")]
+        cols += [("rank 90%", "r"), ("rank 99%", "r"), ("top σ of ΔW", "l")]
     unchanged = len(c.modules) - len(c.changed_modules)
     table = _table(
         f"Updates: {len(c.changed_modules)} of {len(c.modules)} matrices changed "
-        f"({unchanged} unchanged)",
+        f"({unchanged} unchanged); ranks: energy ranks of ΔW",
         cols,
     )
     for m in shown:
         name = m.finetuned_name + (f"[{m.expert}]" if m.expert is not None else "")
-        row = [name, m.kind, _change(m.relative_change)]
+        row = [name, _change(m.relative_change)]
         if spectral and m.spectrum is not None:
             s = m.spectrum
             row += [str(s.energy_rank_90), str(s.energy_rank_99), _values(s.singular_values)]
