@@ -208,7 +208,22 @@ def test_resized_adapter_is_the_truncated_svd_of_the_update(
     checkpoint: Callable[[str], Path], tmp_path: Path
 ) -> None:
     base = checkpoint("llama")
-    deltas = _peft_adapter(base, tmp_path / "a", r=8, lora_alpha=16, target_modules="all-linear")
+    deltas = _peft_adapter(
+        base,
+        tmp_path / "a",
+        r=8,
+        lora_alpha=16,
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        modules_to_save=["lm_head"],
+    )
     small = resize(tmp_path / "a", tmp_path / "b", r=3)
     assert set(small.ranks.values()) == {3}
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -224,6 +239,8 @@ def test_resized_adapter_is_the_truncated_svd_of_the_update(
             assert np.max(np.abs(got - want)) < 1e-5 * s[0], key
             seen += 1
     assert seen == len(deltas)
+    trainable = peft.PeftModel.from_pretrained(load_model(base), tmp_path / "b", is_trainable=True)
+    assert trainable.get_nb_trainable_parameters()[0] == small.trainable_params
     cfg = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
     assert cfg["r"] == 3
     half = resize(tmp_path / "a", None, budget="50%")

@@ -413,10 +413,15 @@ def resize(
         rank_pattern={re.escape(n): k for n, k in sorted(ranks.items()) if k != top},
         alpha_pattern={re.escape(n): k for n, k in sorted(ranks.items()) if k != top},
     )
+    dropped = [m.name for m in report.adapted if m.name not in ranks]
+    for name in dropped:  # a dropped module's bias (bias="lora_only") goes with it
+        tensors.pop(f"{PEFT_PREFIX}{name}.base_layer.bias", None)
+        tensors.pop(f"{PEFT_PREFIX}{name}.bias", None)
     lora_params = sum(k * cost[n] for n, k in ranks.items())
+    # PEFT also trains what the adapter stores whole: biases and modules_to_save.
+    other_params = sum(t.numel() for k, t in tensors.items() if ".lora_" not in k)
     total = sum(total_sq.values())
     path = _write(out, tensors, config) if out is not None else None
-    dropped = [m.name for m in report.adapted if m.name not in ranks]
     warns = (
         [f"{len(dropped)} module(s) dropped (rank 0): {', '.join(dropped[:3])}"] if dropped else []
     )
@@ -427,7 +432,7 @@ def resize(
         method=method,
         ranks=dict(sorted(ranks.items())),
         lora_params=lora_params,
-        trainable_params=lora_params,
+        trainable_params=lora_params + other_params,
         energy_kept=kept_sq / total if total else 1.0,
         budget=limit,
         adapter_config=config,
