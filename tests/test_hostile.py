@@ -255,7 +255,7 @@ def many_matrices(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Runs in a child process so that a SIGBUS or a crash fails the test instead of killing pytest.
 _CHANGE_SCRIPT = """
-import os, sys
+import os, sys, time
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 import lora_rank
@@ -274,6 +274,15 @@ def change(done, total, name):
         with shard.open("r+b") as f:
             f.seek(size // 2)
             f.write(os.urandom(size - size // 2))
+    elif mode == "rewrite-keep-mtime":  # as rsync --times or touch -r leave it
+        before = shard.stat()
+        time.sleep(0.02)
+        with shard.open("r+b") as f:
+            f.seek(size // 2)
+            f.write(os.urandom(size - size // 2))
+        os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = shard.stat()
+        assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     elif mode == "append":
         with shard.open("ab") as f:
             f.write(bytes(4096))
@@ -308,12 +317,14 @@ def _run_change_script(root: Path, mode: str) -> str:
 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not HAVE_SPECTRAL, reason="lora_rank.spectral (spectral=True) not built yet")
-@pytest.mark.parametrize("mode", ["truncate", "rewrite", "append", "replace"])
+@pytest.mark.parametrize("mode", ["truncate", "rewrite", "rewrite-keep-mtime", "append", "replace"])
 def test_shard_changed_during_a_spectral_scan(
     many_matrices: Path, tmp_path: Path, mode: str
 ) -> None:
-    """Truncating, rewriting, growing or replacing the shard while the scan reads it (right
-    after the first tensor is reported) gives FileChangedError naming the shard, never SIGBUS."""
+    """Truncating, rewriting (also with the modification time set back, same size), growing or
+    replacing the shard while the scan reads it (right after the first tensor is reported)
+    gives FileChangedError naming the shard, never SIGBUS nor statistics mixed from two
+    versions."""
     root = tmp_path / "ckpt"
     shutil.copytree(many_matrices, root)
     out = _run_change_script(root, mode)
