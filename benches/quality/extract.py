@@ -48,6 +48,9 @@ TASKS = ("bbc", "drug")
 SEEDS = (0, 1, 2)
 R_BUDGETS = (2, 4, 8)
 ARMS = ("budgeted", "uniform", "kohya")
+#: Reading-only library arms (DECISION.md, amendment E1): the library's default biases=True,
+#: which also stores the fine-tuned biases of the modules an arm adapts.
+BIAS_ARMS = ("budgeted+bias", "uniform+bias")
 #: Deterministic subsample of a task's training split (first N of data.py's seeded shuffle);
 #: empty = the whole split (DECISION.md says whether any task was subsampled).
 SUBSAMPLE: dict[str, int] = {}
@@ -162,6 +165,7 @@ class Pair:
         self.total = sum(self.energy.values())
         self.cost = {n: int(sum(d.shape)) for n, d in self.delta.items()}
         self.classifier = {k: ft[k] for k in ft if k.startswith("classifier.")}
+        self.ft_bias = {n: ft[n + ".bias"] for n in self.targets}
         self.other_changed = sorted(
             k
             for k in base
@@ -378,8 +382,17 @@ def evaluate_adapter(pair: Pair, adapter: Path) -> dict[str, Any]:
         for n, m in model.named_modules()
         if hasattr(m, "lora_A") and "default" in getattr(m, "r", {})
     }
+    # Biases after loading: how many of the targets' biases are the fine-tune's (the rest
+    # should be the base's).
+    params = dict(model.named_parameters())
+    biases_ft = sum(
+        bool(np.array_equal(params[k].detach().numpy(), pair.ft_bias[n]))
+        for n in pair.targets
+        if (k := f"base_model.model.{n}.base_layer.bias") in params
+    )
     res = train.evaluate(model, data.load(pair.task), "test")
     return {
+        "biases_ft": biases_ft,
         "test_acc": res["acc"],
         "test_nll": res["nll"],
         "peft_params": trainable,
@@ -419,7 +432,8 @@ def _lib_extract(pair: Pair, arm: str, r: int, ref_extra: dict[str, Any], out: P
     # SEQ_CLS: the classifier goes to modules_to_save (not a LoRA target); biases=False: no arm
     # carries the fine-tune's bias changes (DECISION.md; the library's default stores the
     # biases of adapted modules, which would favour arms that adapt more modules).
-    kw: dict[str, Any] = {"task_type": "SEQ_CLS", "biases": False}
+    kw: dict[str, Any] = {"task_type": "SEQ_CLS", "biases": arm.endswith("+bias")}
+    arm = arm.removesuffix("+bias")
     if arm == "budgeted":
         return cmp.extract(str(out), budget=pair.budget(r), **kw)
     if arm == "uniform":
@@ -442,7 +456,7 @@ def _lib_ranks(pair: Pair, ranks: dict[str, int]) -> dict[str, int]:
 
 def eval_cell(pair: Pair, impl: str, r: int | None, arm: str, scratch: Path) -> dict[str, Any]:
     start = time.perf_counter()
-    ranks, extra = pair.ranks(arm, r)
+    ranks, extra = pair.ranks(arm.removesuffix("+bias"), r)
     row: dict[str, Any] = {
         "key": _key(impl, pair.task, pair.seed, r, arm),
         "impl": impl,
@@ -489,7 +503,13 @@ def eval_cell(pair: Pair, impl: str, r: int | None, arm: str, scratch: Path) -> 
     return row
 
 
-def cmd_eval(impl: str, tasks: list[str], seeds: list[int], until: str | None) -> None:
+def cmd_eval(
+    impl: str,
+    tasks: list[str],
+    seeds: list[int],
+    until: str | None,
+    extra_arms: tuple[str, ...] = (),
+) -> None:
     import shutil
     import tempfile
 
@@ -516,7 +536,8 @@ def cmd_eval(impl: str, tasks: list[str], seeds: list[int], until: str | None) -
                         "test_nll": ft["test_nll"],
                     }
                 )
-            cells = [(r, arm) for r in R_BUDGETS for arm in ARMS]
+            more = extra_arms if impl == "lib" else ()
+            cells = [(r, arm) for r in R_BUDGETS for arm in (*ARMS, *more)]
             if impl == "ref":
                 cells.append((None, "full-rank"))
             for r, arm in cells:
@@ -551,12 +572,13 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--impl", choices=("ref", "lib"), default="ref")
+    p.add_argument("--bias-arms", action="store_true", help="also the reading-only +bias arms")
     p.add_argument("--until", default=None, help="HH:MM UTC: start nothing at or after")
     a = p.parse_args()
     if a.cmd == "train":
         cmd_train(a.tasks, a.seeds, a.until)
     elif a.cmd == "eval":
-        cmd_eval(a.impl, a.tasks, a.seeds, a.until)
+        cmd_eval(a.impl, a.tasks, a.seeds, a.until, BIAS_ARMS if a.bias_arms else ())
     else:
         import tables
 

@@ -291,7 +291,15 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------------------------------------
 # Extraction benchmark (issue 33; DECISION.md "Extraction benchmark (issue 33)")
 
-EXTRACT_ARMS = ("budgeted", "uniform", "kohya", "full-rank", "full fine-tune")
+EXTRACT_ARMS = (
+    "budgeted",
+    "uniform",
+    "kohya",
+    "budgeted+bias",
+    "uniform+bias",
+    "full-rank",
+    "full fine-tune",
+)
 #: The library and the reference agree on a cell when their ranks are equal and their energy
 #: kept differs by at most this (share of Σ‖ΔW‖²).
 AGREE_TOL = 1e-5
