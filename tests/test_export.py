@@ -230,6 +230,29 @@ def test_trl_model_config_builds_the_lora_config_peft_counts(
     _check_with_peft(path, rec, config)
 
 
+def test_consumers_own_schemas_accept_the_keys_when_installed(
+    minilm_report: lora_rank.Report, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """axolotl's pydantic ``LoraConfig`` and LLaMA-Factory's ``FinetuningArguments`` read the
+    exported keys without dropping any (neither is in the test pins: they pin other
+    transformers/peft releases; this runs where they are installed, e.g. a scratch venv)."""
+    recs = [minilm_report.recommend(strategy, **kw) for _, strategy, kw in CASES[:3]]
+    schema = pytest.importorskip("axolotl.utils.schemas.peft")
+    for rec in recs:
+        keys = yaml.safe_load(rec.export("axolotl", report=minilm_report))
+        keys.pop("base_model")
+        dumped = schema.LoraConfig(**keys).model_dump(exclude_none=True)
+        assert {k: dumped[k] for k in keys} == keys
+    monkeypatch.setenv("DISABLE_VERSION_CHECK", "1")  # it pins transformers<=5.6
+    args = pytest.importorskip("llamafactory.hparams.finetuning_args")
+    for rec in recs[:2]:
+        keys = yaml.safe_load(rec.export("llama-factory", report=minilm_report))
+        keys.pop("model_name_or_path")
+        fa = args.FinetuningArguments(**keys)
+        assert (fa.finetuning_type, fa.lora_rank, fa.lora_alpha) == ("lora", rec.r, rec.lora_alpha)
+        assert fa.lora_target == keys["lora_target"].split(",")
+
+
 def test_refusals_are_one_line_and_name_what_is_lost(
     minilm_report: lora_rank.Report, llama_report: lora_rank.Report
 ) -> None:
