@@ -564,28 +564,50 @@ struct Resident<'p> {
     pool: &'p ResidentPool,
     buffer: Vec<u64>,
     len: usize,
+    /// For a delta, the subtracted matrix's bytes (both are held, or neither).
+    minus: Option<Box<Resident<'p>>>,
 }
 
 impl<'p> Resident<'p> {
-    /// `src`'s bytes read into a buffer of `pool`, or `None` when its values are computed
-    /// (quantized or a delta: its passes decode it anyway), it is stored in more than 16
-    /// bits, already in memory, or over the budget.
+    /// `src`'s bytes (both matrices' for a delta) read into buffers of `pool`, or `None` when
+    /// a matrix is quantized (its passes decode it anyway), stored in more than 16 bits,
+    /// already in memory, or over the budget.
     fn load(pool: &'p ResidentPool, src: &MatrixSource<'_>) -> Result<Option<Resident<'p>>> {
+        let minus = match src.base() {
+            Some(base) => match Resident::load_one(pool, base)? {
+                Some(r) => Some(Box::new(r)),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        Ok(Resident::load_one(pool, src)?.map(|mut r| {
+            r.minus = minus;
+            r
+        }))
+    }
+
+    /// [`Resident::load`] of `src` alone (not its base).
+    fn load_one(pool: &'p ResidentPool, src: &MatrixSource<'_>) -> Result<Option<Resident<'p>>> {
         let in_files = src
             .segments
             .iter()
             .all(|s| matches!(s.bytes, ByteSource::File(_)));
-        let Ok(len) = usize::try_from(src.nbytes()) else {
+        let Ok(len) = usize::try_from(src.own_nbytes()) else {
             return Ok(None);
         };
         let narrow = src.dtype.byte_size().is_some_and(|b| b <= 2);
-        if src.is_computed() || !narrow || !in_files || len == 0 {
+        if src.is_quantized() || !narrow || !in_files || len == 0 {
             return Ok(None);
         }
         let Some(buffer) = pool.take(len) else {
             return Ok(None);
         };
-        let mut resident = Resident { pool, buffer, len };
+        let mut resident = Resident {
+            pool,
+            buffer,
+            len,
+            minus: None,
+        };
         let bytes = resident.bytes_mut();
         for (seg, span) in spans(src, len) {
             seg.bytes
@@ -616,7 +638,11 @@ impl<'p> Resident<'p> {
                 ..*seg
             })
             .collect();
-        MatrixSource::new(segments, src.cols, src.dtype)
+        let own = MatrixSource::new(segments, src.cols, src.dtype);
+        match (&self.minus, src.base()) {
+            (Some(held), Some(base)) => own.minus(held.source(base)),
+            _ => own,
+        }
     }
 }
 
@@ -1555,6 +1581,21 @@ mod tests {
         let idle: Vec<usize> = state.0.iter().map(Vec::len).collect();
         assert_eq!((idle, state.1), (vec![rows * cols / 4], rows * cols * 2));
         assert_eq!(streamed.state.lock().unwrap().1, 0);
+        drop(state);
+        // A delta (the bf16 matrix minus the f16 one): both held, or both streamed, the same
+        // bits.
+        let delta = Job {
+            minus: Some(Box::new(jobs[1].clone())),
+            ..jobs[0].clone()
+        };
+        let files = open_used(&shards, std::slice::from_ref(&delta)).unwrap();
+        let held = ResidentPool::new(RESIDENT_BUDGET_BYTES);
+        let a = run_job(&files, &delta, &settings, 2, &cancel, &held).unwrap();
+        let b = run_job(&files, &delta, &settings, 2, &cancel, &streamed).unwrap();
+        assert_eq!(a.singular_values, b.singular_values);
+        assert_eq!(a.frobenius_norm.to_bits(), b.frobenius_norm.to_bits());
+        assert_eq!(a.iterations, b.iterations);
+        assert_eq!(held.state.lock().unwrap().1, 2 * rows * cols * 2);
     }
 
     #[test]

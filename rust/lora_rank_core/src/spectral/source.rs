@@ -325,7 +325,7 @@ impl<'a> MatrixSource<'a> {
     }
 
     /// Number of stored bytes of this matrix alone.
-    fn own_nbytes(&self) -> u64 {
+    pub(crate) fn own_nbytes(&self) -> u64 {
         if self.dequant.is_empty() {
             return (self.rows() * self.cols * self.esize) as u64;
         }
