@@ -9,7 +9,7 @@ call in a fresh process (time and peak RSS):
   (``checkpoints.build_real_layers``) against a fine-tune of it (every layer matrix + a
   rank-16 update, stored bf16), by the engine's delta source, against the single-checkpoint
   scan of the same 14 matrices of the fine-tune. Goal ≤ 1.3×.
-- ``extract``: a rank-16 adapter from the same pair, ``lora-rank extract --r 16`` as a whole
+- ``extract``: a rank-16 adapter from the same pair (``--extract-layers`` layers), ``lora-rank extract --r 16`` as a whole
   process against mergekit-extract-lora's method reimplemented here (each module's two
   tensors loaded in fp32, ΔW, a full fp32 ``torch.linalg.svd``, truncated; mergekit does not
   install beside the pinned torch here). Goal ≥ 5× faster, bounded memory.
@@ -102,7 +102,7 @@ def build_adapter(out: Path, layers: int, r: int = 64) -> Path:
 OURS_ADAPTER = """
 import time, lora_rank
 t = time.perf_counter()
-rep = lora_rank.analyze({path!r})
+rep = lora_rank.analyze({path!r}, threads={threads})
 seconds = time.perf_counter() - t
 result = {{"modules": len(rep.adapted), "sigma1": [m.spectrum.singular_values[0] for m in rep.adapted]}}
 """
@@ -123,12 +123,11 @@ result = {{"modules": len(sig), "sigma1": sig}}
 """
 
 
-def bench_adapter(rounds: int, layers: int) -> dict[str, Any]:
+def bench_adapter(rounds: int, layers: int, threads: int) -> dict[str, Any]:
     path = build_adapter(checkpoints.DATA / f"adapter-llama3-8b-{layers}l-r64", layers)
-    threads = os.cpu_count() or 1
     ours, torch_ = [], []
     for _ in range(rounds):
-        ours.append(run(OURS_ADAPTER.format(path=str(path))))
+        ours.append(run(OURS_ADAPTER.format(path=str(path), threads=threads)))
         torch_.append(
             run(TORCH_ADAPTER.format(file=str(path / "adapter_model.safetensors"), threads=threads))
         )
@@ -139,6 +138,7 @@ def bench_adapter(rounds: int, layers: int) -> dict[str, Any]:
     t_t = min(x["seconds"] for x in torch_)
     return {
         "modules": ours[0]["result"]["modules"],
+        "threads": threads,
         "ours_s": [x["seconds"] for x in ours],
         "torch_s": [x["seconds"] for x in torch_],
         "ratio_of_mins": t_t / t_o,
@@ -255,8 +255,8 @@ result = {{"modules": len(out) // 2, "energy_kept": kept / total}}
 """
 
 
-def bench_extract(rounds: int, r: int = 16) -> dict[str, Any]:
-    base = checkpoints.build_real_layers(2)
+def bench_extract(rounds: int, layers: int, r: int = 16) -> dict[str, Any]:
+    base = checkpoints.build_real_layers(layers)
     ft = build_finetune(base)
     ours, theirs = [], []
     threads = os.cpu_count() or 1
@@ -279,6 +279,7 @@ def bench_extract(rounds: int, r: int = 16) -> dict[str, Any]:
     t_o = min(x["seconds"] for x in ours)
     t_m = min(x["seconds"] for x in theirs)
     return {
+        "layers": layers,
         "ours_s": [x["seconds"] for x in ours],
         "mergekit_method_s": [x["seconds"] for x in theirs],
         "ratio_of_mins": t_m / t_o,
@@ -294,7 +295,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--layers", type=int, default=1, help="adapter bench: layers of modules")
+    p.add_argument(
+        "--extract-layers",
+        type=int,
+        default=2,
+        help="extract bench: layers of the real-data Llama-8B pair (its full SVDs take minutes "
+        "per matrix on a busy 2-core machine)",
+    )
     p.add_argument("--only", choices=("adapter", "scan", "extract"), action="append")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="adapter bench: threads of both sides (1 on a busy machine: torch's OpenMP "
+        "threads waiting on busy cores distort its time)",
+    )
     args = p.parse_args()
     parts = args.only or ["adapter", "scan", "extract"]
     machine = {
@@ -308,11 +323,11 @@ def main() -> None:
     for part in parts:
         print(f"== {part}", flush=True)
         if part == "adapter":
-            r = bench_adapter(args.rounds, args.layers)
+            r = bench_adapter(args.rounds, args.layers, args.threads)
         elif part == "scan":
             r = bench_scan(args.rounds)
         else:
-            r = bench_extract(args.rounds)
+            r = bench_extract(args.rounds, args.extract_layers)
         results[part] = {"machine": machine, **r}
         print(json.dumps(r, indent=1), flush=True)
         path.write_text(json.dumps(results, indent=1) + "\n")
