@@ -1,4 +1,6 @@
-"""The ``lora-rank`` command line: ``analyze``, ``recommend`` and ``plot`` a checkpoint.
+"""The ``lora-rank`` command line: ``analyze``, ``recommend``, ``plot`` and ``unfreeze`` a
+checkpoint; ``compare`` a base with a fine-tune, ``extract`` an adapter from it, ``resize`` an
+adapter.
 
 User errors (a missing path, a file that is not a checkpoint, a bad option value) print one
 line on stderr and exit with status 2; ``--debug`` shows the traceback instead. Files are
@@ -9,6 +11,7 @@ Example:
     $ lora-rank analyze ./Llama-3.1-8B --spectral --format json --output report.json
     $ lora-rank recommend ./Llama-3.1-8B --budget 0.5% --out adapter/
     $ lora-rank plot --demo --metric stable_rank --out heatmap.png
+    $ lora-rank extract ./Llama-3.1-8B ./my-finetune --budget 1% --out adapter/
 
 The same from Python: ``lora_rank.cli.main(["analyze", "--demo"])`` returns the exit status.
 """
