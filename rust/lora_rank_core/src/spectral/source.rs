@@ -148,6 +148,8 @@ pub struct Scratch {
     words: Vec<u64>,
     /// The subtracted matrix's decoded panel, for a delta source.
     minus: Vec<f32>,
+    /// The subtracted matrix's stored bytes, for a delta of two bf16 matrices.
+    minus_words: Vec<u64>,
 }
 
 impl Scratch {
@@ -221,6 +223,31 @@ unsafe fn bf16_to_f32_avx2(words: &[u16], out: &mut [f32]) {
 fn bf16_to_f32_scalar(words: &[u16], out: &mut [f32]) {
     for (o, &h) in out.iter_mut().zip(words) {
         *o = f32::from_bits(u32::from(h) << 16);
+    }
+}
+
+/// `a − b` of bf16 words into `out` (f32, exact decode then one rounding of the difference),
+/// with the widest vectors this CPU has.
+fn bf16_difference(a: &[u16], b: &[u16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { bf16_difference_avx2(a, b, out) };
+        return;
+    }
+    bf16_difference_scalar(a, b, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bf16_difference_avx2(a: &[u16], b: &[u16], out: &mut [f32]) {
+    bf16_difference_scalar(a, b, out);
+}
+
+#[inline(always)]
+fn bf16_difference_scalar(a: &[u16], b: &[u16], out: &mut [f32]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = f32::from_bits(u32::from(x) << 16) - f32::from_bits(u32::from(y) << 16);
     }
 }
 
@@ -390,6 +417,24 @@ impl<'a> MatrixSource<'a> {
         stats: Option<&mut ElementStats>,
     ) -> Result<()> {
         let out = &mut out[..panel.rows * self.cols];
+        if let Some(base) = self.minus.as_deref().filter(|b| b.is_plain_bf16()) {
+            if self.is_plain_bf16() {
+                // Both bf16: one fused loop from the two panels' words to the difference (the
+                // same values as decoding both and subtracting).
+                let Scratch {
+                    words, minus_words, ..
+                } = scratch;
+                let ours = self.panel_bytes_in(panel, words)?;
+                let theirs = base.panel_bytes_in(panel, minus_words)?;
+                if let (Some(a), Some(b)) = (as_words(ours), as_words(theirs)) {
+                    bf16_difference(&a[..out.len()], &b[..out.len()], out);
+                    if let Some(s) = stats {
+                        s.add(out);
+                    }
+                    return Ok(());
+                }
+            }
+        }
         self.read_own_panel(panel, scratch, out)?;
         if let Some(base) = &self.minus {
             let mut theirs = std::mem::take(&mut scratch.minus);
@@ -426,14 +471,26 @@ impl<'a> MatrixSource<'a> {
     /// The stored bytes of `panel` of a matrix that is not quantized: a slice of the bytes
     /// held in memory (no copy), or read from the file into `scratch`.
     fn panel_bytes<'s>(&'s self, panel: Panel, scratch: &'s mut Scratch) -> Result<&'s [u8]> {
+        self.panel_bytes_in(panel, &mut scratch.words)
+    }
+
+    /// [`MatrixSource::panel_bytes`] read into `words` when not held in memory.
+    fn panel_bytes_in<'s>(&'s self, panel: Panel, words: &'s mut Vec<u64>) -> Result<&'s [u8]> {
         let seg = &self.segments[panel.segment];
         let (len, offset) = self.panel_range(panel);
         if let Some(held) = seg.bytes.held(len, offset, seg.path)? {
             return Ok(held);
         }
-        seg.bytes
-            .read_exact_at(scratch.bytes_mut(len), offset, seg.path)?;
-        Ok(scratch.bytes(len))
+        words.resize(len.div_ceil(8), 0);
+        // SAFETY: any u64 storage is valid as bytes; the length is within the allocation.
+        let buf = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) };
+        seg.bytes.read_exact_at(buf, offset, seg.path)?;
+        Ok(buf)
+    }
+
+    /// Whether the matrix is stored bf16, neither quantized nor a delta.
+    fn is_plain_bf16(&self) -> bool {
+        self.dtype == Dtype::BF16 && !self.is_computed() && cfg!(target_endian = "little")
     }
 
     /// (length, shard offset) of the stored bytes of `panel` of a matrix that is not quantized.
@@ -758,6 +815,58 @@ mod tests {
                 let from_memory = read(ByteSource::Memory { start: 0, data });
                 assert_eq!(from_memory, from_file, "{dtype:?}, shifted by {shift}");
             }
+        }
+    }
+
+    #[test]
+    fn a_bf16_delta_reads_the_difference_of_the_decoded_values() {
+        // W_ft and W_base bf16, held at an even address (the fused word loop) and at an odd
+        // one (decode both, subtract): the same bits, and those of the f32 difference.
+        let (rows, cols) = (5, 7);
+        let mut u = super::super::test_uniform(3);
+        let words = |u: &mut dyn FnMut() -> f64| -> Vec<u16> {
+            (0..rows * cols)
+                .map(|_| half::bf16::from_f64(u()).to_bits())
+                .collect()
+        };
+        let (ft, base) = (words(&mut u), words(&mut u));
+        let want: Vec<f32> = ft
+            .iter()
+            .zip(&base)
+            .map(|(&a, &b)| half::bf16::from_bits(a).to_f32() - half::bf16::from_bits(b).to_f32())
+            .collect();
+        let bytes = |w: &[u16]| -> Vec<u8> { w.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let path = std::path::PathBuf::from("mem");
+        for shift in [0, 1] {
+            let mut held = vec![0u8; 2 * rows * cols * 2 + 1];
+            let n = rows * cols * 2;
+            held[shift..shift + n].copy_from_slice(&bytes(&ft));
+            held[shift + n..shift + 2 * n].copy_from_slice(&bytes(&base));
+            let seg = |start: usize| Segment {
+                bytes: ByteSource::Memory {
+                    start: 0,
+                    data: &held[start..start + n],
+                },
+                path: &path,
+                offset: 0,
+                rows,
+            };
+            let src = MatrixSource::new(vec![seg(shift)], cols, Dtype::BF16)
+                .minus(MatrixSource::new(vec![seg(shift + n)], cols, Dtype::BF16));
+            let (mut scratch, mut out) = (Scratch::default(), vec![0f32; rows * cols]);
+            let mut stats = ElementStats::default();
+            for p in src.panels(2) {
+                let at = p.row0 * cols;
+                src.read_panel(p, &mut scratch, &mut out[at..], Some(&mut stats))
+                    .unwrap();
+            }
+            let same = out
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "shift {shift}: {out:?} vs {want:?}");
+            let sq: f64 = want.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            assert!((stats.sum_sq - sq).abs() <= 1e-6 * sq, "shift {shift}");
         }
     }
 
