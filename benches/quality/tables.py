@@ -393,9 +393,37 @@ def extraction_table(path: Path, impl: Optional[str] = None) -> str:
                 f"{'' if min(de) >= 0 else ' (BELOW uniform)'} |"
             )
     out += diffs
+    out.append(extraction_verdict(cells, keys))
     if impl == "lib":
         out.append(agreement_table(rows))
     return "\n".join(out)
+
+
+def extraction_verdict(cells: dict[tuple[str, Any, str], dict], keys: list[tuple[str, Any]]) -> str:
+    """DECISION.md's rule for the extraction benchmark over the measured cells."""
+    energy_ok, worse, negative, measured = True, [], [], 0
+    for task, r in keys:
+        b, u = cells.get((task, r, "budgeted"), {}), cells.get((task, r, "uniform"), {})
+        seeds = sorted(set(b) & set(u))
+        energy_ok &= all(b[s]["energy_kept"] >= u[s]["energy_kept"] for s in seeds)
+        if len(seeds) < 3:
+            continue
+        measured += 1
+        m, _lo, hi, _ = paired(
+            {s: b[s]["test_acc"] for s in seeds}, {s: u[s]["test_acc"] for s in seeds}
+        )
+        if hi < 0:
+            worse.append(f"{task} r={r}")
+        if m < 0:
+            negative.append(f"{task} r={r} ({100 * m:+.2f})")
+    met = energy_ok and not worse and not negative and measured == len(keys)
+    return (
+        f"\nDecision rule (DECISION.md) over {measured} cells with ≥ 3 paired seeds: energy "
+        f"budgeted ≥ uniform in every cell and seed: {'yes' if energy_ok else 'NO'}; cells "
+        f"where budgeted is worse (interval below 0): {', '.join(worse) or 'none'}; cells with "
+        f"a negative mean Δacc (goal not shown there): {', '.join(negative) or 'none'}. Issue "
+        f"33's goal (accuracy at least uniform's in every cell): {'met' if met else 'not met'}."
+    )
 
 
 def _verdict(lo: float, hi: float) -> str:
