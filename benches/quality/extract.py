@@ -1,9 +1,13 @@
 """Extraction-quality benchmark (issue 33 item 6; design and rule in DECISION.md, "Extraction
 benchmark (issue 33)").
 
-    python benches/quality/extract.py train [--tasks bbc drug] [--seeds 0 1 2]
-    python benches/quality/extract.py eval [--impl ref|lib] [--tasks ...] [--seeds ...]
-    python benches/quality/extract.py tables
+    python benches/quality/extract.py train [--tasks bbc drug] [--seeds 0 1 2 3 4] [--until HH:MM]
+    python benches/quality/extract.py eval [--impl ref|lib] [--bias-arms] [--seeds ...]
+    python benches/quality/extract.py tables        # the markdown of tables.extraction_table
+
+As run for issue 33 (one process each, ``nice -n 10``, one torch thread): ``train`` with seeds
+0-4 (≈ 63 min here at load 3-12), then ``eval --impl ref``, ``eval --impl lib`` and
+``eval --impl lib --bias-arms`` (≈ 5-20 s per cell).
 
 ``train``: full fine-tunes of MiniLM (``finetune.FT``'s lr and epochs per task, every linear
 weight and bias + the classifier, ``train.train(ranks=None)``), one per (task, seed); each
