@@ -250,7 +250,10 @@ def extract(
             minus=(_shift(plan_b.jobs[i], off), _shift_quant(plan_b.quant[i], off)),
         )
         rows = sum(seg[2] for seg in plan_f.jobs[j][1])
-        delta = torch.frombuffer(bytearray(raw), dtype=torch.float32).reshape(rows, -1)
+        with _warnings.catch_warnings():
+            # A read-only view of the engine's bytes (no copy of the matrix): nothing writes it.
+            _warnings.simplefilter("ignore", UserWarning)
+            delta = torch.frombuffer(raw, dtype=torch.float32).reshape(rows, -1)
         if f.module(name).module_class == "Conv1D":
             delta = delta.T  # stored [in, out]
         u, s, vt = _svd(delta, k)
