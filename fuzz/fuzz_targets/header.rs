@@ -6,25 +6,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lora_rank_core::header::parse_bytes;
 
 #[path = "../../rust/lora_rank_core/tests/common/reference.rs"]
 mod reference;
-use reference::assert_same_as_reference;
+#[path = "../../rust/lora_rank_core/tests/common/fuzz_checks.rs"]
+mod fuzz_checks;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(ours) = parse_bytes(data) else {
-        return;
-    };
-    // The data region is tiled exactly by the tensors, in offset order.
-    let data_len = data.len() as u64 - ours.data_start();
-    let mut expected = 0;
-    for t in &ours.tensors {
-        assert_eq!(t.begin, expected, "{t:?}");
-        assert_eq!((t.end - t.begin) * 8, t.numel() * t.dtype.bits(), "{t:?}");
-        expected = t.end;
-    }
-    assert_eq!(expected, data_len);
-
-    assert_same_as_reference(data, &ours);
-});
+fuzz_target!(|data: &[u8]| fuzz_checks::check_header(data));
