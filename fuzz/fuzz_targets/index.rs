@@ -4,9 +4,9 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../rust/lora_rank_core/tests/common/reference.rs"]
-mod reference;
 #[path = "../../rust/lora_rank_core/tests/common/fuzz_checks.rs"]
 mod fuzz_checks;
+#[path = "../../rust/lora_rank_core/tests/common/reference.rs"]
+mod reference;
 
 fuzz_target!(|data: &[u8]| fuzz_checks::check_index(data));

@@ -9,7 +9,9 @@ use std::path::Path;
 use common::fuzz_checks::{check_checkpoint, check_header, check_index};
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions")
+        .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -18,7 +20,11 @@ fn replay(target: &str, check: fn(&[u8])) -> usize {
     for f in &files {
         let data = std::fs::read(f).unwrap();
         let outcome = std::panic::catch_unwind(|| check(&data));
-        assert!(outcome.is_ok(), "{target}: {} failed its check", f.display());
+        assert!(
+            outcome.is_ok(),
+            "{target}: {} failed its check",
+            f.display()
+        );
     }
     files.len()
 }

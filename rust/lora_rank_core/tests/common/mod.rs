@@ -1,4 +1,4 @@
 //! Helpers shared by the integration tests.
 
-pub mod reference;
 pub mod fuzz_checks;
+pub mod reference;
