@@ -331,6 +331,35 @@ struct Stored<'s, 'f> {
     open: &'s dyn Fn(usize) -> Result<(ByteSource<'f>, &'f Path)>,
 }
 
+/// The scales' `(rows, groups)` of a compressed-tensors weight of `rows` × `cols`: they must
+/// be `[rows or 1, groups]`.
+fn scale_groups(spec: &QuantSpec, rows: usize, cols: usize, path: &Path) -> Result<(usize, usize)> {
+    match spec.scales.shape[..] {
+        [r, g] if (r == rows || r == 1) && g > 0 => Ok((r, g)),
+        _ => {
+            let rule = format!(
+                "shape {:?}, but the scales of a [{rows}, {cols}] weight must be [{rows} or 1, groups]",
+                spec.scales.shape
+            );
+            Err(header_error(path, &spec.scales.name, rule))
+        }
+    }
+}
+
+/// The columns of each of `groups` consecutive groups of `cols` input features (all of them
+/// for one group, else the spec's group size), checked to make exactly `groups`.
+fn group_run(spec: &QuantSpec, groups: usize, cols: usize, path: &Path) -> Result<usize> {
+    let run = if groups == 1 { cols } else { spec.block[0] };
+    if run == 0 || groups != cols.div_ceil(run) {
+        let rule = format!(
+            "{groups} groups, but {cols} input features in groups of {run} make {}",
+            cols.div_ceil(run.max(1))
+        );
+        return Err(header_error(path, &spec.scales.name, rule));
+    }
+    Ok(run)
+}
+
 /// [`Kind::Dense`] for a compressed-tensors `pack-quantized` weight (see the module docs).
 fn dense(stored: &Stored<'_, '_>) -> Result<Kind> {
     let (spec, rows, cols) = (stored.spec, stored.rows, stored.cols);
@@ -348,27 +377,11 @@ fn dense(stored: &Stored<'_, '_>) -> Result<Kind> {
             dtype.name()
         )));
     }
-    let (scale_rows, groups) = match spec.scales.shape[..] {
-        [r, g] if (r == rows || r == 1) && g > 0 => (r, g),
-        _ => {
-            let rule = format!(
-                "shape {:?}, but the scales of a [{rows}, {cols}] weight must be [{rows} or 1, groups]",
-                spec.scales.shape
-            );
-            return Err(header_error(path, &spec.scales.name, rule));
-        }
-    };
+    let (scale_rows, groups) = scale_groups(spec, rows, cols, path)?;
     let (group, run) = match &spec.g_idx {
         Some(g) => (read_g_idx(g, cols, groups, path, open)?, 0),
         None => {
-            let size = if groups == 1 { cols } else { spec.block[0] };
-            if size == 0 || groups != cols.div_ceil(size) {
-                let rule = format!(
-                    "{groups} groups, but {cols} input features in groups of {size} make {}",
-                    cols.div_ceil(size.max(1))
-                );
-                return Err(header_error(path, &spec.scales.name, rule));
-            }
+            let size = group_run(spec, groups, cols, path)?;
             ((0..cols).map(|j| (j / size) as u32).collect(), size)
         }
     };
@@ -414,24 +427,8 @@ fn int8(stored: &Stored<'_, '_>) -> Result<Kind> {
             "activation-ordered int-quantized weights (weight_g_idx) are not supported".into(),
         ));
     }
-    let (scale_rows, groups) = match spec.scales.shape[..] {
-        [r, g] if (r == rows || r == 1) && g > 0 => (r, g),
-        _ => {
-            let rule = format!(
-                "shape {:?}, but the scales of a [{rows}, {cols}] weight must be [{rows} or 1, groups]",
-                spec.scales.shape
-            );
-            return Err(header_error(path, &spec.scales.name, rule));
-        }
-    };
-    let run = if groups == 1 { cols } else { spec.block[0] };
-    if run == 0 || groups != cols.div_ceil(run) {
-        let rule = format!(
-            "{groups} groups, but {cols} input features in groups of {run} make {}",
-            cols.div_ceil(run.max(1))
-        );
-        return Err(header_error(path, &spec.scales.name, rule));
-    }
+    let (scale_rows, groups) = scale_groups(spec, rows, cols, path)?;
+    let run = group_run(spec, groups, cols, path)?;
     let zero = match &spec.zeros {
         None => Vec::new(),
         Some(z) => {
