@@ -126,6 +126,16 @@ class Comparison:
     prefix: str = ""
     settings: Optional[SpectralSettings] = None
     warnings: list[str] = field(default_factory=list)
+    #: The engine's reads of each module's update (its fine-tune job, that job's quantization
+    #: and the base's job to subtract), aligned with :attr:`modules`, over :attr:`shards`.
+    reads: list[UpdateRead] = field(default_factory=list, repr=False)
+    #: ``(path, size)`` of the fine-tune's shards, then the base's: what :attr:`reads` index.
+    shards: list[tuple[str, int]] = field(default_factory=list, repr=False)
+
+    def update_read(self, module: ModuleDelta) -> UpdateRead:
+        """The engine's read of ``module``'s update (for ``_core.read_matrix`` over
+        :attr:`shards`)."""
+        return self.reads[self.modules.index(module)]
 
     @property
     def changed_modules(self) -> list[ModuleDelta]:
@@ -197,6 +207,8 @@ def _shift(job: Job, by: int) -> Job:
 
 #: ``(job, quantization)`` of the matrix a delta job subtracts (``_core.spectra``'s ``minus``).
 Minus = tuple[Job, Optional[list[QuantTuple]]]
+#: One update as the engine reads it: the fine-tune's job, its quantization, the base's part.
+UpdateRead = tuple[Job, Optional[list[QuantTuple]], Minus]
 
 
 def _shift_quant(quant: Optional[list[QuantTuple]], by: int) -> Optional[list[QuantTuple]]:
@@ -327,9 +339,10 @@ def compare(
     off = len(f.shards)
     jobs = [plan_f.jobs[j] for _, j in pairs]
     quant = [plan_f.quant[j] for _, j in pairs]
-    minus: list[Optional[Minus]] = [
+    subtracted: list[Minus] = [
         (_shift(plan_b.jobs[i], off), _shift_quant(plan_b.quant[i], off)) for i, _ in pairs
     ]
+    minus: list[Optional[Minus]] = list(subtracted)
     base_norms = _core.frobenius_norms(
         shard_files(b),
         [plan_b.jobs[i] for i, _ in pairs],
@@ -382,6 +395,8 @@ def compare(
         changes=changes,
         prefix=prefix,
         settings=chosen if spectral else None,
+        reads=list(zip(jobs, quant, subtracted)),
+        shards=shards,
     )
 
 

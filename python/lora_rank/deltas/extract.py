@@ -37,10 +37,10 @@ from ..errors import ConfigError
 from ..peft.config import build
 from ..peft.recommendation import Target
 from ..recommend.budget import Budget, parse_budget
-from ..spectral.jobs import Plan, shard_files
+from ..spectral.jobs import shard_files
 from . import allocation
 from .adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, analyze_adapter
-from .compare import RESIZABLE_KINDS, Comparison, ModuleDelta, _shift, _shift_quant, _vector_job
+from .compare import RESIZABLE_KINDS, Comparison, ModuleDelta, _vector_job
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -231,25 +231,13 @@ def extract(
     if r is not None and r > top_k:
         warns.append(f"r={r} exceeds the {top_k} singular values compare() computed: capped")
         ranks = {n: min(k, top_k) for n, k in ranks.items()}
-    # The jobs of each kept update: the fine-tune's matrix minus the base's.
-    plan_b, plan_f = Plan(comparison.base), Plan(f)
-    job_b = {(m.name, e): i for i, (m, e) in enumerate(plan_b.targets)}
-    job_f = {(m.name, e): i for i, (m, e) in enumerate(plan_f.targets)}
-    shards = shard_files(f) + shard_files(comparison.base)
-    off = len(f.shards)
     by_name = {m.finetuned_name: m for m in candidates}
     tensors: dict[str, torch.Tensor] = {}
     kept_sq = 0.0
     for name, k in sorted(ranks.items()):
-        m = by_name[name]
-        i, j = job_b[(m.name, None)], job_f[(name, None)]
-        raw = _core.read_matrix(
-            shards,
-            plan_f.jobs[j],
-            plan_f.quant[j],
-            minus=(_shift(plan_b.jobs[i], off), _shift_quant(plan_b.quant[i], off)),
-        )
-        rows = sum(seg[2] for seg in plan_f.jobs[j][1])
+        job, quant, minus = comparison.update_read(by_name[name])
+        raw = _core.read_matrix(comparison.shards, job, quant, minus=minus)
+        rows = sum(seg[2] for seg in job[1])
         with _warnings.catch_warnings():
             # A read-only view of the engine's bytes (no copy of the matrix): nothing writes it.
             _warnings.simplefilter("ignore", UserWarning)
@@ -313,8 +301,6 @@ def extract(
         bias="lora_only" if carried else "none",
         modules_to_save=sorted(save_modules) or None,
     )
-    if f.module(next(iter(ranks))).module_class == "Conv1D" if ranks else False:
-        config["fan_in_fan_out"] = True
     lora_params = sum(k * cost[n] for n, k in ranks.items())
     bias_params = sum(f.module(n).out_features or 0 for n in carried)
     total = sum(total_sq.values())
