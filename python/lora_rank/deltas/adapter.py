@@ -17,6 +17,7 @@ spectrum reported is that of ΔW = scaling·B·A and ``dora`` says the module ha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -244,7 +245,8 @@ def analyze_adapter(
         else:
             other.append(key)
     warns: list[str] = []
-    pairs: list[tuple[str, Tensor, Tensor, bool]] = []
+    # (module, A, B, embedding, alpha, scaling)
+    pairs: list[tuple[str, Tensor, Tensor, bool, float, float]] = []
     for module, parts in sorted(factors.items()):
         embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
         a = parts.get("lora_embedding_A" if embedding else "lora_A")
@@ -261,19 +263,17 @@ def analyze_adapter(
                 f"{root}/{ADAPTER_WEIGHTS}: {b.name} {list(b.shape)} does not multiply "
                 f"{a.name} {list(a.shape)}"
             )
-        pairs.append((module, a, b, embedding))
+        pairs.append((module, a, b, embedding, *_scaling(config, module, a.shape[0])))
     shards = [(p, os.path.getsize(p)) for p in ckpt.shards]
     modules_arg = []
-    for module, a, b, _ in pairs:
-        _, scaling = _scaling(config, module, a.shape[0])
+    for _, a, b, _, _, scaling in pairs:
         b_job = (b.name, [(b.shard, b.begin, b.shape[0])], b.shape[1], b.dtype)
         modules_arg.append((_matrix_job(a), b_job, scaling))
     results = _core.product_spectra(shards, modules_arg, TOP_K, threads=threads)
     base_report = base
     adapted: list[AdaptedModule] = []
-    for (module, a, b, embedding), d in zip(pairs, results):
+    for (module, a, b, embedding, alpha, scaling), d in zip(pairs, results):
         r = a.shape[0]
-        alpha, scaling = _scaling(config, module, r)
         out_f, in_f = b.shape[0], math.prod(a.shape[1:])
         if embedding:  # the embedding's weight is [num_embeddings, dim] = (B·A)ᵀ
             out_f, in_f = in_f, out_f
@@ -383,11 +383,7 @@ def check_against_base(
         threads=threads,
     )
     norm_of = {plan.targets[i][0].name: n for i, n in zip(wanted, norms)}
-    return [AdaptedModule(**{**_fields(m), "base_norm": norm_of.get(m.name)}) for m in adapted]
-
-
-def _fields(m: AdaptedModule) -> dict[str, Any]:
-    return {k: getattr(m, k) for k in m.__dataclass_fields__}
+    return [dataclasses.replace(m, base_norm=norm_of.get(m.name)) for m in adapted]
 
 
 def example_adapter(directory: str) -> str:
