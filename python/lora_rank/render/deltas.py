@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
+from . import tables
 from .format import fmt_number, percent
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,13 +29,10 @@ SHOWN = 3
 
 
 def _table(title: str, columns: list[tuple[str, str]]) -> Table:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", box=box.HEAVY_HEAD)
-    for i, (name, justify) in enumerate(columns):
-        # The first column names a module or tensor: never cut.
-        table.add_column(name, justify="right" if justify == "r" else "left", no_wrap=i == 0)
+    """:func:`lora_rank.render.tables._table` whose first column (a module or tensor name) is
+    never cut."""
+    table = tables._table(title, columns)
+    table.columns[0].no_wrap = True
     return table
 
 
