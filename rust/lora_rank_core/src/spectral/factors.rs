@@ -9,7 +9,7 @@
 use faer::Mat;
 use rayon::prelude::*;
 
-use super::{read_matrix, summarize, Job, Method, ShardFile, Spectrum};
+use super::{job_path, read_matrix, summarize, Job, Method, ShardBytes, ShardFile, Spectrum};
 use crate::error::{Error, Result};
 use crate::spectral::solver::Outcome;
 use crate::spectral::source::ElementStats;
@@ -53,13 +53,9 @@ pub fn product_spectra(
         .map(|f| {
             let (r, r_b) = (f.a.rows(), f.b.cols);
             if r != r_b {
-                let path =
-                    f.a.segments
-                        .first()
-                        .and_then(|s| shards.get(s.shard))
-                        .map_or_else(|| "<adapter>".into(), |s| s.path.clone());
+                let files: Vec<ShardBytes> = shards.iter().map(ShardBytes::File).collect();
                 return Err(Error::Unsupported {
-                    path,
+                    path: job_path(&files, &f.a),
                     msg: format!(
                         "tensor {:?} has rank {r} but {:?} has rank {r_b}",
                         f.a.name, f.b.name

@@ -399,13 +399,8 @@ fn validate(shards: &[ShardBytes], job: &Job) -> Result<()> {
     validate_one(shards, base)?;
     let rows = |j: &Job| j.segments.iter().map(|s| s.rows).collect::<Vec<_>>();
     if base.minus.is_some() || base.cols != job.cols || rows(base) != rows(job) {
-        let path = job
-            .segments
-            .first()
-            .and_then(|s| shards.get(s.shard))
-            .map_or_else(|| PathBuf::from("<checkpoint>"), |s| s.path().to_path_buf());
         return Err(Error::Unsupported {
-            path,
+            path: job_path(shards, job),
             msg: format!(
                 "tensor {:?} ({} × {}, row segments {:?}) cannot be compared with {:?} \
                  ({} × {}, row segments {:?})",
@@ -423,12 +418,16 @@ fn validate(shards: &[ShardBytes], job: &Job) -> Result<()> {
     Ok(())
 }
 
-fn validate_one(shards: &[ShardBytes], job: &Job) -> Result<()> {
-    let first = job
-        .segments
+/// The file a job's first segment is in, to name in its errors.
+pub(crate) fn job_path(shards: &[ShardBytes], job: &Job) -> PathBuf {
+    job.segments
         .first()
         .and_then(|s| shards.get(s.shard))
-        .map_or_else(|| PathBuf::from("<checkpoint>"), |s| s.path().to_path_buf());
+        .map_or_else(|| PathBuf::from("<checkpoint>"), |s| s.path().to_path_buf())
+}
+
+fn validate_one(shards: &[ShardBytes], job: &Job) -> Result<()> {
+    let first = job_path(shards, job);
     if !job.quant.is_empty() && job.quant.len() != job.segments.len() {
         return Err(Error::Header {
             path: first,
@@ -666,6 +665,15 @@ impl Drop for Resident<'_> {
     }
 }
 
+/// [`OpenShard::check_unchanged`] of every shard `job` reads.
+fn check_unchanged(files: &[Option<OpenShard>], job: &Job) -> Result<()> {
+    for i in job.shards_read() {
+        let shard = files[i].as_ref().expect("shards of jobs are open");
+        shard.check_unchanged(&job.name)?;
+    }
+    Ok(())
+}
+
 fn run_job(
     files: &[Option<OpenShard>],
     job: &Job,
@@ -674,11 +682,7 @@ fn run_job(
     cancel: &AtomicBool,
     pool: &ResidentPool,
 ) -> Result<Spectrum> {
-    let shard_of = |i: usize| files[i].as_ref().expect("shards of jobs are open");
-    let read_shards = job.shards_read();
-    for &i in &read_shards {
-        shard_of(i).check_unchanged(&job.name)?;
-    }
+    check_unchanged(files, job)?;
     let src = matrix_source(files, job)?;
     let (rows, cols) = (src.rows(), job.cols);
     let method = resolve_method(settings, rows, cols);
@@ -715,9 +719,7 @@ fn run_job(
             None => solver::randomized(&src, &cfg, cancel)?,
         }
     };
-    for &i in &read_shards {
-        shard_of(i).check_unchanged(&job.name)?;
-    }
+    check_unchanged(files, job)?;
     Ok(summarize(outcome, settings.top_k, rows, cols, method))
 }
 
@@ -864,12 +866,9 @@ pub fn frobenius_norms(shards: &[ShardFile], jobs: &[Job]) -> Result<Vec<f64>> {
         validate(&shards, job)?;
     }
     let files = open_used(&shards, jobs)?;
-    let shard_of = |i: usize| files[i].as_ref().expect("shards of jobs are open");
     jobs.par_iter()
         .map(|job| {
-            for i in job.shards_read() {
-                shard_of(i).check_unchanged(&job.name)?;
-            }
+            check_unchanged(&files, job)?;
             let src = matrix_source(&files, job)?;
             let panels = src.panels(PANEL_ELEMENTS / src.cols.max(1));
             let most = panels.iter().map(|p| p.rows).max().unwrap_or(0);
@@ -878,9 +877,7 @@ pub fn frobenius_norms(shards: &[ShardFile], jobs: &[Job]) -> Result<Vec<f64>> {
             for p in panels {
                 src.read_panel(p, &mut scratch, &mut buf, Some(&mut stats))?;
             }
-            for i in job.shards_read() {
-                shard_of(i).check_unchanged(&job.name)?;
-            }
+            check_unchanged(&files, job)?;
             let stats: source::ElementStats = stats;
             Ok(if stats.nonfinite > 0 {
                 f64::NAN
