@@ -165,6 +165,31 @@ def compute_spectra(
                     quant=plan.quant,
                 )
             )
+    attach_spectra(report, plan, results, chosen)
+
+
+def attach_spectra(
+    report: Report,
+    plan: Plan,
+    results: Sequence[Mapping[str, Any]],
+    settings: SpectralSettings,
+) -> None:
+    """Fill the engine's result dicts (one per job of ``plan``, in order) into ``report``'s
+    modules as :class:`Spectrum` objects, with a warning per non-finite or unconverged matrix:
+    the last step of :func:`compute_spectra`, also used by the executors
+    (:mod:`lora_rank.executors`) once their tasks return.
+
+    Example:
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> plan = Plan(report)
+        >>> settings = SpectralSettings(top_k=8)
+        >>> results = _core.spectra(shard_files(report), plan.jobs, settings)
+        >>> attach_spectra(report, plan, results, settings)
+        >>> round(report.module("encoder.layer.0.attention.self.query").spectrum.singular_values[0], 2)
+        6.12
+    """
+    chosen = settings
     experts: dict[str, dict[int, Spectrum]] = defaultdict(dict)
     warns = list(plan.warnings)
     for (module, expert), job, d in zip(plan.targets, plan.jobs, results):
@@ -188,6 +213,6 @@ def compute_spectra(
             per = experts[module.name]
             module.expert_spectra = tuple(per[e] for e in sorted(per))
     for w in warns:
-        _warnings.warn(w, stacklevel=3)
+        _warnings.warn(w, stacklevel=4)
     report.warnings.extend(warns)
     report.spectral_settings = chosen.describe()
