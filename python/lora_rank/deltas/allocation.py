@@ -7,11 +7,14 @@ budgeted allocation takes steps in decreasing order of σ²/(in + out) while the
 for Σ kept energy up to the last step (a knapsack's greedy), and every module's steps are taken
 in order because its σ are sorted.
 
+The budgeted rule is :func:`lora_rank.recommend.allocation.most_energy` (one definition, shared
+with ``recommend(strategy="delta")``); the other two are here.
+
 Example:
     >>> sizes = {"a": 10, "b": 30}
     >>> values = {"a": [3.0, 1.0], "b": [4.0, 2.0]}
-    >>> budgeted(values, sizes, 50), uniform(values, sizes, 1), by_energy(values, {"a": 10.0, "b": 20.0}, 0.9)
-    ({'a': 2, 'b': 1}, {'a': 1, 'b': 1}, {'a': 1, 'b': 2})
+    >>> uniform(values, sizes, 1), by_energy(values, {"a": 10.0, "b": 20.0}, 0.9)
+    ({'a': 1, 'b': 1}, {'a': 1, 'b': 2})
 """
 
 from __future__ import annotations
@@ -19,46 +22,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..errors import ConfigError
-
-#: Singular values below this share of the largest σ² of all modules are numerically zero
-#: (float rounding of the stored weights): no rank is spent on them.
-NEGLIGIBLE = 1e-12
-
-
-def budgeted(
-    values: Mapping[str, Sequence[float]], cost: Mapping[str, int], budget: int
-) -> dict[str, int]:
-    """Ranks keeping the most Σσ² under ``budget`` parameters; ``values[m]`` are module m's
-    singular values (descending), ``cost[m]`` its parameters per rank (in + out). Modules
-    that get no step are left out, and so are values that are numerically zero
-    (:data:`NEGLIGIBLE`).
-
-    Example:
-        >>> budgeted({"a": [2.0, 1.0]}, {"a": 4}, 7)
-        {'a': 1}
-    """
-    floor = NEGLIGIBLE * max((v[0] ** 2 for v in values.values() if v), default=0.0)
-    steps = sorted(
-        (
-            (s * s / cost[m], m, i)
-            for m, vals in values.items()
-            for i, s in enumerate(vals)
-            if s * s > floor
-        ),
-        key=lambda t: (-t[0], t[1], t[2]),
-    )
-    ranks: dict[str, int] = {}
-    closed: set[str] = set()
-    left = budget
-    for density, m, i in steps:
-        if m in closed or density <= 0:
-            continue
-        if ranks.get(m, 0) != i or cost[m] > left:
-            closed.add(m)  # a later step of m needs this one
-            continue
-        ranks[m] = i + 1
-        left -= cost[m]
-    return ranks
 
 
 def uniform(

@@ -36,6 +36,7 @@ from ..atomic import write_atomic
 from ..errors import ConfigError
 from ..peft.config import build
 from ..peft.recommendation import Target
+from ..recommend.allocation import most_energy
 from ..recommend.budget import Budget, parse_budget
 from ..spectral.jobs import shard_files
 from . import allocation
@@ -98,7 +99,7 @@ def _ranks(
     if sum(given) != 1:
         raise ConfigError("give exactly one of budget, r and energy")
     if budget is not None:
-        return "budget", allocation.budgeted(values, cost, budget)
+        return "budget", most_energy(values, cost, budget)
     if r is not None:
         return "uniform", allocation.uniform(values, cost, r)
     assert energy is not None

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
 from typing import Optional
@@ -194,3 +194,59 @@ def allocate(items: Sequence[Item], budget: int, *, step: int, min_rank: int) ->
 def used(items: Sequence[Item], ranks: dict[str, int]) -> int:
     """Trainable parameters of ``ranks``."""
     return sum(it.cost * ranks.get(it.key, 0) for it in items)
+
+
+#: Singular values below this share of the largest σ² of all modules are numerically zero
+#: (float rounding of the stored weights): :func:`most_energy` spends no rank on them.
+NEGLIGIBLE = 1e-12
+
+
+def most_energy(
+    values: Mapping[str, Sequence[float]],
+    cost: Mapping[str, int],
+    budget: int,
+    *,
+    step: int = 1,
+    cap: Optional[Mapping[str, int]] = None,
+) -> dict[str, int]:
+    """Ranks keeping the most Σσ² of an update under ``budget`` parameters.
+
+    ``values[m]`` are module m's singular values (descending), ``cost[m]`` its parameters per
+    rank (in + out for a linear layer). A step of ``step`` ranks keeps the σ² of those
+    directions and costs ``step · cost[m]``, so taking steps in decreasing order of kept σ² per
+    parameter while they fit is optimal up to the last step (a knapsack's greedy; each module's
+    steps come in order because its σ are sorted). Ranks are multiples of ``step`` up to
+    ``cap[m]`` (default: as many values as are known); modules that get no step are left out,
+    and so are values that are numerically zero (:data:`NEGLIGIBLE`). What
+    :meth:`lora_rank.deltas.compare.Comparison.extract` (``budget=``) and
+    ``recommend(strategy="delta")`` allocate with.
+
+    Example:
+        >>> most_energy({"a": [3.0, 1.0], "b": [4.0, 2.0]}, {"a": 10, "b": 30}, 50)
+        {'a': 2, 'b': 1}
+        >>> most_energy({"a": [3.0, 1.0, 1.0, 0.5]}, {"a": 10}, 45, step=2)
+        {'a': 4}
+    """
+    floor = NEGLIGIBLE * max((v[0] ** 2 for v in values.values() if len(v)), default=0.0)
+    blocks: list[tuple[float, str, int]] = []
+    for m, vals in values.items():
+        limit = len(vals) if cap is None else min(len(vals), cap.get(m, 0))
+        limit -= limit % step
+        sq = [s * s for s in vals[:limit]]
+        for j in range(0, limit, step):
+            kept = sum(sq[j : j + step])
+            if sq[j] > floor:
+                blocks.append((kept / (step * cost[m]), m, j // step))
+    blocks.sort(key=lambda t: (-t[0], t[1], t[2]))
+    ranks: dict[str, int] = {}
+    closed: set[str] = set()
+    left = budget
+    for density, m, i in blocks:
+        if m in closed or density <= 0:
+            continue
+        if ranks.get(m, 0) != i * step or step * cost[m] > left:
+            closed.add(m)  # a later step of m needs this one
+            continue
+        ranks[m] = (i + 1) * step
+        left -= step * cost[m]
+    return ranks

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import ConfigError
 from ..peft.config import build
@@ -37,9 +37,14 @@ from ..report import Report
 from ..spectral.settings import SpectralSettings
 from . import allocation, scoring, weights
 from .budget import Budget, parse_budget
+from .delta import RULE as DELTA_RULE
+from .delta import delta_targets
 from .presets import PRESETS, Candidate, check_task, preset_candidates, select
 
-__all__ = ["AUTO", "STRATEGIES", "needs_spectra", "rank_targets", "recommend"]
+if TYPE_CHECKING:
+    from ..deltas.compare import Comparison
+
+__all__ = ["AUTO", "AUTO_WITH_DELTA", "STRATEGIES", "needs_spectra", "rank_targets", "recommend"]
 
 #: What ``strategy="auto"`` does: the strategy ``benches/quality`` supports (README "What auto
 #: does and why"). Nothing beat all-linear at equal budget there (BBC headlines, budget of
@@ -48,8 +53,13 @@ __all__ = ["AUTO", "STRATEGIES", "needs_spectra", "rank_targets", "recommend"]
 #: the largest uniform rank within the budget (rank ``r`` without one).
 AUTO = "all-linear"
 
+#: What ``strategy="auto"`` does when ``delta=`` (a related fine-tune's comparison) is given:
+#: ``"delta"`` only if the quality benchmark's delta arms beat the presets (README "What auto
+#: does and why"); until then :data:`AUTO`, and the recommendation says the delta was not used.
+AUTO_WITH_DELTA = AUTO
+
 #: Strategies :func:`recommend` accepts.
-STRATEGIES: tuple[str, ...] = ("auto", *weights.RULES, *PRESETS)
+STRATEGIES: tuple[str, ...] = ("auto", "delta", *weights.RULES, *PRESETS)
 
 #: Default ``rank_multiple`` of the weighted strategies (presets: 1, any uniform rank).
 WEIGHTED_RANK_MULTIPLE = 4
@@ -280,6 +290,7 @@ def recommend(
     min_rank: Optional[int] = None,
     max_rank: int = 128,
     spectral_settings: Optional[SpectralSettings] = None,
+    delta: Optional[Comparison] = None,
 ) -> Recommendation:
     """Recommend LoRA targets and ranks for ``report``'s model.
 
@@ -290,7 +301,9 @@ def recommend(
             per-module weight, see :mod:`lora_rank.recommend.weights`; those reading spectra compute
             them when the report has none) or a preset: ``"all-linear"``, ``"attention-qv"``,
             ``"attention"``, ``"attention-mlp"``, ``"attention8-mlp4"`` (see
-            :mod:`lora_rank.recommend.presets`).
+            :mod:`lora_rank.recommend.presets`), or ``"delta"``: ranks that keep the most of a
+            related full fine-tune's update per trainable parameter (``delta=``; see
+            :mod:`lora_rank.recommend.delta`).
         r: rank of the presets; for a weighted strategy without ``budget``, the budget is what
             rank ``r`` on every candidate it weighs would cost.
         lora_alpha: alpha for rank ``r`` (default ``2 · r``); every module gets
@@ -310,6 +323,8 @@ def recommend(
             (``min_rank`` defaults to ``rank_multiple``).
         spectral_settings: solver settings for the spectra a weighted strategy computes when
             the report has none (default :class:`~lora_rank.spectral.settings.SpectralSettings`()).
+        delta: :func:`lora_rank.compare` of this model and a related full fine-tune of it, for
+            ``strategy="delta"`` (``"auto"`` with a delta is :data:`AUTO_WITH_DELTA`).
 
     Returns:
         A :class:`~lora_rank.peft.recommendation.Recommendation`, verified against PEFT's matching
@@ -328,7 +343,14 @@ def recommend(
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     check_task(task)
     r = _positive("r", r)
-    impl = AUTO if strategy == "auto" else strategy
+    impl = (AUTO if delta is None else AUTO_WITH_DELTA) if strategy == "auto" else strategy
+    if impl == "delta" and delta is None:
+        raise ConfigError(
+            "strategy='delta' needs delta=lora_rank.compare(base, finetuned): the update of a "
+            "related full fine-tune of this model"
+        )
+    if delta is not None and impl != "delta" and strategy != "auto":
+        raise ConfigError(f"delta= is read by strategy='delta' only, not {strategy!r}")
     if rank_multiple is None:
         rank_multiple = WEIGHTED_RANK_MULTIPLE if impl in weights.RULES else 1
     step = _positive("rank_multiple", rank_multiple)
@@ -350,7 +372,29 @@ def recommend(
     n_budget = parse_budget(budget, report.total_params)
     sel = select(report, exclude=exclude, layers=layers)
     notes = list(sel.warnings)
-    if impl in weights.RULES:
+    if delta is not None and impl != "delta":
+        notes.append(
+            f"delta= given, and strategy='auto' is {impl!r}, which does not read it: the "
+            "benchmark did not show the delta rule beating it (README 'What auto does and "
+            "why'); strategy='delta' uses it"
+        )
+    if impl == "delta":
+        assert delta is not None
+        if min_rank is not None and lo != step:
+            raise ConfigError("strategy='delta' takes rank_multiple and max_rank, not min_rank")
+        chosen, more, n_budget = delta_targets(
+            report,
+            sel.candidates,
+            delta,
+            r=r,
+            budget=n_budget,
+            step=step,
+            max_rank=hi,
+            ratio=ratio,
+        )
+        targets = [_target(c, rank, ratio, share) for c, rank, share in chosen]
+        rule = DELTA_RULE.format(q=step, hi=hi)
+    elif impl in weights.RULES:
         weighted = weights.RULES[impl]
         targets, more, n_budget = _weighted_targets(
             report,
