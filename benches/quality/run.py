@@ -67,7 +67,7 @@ def run_one(stage: str, task: str, arm: str, r: int, lr: float, seed: int, epoch
         with RUNS.open("a") as f:
             f.write(json.dumps(row) + "\n")
         return
-    ranks = arms.ranks(arm, r)
+    ranks = arms.ranks(arm, r, task=task, seed=seed)
     res = train.train(task, ranks, lr=lr, seed=seed, epochs=epochs)
     row = {
         "key": k,
@@ -79,6 +79,11 @@ def run_one(stage: str, task: str, arm: str, r: int, lr: float, seed: int, epoch
         "seed": seed,
         "epochs": epochs,
         "budget": arms.budget(r),
+        **(
+            {"delta_source": "{}_s{}".format(*arms.delta_source(arm, task, seed))}
+            if arm in arms.DELTA
+            else {}
+        ),
         **res,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -141,7 +146,7 @@ def main() -> None:
     lr_r = a.r[0] if a.quick else LR_R
     if a.stage in ("all", "lr"):
         # Seed-major: every lr at seed 0, then every lr at seed 1.
-        jobs = [(t, lr, s) for t in tasks for s in LR_SEEDS for lr in LRS]
+        jobs = [(t, lr, s) for t in tasks for s in tables.lr_check_seeds(t) for lr in LRS]
         if a.quick:
             jobs = [(tasks[0], LRS[0], 0)]
         for t, lr, s in jobs[i::n]:
@@ -155,7 +160,7 @@ def main() -> None:
             if a.until and _past(a.until):
                 print(f"--until {a.until} UTC: not starting {t}/{arm}/r{r}/s{s}", flush=True)
                 break
-            lr = chosen_lr(t, lr_r, a.epochs, (0,) if a.quick else LR_SEEDS)
+            lr = chosen_lr(t, lr_r, a.epochs, (0,) if a.quick else tables.lr_check_seeds(t))
             run_one("train", t, arm, r, lr, s, a.epochs)
     if a.stage in ("all", "tables"):
         print(tables.write(RESULTS))

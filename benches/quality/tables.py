@@ -42,6 +42,14 @@ def _ms(xs: list[float], scale: float = 1.0, nd: int = 1) -> str:
 #: The learning-rate check's budget and seeds (DECISION.md amendment 6): all-linear at r=4,
 #: seeds 0 and 1; its choice applies to every budget of a task.
 LR_CHECK_R, LR_CHECK_SEEDS = 4, (0, 1)
+#: Tasks whose check ran on other seeds (DECISION.md "Delta strategy": rt on seed 0 only).
+LR_CHECK_SEEDS_BY_TASK = {"rt": (0,)}
+
+
+def lr_check_seeds(task: str) -> tuple[int, ...]:
+    """The seeds of ``task``'s learning-rate check."""
+    return LR_CHECK_SEEDS_BY_TASK.get(task, LR_CHECK_SEEDS)
+
 
 Cell = tuple[str, int, int, float]  # task, r, epochs, lr
 
@@ -84,7 +92,7 @@ def design_cells(rows: list[dict[str, Any]], cells: list[Cell]) -> list[Cell]:
     """The cells the decision rule reads: each task's at the lr its check chose (amendment 10;
     BBC's cells at 2e-3, trained before its check, are tables for reading)."""
     chosen = {
-        (t, ep): lowest_lr(rows, t, LR_CHECK_R, ep, len(LR_CHECK_SEEDS)) for t, _, ep, _ in cells
+        (t, ep): lowest_lr(rows, t, LR_CHECK_R, ep, len(lr_check_seeds(t))) for t, _, ep, _ in cells
     }
     return [c for c in cells if chosen[c[0], c[2]] == c[3]]
 

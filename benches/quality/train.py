@@ -14,7 +14,7 @@ from typing import Any, Optional
 import data
 
 BATCH = 32
-MAX_LEN = {"bbc": 32, "drug": 64}
+MAX_LEN = {"bbc": 32, "drug": 64, "rt": 48}
 #: Runtime names of the seq-cls model are the checkpoint's (BertModel) names under ``bert.``.
 PREFIX = "bert."
 
