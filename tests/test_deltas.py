@@ -304,3 +304,75 @@ def test_cli_extract_resize_and_analyze_an_adapter(
     assert main(["compare", "--demo", str(other), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no weight matrix in common" in err[0], err
+
+
+def _best_allocation(updates: dict[str, np.ndarray], cost: dict[str, int], budget: int) -> float:
+    """The most Σσ² any per-module ranks within ``budget`` keep (brute force over every rank
+    combination, numpy float64 SVD): the oracle of strategy='delta'."""
+    import itertools
+
+    sq = {n: np.linalg.svd(d, compute_uv=False) ** 2 for n, d in updates.items()}
+    names = sorted(updates)
+    best = 0.0
+    for ranks in itertools.product(*(range(int(np.sum(sq[n] > 1e-12)) + 1) for n in names)):
+        if sum(k * cost[n] for n, k in zip(names, ranks)) <= budget:
+            best = max(best, sum(float(sq[n][:k].sum()) for n, k in zip(names, ranks)))
+    return best
+
+
+@pytest.mark.parametrize("budget", [64, 130, 208, 352, 5000])
+def test_delta_strategy_keeps_the_most_update_energy_per_parameter(
+    planted_pair: tuple[Path, Path, dict[str, np.ndarray]], budget: int
+) -> None:
+    base, ft, planted = planted_pair
+    c = lora_rank.compare(base, ft, progress=False)
+    report = lora_rank.analyze(base)
+    rec = report.recommend("delta", delta=c, budget=budget)
+    ranks = rec.module_ranks()
+    # Only the two changed matrices are ever targeted (the rest of all-linear is unchanged).
+    assert set(ranks) <= set(planted) and ranks
+    cost = {"model.layers.0.self_attn.q_proj": 32 + 32, "model.layers.1.mlp.down_proj": 48 + 32}
+    assert rec.trainable_params == sum(k * cost[n] for n, k in ranks.items()) <= budget
+    kept = sum(
+        float((np.linalg.svd(planted[n], compute_uv=False)[:k] ** 2).sum())
+        for n, k in ranks.items()
+    )
+    assert kept == pytest.approx(_best_allocation(planted, cost, budget), rel=1e-6)
+    # PEFT itself counts what the recommendation says, on the real model.
+    model = peft.get_peft_model(load_model(base), rec.to_peft())
+    assert model.get_nb_trainable_parameters()[0] == rec.trainable_params
+    assert any("left unchanged get no rank" in w for w in rec.warnings)
+    # The same rule as extraction under the same budget.
+    assert c.extract(None, budget=budget).ranks == ranks
+
+
+def test_delta_strategy_refusals_and_auto(
+    planted_pair: tuple[Path, Path, dict[str, np.ndarray]],
+) -> None:
+    from lora_rank.recommend.strategies import AUTO_WITH_DELTA
+
+    base, ft, _ = planted_pair
+    report = lora_rank.analyze(base)
+    c = lora_rank.compare(base, ft, progress=False)
+    with pytest.raises(lora_rank.ConfigError, match="needs delta=lora_rank.compare"):
+        report.recommend("delta", budget=1000)
+    with pytest.raises(lora_rank.ConfigError, match="read by strategy='delta' only"):
+        report.recommend("all-linear", delta=c)
+    flat = lora_rank.compare(base, ft, spectral=False, progress=False)
+    with pytest.raises(lora_rank.ConfigError, match="needs the update spectra"):
+        report.recommend("delta", delta=flat, budget=1000)
+    demo = lora_rank.demo_checkpoint()
+    other = lora_rank.compare(demo, demo, spectral=True, progress=False)
+    with pytest.raises(lora_rank.ConfigError, match="has no module .* can adapt"):
+        report.recommend("delta", delta=other, budget=1000)
+    same = lora_rank.compare(base, base, progress=False)
+    with pytest.raises(lora_rank.ConfigError, match="changed no module"):
+        report.recommend("delta", delta=same, budget=1000)
+    # auto with a delta is what the benchmark supports (strategies.AUTO_WITH_DELTA).
+    auto = report.recommend("auto", delta=c, budget=1000)
+    plain = report.recommend(
+        AUTO_WITH_DELTA, budget=1000, **({"delta": c} if AUTO_WITH_DELTA == "delta" else {})
+    )
+    assert auto.module_ranks() == plain.module_ranks()
+    if AUTO_WITH_DELTA != "delta":
+        assert any("does not read it" in w for w in auto.warnings)
