@@ -376,3 +376,22 @@ def test_delta_strategy_refusals_and_auto(
     assert auto.module_ranks() == plain.module_ranks()
     if AUTO_WITH_DELTA != "delta":
         assert any("does not read it" in w for w in auto.warnings)
+
+
+def test_cli_recommend_with_a_delta(
+    planted_pair: tuple[Path, Path, dict[str, np.ndarray]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lora_rank.cli import main
+
+    base, ft, _ = planted_pair
+    args = ["recommend", str(base), "--delta", str(ft), "--budget", "208", "--format", "json"]
+    assert main([*args, "--strategy", "delta", "--quiet"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    c = lora_rank.compare(base, ft, progress=False)
+    want = lora_rank.analyze(base).recommend("delta", delta=c, budget=208)
+    assert got["rank_pattern"] == want.to_dict()["rank_pattern"]
+    assert got["trainable_params"] == want.trainable_params == 208
+    # --delta with another strategy: one line, status 2.
+    assert main([*args, "--strategy", "attention-qv", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "read by strategy='delta' only" in err[0], err

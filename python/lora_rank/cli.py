@@ -229,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _recommend_options(r, for_plot=False)
     r.add_argument(
+        "--delta",
+        metavar="FINETUNED",
+        help="a full fine-tune of MODEL (local path): --strategy delta ranks modules by how "
+        "much of its update (lora-rank compare MODEL FINETUNED) each rank keeps; README, "
+        "'What auto does and why'",
+    )
+    r.add_argument(
         "--out",
         metavar="DIR",
         help="write DIR/adapter_config.json, or the --export format's file (created if missing)",
@@ -498,9 +505,18 @@ def _recommendation(args: argparse.Namespace) -> tuple[Report, Recommendation]:
         # Check the syntax now, before a long spectral scan (fractions resolve later).
         parse_budget(args.budget, 1 << 62)
     report = _analyze(args, spectral=needs_spectra(strategy))
-    return report, report.recommend(
-        strategy, spectral_settings=_spectral_settings(args), **_recommend_kwargs(args)
-    )
+    delta = getattr(args, "delta", None)
+    kwargs = _recommend_kwargs(args)
+    if delta is not None:
+        from .deltas.compare import compare
+
+        kwargs["delta"] = compare(
+            report,
+            delta,
+            settings=_spectral_settings(args),
+            progress=False if args.quiet else None,
+        )
+    return report, report.recommend(strategy, spectral_settings=_spectral_settings(args), **kwargs)
 
 
 def _check_out_dir(out: Path) -> None:
