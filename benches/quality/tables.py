@@ -144,11 +144,13 @@ def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             )
     out.append(versus_all_linear(rows, cells))
     out.append(verdict(design_cells(rows, cells), decision))
+    out.append(delta_verdict(rows, design_cells(rows, cells), decision))
     lr_rows = [x for x in rows if x["stage"] == "lr"]
     if lr_rows:
         out.append(
             "\nLearning-rate check (all-linear, validation NLL and accuracy, mean over seeds; "
-            "lowest: the lowest mean validation NLL of the task's check with 2 seeds per lr):\n"
+            "lowest: the lowest mean validation NLL of the task's check, with its seeds per lr: "
+            "2, rt 1):\n"
         )
         out.append("| task | r | epochs | lr | seeds | val NLL | val acc % | lowest |")
         out.append("|---|---|---|---|---|---|---|---|")
@@ -159,8 +161,9 @@ def training_tables(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             mean[key] = (len(g), statistics.fmean(x["val_nll"] for x in g))
         for key in groups:
             g = [x for x in lr_rows if (x["task"], x["r"], x["epochs"], x["lr"]) == key]
-            rivals = [v[1] for k, v in mean.items() if k[:3] == key[:3] and v[0] >= 2]
-            lowest = len(rivals) > 1 and mean[key][0] >= 2 and mean[key][1] == min(rivals)
+            need = len(lr_check_seeds(key[0]))
+            rivals = [v[1] for k, v in mean.items() if k[:3] == key[:3] and v[0] >= need]
+            lowest = len(rivals) > 1 and mean[key][0] >= need and mean[key][1] == min(rivals)
             out.append(
                 f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:g} | {len(g)} | "
                 f"{mean[key][1]:.3f} | "
@@ -233,6 +236,58 @@ def verdict(cells: list[Cell], decision: dict[str, Any]) -> str:
         every = all(g is not None and g["beats"] for g in got)
         row = [SHOWN.get(a, a), *marks, "yes" if every else "no"]
         out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+#: Issue 37's arms and tasks (DECISION.md "Delta strategy").
+DELTA_ARMS = ("delta-same", "delta-transfer")
+DELTA_TASKS = ("bbc", "rt")
+
+
+def delta_verdict(rows: list[dict[str, Any]], cells: list[Cell], decision: dict[str, Any]) -> str:
+    """DECISION.md "Delta strategy": each delta arm against the best preset in every measured
+    cell of bbc and rt (≥ 3 paired seeds), and against all-linear (the issue's first question)."""
+    cells = [c for c in cells if c[0] in DELTA_TASKS]
+    measured = {
+        a: [c for c in cells if decision.get(f"{_name(c)}/{a}", {}).get("n", 0) >= 3]
+        for a in DELTA_ARMS
+    }
+    if not any(measured.values()):
+        return ""
+    out = [
+        "\nDelta strategy (issue 37), over the measured cells of bbc and rt at their checked "
+        "lr (≥ 3 paired seeds): Δacc vs the best preset [95% CI], and vs all-linear:\n",
+        "| arm | cell | seeds | Δacc vs best preset | beats it | Δacc vs all-linear | beats it |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in DELTA_ARMS:
+        every_best = every_al = bool(measured[a])
+        for c in measured[a]:
+            d = decision[f"{_name(c)}/{a}"]
+            arm = {x["seed"]: x for x in rows if _in_cell(x, c) and x["arm"] == a}
+            al = {x["seed"]: x for x in rows if _in_cell(x, c) and x["arm"] == "all-linear"}
+            m, lo, hi, n = paired(
+                {s: v["test_acc"] for s, v in arm.items()},
+                {s: v["test_acc"] for s, v in al.items()},
+            )
+            dn = paired(
+                {s: v["test_nll"] for s, v in arm.items()},
+                {s: v["test_nll"] for s, v in al.items()},
+            )
+            beats_al = n >= 3 and lo > 0 and dn[0] <= 0
+            every_best &= d["beats"]
+            every_al &= beats_al
+            out.append(
+                f"| {SHOWN.get(a, a)} | {_name(c)} | {d['n']} | "
+                f"{100 * d['d_acc']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] | "
+                f"{'yes' if d['beats'] else 'no'} | "
+                f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                f"{'yes' if beats_al else 'no'} |"
+            )
+        out.append(
+            f"| **{SHOWN.get(a, a)}** | every measured cell ({len(measured[a])}) | | | "
+            f"**{'yes' if every_best else 'no'}** | | **{'yes' if every_al else 'no'}** |"
+        )
     return "\n".join(out)
 
 
