@@ -11,7 +11,7 @@ Example:
 """
 
 from ._core import __version__
-from .analysis import analyze
+from .analysis import analyze, analyze_many
 from .deltas import AdapterReport, Comparison, compare
 from .demo import demo_checkpoint
 from .errors import (
@@ -51,6 +51,7 @@ __all__ = [
     "UnsupportedFormatError",
     "__version__",
     "analyze",
+    "analyze_many",
     "compare",
     "demo_checkpoint",
 ]

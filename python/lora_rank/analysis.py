@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings as _warnings
+from collections.abc import Sequence
 from typing import Optional, Union
 
 from .deltas.adapter import analyze_adapter, is_adapter
@@ -34,6 +35,8 @@ def analyze(
     resolve: str = "rules",
     trust_remote_code: bool = False,
     base: Optional[PathLike] = None,
+    executor: str = "local",
+    ray_address: Optional[str] = None,
 ) -> Report:
     """Inventory a safetensors checkpoint without loading it; optionally compute spectra.
 
@@ -60,6 +63,10 @@ def analyze(
         base: for a PEFT adapter directory, the base checkpoint to check it against (each
             adapted module must exist there with the adapter's shape) and to report
             ‖ΔW‖_F / ‖W‖_F per module.
+        executor: where the spectra are computed: ``"local"`` (default: this process) or
+            ``"ray"`` (Ray tasks on a cluster, the same results; ``threads`` is then each
+            task's solver threads, default 1; see :mod:`lora_rank.executors.ray`).
+        ray_address: the Ray cluster to connect to (default ``RAY_ADDRESS``, else a local Ray).
 
     A PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)
     gives an :class:`~lora_rank.deltas.adapter.AdapterReport`: per adapted module r, alpha,
@@ -78,6 +85,9 @@ def analyze(
     """
     if resolve not in ("rules", "transformers"):
         raise ConfigError(f"resolve must be 'rules' or 'transformers', not {resolve!r}")
+    from .executors import check_executor
+
+    check_executor(executor)
     chosen = (settings or SpectralSettings()).replace(
         top_k=top_k, method=method, rtol=rtol, seed=seed, threads=threads
     )
@@ -138,7 +148,51 @@ def analyze(
             else None,
         )
     if spectral:
-        from .spectral.compute import compute_spectra
+        from .executors import compute_spectra
 
-        compute_spectra(report, chosen, progress=progress)
+        compute_spectra(
+            report, chosen, progress=progress, executor=executor, ray_address=ray_address
+        )
     return report
+
+
+def analyze_many(
+    paths: Sequence[PathLike],
+    *,
+    spectral: bool = False,
+    settings: Optional[SpectralSettings] = None,
+    top_k: Optional[int] = None,
+    method: Optional[str] = None,
+    rtol: Optional[float] = None,
+    seed: Optional[int] = None,
+    threads: Optional[int] = None,
+    progress: Union[bool, ProgressCallback, None] = None,
+    resolve: str = "rules",
+    executor: str = "local",
+    ray_address: Optional[str] = None,
+) -> list[Report]:
+    """:func:`analyze` of each checkpoint of ``paths`` (paths or hub ids), one
+    :class:`~lora_rank.report.Report` each, in order. The headers are read here; with
+    ``spectral=True`` and ``executor="ray"`` the matrices of all of them are one set of Ray
+    tasks under one progress bar (PEFT adapter directories are refused: analyze them one by
+    one).
+
+    Example:
+        >>> import lora_rank
+        >>> reports = lora_rank.analyze_many([lora_rank.demo_checkpoint()] * 2)
+        >>> [r.model_type for r in reports]
+        ['bert', 'bert']
+    """
+    from .executors import check_executor, compute_many
+
+    check_executor(executor)
+    chosen = (settings or SpectralSettings()).replace(
+        top_k=top_k, method=method, rtol=rtol, seed=seed, threads=threads
+    )
+    for p in paths:
+        if os.path.isdir(os.fspath(p)) and is_adapter(os.fspath(p)):
+            raise ConfigError(f"{p}: a PEFT adapter directory; analyze() it on its own")
+    reports = [analyze(p, settings=chosen, resolve=resolve) for p in paths]
+    if spectral:
+        compute_many(reports, chosen, progress=progress, executor=executor, ray_address=ray_address)
+    return reports

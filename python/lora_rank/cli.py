@@ -111,6 +111,19 @@ def _common_options() -> _Parser:
         "--threads", type=_positive_int, metavar="N", help="worker threads (default: all cores)"
     )
     p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where spectra are computed: this process (default) or Ray tasks on a cluster "
+        '(pip install "lora-rank[ray]"; --threads is then each task\'s threads, default 1)',
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="Ray cluster to connect to with --executor ray (default: RAY_ADDRESS, else a "
+        "local Ray)",
+    )
+    p.add_argument(
         "--resolve",
         choices=("rules", "transformers"),
         default="rules",
@@ -423,6 +436,8 @@ def _analyze(args: argparse.Namespace, spectral: bool) -> Report:
         progress=False if args.quiet else None,
         resolve=args.resolve,
         base=getattr(args, "base", None),
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
 
 
@@ -601,6 +616,8 @@ def _compare(args: argparse.Namespace, spectral: bool = True) -> Any:
         spectral=spectral,
         settings=_spectral_settings(args),
         progress=False if args.quiet else None,
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
 
 

@@ -20,14 +20,15 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .. import _core
+from .. import _core, executors
 from ..errors import ConfigError, UnsupportedFormatError
+from ..executors.scan import Scan
 from ..inventory.quantization import QuantTuple
 from ..inventory.quantization import _Aux as Aux
 from ..report import Report, Spectrum, Tensor
 from ..sources.local import PathLike
 from ..spectral.jobs import Job, Plan, shard_files
-from ..spectral.progress import ProgressCallback, progress_reporter
+from ..spectral.progress import ProgressCallback
 from ..spectral.settings import SpectralSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -269,6 +270,8 @@ def compare(
     top_k: Optional[int] = None,
     threads: Optional[int] = None,
     progress: Union[bool, ProgressCallback, None] = None,
+    executor: str = "local",
+    ray_address: Optional[str] = None,
 ) -> Comparison:
     """Compare a base checkpoint with a fine-tune of it, without loading either model.
 
@@ -280,6 +283,8 @@ def compare(
         settings, top_k, threads: the solver's settings (``top_k`` default 64 here: the
             directions :meth:`Comparison.extract` can keep per module).
         progress: as in :func:`lora_rank.analyze`.
+        executor, ray_address: where the updates' spectra are computed (``"ray"``: Ray tasks,
+            the same results; the norms are read here), as in :func:`lora_rank.analyze`.
 
     Raises:
         ConfigError: the two are not one architecture (names the first mismatching tensor).
@@ -294,6 +299,7 @@ def compare(
     # Lazy import (deliberate cycle): analysis dispatches adapter directories to this package.
     from ..analysis import analyze
 
+    executors.check_executor(executor)
     chosen = (settings or SpectralSettings(top_k=64)).replace(top_k=top_k, threads=threads)
     reports = [
         r if isinstance(r, Report) else analyze(r, threads=chosen.threads, progress=False)
@@ -357,15 +363,20 @@ def compare(
     spectra: list[Optional[Spectrum]] = [None] * len(pairs)
     if spectral:
         todo = [k for k, d in enumerate(delta_norms) if d != 0]
-        with progress_reporter(progress, len(todo), "updates") as callback:
-            results = _core.spectra(
-                shards,
-                [jobs[k] for k in todo],
-                chosen,
-                progress=callback,
-                quant=[quant[k] for k in todo],
-                minus=[minus[k] for k in todo],
-            )
+        scan = Scan(
+            shards,
+            [jobs[k] for k in todo],
+            [quant[k] for k in todo],
+            minus=[minus[k] for k in todo],
+        )
+        results = executors.spectra(
+            scan,
+            chosen,
+            progress=progress,
+            description="updates",
+            executor=executor,
+            ray_address=ray_address,
+        )
         for k, d in zip(todo, results):
             spectra[k] = Spectrum.from_core(d)
     modules: list[ModuleDelta] = []

@@ -1,0 +1,349 @@
+"""Spectral scans on a Ray cluster: ``analyze(..., spectral=True, executor="ray")``,
+``analyze_many(..., executor="ray")`` and ``compare(..., executor="ray")`` run here.
+
+- **Connecting**: an initialized Ray is used as it is; otherwise ``ray.init(address=...)``
+  with the ``ray_address`` given, else ``RAY_ADDRESS``, else a local Ray started in this
+  process. Ray is the optional extra ``lora-rank[ray]``, imported only here, inside functions.
+- **Tasks**: the scan's jobs (:mod:`lora_rank.spectral.jobs`) are split by
+  :func:`~lora_rank.executors.scan.groups` into runs of consecutive matrices of one shard, of
+  at most :func:`task_bytes` stored bytes (about :data:`TASKS_PER_SLOT` tasks per task slot of
+  the cluster, between :data:`MIN_TASK_BYTES` and :data:`MAX_TASK_BYTES`), submitted largest
+  first. One Ray task (``num_cpus`` = its solver threads) runs ``_core.spectra`` on its group.
+  A task receives paths, URLs and byte ranges, never weight bytes: the worker reads a local
+  path itself (a filesystem every node sees) or, for a hub checkpoint, the shards by HTTP range
+  requests (:func:`lora_rank.sources.hub.remote_spectra`; these tasks run with
+  ``HF_HUB_OFFLINE=0``, as the driver read the headers online; a gated repo needs ``HF_TOKEN``
+  on the workers too, e.g. through ``ray.init(runtime_env={"env_vars": ...})``).
+- **Same results**: each matrix's start block is seeded from its name (not from its place in a
+  batch) and a task's solver uses ``threads`` threads (``settings.threads``, default 1), so
+  every :class:`~lora_rank.report.Spectrum` is bit for bit the local engine's with the same
+  settings (``threads`` included) on a CPU of the same kind (the bf16 kernel is chosen per CPU:
+  :mod:`lora_rank.spectral.compute`).
+- **Faults**: a task whose worker or node dies, or that fails with an ``OSError`` (a shared
+  filesystem or the network), is retried by Ray (``max_retries``); every start is counted
+  (:class:`RunStats`). A task that fails (a worker exception, or a worker lost more
+  than ``max_retries`` times) ends the scan with one :class:`~lora_rank.LoraRankError` naming
+  its matrices, the shard and the worker's exception (a lora_rank error keeps its class).
+  Local shards are stamped (size, mtime) by the driver before the tasks are submitted; each
+  task checks them before and after reading, and the driver once more at the end: a change is
+  :class:`~lora_rank.FileChangedError`, never a mix of two versions (remote shards: ETag).
+- **Progress**: one bar over the cluster (matrices and bytes done, from task completions,
+  :mod:`lora_rank.spectral.progress`); Ctrl-C cancels the outstanding tasks.
+
+Example (the local engine gives the same numbers; :func:`run` needs a Ray cluster, see
+``tests/test_ray.py``):
+    >>> import lora_rank
+    >>> from lora_rank.executors.scan import Scan
+    >>> scan = Scan.of_report(lora_rank.analyze(lora_rank.demo_checkpoint()))
+    >>> task_bytes(scan.total_bytes(), slots=2) == MIN_TASK_BYTES
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from .. import _core
+from ..errors import ConfigError, FileChangedError, LoraRankError
+from ..spectral.jobs import ELEMENT_SIZE
+from ..spectral.progress import ProgressCallback, progress_reporter
+from ..spectral.settings import SpectralSettings
+from .scan import Scan, groups
+
+#: Tasks aimed at per task slot (cluster CPUs / threads per task): enough to balance the load
+#: and to lose little to a dead node, few enough that Ray's per-task cost stays small.
+TASKS_PER_SLOT = 4
+#: Bounds of a task's stored bytes (a larger matrix is a task of its own).
+MIN_TASK_BYTES = 32 * 2**20
+MAX_TASK_BYTES = 2 * 2**30
+#: Retries of a task whose worker or node died.
+MAX_RETRIES = 3
+
+_INSTALL = 'executor="ray" needs Ray, an optional extra: pip install "lora-rank[ray]"'
+
+#: ``(size, mtime_ns)`` of a shard file.
+Stamp = tuple[int, int]
+
+
+@dataclass
+class RunStats:
+    """What the last :func:`run` did: tasks submitted, task starts (a retry is one more start),
+    and the wall time.
+
+    Example:
+        >>> RunStats(tasks=4, starts=5).retried
+        1
+    """
+
+    tasks: int = 0
+    starts: int = 0
+    seconds: float = 0.0
+    #: Starts per task (in order of submission).
+    attempts: list[int] = field(default_factory=list)
+    #: Ray node ids each task started on, per task (in order of submission).
+    nodes: list[list[str]] = field(default_factory=list)
+
+    @property
+    def retried(self) -> int:
+        """Task starts beyond the first of each task (workers or nodes lost mid-task)."""
+        return self.starts - self.tasks
+
+
+#: Statistics of the last :func:`run` in this process (for benchmarks and tests).
+last_run = RunStats()
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or one :class:`~lora_rank.LoraRankError` saying how to install it.
+
+    Example:
+        >>> import sys, lora_rank
+        >>> saved, sys.modules["ray"] = sys.modules.get("ray"), None  # Ray not installed
+        >>> try:
+        ...     import_ray()
+        ... except lora_rank.LoraRankError as e:
+        ...     print(e)
+        ... finally:
+        ...     _ = sys.modules.pop("ray") if saved is None else sys.modules.update(ray=saved)
+        executor="ray" needs Ray, an optional extra: pip install "lora-rank[ray]"
+    """
+    try:
+        import ray
+    except ImportError:
+        raise LoraRankError(_INSTALL) from None
+    return ray
+
+
+def task_bytes(total: int, slots: int) -> int:
+    """Stored bytes per task for a scan of ``total`` bytes on ``slots`` task slots.
+
+    Example:
+        >>> task_bytes(16 * 2**30, slots=2) // 2**20
+        2048
+        >>> task_bytes(2 * 2**30, slots=8) // 2**20
+        64
+    """
+    per = total // max(1, slots * TASKS_PER_SLOT)
+    return max(MIN_TASK_BYTES, min(MAX_TASK_BYTES, per))
+
+
+def _stamp(path: str) -> Stamp:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _check_stamps(shards: Sequence[tuple[str, int]], stamps: Sequence[Optional[Stamp]]) -> None:
+    for (path, _), stamp in zip(shards, stamps):
+        if stamp is None:
+            continue
+        try:
+            now = _stamp(path)
+        except FileNotFoundError:
+            raise FileChangedError(f"{path}: removed during the scan") from None
+        if now != stamp:
+            raise FileChangedError(
+                f"{path}: changed during the scan (size, mtime {stamp} became {now}): its "
+                "spectra would mix two versions of the file"
+            )
+
+
+class _Starts:
+    """A Ray actor counting the starts of each task (a retried task starts again)."""
+
+    def __init__(self) -> None:
+        self.starts: dict[int, int] = {}
+        self.nodes: dict[int, list[str]] = {}
+
+    def start(self, key: int, node: str) -> int:
+        self.starts[key] = self.starts.get(key, 0) + 1
+        self.nodes.setdefault(key, []).append(node)
+        return self.starts[key]
+
+    def counts(self) -> tuple[dict[int, int], dict[int, list[str]]]:
+        return self.starts, self.nodes
+
+
+def _run_task(
+    task: dict[str, Any],
+    settings: SpectralSettings,
+    stamps: Sequence[Optional[Stamp]],
+    starts: Any,
+    key: int,
+) -> list[dict[str, Any]]:
+    """One Ray task (runs on a worker): the spectra of a group of jobs, read by the worker."""
+    import ray
+
+    ray.get(starts.start.remote(key, ray.get_runtime_context().get_node_id()))
+    if task["remote"] is not None:
+        # Lazy: the hub source is needed by the workers of remote checkpoints only.
+        from ..sources.hub import remote_spectra
+
+        out = remote_spectra(
+            task["remote"], task["jobs"], ELEMENT_SIZE, settings=settings, progress=None
+        )
+    else:
+        used = {s for job in task["jobs"] for s, _, _ in job[1]}
+        for m in task["minus"] or ():
+            if m is not None:
+                used |= {s for s, _, _ in m[0][1]}
+        mine = [stamp if i in used else None for i, stamp in enumerate(stamps)]
+        _check_stamps(task["shards"], mine)
+        out = _core.spectra(
+            task["shards"],
+            task["jobs"],
+            settings,
+            quant=task["quant"],
+            minus=task["minus"],
+        )
+        _check_stamps(task["shards"], mine)
+    return [dict(d) for d in out]
+
+
+def _error(e: BaseException, task: dict[str, Any], attempts: int) -> BaseException:
+    """One error for a failed task: a lora_rank error keeps its class; anything else (a
+    worker's exception, a worker or node lost more than ``max_retries`` times) is a
+    LoraRankError naming the task's matrices, its shard and the exception."""
+    cause = getattr(e, "cause", None) or e
+    names = [job[0] for job in task["jobs"]]
+    where = names[0] + (f" (and {len(names) - 1} more matrices of its task)" if names[1:] else "")
+    if isinstance(cause, LoraRankError):
+        return type(cause)(str(cause))
+    shard = task["jobs"][0][1][0][0] if task["jobs"] and task["jobs"][0][1] else None
+    source = task["remote"] if task["remote"] is not None else task["shards"]
+    file = ""
+    if shard is not None:
+        entry = source[shard]
+        file = f" in {getattr(entry, 'url', None) or entry[0]}"
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return LoraRankError(
+        f"{where}{file}: the Ray task failed after {attempts} start(s): "
+        f"{type(cause).__name__}: {text}"
+    )
+
+
+def _connect(ray: Any, address: Optional[str]) -> None:
+    if not ray.is_initialized():
+        import logging
+
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+
+
+def run(
+    scans: Sequence[Scan],
+    settings: SpectralSettings,
+    *,
+    progress: Union[bool, ProgressCallback, None] = None,
+    address: Optional[str] = None,
+    description: str = "spectra",
+    max_retries: int = MAX_RETRIES,
+    bytes_per_task: Optional[int] = None,
+) -> list[list[dict[str, Any]]]:
+    """The engine's result dicts of every job of every scan (per scan, in job order),
+    computed by Ray tasks (see the module docs). ``bytes_per_task`` overrides
+    :func:`task_bytes`; :data:`last_run` holds the task counts.
+
+    Example (needs a running cluster: skipped here):
+        >>> import lora_rank
+        >>> report = lora_rank.analyze(lora_rank.demo_checkpoint())
+        >>> out = run([Scan.of_report(report)], SpectralSettings(top_k=4))  # doctest: +SKIP
+        >>> len(out[0])  # doctest: +SKIP
+        40
+    """
+    global last_run
+    ray = import_ray()
+    _connect(ray, address)
+    threads = settings.threads or 1
+    chosen = settings.replace(threads=threads)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    largest = max((int(n.get("Resources", {}).get("CPU", 0)) for n in nodes), default=0)
+    if threads > largest:
+        raise ConfigError(
+            f"threads={threads} per Ray task, but the largest node of the cluster has "
+            f"{largest} CPU(s): no task could be scheduled (pass threads <= {largest})"
+        )
+    slots = sum(int(n.get("Resources", {}).get("CPU", 0)) // threads for n in nodes)
+    total_bytes = sum(s.total_bytes() for s in scans)
+    size = bytes_per_task or task_bytes(total_bytes, slots)
+    tasks: list[tuple[int, list[int]]] = [
+        (k, g) for k, s in enumerate(scans) for g in groups(s, size)
+    ]
+    tasks.sort(key=lambda t: -sum(scans[t[0]].job_bytes(i) for i in t[1]))
+    stamps = [
+        [_stamp(path) if s.remote is None and n >= 0 else None for path, n in s.shards]
+        for s in scans
+    ]
+    here = ray.get_runtime_context().get_node_id()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    starts = (
+        ray.remote(_Starts)
+        .options(
+            num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+        )
+        .remote()
+    )
+    task_options: dict[str, Any] = {
+        "num_cpus": threads,
+        "max_retries": max_retries,
+        "retry_exceptions": [OSError],
+    }
+    remote_fn = ray.remote(_run_task).options(**task_options)
+    started = time.monotonic()
+    args = [scans[k].task(g) for k, g in tasks]
+    # The driver read a remote checkpoint's headers online: its workers fetch online too,
+    # whatever HF_HUB_OFFLINE their nodes were started with.
+    online = ray.remote(_run_task).options(
+        **task_options, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "0"}}
+    )
+    refs = {
+        (online if scans[k].remote is not None else remote_fn).remote(
+            a, chosen, stamps[k], starts, key
+        ): key
+        for key, ((k, _), a) in enumerate(zip(tasks, args))
+    }
+    results: list[list[Optional[dict[str, Any]]]] = [[None] * len(s.jobs) for s in scans]
+    total = sum(len(s.jobs) for s in scans)
+    done = 0
+    pending = list(refs)
+    try:
+        with progress_reporter(progress, total, description, total_bytes=total_bytes) as callback:
+            fetched = getattr(callback, "fetched", None)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    key = refs[ref]
+                    k, group = tasks[key]
+                    try:
+                        out = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        counts, _ = ray.get(starts.counts.remote())
+                        raise _error(e, args[key], counts.get(key, 0)) from None
+                    for i, d in zip(group, out):
+                        results[k][i] = d
+                    done += len(group)
+                    if callback is not None:
+                        callback(done, total, scans[k].jobs[group[-1]][0])
+                    if fetched is not None:
+                        fetched(sum(scans[k].job_bytes(i) for i in group))
+        for scan, mine in zip(scans, stamps):
+            _check_stamps(scan.shards, mine)
+        counts, where = ray.get(starts.counts.remote())
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        ray.kill(starts)
+    last_run = RunStats(
+        tasks=len(tasks),
+        starts=sum(counts.values()),
+        seconds=time.monotonic() - started,
+        attempts=[counts.get(key, 0) for key in range(len(tasks))],
+        nodes=[where.get(key, []) for key in range(len(tasks))],
+    )
+    return [[d for d in per if d is not None] for per in results]
