@@ -75,6 +75,12 @@ python -m mypy.stubtest lora_rank._core --mypy-config-file pyproject.toml
 step "benchmark smoke run (benches/run.py --quick: < 1 min, temporary files only)"
 python benches/run.py --quick
 
+step "Ray executor tests (tests/test_ray.py: a two-node Ray cluster, in a loopback-only network namespace)"
+# Ray binds the machine's outward address even for a local cluster, and these machines allow
+# loopback traffic only: the cluster tests run inside `unshare -n` (root, or unprivileged user
+# namespaces), where 127.0.0.1 is the only address; outside it they skip.
+unshare -n bash -c 'ip link set lo up && LORA_RANK_RAY_TESTS=1 exec python -m pytest -q -p no:cacheprovider tests/test_ray.py'
+
 # pytest last: its summary line closes the run.
 step "pytest"
 python -m pytest -q -p no:cacheprovider "$@"
