@@ -45,7 +45,7 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 # This file is ray.py: its directory goes last on the path, after the installed ray package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path += [str(HERE), str(HERE.parent / "tests")]
+sys.path.append(str(HERE))
 
 
 def cpu() -> dict[str, Any]:
@@ -182,15 +182,25 @@ def bench_overhead(rounds: int, tiny: int, work: Path, results: dict[str, Any]) 
 
 
 def bench_many(rounds: int, work: Path, results: dict[str, Any]) -> None:
+    import importlib.util
+
     import lora_rank
-    from checkpoints import ARCHS, save_checkpoint
+
+    # tests/checkpoints.py (the fixtures), not benches/checkpoints.py.
+    spec = importlib.util.spec_from_file_location(
+        "test_checkpoints", HERE.parent / "tests" / "checkpoints.py"
+    )
+    assert spec is not None and spec.loader is not None
+    fixtures = importlib.util.module_from_spec(spec)
+    sys.modules["test_checkpoints"] = fixtures
+    spec.loader.exec_module(fixtures)
 
     archs = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "bert", "mixtral"]
     tiny = []
     for a in archs:
         out = work / "fixtures" / a
         if not (out / "config.json").exists():
-            save_checkpoint(ARCHS[a], out)
+            fixtures.save_checkpoint(fixtures.ARCHS[a], out)
         tiny.append(out)
     minilm = [lora_rank.demo_checkpoint()] * 8
     for name, paths in (("many_fixtures", tiny), ("many_minilm", minilm)):
@@ -225,7 +235,10 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     which = args.only or ["scan", "overhead", "many"]
+    # --only: the other sections of an earlier run of --out are kept.
+    earlier = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
     results: dict[str, Any] = {
+        **earlier,
         "date": datetime.date.today().isoformat(),
         "cpu": cpu(),
         "python": platform.python_version(),
@@ -246,18 +259,19 @@ def main() -> None:
         import lora_rank
 
         lora_rank.analyze(lora_rank.demo_checkpoint(), spectral=True, threads=1, executor="ray")
-        if "overhead" in which:
-            bench_overhead(args.rounds, args.tiny, work, results)
-        if "many" in which:
-            bench_many(args.rounds, work, results)
-        if "scan" in which:
-            bench_scan(args.rounds, results)
+        for name, bench in (
+            ("overhead", lambda: bench_overhead(args.rounds, args.tiny, work, results)),
+            ("many", lambda: bench_many(args.rounds, work, results)),
+            ("scan", lambda: bench_scan(args.rounds, results)),
+        ):
+            if name in which:
+                bench()
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=1) + "\n")
     finally:
         ray.shutdown()
         c.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -24,9 +24,10 @@
   (:class:`RunStats`). A task that fails (a worker exception, or a worker lost more
   than ``max_retries`` times) ends the scan with one :class:`~lora_rank.LoraRankError` naming
   its matrices, the shard and the worker's exception (a lora_rank error keeps its class).
-  Local shards are stamped (size, mtime) by the driver before the tasks are submitted; each
-  task checks them before and after reading, and the driver once more at the end: a change is
-  :class:`~lora_rank.FileChangedError`, never a mix of two versions (remote shards: ETag).
+  Local shards are stamped (size, mtime, ctime, inode) by the driver before the tasks are
+  submitted; each task checks them before and after reading, and the driver once more at the
+  end: a change is :class:`~lora_rank.FileChangedError`, never a mix of two versions (remote
+  shards: ETag).
 - **Progress**: one bar over the cluster (matrices and bytes done, from task completions,
   :mod:`lora_rank.spectral.progress`); Ctrl-C cancels the outstanding tasks.
 
@@ -65,8 +66,9 @@ MAX_RETRIES = 3
 
 _INSTALL = 'executor="ray" needs Ray, an optional extra: pip install "lora-rank[ray]"'
 
-#: ``(size, mtime_ns)`` of a shard file.
-Stamp = tuple[int, int]
+#: ``(size, mtime_ns, ctime_ns, inode)`` of a shard file (as the engine's own check, without
+#: the device number, which differs between the mounts of one shared filesystem).
+Stamp = tuple[int, int, int, int]
 
 
 @dataclass
@@ -133,7 +135,7 @@ def task_bytes(total: int, slots: int) -> int:
 
 def _stamp(path: str) -> Stamp:
     st = os.stat(path)
-    return (st.st_size, st.st_mtime_ns)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def _check_stamps(shards: Sequence[tuple[str, int]], stamps: Sequence[Optional[Stamp]]) -> None:
@@ -146,8 +148,8 @@ def _check_stamps(shards: Sequence[tuple[str, int]], stamps: Sequence[Optional[S
             raise FileChangedError(f"{path}: removed during the scan") from None
         if now != stamp:
             raise FileChangedError(
-                f"{path}: changed during the scan (size, mtime {stamp} became {now}): its "
-                "spectra would mix two versions of the file"
+                f"{path}: changed during the scan (size, mtime, ctime, inode {stamp} became "
+                f"{now}): its spectra would mix two versions of the file"
             )
 
 
