@@ -28,6 +28,13 @@ _PLACEHOLDER = "\ua66e"
 _DIGIT_RULE = re.compile(r"\\d|\\D|[0-9]")
 #: What an index (``.12``) of a key becomes in its abstract pattern.
 ABSTRACT_INDEX = "." + _PLACEHOLDER
+#: One placeholder per index position (word characters no rule spells, without case), to
+#: trace which indices a rename keeps.
+_SLOT_PLACEHOLDERS = tuple(chr(0x4E00 + i) for i in range(8))
+
+#: A pattern's rename (see :meth:`Table.rename_pattern`): runtime name with placeholders, the
+#: converter, its source index and the indices kept (None: all, in order).
+PatternRename = tuple[str, Optional[naming.Transform], Optional[int], Optional[tuple[int, ...]]]
 
 #: Flag bits of a parameter record.
 _WRAPPED, _TARGET_PARAMETER = 1, 2
@@ -93,6 +100,17 @@ def fill_pieces(pieces: Sequence[str], indices: Sequence[str]) -> str:
     return pieces[0] + "".join(i + p for i, p in zip(indices, pieces[1:]))
 
 
+def kept_indices(kept: Optional[tuple[int, ...]], indices: list[str]) -> list[str]:
+    """The ``indices`` a pattern's runtime name keeps (``kept`` from
+    :meth:`Table.rename_pattern`; None: all of them).
+
+    Example:
+        >>> kept_indices((0,), [".3", ".5"]), kept_indices(None, [".3"])
+        (['.3'], ['.3'])
+    """
+    return indices if kept is None else [indices[i] for i in kept]
+
+
 @dataclass(frozen=True)
 class ParamRecord:
     """What one runtime parameter is, as transformers builds it and PEFT wraps it."""
@@ -149,9 +167,9 @@ class Table:
     #: resolved through its model type's base class may be of any head class.
     keep_prefix: bool = False
     #: Renames per key pattern (placeholders for indices); None: rename every key.
-    _renames: Optional[
-        dict[str, Optional[tuple[str, Optional[naming.Transform], Optional[int]]]]
-    ] = field(default=None, compare=False, repr=False)
+    _renames: Optional[dict[str, Optional[PatternRename]]] = field(
+        default=None, compare=False, repr=False
+    )
     _modules: dict[tuple[Any, ...], Optional[ResolvedModule]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -185,23 +203,31 @@ class Table:
         hit = self.rename_pattern(abstract, key, indices)
         if hit is None:
             return self._rename(key)
-        return naming.Renamed(key, fill(hit[0], indices), hit[1], hit[2])
+        return naming.Renamed(key, fill(hit[0], kept_indices(hit[3], indices)), hit[1], hit[2])
 
     def rename_pattern(
         self, abstract: str, key: str, indices: list[str]
-    ) -> Optional[tuple[str, Optional[naming.Transform], Optional[int]]]:
+    ) -> Optional[PatternRename]:
         """:meth:`runtime_name` of every key of one pattern at once: ``abstract`` is ``key``
         with its ``indices`` replaced by :data:`ABSTRACT_INDEX` (see :func:`abstract_key`).
-        Returns the runtime name with placeholders where the indices go (see :func:`fill`),
-        the converter and its source index; None when keys of this pattern must be renamed one
-        by one (rules that spell digits, or a rename that drops or adds an index).
+        Returns the runtime name with placeholders where the kept indices go (see :func:`fill`),
+        the converter, its source index and which indices the runtime name keeps (None: all,
+        in order; a converter fusing experts drops the expert index); None when keys of this
+        pattern must be renamed one by one (rules that spell digits, or a rename whose indices
+        cannot be traced). The answer is checked against ``key`` renamed on its own.
 
         Example:
             >>> t = table("LlamaForCausalLM")
             >>> abstract = "model.layers" + ABSTRACT_INDEX + ".mlp.up_proj.weight"
-            >>> tpl, _, _ = t.rename_pattern(abstract, "model.layers.3.mlp.up_proj.weight", [".3"])
-            >>> fill(tpl, [".7"])
-            'model.layers.7.mlp.up_proj.weight'
+            >>> tpl, _, _, kept = t.rename_pattern(abstract, "model.layers.3.mlp.up_proj.weight", [".3"])
+            >>> fill(tpl, [".7"]), kept
+            ('model.layers.7.mlp.up_proj.weight', None)
+            >>> t = table("MixtralForCausalLM")
+            >>> key = "model.layers.1.block_sparse_moe.experts.5.w3.weight"
+            >>> abstract, indices = abstract_key(key)
+            >>> tpl, conv, source, kept = t.rename_pattern(abstract, key, indices)
+            >>> fill(tpl, kept_indices(kept, indices)), source, kept
+            ('model.layers.1.mlp.experts.gate_up_proj', 1, (0,))
         """
         cache = self._renames
         if cache is None:
@@ -209,18 +235,55 @@ class Table:
         if abstract in cache:
             return cache[abstract]
         r = self._rename(abstract)
-        hit: Optional[tuple[str, Optional[naming.Transform], Optional[int]]] = (
-            r.runtime,
-            r.converter,
-            r.source_index,
-        )
+        hit: Optional[PatternRename] = (r.runtime, r.converter, r.source_index, None)
         if r.runtime.count(_PLACEHOLDER) != len(indices):
-            hit = None  # an index dropped or added (fused experts): rename each key
+            # An index dropped or added (fused experts): find which indices the runtime name
+            # keeps by renaming the pattern with a distinct placeholder per index.
+            kept = self._kept_slots(abstract, r, len(indices))
+            hit = None if kept is None else (r.runtime, r.converter, r.source_index, kept)
+        if hit is not None:
+            exact = self._rename(key)
+            if (
+                fill(hit[0], kept_indices(hit[3], indices)) != exact.runtime
+                or exact.converter is not hit[1]
+                or exact.source_index != hit[2]
+            ):
+                if hit[3] is None:
+                    object.__setattr__(self, "_renames", None)  # never expected; stay exact
+                    return None
+                hit = None  # this pattern's keys are renamed one by one
         cache[abstract] = hit
-        if hit is not None and fill(hit[0], indices) != self._rename(key).runtime:
-            object.__setattr__(self, "_renames", None)  # never expected; stay exact
-            return None
         return hit
+
+    def _kept_slots(
+        self, abstract: str, renamed: naming.Renamed, count: int
+    ) -> Optional[tuple[int, ...]]:
+        """Which of the ``count`` indices of ``abstract`` the runtime name ``renamed`` keeps, in
+        the order it spells them; None when that cannot be traced (a placeholder repeated, or
+        the distinct placeholders renamed differently from the single one)."""
+        if count > len(_SLOT_PLACEHOLDERS):
+            return None
+        pieces = abstract.split(ABSTRACT_INDEX)
+        probe = pieces[0] + "".join(
+            f".{_SLOT_PLACEHOLDERS[i]}{p}" for i, p in enumerate(pieces[1:])
+        )
+        r = self._rename(probe)
+        if r.converter is not renamed.converter or r.source_index != renamed.source_index:
+            return None
+        found = sorted(
+            (r.runtime.find("." + _SLOT_PLACEHOLDERS[i]), i)
+            for i in range(count)
+            if "." + _SLOT_PLACEHOLDERS[i] in r.runtime
+        )
+        kept = tuple(i for _, i in found)
+        template = r.runtime
+        for i in kept:
+            if template.count(_SLOT_PLACEHOLDERS[i]) != 1:
+                return None
+            template = template.replace("." + _SLOT_PLACEHOLDERS[i], ABSTRACT_INDEX)
+        if template != renamed.runtime or any(c in template for c in _SLOT_PLACEHOLDERS):
+            return None
+        return kept
 
     def _rename(self, key: str) -> naming.Renamed:
         r = naming.rename_key(key, self.rules)
@@ -337,7 +400,9 @@ def table(
     prefix = entry.get("base_model_prefix") or ""
     rules = _rules(entry["conversions"], prefix)
     digit_free = not any(
-        _DIGIT_RULE.search(p) for t in rules.renamings + rules.converters for p in t.source_patterns
+        _DIGIT_RULE.search(p) or any(c in p for c in (_PLACEHOLDER, *_SLOT_PLACEHOLDERS))
+        for t in rules.renamings + rules.converters
+        for p in t.source_patterns
     )
     return Table(
         class_name=class_name,

@@ -93,6 +93,8 @@ class _KeyPattern:
     module: _Template
     leaf: str
     bare: bool
+    #: The indices ``runtime`` keeps (None: all; a converter fusing experts drops one).
+    kept: Optional[tuple[int, ...]] = None
 
 
 def _key_pattern(
@@ -106,11 +108,13 @@ def _key_pattern(
     hit = by_pattern(abstract, key, indices) if by_pattern is not None else None
     if hit is None:
         return None
-    runtime, converter, source_index = hit
+    runtime, converter, source_index, kept = hit
     module, leaf, bare = _module_of(runtime)
-    if converter is None and module.count(architectures.ABSTRACT_INDEX) != len(indices):
+    if converter is None and (
+        kept is not None or module.count(architectures.ABSTRACT_INDEX) != len(indices)
+    ):
         return None
-    return _KeyPattern(runtime, converter, source_index, _Template(module), leaf, bare)
+    return _KeyPattern(runtime, converter, source_index, _Template(module), leaf, bare, kept)
 
 
 def _module_of(runtime: str) -> tuple[str, str, bool]:
@@ -380,23 +384,23 @@ def _group_keys(
             if g is None:
                 g = groups[module] = _Group(module, None, kp.bare, kp.module, indices)
         else:
-            r = (
-                rename(t.name)
-                if kp is None
-                else naming.Renamed(
-                    t.name, architectures.fill(kp.runtime, indices), kp.converter, kp.source_index
-                )
-            )
-            if r.converter is not None and r.source_index is not None:
-                fused_parts[r.runtime][r.source_index].append((t.name, t.shape))
-                fused_converter[r.runtime] = r.converter
-                g = groups.get(r.runtime)
+            if kp is None:
+                r = rename(t.name)
+                runtime, converter, source_index = r.runtime, r.converter, r.source_index
+            else:
+                kept = indices if kp.kept is None else [indices[i] for i in kp.kept]
+                runtime = architectures.fill(kp.runtime, kept)
+                converter, source_index = kp.converter, kp.source_index
+            if converter is not None and source_index is not None:
+                fused_parts[runtime][source_index].append((t.name, t.shape))
+                fused_converter[runtime] = converter
+                g = groups.get(runtime)
                 if g is None:
-                    g = groups[r.runtime] = _Group(r.runtime, r.runtime, False, None, ())
+                    g = groups[runtime] = _Group(runtime, runtime, False, None, ())
                 g.keys.append(t.name)
                 g.dtype = g.dtype or t.dtype
                 continue
-            module, leaf, bare = _module_of(r.runtime)
+            module, leaf, bare = _module_of(runtime)
             g = groups.get(module)
             if g is None:
                 g = groups[module] = _Group(module, None, bare, None, indices)

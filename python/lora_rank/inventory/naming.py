@@ -208,9 +208,12 @@ def fused_shape(
         ...                    1: [("e0.w3", (8, 4)), ("e1.w3", (8, 4))]})
         (2, 16, 4)
     """
-    groups = [
-        [shape for _, shape in natural_sorted(parts[i], lambda p: p[0])] for i in sorted(parts)
-    ]
+    groups = []
+    for i in sorted(parts):
+        group = [shape for _, shape in parts[i]]
+        if any(s != group[0] for s in group):  # equal shapes need no order
+            group = [shape for _, shape in natural_sorted(parts[i], lambda p: p[0])]
+        groups.append(group)
     shapes: list[tuple[int, ...]] = []
     merged = False
     for name, attrs in converter.operations:

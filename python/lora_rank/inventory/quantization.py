@@ -59,8 +59,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..errors import HeaderError, UnsupportedFormatError
@@ -818,8 +818,46 @@ class Logical:
     #: Stored tensors with packed weights replaced by logical ones and auxiliaries dropped.
     tensors: list[Tensor]
     #: Logical weight name → how it is stored.
-    quantized: dict[str, Quantization]
+    quantized: Mapping[str, Quantization]
     warnings: list[str]
+    #: Logical weight name → its stored keys (the stored weight, then the auxiliaries): what
+    #: :func:`attach` puts back in a module's keys (None: read from ``quantized``).
+    stored_keys: Optional[Mapping[str, tuple[str, ...]]] = field(default=None, repr=False)
+
+
+class _Fp8Quantized(Mapping[str, Quantization]):
+    """Logical weight name → :class:`Quantization` of a block-scaled FP8 checkpoint, each made
+    when asked for (a module keeps its first; DeepSeek-V3 has 45,032 FP8 weights in 967
+    modules). ``stored_keys`` maps each weight to ``(weight, scales)``."""
+
+    def __init__(
+        self, block: tuple[int, int], by: dict[str, Tensor], stored_keys: dict[str, tuple[str, str]]
+    ) -> None:
+        self._block, self._by, self._keys = block, by, stored_keys
+
+    def __getitem__(self, name: str) -> Quantization:
+        weight_key, scales_key = self._keys[name]
+        w, s = self._by[weight_key], self._by[scales_key]
+        return Quantization(
+            "fp8",
+            8,
+            None,
+            self._block,
+            w.dtype,
+            w.shape,
+            w.name,
+            (("scales", s.name),),
+            w.numel + s.numel,
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys
 
 
 def _prefixes(fmt: _Format, tensors: list[Tensor], by: dict[str, Tensor]) -> list[str]:
@@ -905,10 +943,12 @@ def logical_tensors(
     by = {t.name: t for t in tensors}
     read_bytes = _bytes_reader(shards)
     read_ints = _ints(read_bytes)
-    quantized: dict[str, Quantization] = {}
+    quantized: Mapping[str, Quantization] = {}
+    found_q: dict[str, Quantization] = {}
     replaced: dict[str, Tensor] = {}
     dropped: set[str] = set()
     unread: list[str] = []
+    stored_keys: Optional[dict[str, tuple[str, str]]] = None
 
     def read_or_note(t: Tensor) -> Optional[list[int]]:
         values = read_ints(t)
@@ -916,7 +956,14 @@ def logical_tensors(
             unread.append(t.name)
         return values
 
-    for p in _prefixes(fmt, tensors, by):
+    if fmt.method == "fp8":
+        stored_keys = _fp8_pairs(fmt, tensors, by)
+    if stored_keys is not None:
+        quantized = _Fp8Quantized(fmt.block, by, stored_keys)
+        dropped = {scales for _, scales in stored_keys.values()}
+    else:
+        quantized = found_q
+    for p in _prefixes(fmt, tensors, by) if stored_keys is None else ():
         try:
             found = _module(fmt, p, by, read_or_note, read_bytes)
         except _Malformed as e:
@@ -926,7 +973,7 @@ def logical_tensors(
         if found is None:
             continue
         logical, q = found
-        quantized[logical.name] = q
+        found_q[logical.name] = q
         replaced[q.weight_key] = logical
         for _, n in q.aux:
             dropped.add(n)
@@ -938,30 +985,71 @@ def logical_tensors(
             f"width, as the values of {unread[0]}{' ...' if len(unread) > 1 else ''} are not "
             "read here (remote shards): exact when in_features × bits is a multiple of 32"
         )
-    out = [replaced.get(t.name, t) for t in tensors if t.name not in dropped]
-    return Logical(out, quantized, warnings)
+    if replaced:
+        out = [replaced.get(t.name, t) for t in tensors if t.name not in dropped]
+    else:
+        out = [t for t in tensors if t.name not in dropped]
+    return Logical(out, quantized, warnings, stored_keys)
+
+
+def _fp8_pairs(
+    fmt: _Format, tensors: list[Tensor], by: dict[str, Tensor]
+) -> Optional[dict[str, tuple[str, str]]]:
+    """Each FP8 weight's ``(weight, scales)`` keys, in the order of the scales (as the loop of
+    :func:`logical_tensors` finds them), when every FP8 weight has well-formed block scales and
+    every scale its FP8 weight: one pass, no :class:`Quantization` made (see
+    :class:`_Fp8Quantized`). None when anything is amiss: the loop then finds the first fault
+    and names it, as :func:`_fp8` checks it."""
+    b0, b1 = fmt.block
+    fp8_weights = 0
+    scales: list[Tensor] = []
+    for t in tensors:
+        name = t.name
+        if name.endswith(".weight_scale_inv"):
+            scales.append(t)
+        elif name.endswith(".weight") and t.dtype in _FP8_DTYPES:
+            fp8_weights += 1
+    if len(scales) != fp8_weights:
+        return None
+    pairs: dict[str, tuple[str, str]] = {}
+    for s in scales:
+        w = by.get(s.name[: -len("_scale_inv")])
+        if w is None or w.dtype not in _FP8_DTYPES or len(w.shape) != 2:
+            return None
+        out_f, in_f = w.shape
+        if s.dtype not in _SCALE_DTYPES or s.shape != (-(-out_f // b0), -(-in_f // b1)):
+            return None
+        pairs[w.name] = (w.name, s.name)
+    return pairs
 
 
 def attach(modules: list[Module], logical: Logical) -> None:
     """Set :attr:`Module.quantization` and restore the stored keys of quantized modules."""
-    if not logical.quantized:
+    quantized = logical.quantized
+    if not quantized:
         return
+    stored = logical.stored_keys
+    if stored is None:
+        stored = {k: (q.weight_key, *(n for _, n in q.aux)) for k, q in quantized.items()}
     for m in modules:
         keys: list[str] = []
+        first = None
         for k in m.checkpoint_keys:
-            q = logical.quantized.get(k)
-            if q is None:
+            found = stored.get(k)
+            if found is None:
                 keys.append(k)
                 continue
-            m.quantization = m.quantization or q
-            keys.append(q.weight_key)
-            keys.extend(n for _, n in q.aux)
+            if first is None:
+                first = k
+            keys.extend(found)
+        if first is not None and m.quantization is None:
+            m.quantization = quantized[first]
         m.checkpoint_keys = tuple(keys)
 
 
 def stored_elements(tensors: list[Tensor]) -> int:
     """Elements as stored (packed words, scales and zero points counted as they are)."""
-    return sum(t.numel for t in tensors)
+    return sum(map(math.prod, [t.shape for t in tensors]))
 
 
 # -- spectral jobs ----------------------------------------------------------------------------
