@@ -19,6 +19,8 @@ its load, recorded with each round).
 - ``many``: ``analyze_many`` of 8 tiny random-init fixture checkpoints (``tests/checkpoints.py``:
   8 architectures, sharded by ``save_pretrained``) and of 8 copies of the real MiniLM:
   ``executor="ray"`` (threads 1) against the local loop (threads 2).
+- ``costs``: one matrix of each shape of the 2-layer checkpoint, one thread, in this process:
+  wall and CPU seconds, passes (the per-matrix costs of the on-paper scaling table).
 
 Writes ``--out`` (JSON: every round, the CPU's model name / family / model / AVX-512 flags,
 the load average before each run) and prints one line per figure.
@@ -135,6 +137,45 @@ def bench_scan(rounds: int, results: dict[str, Any]) -> None:
     results["scan"]["bytes"] = sum(p.stat().st_size for p in path.glob("*.safetensors"))
 
 
+def bench_costs(results: dict[str, Any]) -> None:
+    """Core-seconds of one matrix of each shape of the 2-layer checkpoint, one thread, warm
+    (the inputs of the on-paper scaling table in benches/README.md)."""
+    import lora_rank
+    from checkpoints import build_real_layers
+    from lora_rank import _core
+    from lora_rank.executors.scan import Scan
+    from lora_rank.spectral.settings import SpectralSettings
+
+    scan = Scan.of_report(lora_rank.analyze(build_real_layers(2)))
+    seen: dict[tuple[int, int], int] = {}
+    for i, job in enumerate(scan.jobs):
+        shape = (sum(r for *_, r in job[1]), job[2])
+        if ".layers.1." not in job[0] and shape not in seen:
+            seen[shape] = i
+    costs = []
+    for shape, i in seen.items():
+        load = os.getloadavg()[0]
+        t = time.perf_counter()
+        cpu0 = time.process_time()
+        out = _core.spectra(scan.shards, [scan.jobs[i]], SpectralSettings(threads=1))
+        row = {
+            "name": scan.jobs[i][0],
+            "shape": list(shape),
+            "elements": shape[0] * shape[1],
+            "seconds": time.perf_counter() - t,
+            "cpu_seconds": time.process_time() - cpu0,
+            "passes": out[0]["iterations"],
+            "load_before": load,
+        }
+        costs.append(row)
+        print(
+            f"  {row['name']} {shape[0]}×{shape[1]}: {row['seconds']:.2f} s wall, "
+            f"{row['cpu_seconds']:.2f} s CPU, {row['passes']} passes, "
+            f"{1e9 * row['cpu_seconds'] / row['elements']:.2f} ns/element (load {load:.1f})"
+        )
+    results["costs"] = costs
+
+
 def _tiny_checkpoint(out: Path, n: int) -> Path:
     import numpy as np
     from safetensors.numpy import save_file
@@ -222,7 +263,7 @@ def bench_many(rounds: int, work: Path, results: dict[str, Any]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=("scan", "overhead", "many"), action="append")
+    p.add_argument("--only", choices=("scan", "overhead", "many", "costs"), action="append")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--tiny", type=int, default=200, help="tiny matrices of the overhead run")
     p.add_argument("--cpus-per-node", type=int, default=1)
@@ -234,7 +275,7 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    which = args.only or ["scan", "overhead", "many"]
+    which = args.only or ["scan", "overhead", "many", "costs"]
     # --only: the other sections of an earlier run of --out are kept.
     earlier = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
     results: dict[str, Any] = {
@@ -263,6 +304,7 @@ def main() -> None:
             ("overhead", lambda: bench_overhead(args.rounds, args.tiny, work, results)),
             ("many", lambda: bench_many(args.rounds, work, results)),
             ("scan", lambda: bench_scan(args.rounds, results)),
+            ("costs", lambda: bench_costs(results)),
         ):
             if name in which:
                 bench()

@@ -21,7 +21,7 @@
   :mod:`lora_rank.spectral.compute`).
 - **Faults**: a task whose worker or node dies, or that fails with an ``OSError`` (a shared
   filesystem or the network), is retried by Ray (``max_retries``); every start is counted
-  (:class:`RunStats`). A task that fails (a worker exception, or a worker lost more
+  (:class:`RunStats`: Ray's attempt number, returned by each task). A task that fails (a worker exception, or a worker lost more
   than ``max_retries`` times) ends the scan with one :class:`~lora_rank.LoraRankError` naming
   its matrices, the shard and the worker's exception (a lora_rank error keeps its class).
   Local shards are stamped (size, mtime, ctime, inode) by the driver before the tasks are
@@ -73,8 +73,8 @@ Stamp = tuple[int, int, int, int]
 
 @dataclass
 class RunStats:
-    """What the last :func:`run` did: tasks submitted, task starts (a retry is one more start),
-    and the wall time.
+    """What the last :func:`run` did: tasks submitted, task runs (Ray's attempt numbers: a
+    retry is one more run), and the wall time.
 
     Example:
         >>> RunStats(tasks=4, starts=5).retried
@@ -84,14 +84,15 @@ class RunStats:
     tasks: int = 0
     starts: int = 0
     seconds: float = 0.0
-    #: Starts per task (in order of submission).
+    #: Ray's attempt number of the run that returned, per task (in order of submission; 1: no
+    #: retry; 0: this Ray does not say).
     attempts: list[int] = field(default_factory=list)
-    #: Ray node ids each task started on, per task (in order of submission).
-    nodes: list[list[str]] = field(default_factory=list)
+    #: The Ray node id each task's result came from (in order of submission).
+    nodes: list[str] = field(default_factory=list)
 
     @property
     def retried(self) -> int:
-        """Task starts beyond the first of each task (workers or nodes lost mid-task)."""
+        """Task runs beyond the first of each task (workers or nodes lost mid-task)."""
         return self.starts - self.tasks
 
 
@@ -153,33 +154,26 @@ def _check_stamps(shards: Sequence[tuple[str, int]], stamps: Sequence[Optional[S
             )
 
 
-class _Starts:
-    """A Ray actor counting the starts of each task (a retried task starts again)."""
-
-    def __init__(self) -> None:
-        self.starts: dict[int, int] = {}
-        self.nodes: dict[int, list[str]] = {}
-
-    def start(self, key: int, node: str) -> int:
-        self.starts[key] = self.starts.get(key, 0) + 1
-        self.nodes.setdefault(key, []).append(node)
-        return self.starts[key]
-
-    def counts(self) -> tuple[dict[int, int], dict[int, list[str]]]:
-        return self.starts, self.nodes
+def _attempt(ray: Any) -> int:
+    """Ray's attempt number of the running task, from 1 (its first run), 0 when this Ray does
+    not say (a private API: ``CoreWorker.get_current_task_attempt_number``)."""
+    try:
+        return (
+            int(ray._private.worker.global_worker.core_worker.get_current_task_attempt_number()) + 1
+        )
+    except (AttributeError, TypeError):
+        return 0
 
 
 def _run_task(
     task: dict[str, Any],
     settings: SpectralSettings,
     stamps: Sequence[Optional[Stamp]],
-    starts: Any,
-    key: int,
-) -> list[dict[str, Any]]:
-    """One Ray task (runs on a worker): the spectra of a group of jobs, read by the worker."""
+) -> tuple[int, str, list[dict[str, Any]]]:
+    """One Ray task (runs on a worker): the spectra of a group of jobs, read by the worker;
+    with Ray's attempt number of this run and the node it ran on."""
     import ray
 
-    ray.get(starts.start.remote(key, ray.get_runtime_context().get_node_id()))
     if task["remote"] is not None:
         # Lazy: the hub source is needed by the workers of remote checkpoints only.
         from ..sources.hub import remote_spectra
@@ -202,10 +196,11 @@ def _run_task(
             minus=task["minus"],
         )
         _check_stamps(task["shards"], mine)
-    return [dict(d) for d in out]
+    node = ray.get_runtime_context().get_node_id()
+    return _attempt(ray), node, [dict(d) for d in out]
 
 
-def _error(e: BaseException, task: dict[str, Any], attempts: int) -> BaseException:
+def _error(e: BaseException, task: dict[str, Any]) -> BaseException:
     """One error for a failed task: a lora_rank error keeps its class; anything else (a
     worker's exception, a worker or node lost more than ``max_retries`` times) is a
     LoraRankError naming the task's matrices, its shard and the exception."""
@@ -221,10 +216,7 @@ def _error(e: BaseException, task: dict[str, Any], attempts: int) -> BaseExcepti
         entry = source[shard]
         file = f" in {getattr(entry, 'url', None) or entry[0]}"
     text = " ".join(str(cause).split()) or type(cause).__name__
-    return LoraRankError(
-        f"{where}{file}: the Ray task failed after {attempts} start(s): "
-        f"{type(cause).__name__}: {text}"
-    )
+    return LoraRankError(f"{where}{file}: the Ray task failed: {type(cause).__name__}: {text}")
 
 
 def _connect(ray: Any, address: Optional[str]) -> None:
@@ -278,17 +270,6 @@ def run(
         [_stamp(path) if s.remote is None and n >= 0 else None for path, n in s.shards]
         for s in scans
     ]
-    here = ray.get_runtime_context().get_node_id()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    starts = (
-        ray.remote(_Starts)
-        .options(
-            num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
-        )
-        .remote()
-    )
     task_options: dict[str, Any] = {
         "num_cpus": threads,
         "max_retries": max_retries,
@@ -303,13 +284,13 @@ def run(
         **task_options, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "0"}}
     )
     refs = {
-        (online if scans[k].remote is not None else remote_fn).remote(
-            a, chosen, stamps[k], starts, key
-        ): key
+        (online if scans[k].remote is not None else remote_fn).remote(a, chosen, stamps[k]): key
         for key, ((k, _), a) in enumerate(zip(tasks, args))
     }
     results: list[list[Optional[dict[str, Any]]]] = [[None] * len(s.jobs) for s in scans]
     total = sum(len(s.jobs) for s in scans)
+    attempts = [0] * len(tasks)
+    nodes = [""] * len(tasks)
     done = 0
     pending = list(refs)
     try:
@@ -321,10 +302,9 @@ def run(
                     key = refs[ref]
                     k, group = tasks[key]
                     try:
-                        out = ray.get(ref)
+                        attempts[key], nodes[key], out = ray.get(ref)
                     except ray.exceptions.RayError as e:
-                        counts, _ = ray.get(starts.counts.remote())
-                        raise _error(e, args[key], counts.get(key, 0)) from None
+                        raise _error(e, args[key]) from None
                     for i, d in zip(group, out):
                         results[k][i] = d
                     done += len(group)
@@ -334,18 +314,15 @@ def run(
                         fetched(sum(scans[k].job_bytes(i) for i in group))
         for scan, mine in zip(scans, stamps):
             _check_stamps(scan.shards, mine)
-        counts, where = ray.get(starts.counts.remote())
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    finally:
-        ray.kill(starts)
     last_run = RunStats(
         tasks=len(tasks),
-        starts=sum(counts.values()),
+        starts=sum(attempts),
         seconds=time.monotonic() - started,
-        attempts=[counts.get(key, 0) for key in range(len(tasks))],
-        nodes=[where.get(key, []) for key in range(len(tasks))],
+        attempts=attempts,
+        nodes=nodes,
     )
     return [[d for d in per if d is not None] for per in results]
