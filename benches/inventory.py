@@ -150,3 +150,153 @@ def run(
 def interpreter_start(runs: int) -> dict[str, Any]:
     """Whole-process time of ``python -c`` doing nothing (the floor of every process time)."""
     return python_process("result = None" + REPORT, [], runs)
+
+
+def cpu() -> dict[str, Any]:
+    """``lscpu``'s model name, family and model, and whether the CPU has AVX-512 (any
+    ``avx512*`` flag) and AVX-512 BF16."""
+    import subprocess
+
+    fields = {}
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = fields.get("Flags", "").split()
+    return {
+        "model_name": fields.get("Model name"),
+        "family": fields.get("CPU family"),
+        "model": fields.get("Model"),
+        "avx512": any(f.startswith("avx512") for f in flags),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "cpus": os.cpu_count(),
+    }
+
+
+def pair(path: Path, rounds: int, ours: str = "lora_rank", anchor: str = "safe_open_np") -> dict:
+    """Whole processes of ``ours`` and ``anchor`` on ``path``, side by side: one untimed
+    warm-up each, then ``rounds`` rounds, each timing one process of both (the order
+    alternating between rounds, so drifting load hits both alike). Ratio = ours / anchor."""
+    from measure import python_process
+
+    codes = {name: METHODS[name].process_code() for name in (ours, anchor)}
+    times: dict[str, list[float]] = {ours: [], anchor: []}
+    results: dict[str, Any] = {}
+    load = [os.getloadavg()[0]]
+    for code in codes.values():  # warm-up: page cache, bytecode cache
+        python_process(code, [str(path)], 1, warmup=0)
+    for i in range(rounds):
+        order = (ours, anchor) if i % 2 == 0 else (anchor, ours)
+        for name in order:
+            r = python_process(codes[name], [str(path)], 1, warmup=0)
+            times[name].append(r["min"])
+            results[name] = r["result"]
+    load.append(os.getloadavg()[0])
+    import statistics
+
+    out: dict[str, Any] = {"checkpoint": str(path), "rounds": rounds, "cpu": cpu(), "load": load}
+    for name in (ours, anchor):
+        out[name] = {
+            "min": min(times[name]),
+            "median": statistics.median(times[name]),
+            "runs": times[name],
+            "result": results[name],
+        }
+    out["ratio_of_medians"] = out[ours]["median"] / out[anchor]["median"]
+    out["ratio_of_mins"] = out[ours]["min"] / out[anchor]["min"]
+    return out
+
+
+_STAGES = """\
+import gc, math, os, sys, time
+t0 = time.perf_counter()
+import lora_rank
+from lora_rank import _core
+from lora_rank.inventory import quantization
+from lora_rank.inventory.modules import build_modules
+from lora_rank.sources.checkpoint import Checkpoint
+t1 = time.perf_counter()
+P, rounds = sys.argv[1], int(sys.argv[2])
+best = {}
+for _ in range(rounds):
+    gc.disable()
+    marks = [("start", time.perf_counter())]
+    raw = _core.open_checkpoint(P, None); marks.append(("Rust headers + rows", time.perf_counter()))
+    ck = Checkpoint.from_core(raw); marks.append(("Tensor objects", time.perf_counter()))
+    lg = quantization.logical_tensors(ck.tensors, ck.config, os.path.join(ck.root, "config.json"), ck.shards)
+    marks.append(("quantized formats", time.perf_counter()))
+    mods, _, _ = build_modules(lg.tensors, ck.config); marks.append(("naming + grouping", time.perf_counter()))
+    quantization.attach(mods, lg); marks.append(("attach", time.perf_counter()))
+    sum(math.prod(t.shape) for t in lg.tensors); sum(t.end - t.begin for t in ck.tensors)
+    quantization.stored_elements(ck.tensors); marks.append(("totals", time.perf_counter()))
+    gc.enable(); [[] for _ in range(1000)]; marks.append(("first GC pass", time.perf_counter()))
+    del raw, ck, lg, mods; marks.append(("freeing", time.perf_counter()))
+    for (_, a), (label, b) in zip(marks, marks[1:]):
+        best[label] = min(best.get(label, 1e9), b - a)
+print("BENCH " + __import__("json").dumps({"import lora_rank": t1 - t0, **best}))
+"""
+
+
+def stages(path: Path, rounds: int) -> dict[str, float]:
+    """Minimum seconds of each stage of ``analyze()`` over ``rounds`` in one process (the
+    cyclic GC paused as ``analyze`` pauses it), and of ``import lora_rank``."""
+    import subprocess
+    import sys
+
+    from measure import ENV
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _STAGES, str(path), str(rounds)],
+        capture_output=True, text=True, env=ENV, check=True,
+    )  # fmt: skip
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("BENCH "))
+    import json
+
+    return dict(json.loads(line[len("BENCH ") :]))
+
+
+def main() -> None:
+    """``python benches/inventory.py --pair [PATH] [--rounds N] [--stages]``: the whole
+    ``analyze()`` process against the raw ``safe_open`` header loop (numpy framework) on one
+    checkpoint (default: the DeepSeek-V3 671B FP8 one, built if missing), interleaved."""
+    import argparse
+    import json
+
+    import checkpoints
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--pair", nargs="?", const="deepseek-v3-fp8", default="deepseek-v3-fp8")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--stages", action="store_true", help="also time analyze()'s stages")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    path = Path(args.pair)
+    if not path.exists():
+        path = checkpoints.build_sparse(checkpoints.SPARSE[args.pair])
+    out = pair(path, args.rounds)
+    c = out["cpu"]
+    print(
+        f"{c['model_name']} (family {c['family']} model {c['model']}, AVX-512 "
+        f"{'yes' if c['avx512'] else 'no'}), {c['cpus']} CPUs; load {out['load'][0]:.2f} → "
+        f"{out['load'][1]:.2f}"
+    )
+    for name in ("lora_rank", "safe_open_np"):
+        r = out[name]
+        print(
+            f"  {name:13} min {r['min']:.3f} s  median {r['median']:.3f} s  "
+            f"({METHODS[name].what}: {r['result']})"
+        )
+    print(
+        f"  ratio lora_rank / safe_open_np: {out['ratio_of_medians']:.2f}× of medians, "
+        f"{out['ratio_of_mins']:.2f}× of mins (goal ≤ 2×)"
+    )
+    if args.stages:
+        out["stages"] = stages(path, 3)
+        print("  stages (min of 3, ms): " + ", ".join(
+            f"{k} {v * 1000:.0f}" for k, v in out["stages"].items()
+        ))  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -275,3 +275,42 @@ def test_generated_sample_matches_the_shipped_tables() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.stdout.strip() == "up to date"
+
+
+def test_fused_keys_renamed_per_pattern_equal_per_key(
+    checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys that a converter fuses (per-expert weights → one stacked parameter) are renamed
+    once per pattern, the kept indices traced with one placeholder per index; the modules
+    equal, field by field and with the same warnings, those made when every such key is
+    renamed on its own (the path PEFT checks above). Not vacuous: MoE architectures whose
+    rules spell no digit (DeepSeek, Qwen-MoE, ...; Mixtral's ``w1``/``w3`` rules keep it per
+    key) take the pattern path."""
+    import json
+
+    from lora_rank.inventory import modules
+
+    traced: list[str] = []
+    real = architectures.Table._kept_slots
+
+    def spy(self: architectures.Table, *args: Any) -> Any:
+        kept = real(self, *args)
+        if kept is not None:
+            traced.append(self.class_name)
+        return kept
+
+    for arch in ALL:
+        path = checkpoint(arch)
+        config = json.loads((path / "config.json").read_text())
+        tensors = list(_analyzed(path).tensors)
+        architectures.table.cache_clear()
+        with monkeypatch.context() as m:
+            m.setattr(architectures.Table, "_kept_slots", spy)
+            fast = modules.build_modules(tensors, config)
+        architectures.table.cache_clear()
+        with monkeypatch.context() as m:
+            m.setattr(architectures.Table, "_kept_slots", lambda *a: None)
+            per_key = modules.build_modules(tensors, config)
+        architectures.table.cache_clear()
+        assert fast == per_key, arch
+    assert {"DeepseekV3ForCausalLM", "Qwen2MoeForCausalLM"} <= set(traced), sorted(set(traced))

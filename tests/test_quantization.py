@@ -1069,3 +1069,76 @@ def test_malformed_mxfp4_names_tensor_and_rule(
         with pytest.raises(lora_rank.HeaderError, match=match) as e:
             lora_rank.analyze(out)
         assert "model.safetensors" in str(e.value) and name in str(e.value)
+
+
+def test_fp8_moe_one_pass_equals_the_per_module_loop(
+    checkpoint: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DeepSeek-V3 (MoE: shared and routed experts, fused on load) stored FP8 block-scaled:
+    the one-pass pairing of weights and scales gives the modules of the unquantized checkpoint
+    (the oracle: the same model, analysed as saved) with every FP8 weight's scales attached,
+    and exactly what the per-module loop gives (the path that names faults) when it is
+    switched off."""
+    from lora_rank.inventory import quantization
+
+    src = checkpoint("deepseek_v3")
+    path, ref = quantize_checkpoint(src, tmp_path / "fp8", "fp8")
+    assert any(".experts." in p for p in ref)  # routed experts are quantized too
+    plain = lora_rank.analyze(src)
+    fast = lora_rank.analyze(path)
+    summary = lambda r: [  # noqa: E731
+        (m.name, m.kind, m.in_features, m.out_features, m.params, m.is_lora_target, m.shape)
+        for m in r.modules
+    ]
+    assert summary(fast) == summary(plain)
+    assert fast.total_params == plain.total_params
+    for m in fast.modules:
+        stored = [k for k in m.checkpoint_keys if not k.endswith("_scale_inv")]
+        scales = [k for k in m.checkpoint_keys if k.endswith("_scale_inv")]
+        assert [k + "_scale_inv" for k in stored if k.removesuffix(".weight") in ref] == scales
+        assert (m.quantization is not None) == bool(scales), m.name
+        if m.quantization is not None:
+            assert m.quantization.weight_key == stored[0]
+            assert m.quantization.aux == (("scales", scales[0]),)
+    with monkeypatch.context() as mp:
+        mp.setattr(quantization, "_fp8_pairs", lambda *a: None)
+        loop = lora_rank.analyze(path)
+    assert fast.modules == loop.modules
+    assert (fast.total_params, fast.stored_elements, fast.warnings) == (
+        loop.total_params,
+        loop.stored_elements,
+        loop.warnings,
+    )
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("scales", "an FP8 weight without its block scales"),
+        ("weight", "block scales without their weight"),
+    ],
+)
+def test_fp8_moe_fault_named_as_by_the_loop(
+    checkpoint: Callable[[str], Path], tmp_path: Path, drop: str, message: str
+) -> None:
+    """One expert's scales (or its weight) missing among hundreds of good pairs: the error
+    names the file and that tensor, as the per-module loop reports it."""
+    from lora_rank.errors import HeaderError
+
+    from safetensors.torch import load_file
+
+    path, _ = quantize_checkpoint(checkpoint("deepseek_v3"), tmp_path / "fp8", "fp8")
+    tensors = load_file(path / "model.safetensors")
+    config = json.loads((path / "config.json").read_text())
+    victim = sorted(k for k in tensors if ".experts.1." in k and k.endswith("up_proj.weight"))[0]
+    if drop == "scales":
+        del tensors[victim + "_scale_inv"]
+        named = victim
+    else:
+        del tensors[victim]
+        named = victim + "_scale_inv"
+    bad = _save(tmp_path / "bad", tensors, config)
+    with pytest.raises(HeaderError, match=message) as e:
+        lora_rank.analyze(bad)
+    assert str(e.value).startswith(str(bad / "model.safetensors"))
+    assert repr(named) in str(e.value)

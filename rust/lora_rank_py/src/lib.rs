@@ -2,12 +2,14 @@
 //! GIL for all file and compute work, and maps core errors to Python exceptions in one place
 //! ([`to_pyerr`]). No logic lives here.
 
+use std::collections::HashMap;
+
 use pyo3::create_exception;
 use pyo3::exceptions::{
     PyException, PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyPermissionError,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use lora_rank_core::{checkpoint, names, quant, spectral, Dtype, Error};
 
@@ -141,17 +143,27 @@ fn checkpoint_from_headers<'py>(
 /// ASCII digits after the first, with their dot) replaced by `.{placeholder}`; the distinct
 /// patterns in the order first seen, each name's pattern number and its indices.
 #[pyfunction]
-fn name_patterns(
+fn name_patterns<'py>(
+    py: Python<'py>,
     names: Vec<String>,
     placeholder: &str,
-) -> (Vec<String>, Vec<usize>, Vec<Vec<String>>) {
+) -> PyResult<(Vec<String>, Vec<usize>, Bound<'py, PyList>)> {
     let p = names::name_patterns(&names, placeholder);
-    let indices = p
-        .indices
-        .iter()
-        .map(|i| i.iter().map(|s| s.to_string()).collect())
-        .collect();
-    (p.patterns, p.pattern_of, indices)
+    // Index strings repeat (".0" … ".255" for 45k expert keys): one str object per value.
+    let mut cache: HashMap<&str, Bound<'py, PyString>> = HashMap::new();
+    let indices = PyList::empty(py);
+    for i in &p.indices {
+        let row = PyList::empty(py);
+        for s in i {
+            let obj = cache
+                .entry(*s)
+                .or_insert_with(|| PyString::new(py, s))
+                .clone();
+            row.append(obj)?;
+        }
+        indices.append(row)?;
+    }
+    Ok((p.patterns, p.pattern_of, indices))
 }
 
 /// The permutation that sorts `names` in natural order (parts split at dots; parts of ASCII
@@ -209,16 +221,29 @@ fn checkpoint_dict<'py>(
     }
     out.set_item("shards", shards)?;
     let tensors = PyList::empty(py);
+    // One str object per dtype and one tuple per shape, shared by their tensors (DeepSeek-V3:
+    // 90k tensors, 3 dtypes, a few hundred shapes): fewer objects to make, track and free.
+    let mut dtypes: Vec<(&'static str, Bound<'py, PyString>)> = Vec::new();
+    let mut shapes: HashMap<&[u64], Bound<'py, PyTuple>> = HashMap::new();
     for t in &ckpt.tensors {
-        let shape = PyTuple::new(py, &t.shape)?;
-        tensors.append((
-            t.name.as_str(),
-            t.dtype.name(),
-            shape,
-            t.shard,
-            t.begin,
-            t.end,
-        ))?;
+        let shape = match shapes.get(t.shape.as_slice()) {
+            Some(s) => s.clone(),
+            None => {
+                let s = PyTuple::new(py, &t.shape)?;
+                shapes.insert(t.shape.as_slice(), s.clone());
+                s
+            }
+        };
+        let name = t.dtype.name();
+        let dtype = match dtypes.iter().find(|(n, _)| *n == name) {
+            Some((_, s)) => s.clone(),
+            None => {
+                let s = PyString::new(py, name);
+                dtypes.push((name, s.clone()));
+                s
+            }
+        };
+        tensors.append((t.name.as_str(), dtype, shape, t.shard, t.begin, t.end))?;
     }
     out.set_item("tensors", tensors)?;
     Ok(out)
