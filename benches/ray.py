@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -176,6 +177,101 @@ def bench_costs(results: dict[str, Any]) -> None:
     results["costs"] = costs
 
 
+#: The on-paper models: ``(matrices, rows, cols, stored bytes per element)`` per matrix class.
+#: DeepSeek-V3 (config.json of deepseek-ai/DeepSeek-V3: hidden 7168, 61 layers of which 3
+#: dense (intermediate 18432) and 58 MoE (256 routed experts + 1 shared, intermediate 2048),
+#: MLA attention, vocabulary 129280; FP8 weights, bf16 embeddings and lm_head) and Llama-3-70B
+#: (hidden 8192, intermediate 28672, 80 layers, 8 KV heads, vocabulary 128256; bf16).
+DEEPSEEK_V3 = [
+    ("routed experts", 58 * 256 * 3, 2048, 7168, 1),
+    ("shared experts", 58 * 3, 2048, 7168, 1),
+    ("dense MLP (layers 0-2)", 3 * 3, 18432, 7168, 1),
+    ("attention q_a", 61, 1536, 7168, 1),
+    ("attention q_b", 61, 24576, 1536, 1),
+    ("attention kv_a", 61, 576, 7168, 1),
+    ("attention kv_b", 61, 32768, 512, 1),
+    ("attention o", 61, 7168, 16384, 1),
+    ("embed_tokens, lm_head", 2, 129280, 7168, 2),
+]
+LLAMA3_70B = [
+    ("q, o", 80 * 2, 8192, 8192, 2),
+    ("k, v", 80 * 2, 1024, 8192, 2),
+    ("gate, up, down", 80 * 3, 28672, 8192, 2),
+    ("embed_tokens, lm_head", 2, 128256, 8192, 2),
+]
+
+
+def paper(results: dict[str, Any]) -> dict[str, Any]:
+    """The on-paper scaling table from the measured per-matrix costs (``costs``) and the
+    per-task overhead (``overhead``); assumptions in benches/README.md ("Ray executor")."""
+    from lora_rank.executors.ray import task_bytes
+
+    costs = results["costs"]
+    layer = [c for c in costs if "embed" not in c["name"] and "lm_head" not in c["name"]]
+    big = [c for c in costs if "embed" in c["name"] or "lm_head" in c["name"]]
+    # CPU ns per stored element for one whole solve (all its passes), one thread.
+    ns_layer = statistics.median(1e9 * c["cpu_seconds"] / c["elements"] for c in layer)
+    ns_big = statistics.median(1e9 * c["cpu_seconds"] / c["elements"] for c in big)
+    task_ms = statistics.median(results["overhead"]["ms_per_task"])
+    fp8 = 1.2  # FP8 block-scaled vs bf16 per element (benches/README.md, issue 17)
+    delta = 1.59  # a ΔW solve vs a single-checkpoint solve (benches/README.md, issue 33)
+    node_cores, node_gbps, nfs_gbps = 16, 1.25, 2.0
+    out: dict[str, Any] = {
+        "ns_per_element_layers": ns_layer,
+        "ns_per_element_embeddings": ns_big,
+        "ms_per_task": task_ms,
+        "rows": [],
+    }
+
+    def model(
+        name: str, classes: list[Any], factor_fp8: bool, factor: float, shards: int, reads: int
+    ) -> None:
+        core_s = 0.0
+        total_bytes = 0
+        largest = 0.0
+        matrices = 0
+        for label, n, rows, cols, size in classes:
+            ns = ns_big if "embed" in label else ns_layer
+            f = (fp8 if factor_fp8 and size == 1 else 1.0) * factor
+            one = rows * cols * ns * 1e-9 * f
+            core_s += n * one
+            largest = max(largest, one)
+            total_bytes += n * rows * cols * size * reads
+            matrices += n
+        for nodes in (1, 8, 64):
+            slots = nodes * node_cores
+            # The executor's own sizing (one thread per task), plus one split per shard.
+            tasks = math.ceil(total_bytes / task_bytes(total_bytes, slots)) + shards
+            compute = core_s / slots + tasks * task_ms / 1000 / slots
+            read_node = total_bytes / 1e9 / (nodes * node_gbps)
+            read_nfs = total_bytes / 1e9 / nfs_gbps
+            out["rows"].append(
+                {
+                    "model": name,
+                    "nodes": nodes,
+                    "core_seconds": core_s,
+                    "compute_s": compute,
+                    "largest_matrix_s": largest,
+                    "read_per_node_s": read_node,
+                    "read_shared_nfs_s": read_nfs,
+                    "wall_bucket_s": max(compute, largest, read_node),
+                    "wall_nfs_s": max(compute, largest, read_nfs),
+                    "bytes": total_bytes,
+                    "matrices": matrices,
+                    "tasks": tasks,
+                }
+            )
+
+    model("DeepSeek-V3 671B spectral scan (FP8)", DEEPSEEK_V3, True, 1.0, 163, 1)
+    model("Llama-3-70B ΔW spectra (compare, bf16)", LLAMA3_70B, False, delta, 2 * 30, 2)
+    for r in out["rows"]:
+        print(
+            f"| {r['model']} | {r['nodes']} | {r['compute_s']:.0f} s | {r['largest_matrix_s']:.0f} s "
+            f"| {r['read_per_node_s']:.0f} s | {r['wall_bucket_s']:.0f} s | {r['wall_nfs_s']:.0f} s |"
+        )
+    return out
+
+
 def _tiny_checkpoint(out: Path, n: int) -> Path:
     import numpy as np
     from safetensors.numpy import save_file
@@ -268,7 +364,17 @@ def main() -> None:
     p.add_argument("--tiny", type=int, default=200, help="tiny matrices of the overhead run")
     p.add_argument("--cpus-per-node", type=int, default=1)
     p.add_argument("--out", type=Path, default=HERE / "results" / "ray.json")
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="only the on-paper scaling table, from the costs and overhead in --out",
+    )
     args = p.parse_args()
+    if args.paper:
+        results = json.loads(args.out.read_text())
+        results["paper"] = paper(results)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        return
     _loopback_only()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message="no architecture table")
