@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings as _warnings
 from collections.abc import Sequence
@@ -132,8 +131,8 @@ def analyze(
             model_type=(config or {}).get("model_type"),
             architectures=list((config or {}).get("architectures") or []),
             config=config,
-            total_params=sum(math.prod(t.shape) for t in logical.tensors),
-            total_bytes=sum(t.end - t.begin for t in ckpt.tensors),
+            total_params=quantization.stored_elements(logical.tensors),  # Σ numel, logical
+            total_bytes=quantization.stored_bytes(ckpt.tensors),
             tensors=ckpt.tensors,
             modules=modules,
             shards=ckpt.shards,

@@ -375,6 +375,7 @@ def _group_keys(
         lambda: defaultdict(list)
     )
     fused_converter: dict[str, naming.Transform] = {}
+    runtime_pieces: dict[int, list[str]] = {}  # pattern number -> its runtime name, split
     for t, number, indices in zip(tensors, pattern_of, all_indices):
         kp = plans[number]
         if kp is not None and kp.converter is None:
@@ -388,8 +389,17 @@ def _group_keys(
                 r = rename(t.name)
                 runtime, converter, source_index = r.runtime, r.converter, r.source_index
             else:
-                kept = indices if kp.kept is None else [indices[i] for i in kp.kept]
-                runtime = architectures.fill(kp.runtime, kept)
+                split = runtime_pieces.get(number)
+                if split is None:
+                    split = runtime_pieces[number] = kp.runtime.split(architectures.ABSTRACT_INDEX)
+                slots = kp.kept
+                if slots is not None and len(slots) == 1 and len(split) == 2:
+                    runtime = split[0] + indices[slots[0]] + split[1]  # fused experts
+                elif len(split) == 1:
+                    runtime = split[0]
+                else:
+                    kept = indices if slots is None else [indices[i] for i in slots]
+                    runtime = architectures.fill_pieces(split, kept)
                 converter, source_index = kp.converter, kp.source_index
             if converter is not None and source_index is not None:
                 fused_parts[runtime][source_index].append((t.name, t.shape))
