@@ -196,6 +196,8 @@ def _finetune_of_minilm(out: Path) -> None:
 
 @needs_cluster
 def test_compare_equals_local(cluster: Any, minilm: Path, tmp_path: Path) -> None:
+    """compare(): the norms of both checkpoints and of every update, and the updates'
+    spectra, computed by Ray tasks, equal the local engine's bit for bit."""
     _two_nodes(cluster)
     ft = tmp_path / "ft"
     _finetune_of_minilm(ft)
@@ -207,6 +209,7 @@ def test_compare_equals_local(cluster: Any, minilm: Path, tmp_path: Path) -> Non
     for a, b in zip(want.modules, got.modules):
         assert _spectrum_bits(b.spectrum) == _spectrum_bits(a.spectrum), a.name
         assert _bits(b.delta_norm) == _bits(a.delta_norm)
+        assert _bits(b.base_norm) == _bits(a.base_norm)
     assert ray_executor.last_run.tasks > 1
 
 

@@ -283,8 +283,8 @@ def compare(
         settings, top_k, threads: the solver's settings (``top_k`` default 64 here: the
             directions :meth:`Comparison.extract` can keep per module).
         progress: as in :func:`lora_rank.analyze`.
-        executor, ray_address: where the updates' spectra are computed (``"ray"``: Ray tasks,
-            the same results; the norms are read here), as in :func:`lora_rank.analyze`.
+        executor, ray_address: where the updates' norms and spectra are computed (``"ray"``:
+            Ray tasks, the same results), as in :func:`lora_rank.analyze`.
 
     Raises:
         ConfigError: the two are not one architecture (names the first mismatching tensor).
@@ -349,16 +349,18 @@ def compare(
         (_shift(plan_b.jobs[i], off), _shift_quant(plan_b.quant[i], off)) for i, _ in pairs
     ]
     minus: list[Optional[Minus]] = list(subtracted)
-    base_norms = _core.frobenius_norms(
-        shard_files(b),
-        [plan_b.jobs[i] for i, _ in pairs],
-        quant=[plan_b.quant[i] for i, _ in pairs],
-        threads=chosen.threads,
+    base_norms = executors.norms(
+        Scan(
+            shard_files(b), [plan_b.jobs[i] for i, _ in pairs], [plan_b.quant[i] for i, _ in pairs]
+        ),
+        chosen,
+        executor=executor,
+        ray_address=ray_address,
     )
     # One streamed read of both finds the updates that are zero (often most of them: a
     # fine-tune of some layers, unchanged embeddings); only the others are solved.
-    delta_norms = _core.frobenius_norms(
-        shards, jobs, quant=quant, minus=minus, threads=chosen.threads
+    delta_norms = executors.norms(
+        Scan(shards, jobs, quant, minus=minus), chosen, executor=executor, ray_address=ray_address
     )
     spectra: list[Optional[Spectrum]] = [None] * len(pairs)
     if spectral:

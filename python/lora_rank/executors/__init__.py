@@ -34,7 +34,15 @@ from .scan import Scan
 #: The executors ``executor=`` accepts.
 EXECUTORS = ("local", "ray")
 
-__all__ = ["EXECUTORS", "Scan", "check_executor", "compute_many", "compute_spectra", "spectra"]
+__all__ = [
+    "EXECUTORS",
+    "Scan",
+    "check_executor",
+    "compute_many",
+    "compute_spectra",
+    "norms",
+    "spectra",
+]
 
 
 def check_executor(executor: str) -> str:
@@ -145,3 +153,36 @@ def spectra(
                 minus=scan.minus,
             )
         )
+
+
+def norms(
+    scan: Scan,
+    settings: SpectralSettings,
+    *,
+    executor: str = "local",
+    ray_address: Optional[str] = None,
+) -> list[float]:
+    """Frobenius norm of each of ``scan``'s jobs (of the difference for a job with a
+    ``minus``; NaN for a matrix holding NaN/Inf), in order: ``_core.frobenius_norms`` with
+    ``settings.threads`` locally, Ray tasks over the same groups as the spectra with
+    ``executor="ray"`` (the same values: each norm is one sequential sum).
+
+    Example:
+        >>> import lora_rank
+        >>> scan = Scan.of_report(lora_rank.analyze(lora_rank.demo_checkpoint()))
+        >>> round(norms(scan, SpectralSettings())[0], 3)
+        10.931
+    """
+    check_executor(executor)
+    if executor == "ray":
+        from . import ray as _ray
+
+        out = _ray.run(
+            [scan], settings, progress=False, address=ray_address, description="norms", what="norms"
+        )[0]
+        return [float(x) for x in out]
+    return list(
+        _core.frobenius_norms(
+            scan.shards, scan.jobs, quant=scan.quant, minus=scan.minus, threads=settings.threads
+        )
+    )

@@ -169,11 +169,30 @@ def _run_task(
     task: dict[str, Any],
     settings: SpectralSettings,
     stamps: Sequence[Optional[Stamp]],
-) -> tuple[int, str, list[dict[str, Any]]]:
-    """One Ray task (runs on a worker): the spectra of a group of jobs, read by the worker;
-    with Ray's attempt number of this run and the node it ran on."""
+    what: str = "spectra",
+) -> tuple[int, str, list[Any]]:
+    """One Ray task (runs on a worker): the spectra (``what="spectra"``: result dicts) or the
+    Frobenius norms (``"norms"``: floats) of a group of jobs, read by the worker; with Ray's
+    attempt number of this run and the node it ran on."""
     import ray
 
+    out: Sequence[Any]
+    if what == "norms":
+        used = {s for job in task["jobs"] for s, _, _ in job[1]}
+        for m in task["minus"] or ():
+            if m is not None:
+                used |= {s for s, _, _ in m[0][1]}
+        mine = [stamp if i in used else None for i, stamp in enumerate(stamps)]
+        _check_stamps(task["shards"], mine)
+        out = _core.frobenius_norms(
+            task["shards"],
+            task["jobs"],
+            quant=task["quant"],
+            minus=task["minus"],
+            threads=settings.threads,
+        )
+        _check_stamps(task["shards"], mine)
+        return _attempt(ray), ray.get_runtime_context().get_node_id(), list(out)
     if task["remote"] is not None:
         # Lazy: the hub source is needed by the workers of remote checkpoints only.
         from ..sources.hub import remote_spectra
@@ -235,9 +254,11 @@ def run(
     description: str = "spectra",
     max_retries: int = MAX_RETRIES,
     bytes_per_task: Optional[int] = None,
-) -> list[list[dict[str, Any]]]:
+    what: str = "spectra",
+) -> list[list[Any]]:
     """The engine's result dicts of every job of every scan (per scan, in job order),
-    computed by Ray tasks (see the module docs). ``bytes_per_task`` overrides
+    computed by Ray tasks (see the module docs); ``what="norms"``: their Frobenius norms
+    instead (``_core.frobenius_norms``, local shards only). ``bytes_per_task`` overrides
     :func:`task_bytes`; :data:`last_run` holds the task counts.
 
     Example (needs a running cluster: skipped here):
@@ -249,6 +270,10 @@ def run(
     """
     global last_run
     ray = import_ray()
+    if what not in ("spectra", "norms"):
+        raise ConfigError(f"what must be 'spectra' or 'norms', not {what!r}")
+    if what == "norms" and any(s.remote is not None for s in scans):
+        raise ConfigError("norms of remote shards are not computed on Ray")
     _connect(ray, address)
     threads = settings.threads or 1
     chosen = settings.replace(threads=threads)
@@ -284,10 +309,12 @@ def run(
         **task_options, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "0"}}
     )
     refs = {
-        (online if scans[k].remote is not None else remote_fn).remote(a, chosen, stamps[k]): key
+        (online if scans[k].remote is not None else remote_fn).remote(
+            a, chosen, stamps[k], what
+        ): key
         for key, ((k, _), a) in enumerate(zip(tasks, args))
     }
-    results: list[list[Optional[dict[str, Any]]]] = [[None] * len(s.jobs) for s in scans]
+    results: list[list[Any]] = [[None] * len(s.jobs) for s in scans]
     total = sum(len(s.jobs) for s in scans)
     attempts = [0] * len(tasks)
     nodes = [""] * len(tasks)
@@ -325,4 +352,4 @@ def run(
         attempts=attempts,
         nodes=nodes,
     )
-    return [[d for d in per if d is not None] for per in results]
+    return results
