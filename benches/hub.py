@@ -209,6 +209,72 @@ def spectral(which: str, latency: float) -> dict[str, Any]:
         }
 
 
+_SCAN = """\
+import hashlib, sys, time
+import lora_rank
+t = time.perf_counter()
+r = lora_rank.analyze(sys.argv[1], spectral=True, progress=False, seed=1)
+took = time.perf_counter() - t
+digest = hashlib.sha256(
+    repr([(m.name, m.spectrum, m.expert_spectra) for m in r.modules]).encode()
+).hexdigest()
+status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+kb = {k: int(status[k].split()[0]) for k in ("VmHWM", "RssAnon")}
+print("BENCH", took, digest, kb["VmHWM"], kb["RssAnon"])
+"""
+
+
+def spectral_processes(which: str, latency: float, rounds: int) -> dict[str, Any]:
+    """The remote and the local scan of the same checkpoint as whole processes, interleaved
+    (remote, local, then local, remote, ...), the server in this process: the time of
+    ``analyze(..., spectral=True)`` inside each process, its peak resident memory
+    (``VmHWM``: the remote scan's buffers are anonymous memory; the page cache of files read
+    with ``pread``, local shards or the remote scan's temporary files, is not in it) and a
+    digest of its spectra (equal: bit-for-bit the same)."""
+    import lora_rank
+
+    ckpt = Path(lora_rank.demo_checkpoint()) if which == "minilm" else Path(which)
+    runs: dict[str, list[tuple[float, str, int, int]]] = {"remote": [], "local": []}
+    with HubServer({"org/real": Repo(ckpt, sha="5" * 40)}, latency=latency) as hub:
+        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if PYCACHE is not None:
+            env["PYTHONPYCACHEPREFIX"] = PYCACHE
+
+        def run(kind: str) -> None:
+            with tempfile.TemporaryDirectory() as home:
+                e = dict(env, HF_HOME=home, HF_HUB_CACHE=os.path.join(home, "hub"))
+                target = "org/real" if kind == "remote" else str(ckpt)
+                out = subprocess.run(
+                    [sys.executable, "-c", _SCAN, target],
+                    env=e, capture_output=True, text=True, check=True,
+                )  # fmt: skip
+            line = next(x for x in out.stdout.splitlines() if x.startswith("BENCH "))
+            took, digest, hwm, anon = line.split()[1:]
+            runs[kind].append((float(took), digest, int(hwm), int(anon)))
+
+        run("local")  # warm-up: page cache, bytecode
+        for i in range(rounds):
+            for kind in ("remote", "local") if i % 2 == 0 else ("local", "remote"):
+                run(kind)
+    out: dict[str, Any] = {"checkpoint": str(ckpt), "rounds": rounds, "latency_s": latency}
+    for kind, rs in runs.items():
+        rs = rs[1:] if kind == "local" else rs  # the warm-up
+        times = [r[0] for r in rs]
+        out[kind] = {
+            "scan_s": _stats(times),
+            "peak_rss_kb": max(r[2] for r in rs),
+            "digests": sorted({r[1] for r in rs}),
+        }
+    out["ratio_of_medians"] = out["remote"]["scan_s"]["median"] / out["local"]["scan_s"]["median"]
+    out["ratio_of_mins"] = out["remote"]["scan_s"]["min"] / out["local"]["scan_s"]["min"]
+    out["peak_rss_over_local_mib"] = (
+        out["remote"]["peak_rss_kb"] - out["local"]["peak_rss_kb"]
+    ) / 1024
+    out["spectra_equal_to_local"] = out["remote"]["digests"] == out["local"]["digests"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -216,6 +282,12 @@ def main() -> None:
     ap.add_argument("--spectral-checkpoint", default="minilm")
     ap.add_argument("--skip-inventory", action="store_true")
     ap.add_argument("--skip-spectral", action="store_true")
+    ap.add_argument(
+        "--spectral-rounds",
+        type=int,
+        default=0,
+        help="also time the remote and the local scan as whole processes, interleaved",
+    )
     ap.add_argument(
         "--no-pycache",
         action="store_true",
@@ -240,6 +312,10 @@ def main() -> None:
         out["inventory"] = inventory(args.runs, args.latency)
     if not args.skip_spectral:
         out["spectral"] = spectral(args.spectral_checkpoint, args.latency)
+    if args.spectral_rounds:
+        out["spectral_processes"] = spectral_processes(
+            args.spectral_checkpoint, args.latency, args.spectral_rounds
+        )
     out["load_average_after"] = os.getloadavg()
     pycache.cleanup()
     print(json.dumps(out, indent=2))

@@ -10,6 +10,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -414,13 +415,27 @@ def test_repo_listing_is_retried_and_bounded(hub: HubServer) -> None:
     assert [r.status for r in listings] == [503] * hub_source.RETRIES
 
 
+@pytest.mark.parametrize("buffer", [2 * 2**20, 2 * 2**10])
 @pytest.mark.parametrize("repo", ["tiny/minilm", "tiny/mixtral"])
 def test_remote_spectra_equal_local_bit_for_bit(
-    hub: HubServer, repo: str, monkeypatch: pytest.MonkeyPatch
+    hub: HubServer, repo: str, buffer: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # A small buffer: several batches, prefetching.
-    monkeypatch.setattr(hub_source, "SPECTRAL_BUFFER", 2 * 2**20)
+    # A small buffer: several batches, prefetching. A tiny one: matrices larger than half of
+    # it go through a temporary file (read by the local engine), deleted once solved.
+    monkeypatch.setattr(hub_source, "SPECTRAL_BUFFER", buffer)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    spilled: list[int] = []
+    pwrite_all = hub_source._pwrite_all
+
+    def spy(fd: int, at: int, http: Any, url: str, byte_range: tuple[int, int]) -> None:
+        spilled.append(byte_range[1] - byte_range[0])
+        pwrite_all(fd, at, http, url, byte_range)
+
+    monkeypatch.setattr(hub_source, "_pwrite_all", spy)
     remote = lora_rank.analyze(repo, spectral=True, seed=3, progress=False, top_k=8)
+    assert list(tmp_path.iterdir()) == []  # the temporary files and their directory are gone
+    if buffer < 2**20:
+        assert len(spilled) >= 10, spilled  # most matrices went through files
     local = lora_rank.analyze(hub.repos[repo].root, spectral=True, seed=3, progress=False, top_k=8)
     pairs = list(zip(remote.modules, local.modules))
     assert any(a.spectrum for a, _ in pairs)

@@ -43,6 +43,7 @@ import logging
 import os
 import queue
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -912,9 +913,13 @@ def remote_spectra(
     fetched: Optional[Callable[[int], None]] = None,
 ) -> list[dict[str, Any]]:
     """Spectra of ``jobs`` (as for ``_core.spectra``) on remote shards: each batch of matrices
-    fetched once by range requests (contiguous ranges merged) into ``_core.ByteBuffer``s and
-    solved by ``_core.spectra_in_memory``; the next batch is fetched while one is solved when
-    both fit in :data:`SPECTRAL_BUFFER` (or the largest matrix). Results in job order."""
+    fetched once by range requests (contiguous ranges merged) and solved while the next batch
+    is fetched. A batch of at most half of :data:`SPECTRAL_BUFFER` goes into
+    ``_core.ByteBuffer``s (``_core.spectra_in_memory``), so two in flight stay within the
+    buffer; a matrix larger than that is written to a temporary file (``TMPDIR``; deleted once
+    solved) and read by the local engine (``_core.spectra``) panel by panel, so memory stays
+    bounded for any matrix size (the page cache holds the file, as it holds local shards) and
+    every byte is still fetched once. Results in job order."""
     http = _Http(HubSource(url=shards[0].url if shards else None))
 
     def element_size(dtype: str) -> int:
@@ -923,13 +928,13 @@ def remote_spectra(
     for s in shards:
         if s.etag is not None:
             http.etags[s.url] = s.etag
-    largest = max((_job_bytes(j, element_size) for j in jobs), default=0)
     budget = max(SPECTRAL_BUFFER // 2, 1)
     batches = list(_batches(jobs, element_size, budget))
     results: list[Optional[dict[str, Any]]] = [None] * len(jobs)
     done = 0
+    spill: list[str] = []  # the temporary directory, made when first needed
 
-    def fetch(batch: list[int]) -> tuple[list[tuple[str, int, Any]], list[Job]]:
+    def fetch(batch: list[int]) -> tuple[list[tuple[str, int, Any]], Optional[str], list[Job]]:
         ranges: list[tuple[int, int, int]] = []  # (shard, start, end)
         for i in batch:
             name, segs, cols, dtype = jobs[i]
@@ -943,48 +948,87 @@ def remote_spectra(
             else:
                 merged.append([shard, a, b])
         buffers = []
-        for shard, a, b in merged:
-            buf = _core.ByteBuffer(b - a)
-            s = shards[shard]
-            http.fetch(s.url, s.url, (a, b), sink=buf.write)
-            if fetched is not None:
-                fetched(b - a)
-            buffers.append((s.url, a, buf))
-        where = {(m[0], m[1], m[2]): k for k, m in enumerate(merged)}
+        path = None
+        if sum(b - a for _, a, b in merged) > budget:
+            # To a file: the k-th range at file offset starts[k], read back by the engine.
+            fd, path = tempfile.mkstemp(prefix="lora_rank-", suffix=".part", dir=spill[0])
+            starts, pos = [], 0
+            try:
+                for shard, a, b in merged:
+                    _pwrite_all(fd, pos, http, shards[shard].url, (a, b))
+                    if fetched is not None:
+                        fetched(b - a)
+                    starts.append(pos)
+                    pos += b - a
+            finally:
+                os.close(fd)
+        else:
+            for shard, a, b in merged:
+                buf = _core.ByteBuffer(b - a)
+                s = shards[shard]
+                http.fetch(s.url, s.url, (a, b), sink=buf.write)
+                if fetched is not None:
+                    fetched(b - a)
+                buffers.append((s.url, a, buf))
         local_jobs: list[Job] = []
         for i in batch:
             name, segs, cols, dtype = jobs[i]
             new: list[Segment] = []
             for shard, offset, rows in segs:
-                k = next(k for (sh, a, b), k in where.items() if sh == shard and a <= offset < b)
-                new.append((k, offset, rows))
+                k = next(
+                    k for k, (sh, a, b) in enumerate(merged) if sh == shard and a <= offset < b
+                )
+                if path is None:
+                    new.append((k, offset, rows))
+                else:
+                    new.append((0, starts[k] + offset - merged[k][1], rows))
             local_jobs.append((name, new, cols, dtype))
-        return buffers, local_jobs
+        return buffers, path, local_jobs
 
-    with ThreadPoolExecutor(max_workers=1) as prefetcher:
+    with contextlib.ExitStack() as stack:
+        if any(sum(_job_bytes(jobs[i], element_size) for i in b) > budget for b in batches):
+            spill.append(stack.enter_context(tempfile.TemporaryDirectory(prefix="lora_rank-")))
+        prefetcher = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         pending = prefetcher.submit(fetch, batches[0]) if batches else None
         for n, batch in enumerate(batches):
             assert pending is not None
-            buffers, local_jobs = pending.result()
+            buffers, path, local_jobs = pending.result()
+            # The next batch is fetched while this one is solved: in memory both stay within
+            # SPECTRAL_BUFFER (each at most half of it); a larger one is in a file.
             nxt = batches[n + 1] if n + 1 < len(batches) else None
-            pending = None
-            if nxt is not None:
-                size = sum(_job_bytes(jobs[i], element_size) for i in batch + nxt)
-                if size <= max(SPECTRAL_BUFFER, largest):
-                    pending = prefetcher.submit(fetch, nxt)
+            pending = prefetcher.submit(fetch, nxt) if nxt is not None else None
 
             def report(k: int, total: int, name: str, base: int = done) -> None:
                 if progress is not None:
                     progress(base + k, len(jobs), name)
 
-            out = _core.spectra_in_memory(buffers, local_jobs, settings, progress=report)
+            if path is None:
+                out = _core.spectra_in_memory(buffers, local_jobs, settings, progress=report)
+            else:
+                size = os.path.getsize(path)
+                try:
+                    out = _core.spectra([(path, size)], local_jobs, settings, progress=report)
+                finally:
+                    os.unlink(path)
             del buffers
             for i, d in zip(batch, out):
                 results[i] = dict(d)
             done += len(batch)
-            if pending is None and nxt is not None:
-                pending = prefetcher.submit(fetch, nxt)
     return [r for r in results if r is not None]
+
+
+def _pwrite_all(fd: int, at: int, http: _Http, url: str, byte_range: tuple[int, int]) -> None:
+    """Fetch ``byte_range`` of ``url`` into file ``fd`` at offset ``at`` (a retried attempt
+    writes over the same bytes)."""
+
+    def sink(offset: int, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        where = at + offset
+        while view:
+            written = os.pwrite(fd, view, where)
+            view, where = view[written:], where + written
+
+    http.fetch(url, url, byte_range, sink=sink)
 
 
 def open_source(
