@@ -720,11 +720,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
         report = _analyze(args, spectral=not args.spectra)
         if args.spectra:
             # Resolve the patterns before the scan: a pattern matching nothing fails at once.
-            from .spectral.compute import compute_spectra
+            from .executors import compute_spectra
 
             plot.select_modules(report, args.spectra)
             compute_spectra(
-                report, _spectral_settings(args), progress=False if args.quiet else None
+                report,
+                _spectral_settings(args),
+                progress=False if args.quiet else None,
+                executor=args.executor,
+                ray_address=args.ray_address,
             )
         fig = (
             plot.spectra(report, args.spectra)
