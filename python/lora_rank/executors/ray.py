@@ -1,5 +1,6 @@
 """Spectral scans on a Ray cluster: ``analyze(..., spectral=True, executor="ray")``,
-``analyze_many(..., executor="ray")`` and ``compare(..., executor="ray")`` run here.
+``analyze_many(..., executor="ray")`` and ``compare(..., executor="ray")`` (the norms and the
+spectra of the updates) run here.
 
 - **Connecting**: an initialized Ray is used as it is; otherwise ``ray.init(address=...)``
   with the ``ray_address`` given, else ``RAY_ADDRESS``, else a local Ray started in this
@@ -8,7 +9,8 @@
   :func:`~lora_rank.executors.scan.groups` into runs of consecutive matrices of one shard, of
   at most :func:`task_bytes` stored bytes (about :data:`TASKS_PER_SLOT` tasks per task slot of
   the cluster, between :data:`MIN_TASK_BYTES` and :data:`MAX_TASK_BYTES`), submitted largest
-  first. One Ray task (``num_cpus`` = its solver threads) runs ``_core.spectra`` on its group.
+  first. One Ray task (``num_cpus`` = its solver threads) runs ``_core.spectra`` (or
+  ``_core.frobenius_norms``) on its group.
   A task receives paths, URLs and byte ranges, never weight bytes: the worker reads a local
   path itself (a filesystem every node sees) or, for a hub checkpoint, the shards by HTTP range
   requests (:func:`lora_rank.sources.hub.remote_spectra`; these tasks run with
@@ -20,10 +22,11 @@
   settings (``threads`` included) on a CPU of the same kind (the bf16 kernel is chosen per CPU:
   :mod:`lora_rank.spectral.compute`).
 - **Faults**: a task whose worker or node dies, or that fails with an ``OSError`` (a shared
-  filesystem or the network), is retried by Ray (``max_retries``); every start is counted
-  (:class:`RunStats`: Ray's attempt number, returned by each task). A task that fails (a worker exception, or a worker lost more
-  than ``max_retries`` times) ends the scan with one :class:`~lora_rank.LoraRankError` naming
-  its matrices, the shard and the worker's exception (a lora_rank error keeps its class).
+  filesystem or the network), is retried by Ray (``max_retries``); the retries are counted
+  (:class:`RunStats`, from Ray's attempt number, returned by each task). A task that fails (a
+  worker exception, or a worker lost more than ``max_retries`` times) ends the scan with one
+  :class:`~lora_rank.LoraRankError` naming its matrices, the shard and the worker's exception
+  (a lora_rank error keeps its class).
   Local shards are stamped (size, mtime, ctime, inode) by the driver before the tasks are
   submitted; each task checks them before and after reading, and the driver once more at the
   end: a change is :class:`~lora_rank.FileChangedError`, never a mix of two versions (remote
@@ -325,6 +328,9 @@ def run(
             fetched = getattr(callback, "fetched", None)
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
+                if pending:  # every other finished task too: one pass over pending per wake-up
+                    more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                    ready += more
                 for ref in ready:
                     key = refs[ref]
                     k, group = tasks[key]
