@@ -421,3 +421,24 @@ def test_without_ray_installed_one_error_says_how_to_install(
         lora_rank.compare(minilm, minilm, executor="ray")
     with pytest.raises(lora_rank.ConfigError, match="executor must be one of local, ray"):
         lora_rank.analyze(minilm, spectral=True, executor="dask")
+
+
+def test_analyze_many_local_is_analyze_of_each(
+    minilm: Path, checkpoint: Callable[[str], Path]
+) -> None:
+    """The in-process default: one Report per path, each equal to analyze()'s (spectra bit for
+    bit); a PEFT adapter directory is refused before anything is read."""
+    paths = [minilm, checkpoint("llama")]
+    got = lora_rank.analyze_many(paths, spectral=True, threads=1, top_k=8, progress=False)
+    assert [r.path for r in got] == [_local(p).path for p in paths]
+    for path, report in zip(paths, got):
+        _assert_same(_local(path, top_k=8), report)
+    headers_only = lora_rank.analyze_many(paths)
+    assert all(m.spectrum is None for r in headers_only for m in r.modules)
+
+
+def test_analyze_many_refuses_adapter_directories(minilm: Path, tmp_path: Path) -> None:
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(lora_rank.ConfigError, match="PEFT adapter directory"):
+        lora_rank.analyze_many([minilm, tmp_path])
