@@ -222,12 +222,12 @@ class Table:
             >>> tpl, _, _, kept = t.rename_pattern(abstract, "model.layers.3.mlp.up_proj.weight", [".3"])
             >>> fill(tpl, [".7"]), kept
             ('model.layers.7.mlp.up_proj.weight', None)
-            >>> t = table("MixtralForCausalLM")
-            >>> key = "model.layers.1.block_sparse_moe.experts.5.w3.weight"
+            >>> t = table("DeepseekV3ForCausalLM")
+            >>> key = "model.layers.4.mlp.experts.5.up_proj.weight"
             >>> abstract, indices = abstract_key(key)
             >>> tpl, conv, source, kept = t.rename_pattern(abstract, key, indices)
             >>> fill(tpl, kept_indices(kept, indices)), source, kept
-            ('model.layers.1.mlp.experts.gate_up_proj', 1, (0,))
+            ('model.layers.4.mlp.experts.gate_up_proj', 1, (0,))
         """
         cache = self._renames
         if cache is None:
