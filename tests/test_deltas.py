@@ -354,7 +354,7 @@ def test_delta_strategy_refusals_and_auto(
     base, ft, _ = planted_pair
     report = lora_rank.analyze(base)
     c = lora_rank.compare(base, ft, progress=False)
-    with pytest.raises(lora_rank.ConfigError, match="needs delta=lora_rank.compare"):
+    with pytest.raises(lora_rank.ConfigError, match=r"needs delta=lora_rank\.compare"):
         report.recommend("delta", budget=1000)
     with pytest.raises(lora_rank.ConfigError, match="read by strategy='delta' only"):
         report.recommend("all-linear", delta=c)
@@ -363,7 +363,7 @@ def test_delta_strategy_refusals_and_auto(
         report.recommend("delta", delta=flat, budget=1000)
     demo = lora_rank.demo_checkpoint()
     other = lora_rank.compare(demo, demo, spectral=True, progress=False)
-    with pytest.raises(lora_rank.ConfigError, match="has no module .* can adapt"):
+    with pytest.raises(lora_rank.ConfigError, match=r"has no module .* can adapt"):
         report.recommend("delta", delta=other, budget=1000)
     same = lora_rank.compare(base, base, progress=False)
     with pytest.raises(lora_rank.ConfigError, match="changed no module"):
