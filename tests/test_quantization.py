@@ -1124,7 +1124,6 @@ def test_fp8_moe_fault_named_as_by_the_loop(
     """One expert's scales (or its weight) missing among hundreds of good pairs: the error
     names the file and that tensor, as the per-module loop reports it."""
     from lora_rank.errors import HeaderError
-
     from safetensors.torch import load_file
 
     path, _ = quantize_checkpoint(checkpoint("deepseek_v3"), tmp_path / "fp8", "fp8")
