@@ -213,6 +213,38 @@ def test_compare_equals_local(cluster: Any, minilm: Path, tmp_path: Path) -> Non
     assert ray_executor.last_run.tasks > 1
 
 
+@needs_cluster
+def test_extract_equals_local(cluster: Any, minilm: Path, tmp_path: Path) -> None:
+    """extract(executor="ray"): one Ray task per module reads its update and factorizes it;
+    the adapter's tensors are the local extraction's bit for bit (same threads); a shard
+    changed before the tasks read it is FileChangedError."""
+    from safetensors.numpy import load_file
+
+    _two_nodes(cluster)
+    ft = tmp_path / "ft"
+    _finetune_of_minilm(ft)
+    c = lora_rank.compare(minilm, ft, threads=1, top_k=16, progress=False)
+    want = c.extract(tmp_path / "local", budget=200_000, threads=1)
+    got = c.extract(tmp_path / "ray", budget=200_000, threads=1, executor="ray")
+    assert got.ranks == want.ranks and len(want.ranks) > 10
+    assert _bits(got.energy_kept) == _bits(want.energy_kept)
+    a = load_file(str(tmp_path / "local" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "ray" / "adapter_model.safetensors"))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    assert ray_executor.last_run.tasks == len(want.ranks)
+    shard = Path(next(p for p, _ in c.shards if str(ft) in p))
+
+    def progress(done: int, total: int, name: str) -> None:
+        if done == 1:  # the fine-tune's shard changes after the first module's task
+            st = shard.stat()
+            os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+    with pytest.raises(lora_rank.FileChangedError, match=r"model\.safetensors"):
+        c.extract(None, budget=200_000, threads=1, executor="ray", progress=progress)
+
+
 @pytest.fixture
 def hub(
     minilm: Path, checkpoint: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path

@@ -674,6 +674,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
         task_type=args.task_type,
         biases=not args.no_biases,
         modules_to_save=not args.no_modules_to_save,
+        progress=False if args.quiet else None,
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
     _report_adapter(args, adapter)
     return 0

@@ -29,19 +29,21 @@ import re
 import warnings as _warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
-from .. import _core
+from .. import _core, executors
 from ..atomic import write_atomic
 from ..errors import ConfigError
+from ..inventory.quantization import QuantTuple
 from ..peft.config import build
 from ..peft.recommendation import Target
 from ..recommend.allocation import most_energy
 from ..recommend.budget import Budget, parse_budget
-from ..spectral.jobs import shard_files
+from ..spectral.jobs import Job, shard_files
+from ..spectral.progress import ProgressCallback
 from . import allocation
 from .adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, analyze_adapter
-from .compare import RESIZABLE_KINDS, Comparison, ModuleDelta, _vector_job
+from .compare import RESIZABLE_KINDS, Comparison, Minus, ModuleDelta, _vector_job
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -136,6 +138,58 @@ def _factors(
     return (root[:, None] * vt).to(dtype).contiguous(), (u * root[None, :]).to(dtype).contiguous()
 
 
+class Factorize(NamedTuple):
+    """One module's update to factorize: what the engine reads (``_core.read_matrix`` of
+    ``job`` over ``shards``, minus the base's ``minus``), its rank ``k``, whether it is stored
+    [in, out] (Conv1D), the factors' dtype and torch's threads (None: as set)."""
+
+    shards: list[tuple[str, int]]
+    job: Job
+    quant: Optional[list[QuantTuple]]
+    minus: Minus
+    conv1d: bool
+    k: int
+    dtype: str
+    threads: Optional[int]
+
+
+def factorize(item: Factorize) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """LoRA factors (A = √S·Vᵀ, B = U·√S) of the top-``k`` SVD of one module's update, and
+    the Σσ² they keep. A module-level function: ``extract(executor="ray")`` runs it as one Ray
+    task per module, on the worker that reads the update.
+
+    Example:
+        >>> import lora_rank, tempfile
+        >>> from lora_rank.deltas.extract import example_finetune
+        >>> base = lora_rank.demo_checkpoint()
+        >>> c = lora_rank.compare(base, example_finetune(tempfile.mkdtemp()), progress=False)
+        >>> m = c.changed_modules[0]
+        >>> a, b, kept = factorize(Factorize(c.shards, *c.update_read(m), False, 2, "float32", 1))
+        >>> top2 = sum(x * x for x in m.spectrum.singular_values[:2])  # compare()'s spectrum
+        >>> tuple(a.shape), tuple(b.shape), abs(kept - top2) < 1e-4 * top2
+        ((2, 384), (384, 2), True)
+    """
+    import torch
+
+    raw = _core.read_matrix(item.shards, item.job, item.quant, minus=item.minus)
+    rows = sum(seg[2] for seg in item.job[1])
+    with _warnings.catch_warnings():
+        # A read-only view of the engine's bytes (no copy of the matrix): nothing writes it.
+        _warnings.simplefilter("ignore", UserWarning)
+        delta = torch.frombuffer(raw, dtype=torch.float32).reshape(rows, -1)
+    if item.conv1d:
+        delta = delta.T  # stored [in, out]
+    before = torch.get_num_threads()
+    if item.threads is not None:
+        torch.set_num_threads(item.threads)
+    try:
+        u, s, vt = _svd(delta, item.k)
+    finally:
+        torch.set_num_threads(before)
+    a, b = _factors(u, s, vt, getattr(torch, item.dtype))
+    return a, b, float((s.double() ** 2).sum())
+
+
 def _write(
     out: Union[str, os.PathLike[str]], tensors: dict[str, torch.Tensor], config: dict[str, Any]
 ) -> str:
@@ -159,6 +213,10 @@ def extract(
     biases: bool = True,
     modules_to_save: bool = True,
     dtype: str = "float32",
+    threads: Optional[int] = None,
+    progress: Union[bool, ProgressCallback, None] = False,
+    executor: str = "local",
+    ray_address: Optional[str] = None,
 ) -> ExtractedAdapter:
     """A PEFT LoRA adapter that approximates the fine-tune of ``comparison`` (see the module
     docs), written to ``out`` (``adapter_config.json`` and ``adapter_model.safetensors``,
@@ -178,6 +236,11 @@ def extract(
         modules_to_save: store changed norms, embeddings, output layers and new modules in
             full; else they are listed as not captured.
         dtype: of the factors (``"float32"``, ``"bfloat16"``, ``"float16"``).
+        threads: torch's threads for each module's SVD (None: as set; one Ray task's CPUs).
+        progress: as in :func:`lora_rank.analyze` (one step per adapted module).
+        executor, ray_address: where each module's update is read and factorized
+            (``"ray"``: one Ray task per module, :func:`lora_rank.executors.each`; the factors
+            are bit for bit the local ones with the same ``threads`` on a CPU of the same kind).
 
     Example:
         >>> import lora_rank, tempfile
@@ -235,19 +298,31 @@ def extract(
     by_name = {m.finetuned_name: m for m in candidates}
     tensors: dict[str, torch.Tensor] = {}
     kept_sq = 0.0
-    for name, k in sorted(ranks.items()):
-        job, quant, minus = comparison.update_read(by_name[name])
-        raw = _core.read_matrix(comparison.shards, job, quant, minus=minus)
-        rows = sum(seg[2] for seg in job[1])
-        with _warnings.catch_warnings():
-            # A read-only view of the engine's bytes (no copy of the matrix): nothing writes it.
-            _warnings.simplefilter("ignore", UserWarning)
-            delta = torch.frombuffer(raw, dtype=torch.float32).reshape(rows, -1)
-        if f.module(name).module_class == "Conv1D":
-            delta = delta.T  # stored [in, out]
-        u, s, vt = _svd(delta, k)
-        kept_sq += float((s.double() ** 2).sum())
-        a, b = _factors(u, s, vt, wanted)
+    kept = sorted(ranks.items())
+    items = [
+        Factorize(
+            comparison.shards,
+            *comparison.update_read(by_name[name]),
+            f.module(name).module_class == "Conv1D",
+            k,
+            dtype,
+            threads,
+        )
+        for name, k in kept
+    ]
+    factors = executors.each(
+        factorize,
+        items,
+        shards=comparison.shards,
+        names=[name for name, _ in kept],
+        progress=progress,
+        description="extract",
+        executor=executor,
+        ray_address=ray_address,
+        num_cpus=threads or 1,
+    )
+    for (name, _), (a, b, sq) in zip(kept, factors):
+        kept_sq += sq
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b
     # Biases of adapted modules, and what else changed.

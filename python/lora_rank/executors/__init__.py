@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from .. import _core
 from ..errors import ConfigError
@@ -40,6 +40,7 @@ __all__ = [
     "check_executor",
     "compute_many",
     "compute_spectra",
+    "each",
     "norms",
     "spectra",
 ]
@@ -186,3 +187,46 @@ def norms(
             scan.shards, scan.jobs, quant=scan.quant, minus=scan.minus, threads=settings.threads
         )
     )
+
+
+def each(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    *,
+    shards: Sequence[tuple[str, int]],
+    names: Sequence[str],
+    progress: Union[bool, ProgressCallback, None] = None,
+    description: str = "tasks",
+    executor: str = "local",
+    ray_address: Optional[str] = None,
+    num_cpus: int = 1,
+) -> list[Any]:
+    """``[fn(item) for item in items]`` here, or one Ray task per item
+    (:func:`lora_rank.executors.ray.each`: ``fn`` a module-level function, items holding paths
+    and byte ranges of ``shards``, ``names`` naming them in errors and progress).
+
+    Example:
+        >>> each(abs, [-1, 2], shards=[], names=["a", "b"], progress=False)
+        [1, 2]
+    """
+    check_executor(executor)
+    if executor == "ray":
+        from . import ray as _ray
+
+        return _ray.each(
+            fn,
+            items,
+            shards=shards,
+            names=names,
+            progress=progress,
+            address=ray_address,
+            description=description,
+            num_cpus=num_cpus,
+        )
+    out = []
+    with progress_reporter(progress, len(items), description) as callback:
+        for i, x in enumerate(items):
+            out.append(fn(x))
+            if callback is not None:
+                callback(i + 1, len(items), names[i])
+    return out

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -353,6 +353,94 @@ def run(
         raise
     last_run = RunStats(
         tasks=len(tasks),
+        starts=sum(attempts),
+        seconds=time.monotonic() - started,
+        attempts=attempts,
+        nodes=nodes,
+    )
+    return results
+
+
+def _run_one(
+    fn: Callable[[Any], Any],
+    item: Any,
+    shards: Sequence[tuple[str, int]],
+    stamps: Sequence[Optional[Stamp]],
+) -> tuple[int, str, Any]:
+    """One Ray task of :func:`each` (runs on a worker): ``fn(item)`` between two checks that
+    the shards are unchanged; with Ray's attempt number and the node it ran on."""
+    import ray
+
+    _check_stamps(shards, stamps)
+    out = fn(item)
+    _check_stamps(shards, stamps)
+    return _attempt(ray), ray.get_runtime_context().get_node_id(), out
+
+
+def each(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    *,
+    shards: Sequence[tuple[str, int]],
+    names: Sequence[str],
+    progress: Union[bool, ProgressCallback, None] = None,
+    address: Optional[str] = None,
+    description: str = "tasks",
+    max_retries: int = MAX_RETRIES,
+    num_cpus: int = 1,
+) -> list[Any]:
+    """``[fn(item) for item in items]``, one Ray task per item: ``fn`` is a module-level
+    function the workers import, an item holds what it reads (paths, byte ranges of the local
+    ``shards``, never weight bytes), and ``names[i]`` names item i in errors. The shards are
+    stamped first and checked by every task and once more at the end
+    (:class:`~lora_rank.FileChangedError`); retries and the error of a failing task as in
+    :func:`run`; :data:`last_run` holds the task counts. What ``extract(executor="ray")`` runs
+    (one truncated SVD per module).
+
+    Example (needs a running cluster: skipped here):
+        >>> each(abs, [-1, 2], shards=[], names=["a", "b"])  # doctest: +SKIP
+        [1, 2]
+    """
+    global last_run
+    ray = import_ray()
+    _connect(ray, address)
+    stamps = [_stamp(path) if n >= 0 else None for path, n in shards]
+    remote_fn = ray.remote(_run_one).options(
+        num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=[OSError]
+    )
+    started = time.monotonic()
+    refs = {remote_fn.remote(fn, x, list(shards), stamps): i for i, x in enumerate(items)}
+    results: list[Any] = [None] * len(items)
+    attempts = [0] * len(items)
+    nodes = [""] * len(items)
+    pending = list(refs)
+    try:
+        with progress_reporter(progress, len(items), description) as callback:
+            done = 0
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    i = refs[ref]
+                    try:
+                        attempts[i], nodes[i], results[i] = ray.get(ref)
+                    except ray.exceptions.RayError as e:
+                        cause = getattr(e, "cause", None) or e
+                        if isinstance(cause, LoraRankError):
+                            raise type(cause)(str(cause)) from None
+                        text = " ".join(str(cause).split()) or type(cause).__name__
+                        raise LoraRankError(
+                            f"{names[i]}: the Ray task failed: {type(cause).__name__}: {text}"
+                        ) from None
+                    done += 1
+                    if callback is not None:
+                        callback(done, len(items), names[i])
+        _check_stamps(shards, stamps)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    last_run = RunStats(
+        tasks=len(items),
         starts=sum(attempts),
         seconds=time.monotonic() - started,
         attempts=attempts,
