@@ -17,7 +17,7 @@ from typing import Any
 
 import lora_rank
 import pytest
-from hub_server import HubServer, Repo
+from hub_server import HubServer, Repo, point_hub_client_at
 from lora_rank.sources import hub as hub_source
 
 SHA = "1234567890abcdef1234567890abcdef12345678"
@@ -160,20 +160,8 @@ def hub(
 ) -> Iterator[HubServer]:
     """The server, with huggingface_hub pointed at it (as HF_ENDPOINT does at import), online,
     an empty cache and no token."""
-    from huggingface_hub import constants
-
     with HubServer(hub_repos) as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(
-            constants,
-            "HUGGINGFACE_CO_URL_TEMPLATE",
-            server.url + "/{repo_id}/resolve/{revision}/{filename}",
-        )
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-        monkeypatch.setattr(hub_source, "BACKOFF", 0.01)
+        point_hub_client_at(server, monkeypatch, tmp_path)
         yield server
 
 

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import lora_rank
 import numpy as np
 import pytest
-from hub_server import HubServer, Repo
+from hub_server import HubServer, Repo, point_hub_client_at
 from lora_rank import _core
 from lora_rank.executors import ray as ray_executor
 from lora_rank.executors.scan import Scan
@@ -251,22 +251,9 @@ def hub(
 ) -> Iterator[HubServer]:
     """The hub-like test server on 127.0.0.1 (tests/hub_server.py), with huggingface_hub in
     this process pointed at it, online, an empty cache (as tests/test_hub.py's fixture)."""
-    from huggingface_hub import constants
-    from lora_rank.sources import hub as hub_source
-
     repos = {"tiny/minilm": Repo(minilm, sha=SHA), "tiny/llama": Repo(checkpoint("llama"), sha=SHA)}
     with HubServer(repos) as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(
-            constants,
-            "HUGGINGFACE_CO_URL_TEMPLATE",
-            server.url + "/{repo_id}/resolve/{revision}/{filename}",
-        )
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-        monkeypatch.setattr(hub_source, "BACKOFF", 0.01)
+        point_hub_client_at(server, monkeypatch, tmp_path)
         yield server
 
 

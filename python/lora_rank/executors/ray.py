@@ -168,6 +168,16 @@ def _attempt(ray: Any) -> int:
         return 0
 
 
+def _task_stamps(task: dict[str, Any], stamps: Sequence[Optional[Stamp]]) -> list[Optional[Stamp]]:
+    """The stamps of the shards ``task`` reads (its jobs and the jobs they subtract), None for
+    the others."""
+    used = {s for job in task["jobs"] for s, _, _ in job[1]}
+    for m in task["minus"] or ():
+        if m is not None:
+            used |= {s for s, _, _ in m[0][1]}
+    return [stamp if i in used else None for i, stamp in enumerate(stamps)]
+
+
 def _run_task(
     task: dict[str, Any],
     settings: SpectralSettings,
@@ -181,11 +191,7 @@ def _run_task(
 
     out: Sequence[Any]
     if what == "norms":
-        used = {s for job in task["jobs"] for s, _, _ in job[1]}
-        for m in task["minus"] or ():
-            if m is not None:
-                used |= {s for s, _, _ in m[0][1]}
-        mine = [stamp if i in used else None for i, stamp in enumerate(stamps)]
+        mine = _task_stamps(task, stamps)
         _check_stamps(task["shards"], mine)
         out = _core.frobenius_norms(
             task["shards"],
@@ -204,11 +210,7 @@ def _run_task(
             task["remote"], task["jobs"], ELEMENT_SIZE, settings=settings, progress=None
         )
     else:
-        used = {s for job in task["jobs"] for s, _, _ in job[1]}
-        for m in task["minus"] or ():
-            if m is not None:
-                used |= {s for s, _, _ in m[0][1]}
-        mine = [stamp if i in used else None for i, stamp in enumerate(stamps)]
+        mine = _task_stamps(task, stamps)
         _check_stamps(task["shards"], mine)
         out = _core.spectra(
             task["shards"],
@@ -226,19 +228,24 @@ def _error(e: BaseException, task: dict[str, Any]) -> BaseException:
     """One error for a failed task: a lora_rank error keeps its class; anything else (a
     worker's exception, a worker or node lost more than ``max_retries`` times) is a
     LoraRankError naming the task's matrices, its shard and the exception."""
-    cause = getattr(e, "cause", None) or e
     names = [job[0] for job in task["jobs"]]
     where = names[0] + (f" (and {len(names) - 1} more matrices of its task)" if names[1:] else "")
-    if isinstance(cause, LoraRankError):
-        return type(cause)(str(cause))
     shard = task["jobs"][0][1][0][0] if task["jobs"] and task["jobs"][0][1] else None
     source = task["remote"] if task["remote"] is not None else task["shards"]
-    file = ""
     if shard is not None:
         entry = source[shard]
-        file = f" in {getattr(entry, 'url', None) or entry[0]}"
+        where += f" in {getattr(entry, 'url', None) or entry[0]}"
+    return _failure(e, where)
+
+
+def _failure(e: BaseException, where: str) -> BaseException:
+    """The error of a failed Ray task about ``where``: the worker's lora_rank error with its
+    class and message, else a LoraRankError naming ``where`` and the worker's exception."""
+    cause = getattr(e, "cause", None) or e
+    if isinstance(cause, LoraRankError):
+        return type(cause)(str(cause))
     text = " ".join(str(cause).split()) or type(cause).__name__
-    return LoraRankError(f"{where}{file}: the Ray task failed: {type(cause).__name__}: {text}")
+    return LoraRankError(f"{where}: the Ray task failed: {type(cause).__name__}: {text}")
 
 
 def _connect(ray: Any, address: Optional[str]) -> None:
@@ -351,13 +358,7 @@ def run(
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    last_run = RunStats(
-        tasks=len(tasks),
-        starts=sum(attempts),
-        seconds=time.monotonic() - started,
-        attempts=attempts,
-        nodes=nodes,
-    )
+    last_run = RunStats(len(tasks), sum(attempts), time.monotonic() - started, attempts, nodes)
     return results
 
 
@@ -424,13 +425,7 @@ def each(
                     try:
                         attempts[i], nodes[i], results[i] = ray.get(ref)
                     except ray.exceptions.RayError as e:
-                        cause = getattr(e, "cause", None) or e
-                        if isinstance(cause, LoraRankError):
-                            raise type(cause)(str(cause)) from None
-                        text = " ".join(str(cause).split()) or type(cause).__name__
-                        raise LoraRankError(
-                            f"{names[i]}: the Ray task failed: {type(cause).__name__}: {text}"
-                        ) from None
+                        raise _failure(e, names[i]) from None
                     done += 1
                     if callback is not None:
                         callback(done, len(items), names[i])
@@ -439,11 +434,5 @@ def each(
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-    last_run = RunStats(
-        tasks=len(items),
-        starts=sum(attempts),
-        seconds=time.monotonic() - started,
-        attempts=attempts,
-        nodes=nodes,
-    )
+    last_run = RunStats(len(items), sum(attempts), time.monotonic() - started, attempts, nodes)
     return results
