@@ -138,6 +138,11 @@ def delta_targets(
         values[c.reach.key] = list(d.spectrum.singular_values)
         cost[c.reach.key] = c.reach.cost
         cap[c.reach.key] = min(max_rank, d.in_features, d.out_features)
+    if not values:
+        raise ConfigError(
+            f"the comparison has no spectrum of the {len(changed)} changed module(s) "
+            f"{report.path} can adapt: compare(base, finetuned, spectral=True)"
+        )
     if budget is None:
         budget = sum(cost[k] * min(r, cap[k]) for k in cost)
     ranks = most_energy(values, cost, budget, step=step, cap=cap)
