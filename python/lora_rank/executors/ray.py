@@ -248,6 +248,41 @@ def _failure(e: BaseException, where: str) -> BaseException:
     return LoraRankError(f"{where}: the Ray task failed: {type(cause).__name__}: {text}")
 
 
+def _collect(
+    ray: Any,
+    refs: Sequence[Any],
+    failure: Callable[[int, BaseException], BaseException],
+    finished: Callable[[int, Any], None],
+) -> tuple[list[int], list[str]]:
+    """Waits for the Ray tasks ``refs`` (each returns ``(attempt, node, out)``), taking every
+    finished one per wake-up, and calls ``finished(i, out)`` in order of completion. A failed
+    task i raises ``failure(i, exception)``; on any exception (Ctrl-C too) the outstanding
+    tasks are cancelled. Returns each task's attempt number and node (in the order of
+    ``refs``). The one collection loop of :func:`run` and :func:`each`."""
+    index = {ref: i for i, ref in enumerate(refs)}
+    attempts = [0] * len(refs)
+    nodes = [""] * len(refs)
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            if pending:  # every other finished task too: one pass over pending per wake-up
+                more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                ready += more
+            for ref in ready:
+                i = index[ref]
+                try:
+                    attempts[i], nodes[i], out = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    raise failure(i, e) from None
+                finished(i, out)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return attempts, nodes
+
+
 def _connect(ray: Any, address: Optional[str]) -> None:
     if not ray.is_initialized():
         import logging
@@ -287,14 +322,14 @@ def run(
     _connect(ray, address)
     threads = settings.threads or 1
     chosen = settings.replace(threads=threads)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    largest = max((int(n.get("Resources", {}).get("CPU", 0)) for n in nodes), default=0)
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    largest = max((int(n.get("Resources", {}).get("CPU", 0)) for n in alive), default=0)
     if threads > largest:
         raise ConfigError(
             f"threads={threads} per Ray task, but the largest node of the cluster has "
             f"{largest} CPU(s): no task could be scheduled (pass threads <= {largest})"
         )
-    slots = sum(int(n.get("Resources", {}).get("CPU", 0)) // threads for n in nodes)
+    slots = sum(int(n.get("Resources", {}).get("CPU", 0)) // threads for n in alive)
     total_bytes = sum(s.total_bytes() for s in scans)
     size = bytes_per_task or task_bytes(total_bytes, slots)
     tasks: list[tuple[int, list[int]]] = [
@@ -318,46 +353,30 @@ def run(
     online = ray.remote(_run_task).options(
         **task_options, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "0"}}
     )
-    refs = {
-        (online if scans[k].remote is not None else remote_fn).remote(
-            a, chosen, stamps[k], what
-        ): key
-        for key, ((k, _), a) in enumerate(zip(tasks, args))
-    }
+    refs = [
+        (online if scans[k].remote is not None else remote_fn).remote(a, chosen, stamps[k], what)
+        for (k, _), a in zip(tasks, args)
+    ]
     results: list[list[Any]] = [[None] * len(s.jobs) for s in scans]
     total = sum(len(s.jobs) for s in scans)
-    attempts = [0] * len(tasks)
-    nodes = [""] * len(tasks)
     done = 0
-    pending = list(refs)
-    try:
-        with progress_reporter(progress, total, description, total_bytes=total_bytes) as callback:
-            fetched = getattr(callback, "fetched", None)
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                if pending:  # every other finished task too: one pass over pending per wake-up
-                    more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
-                    ready += more
-                for ref in ready:
-                    key = refs[ref]
-                    k, group = tasks[key]
-                    try:
-                        attempts[key], nodes[key], out = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        raise _error(e, args[key]) from None
-                    for i, d in zip(group, out):
-                        results[k][i] = d
-                    done += len(group)
-                    if callback is not None:
-                        callback(done, total, scans[k].jobs[group[-1]][0])
-                    if fetched is not None:
-                        fetched(sum(scans[k].job_bytes(i) for i in group))
-        for scan, mine in zip(scans, stamps):
-            _check_stamps(scan.shards, mine)
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
+    with progress_reporter(progress, total, description, total_bytes=total_bytes) as callback:
+        fetched = getattr(callback, "fetched", None)
+
+        def finished(key: int, out: list[Any]) -> None:
+            nonlocal done
+            k, group = tasks[key]
+            for i, d in zip(group, out):
+                results[k][i] = d
+            done += len(group)
+            if callback is not None:
+                callback(done, total, scans[k].jobs[group[-1]][0])
+            if fetched is not None:
+                fetched(sum(scans[k].job_bytes(i) for i in group))
+
+        attempts, nodes = _collect(ray, refs, lambda key, e: _error(e, args[key]), finished)
+    for scan, mine in zip(scans, stamps):
+        _check_stamps(scan.shards, mine)
     last_run = RunStats(len(tasks), sum(attempts), time.monotonic() - started, attempts, nodes)
     return results
 
@@ -410,29 +429,19 @@ def each(
         num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=[OSError]
     )
     started = time.monotonic()
-    refs = {remote_fn.remote(fn, x, list(shards), stamps): i for i, x in enumerate(items)}
+    refs = [remote_fn.remote(fn, x, list(shards), stamps) for x in items]
     results: list[Any] = [None] * len(items)
-    attempts = [0] * len(items)
-    nodes = [""] * len(items)
-    pending = list(refs)
-    try:
-        with progress_reporter(progress, len(items), description) as callback:
-            done = 0
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                for ref in ready:
-                    i = refs[ref]
-                    try:
-                        attempts[i], nodes[i], results[i] = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        raise _failure(e, names[i]) from None
-                    done += 1
-                    if callback is not None:
-                        callback(done, len(items), names[i])
-        _check_stamps(shards, stamps)
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
+    done = 0
+    with progress_reporter(progress, len(items), description) as callback:
+
+        def finished(i: int, out: Any) -> None:
+            nonlocal done
+            results[i] = out
+            done += 1
+            if callback is not None:
+                callback(done, len(items), names[i])
+
+        attempts, nodes = _collect(ray, refs, lambda i, e: _failure(e, names[i]), finished)
+    _check_stamps(shards, stamps)
     last_run = RunStats(len(items), sum(attempts), time.monotonic() - started, attempts, nodes)
     return results
