@@ -922,8 +922,13 @@ def test_bitsandbytes_4bit_bf16_storage_saved_by_transformers(
             k[len(name) + 8 :]: v for k, v in stored.items() if k.startswith(name + ".weight.")
         }
         state = F.QuantState.from_dict(parts, device=torch.device("cpu"))
+        # bitsandbytes' blocks run over the flattened tensor; its CPU kernel for a 2-D shape
+        # takes an AVX-512 path (0.50.2, on an Intel Xeon) that misplaces the scales of blocks
+        # crossing rows of 48 (its values 2-3x farther from the original weights than the
+        # generic path's), so the oracle dequantizes the flat tensor, as the format defines.
+        shape, state.shape = state.shape, torch.Size([state.shape.numel()])
         want = F.dequantize_4bit(stored[name + ".weight"], state).float().numpy()
-        np.testing.assert_array_equal(mat, want, err_msg=name)
+        np.testing.assert_array_equal(mat, want.reshape(tuple(shape)), err_msg=name)
 
 
 def _load_torch(path: Path) -> dict[str, Any]:
