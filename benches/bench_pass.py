@@ -9,11 +9,17 @@ Sections (every timing is min over ``--runs`` interleaved runs, both sides in th
 - ``pass``: 14336×4096 bf16 (``--pass-shapes``: others, e.g. every Llama-8B shape), block 40,
   2 threads, the sides interleaved run by run (ours with the kernels, ours without, torch). Ours: one fused pass ``acc += Pᵀ(P·X)`` as
   (time of ``max_iter=7`` − time of ``max_iter=1``) / 6 with ``rtol=1e-12`` (no early stop), with
-  the AVX-512 BF16 kernels and with them off (``LORA_RANK_NO_BF16_KERNEL``: decode to f32 +
-  faer). torch: ``Aᵀ(A·X)`` in f32 and in bf16 on the matrix in memory, and a 4096³ f32 GEMM
+  the AVX-512 BF16 kernels and with them off (``LORA_RANK_KERNEL=bf16`` / ``f32``: decode to
+  f32 + faer). torch: ``Aᵀ(A·X)`` in f32 and in bf16 on the matrix in memory, and a 4096³ f32 GEMM
   (the machine's practical peak). GFLOP/s counts 4·m·n·b per pass.
 - ``accuracy``: top-32 max relative error vs the float64 Gram-eigenvalue reference, bf16
   kernels vs f32 path, 4096×4096 real-like bf16.
+- ``solve`` (issue 36 goal 2): the *whole* default top-32 solve of each LLM matrix shape
+  (``--solve-shapes``: Llama-3-8B, Qwen3, Mixtral and DeepSeek-V3 experts, the 128256×4096
+  embedding), with the bf16 kernels and on the f32 path, each in a fresh process, against
+  torch bf16 doing only the products of the same number of passes (p × one ``Aᵀ(A·X)``, block
+  40, 2 threads, the matrix in memory). Ratio = torch's products / our whole solve (goal ≥ 1).
+  Interleaved: each run times ours (both paths) and then torch; min over ``--runs``.
 - ``shapes``: every Llama-3-8B matrix shape, real-like (MP bulk + power-law top) and pure
   Gaussian noise, default settings: passes, time, stop reason; extrapolated to 32 layers +
   embed_tokens + lm_head (128256×4096). ``--max-iter N`` caps the passes (the time at a
@@ -130,8 +136,8 @@ def section_pass(root: Path, runs: int, m: int, n: int) -> dict[str, Any]:
     # Interleaved: each run times ours (both paths, child processes) and then torch.
     runs_ours, runs_f32, runs_torch = [], [], []
     for _ in range(runs):
-        runs_ours.append(child_spectra(path, m, n, {}, runs=1))
-        runs_f32.append(child_spectra(path, m, n, {"LORA_RANK_NO_BF16_KERNEL": "1"}, runs=1))
+        runs_ours.append(child_spectra(path, m, n, {"LORA_RANK_KERNEL": "bf16"}, runs=1))
+        runs_f32.append(child_spectra(path, m, n, {"LORA_RANK_KERNEL": "f32"}, runs=1))
         runs_torch.append(torch_times(path, 1))
     ours, ours_f32 = min(runs_ours), min(runs_f32)
     tt = {k: min(r[k] for r in runs_torch) for k in runs_torch[0]}
@@ -151,6 +157,82 @@ def section_pass(root: Path, runs: int, m: int, n: int) -> dict[str, Any]:
     return out
 
 
+#: ``--solve-shapes`` default: every LLM matrix shape of issue 36 goal 2.
+SOLVE_SHAPES = [
+    "1024x4096",
+    "4096x4096",
+    "14336x4096",
+    "4096x14336",
+    "768x2048",
+    "2048x7168",
+    "128256x4096",
+]
+
+
+def child_solve(path: Path, m: int, n: int, env: dict[str, str]) -> dict[str, Any]:
+    """Our whole default solve of ``path`` in a fresh process (the kernel switch is read once):
+    its wall time and passes."""
+    here, p = str(HERE), str(path)
+    code = (
+        f"import sys, json; sys.path.insert(0, {here!r}); import bench_pass as b\n"
+        "from pathlib import Path\n"
+        f"t, d = b.spectra(Path({p!r}), {m}, {n}, threads=2)\n"
+        "print(json.dumps({'s': t, 'passes': d['iterations'], 'sv_error': d['sv_error']}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def torch_pass_bf16(path: Path, runs: int, b: int = 40) -> float:
+    """Least time of one torch bf16 ``Aᵀ(A·X)`` (block ``b``, 2 threads, matrix in memory)."""
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(2)
+    a16 = load_file(str(path))["w"]
+    x16 = torch.randn(a16.shape[1], b).to(torch.bfloat16)
+    a16.T @ (a16 @ x16)  # warm-up
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        a16.T @ (a16 @ x16)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def section_solve(root: Path, runs: int, shapes: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for shape in shapes:
+        m, n = (int(d) for d in shape.split("x"))
+        kind = "noise" if m > 100_000 else "real"  # the real-data embeddings are Gaussian too
+        path = write_matrix(root / f"solve_{kind}_{m}x{n}.safetensors", m, n, kind, 7 * m + n)
+        ours, f32, torch_pass = [], [], []
+        for _ in range(runs):
+            ours.append(child_solve(path, m, n, {"LORA_RANK_KERNEL": "bf16"}))
+            f32.append(child_solve(path, m, n, {"LORA_RANK_KERNEL": "f32"}))
+            torch_pass.append(torch_pass_bf16(path, 3))
+        tp = min(torch_pass)
+        row: dict[str, Any] = {"torch_bf16_pass_s": tp}
+        for label, r in (("bf16 kernels", ours), ("f32 path", f32)):
+            best = min(r, key=lambda d: d["s"])
+            row[label] = {
+                "s": best["s"],
+                "passes": best["passes"],
+                "sv_error": best["sv_error"],
+                "torch_products_s": tp * best["passes"],
+                "ratio": tp * best["passes"] / best["s"],
+                "runs_s": [d["s"] for d in r],
+            }
+        out[shape] = row
+        print(shape, json.dumps(row), flush=True)
+    return out
+
+
 def section_accuracy(root: Path, m: int, n: int) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -161,7 +243,10 @@ def section_accuracy(root: Path, m: int, n: int) -> dict[str, Any]:
     gram = a.T @ a if n <= m else a @ a.T
     ref = np.sqrt(np.clip(torch.linalg.eigvalsh(gram).numpy()[::-1][:32], 0, None))
     out = {}
-    for label, env in (("bf16 kernels", {}), ("f32 path", {"LORA_RANK_NO_BF16_KERNEL": "1"})):
+    for label, env in (
+        ("bf16 kernels", {"LORA_RANK_KERNEL": "bf16"}),
+        ("f32 path", {"LORA_RANK_KERNEL": "f32"}),
+    ):
         here, p = str(HERE), str(path)
         code = (
             f"import sys, json; sys.path.insert(0, {here!r}); import bench_pass as b\n"
@@ -220,6 +305,22 @@ def section_shapes(root: Path, quick: bool, max_iter: int | None = None) -> dict
     return out
 
 
+def cpu_model() -> str:
+    """``lscpu``'s model name with its family/model numbers and whether AVX-512 BF16 is here."""
+    fields = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+        if not line.strip():
+            break
+    flags = fields.get("flags", "").split()
+    return (
+        f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model "
+        f"{fields.get('model', '?')}, {os.cpu_count()} CPUs, AVX-512 BF16 "
+        f"{'yes' if 'avx512_bf16' in flags else 'no'}, AMX {'yes' if 'amx_bf16' in flags else 'no'})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="pass,accuracy,shapes")
@@ -231,13 +332,25 @@ def main() -> None:
         default="14336x4096",
         help="pass: comma-separated MxN (every Llama-8B shape: " + ",".join(PASS_SHAPES) + ")",
     )
+    ap.add_argument(
+        "--solve-shapes", default=",".join(SOLVE_SHAPES), help="solve: comma-separated MxN"
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "pass.json"))
     args = ap.parse_args()
     only = set(args.only.split(","))
     tmp = tempfile.TemporaryDirectory() if args.quick else None
     root = Path(tmp.name) if tmp else HERE / "data"
     root.mkdir(parents=True, exist_ok=True)
-    res: dict[str, Any] = {"uptime_before": os.getloadavg()}
+    res: dict[str, Any] = {"uptime_before": os.getloadavg(), "cpu": cpu_model()}
+    # The kernel the engine picks by itself in a fresh process (``pass_kernel``, measured).
+    picked = subprocess.run(
+        [sys.executable, "-c", "from lora_rank import _core; print(_core.pass_kernel())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    res["default_kernel"] = picked.stdout.strip()
+    print("cpu:", res["cpu"], "| default pass kernel:", res["default_kernel"], flush=True)
     if "pass" in only:
         shapes = ["1792x512"] if args.quick else args.pass_shapes.split(",")
         for i, shape in enumerate(shapes):
@@ -247,6 +360,9 @@ def main() -> None:
                 res["pass"] = out
             res.setdefault("pass_shapes", {})[shape] = out
             print(shape, json.dumps(out, indent=1), flush=True)
+    if "solve" in only:
+        shapes = ["1792x512"] if args.quick else args.solve_shapes.split(",")
+        res["solve"] = section_solve(root, 1 if args.quick else args.runs, shapes)
     if "accuracy" in only:
         m, n = (512, 512) if args.quick else (4096, 4096)
         res["accuracy"] = section_accuracy(root, m, n)

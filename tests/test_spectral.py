@@ -346,3 +346,51 @@ def test_ctrl_c_interrupts_the_scan(tmp_path: Path) -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - start < 1.3
+
+
+def test_pass_kernel_is_fixed_by_the_environment_and_both_agree_with_float64(
+    tmp_path: Path,
+) -> None:
+    """``LORA_RANK_KERNEL`` fixes the pass of bf16 matrices (``bf16`` only where the CPU has
+    the kernels); unset, the engine picks one by measuring the CPU (``f32`` without the
+    kernels). Both passes give the top singular values of a bf16 matrix within 1% of float64,
+    each in a fresh process (the choice is made once per process)."""
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    u, _ = np.linalg.qr(rng.standard_normal((700, 40)))
+    v, _ = np.linalg.qr(rng.standard_normal((500, 40)))
+    w = (u * np.geomspace(4.0, 0.5, 40)) @ v.T + 0.01 * rng.standard_normal((700, 500))
+    path = tmp_path / "w.safetensors"
+    stored = _save(path, {"w": w}, "BF16")["w"]
+    want = np.linalg.svd(stored, compute_uv=False)[:16]
+    begin = 8 + int.from_bytes(path.read_bytes()[:8], "little")
+    code = (
+        "import json, sys; from lora_rank import _core\n"
+        "from lora_rank.spectral.settings import SpectralSettings\n"
+        f"out = _core.spectra([({str(path)!r}, {path.stat().st_size})], "
+        f"[('w', [(0, {begin}, 700)], 500, 'BF16')], "
+        "SpectralSettings(method='randomized', top_k=16))\n"
+        "print(_core.pass_kernel(), json.dumps(out[0]['singular_values']))"
+    )
+    has_kernels = _core.bf16_kernels_available()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LORA_RANK_KERNEL", "LORA_RANK_NO_BF16_KERNEL")
+    }
+    for forced, expected in (
+        ("f32", {"f32"}),
+        ("bf16", {"bf16" if has_kernels else "f32"}),
+        (None, {"bf16", "f32"} if has_kernels else {"f32"}),
+    ):
+        run_env = env if forced is None else {**env, "LORA_RANK_KERNEL": forced}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True
+        )
+        kernel, values = out.stdout.strip().split(" ", 1)
+        assert kernel in expected, (forced, kernel)
+        got = np.array(json.loads(values))
+        np.testing.assert_allclose(got, want, rtol=1e-2, err_msg=f"LORA_RANK_KERNEL={forced}")

@@ -22,6 +22,7 @@ __all__ = [
     "natural_order",
     "open_checkpoint",
     "parse_index",
+    "pass_kernel",
     "product_spectra",
     "read_matrix",
     "spectra",
@@ -66,6 +67,7 @@ def name_patterns(
 ) -> tuple[list[str], list[int], list[list[str]]]: ...
 def natural_order(names: list[str]) -> list[int]: ...
 def bf16_kernels_available() -> bool: ...
+def pass_kernel() -> str: ...
 
 @final
 class ByteBuffer:

@@ -19,8 +19,8 @@ spectra of the updates) run here.
 - **Same results**: each matrix's start block is seeded from its name (not from its place in a
   batch) and a task's solver uses ``threads`` threads (``settings.threads``, default 1), so
   every :class:`~lora_rank.report.Spectrum` is bit for bit the local engine's with the same
-  settings (``threads`` included) on a CPU of the same kind (the bf16 kernel is chosen per CPU:
-  :mod:`lora_rank.spectral.compute`).
+  settings (``threads`` included) on a CPU of the same kind: the workers run the pass kernel
+  the driver's engine chose (``LORA_RANK_KERNEL``, :mod:`lora_rank.spectral.compute`).
 - **Faults**: a task whose worker or node dies, or that fails with an ``OSError`` (a shared
   filesystem or the network), is retried by Ray (``max_retries``); the retries are counted
   (:class:`RunStats`, from Ray's attempt number, returned by each task). A task that fails (a
@@ -283,6 +283,19 @@ def _collect(
     return attempts, nodes
 
 
+def _worker_env(**env_vars: str) -> dict[str, Any]:
+    """The ``runtime_env`` of our tasks: ``env_vars`` and this process's pass kernel
+    (``LORA_RANK_KERNEL``: the engine picks the faster of two per CPU by measurement, and the
+    two agree within the solver's tolerance, not bit for bit), so that a worker on a CPU of
+    this kind computes the driver's bits.
+
+    Example:
+        >>> _worker_env(HF_HUB_OFFLINE="0")["env_vars"]["LORA_RANK_KERNEL"] in ("bf16", "f32")
+        True
+    """
+    return {"env_vars": {**env_vars, "LORA_RANK_KERNEL": _core.pass_kernel()}}
+
+
 def _connect(ray: Any, address: Optional[str]) -> None:
     if not ray.is_initialized():
         import logging
@@ -345,13 +358,13 @@ def run(
         "max_retries": max_retries,
         "retry_exceptions": [OSError],
     }
-    remote_fn = ray.remote(_run_task).options(**task_options)
+    remote_fn = ray.remote(_run_task).options(**task_options, runtime_env=_worker_env())
     started = time.monotonic()
     args = [scans[k].task(g) for k, g in tasks]
     # The driver read a remote checkpoint's headers online: its workers fetch online too,
     # whatever HF_HUB_OFFLINE their nodes were started with.
     online = ray.remote(_run_task).options(
-        **task_options, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "0"}}
+        **task_options, runtime_env=_worker_env(HF_HUB_OFFLINE="0")
     )
     refs = [
         (online if scans[k].remote is not None else remote_fn).remote(a, chosen, stamps[k], what)
@@ -426,7 +439,10 @@ def each(
     _connect(ray, address)
     stamps = [_stamp(path) if n >= 0 else None for path, n in shards]
     remote_fn = ray.remote(_run_one).options(
-        num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=[OSError]
+        num_cpus=num_cpus,
+        max_retries=max_retries,
+        retry_exceptions=[OSError],
+        runtime_env=_worker_env(),
     )
     started = time.monotonic()
     refs = [remote_fn.remote(fn, x, list(shards), stamps) for x in items]

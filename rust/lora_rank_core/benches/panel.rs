@@ -80,6 +80,7 @@ fn bench_panel(c: &mut Criterion) {
         seed: 0,
         chunks: rayon::current_num_threads(),
         panel_elems: PANEL_ELEMENTS,
+        kernel: lora_rank_core::spectral::solver::pass_kernel(),
         par: Par::Seq,
     };
     let cancel = AtomicBool::new(false);

@@ -180,6 +180,14 @@ fn bf16_kernels_available() -> bool {
     lora_rank_core::spectral::kernels::available()
 }
 
+/// The pass the spectral engine runs on bf16 (and quantized) matrices in this process,
+/// `"bf16"` (the AVX-512 BF16 kernels) or `"f32"` (decode + faer): `LORA_RANK_KERNEL` when
+/// set, else measured once on a CPU with the kernels (see `spectral::solver::pass_kernel`).
+#[pyfunction]
+fn pass_kernel() -> &'static str {
+    lora_rank_core::spectral::solver::pass_kernel().name()
+}
+
 /// The JSON length announced by the first bytes of a safetensors file of `file_len` bytes
 /// (HeaderError naming `path` past the format's limit or the file's size).
 #[pyfunction]
@@ -607,6 +615,7 @@ fn scan<'py>(
         max_iter: given.max_iter,
         seed: given.seed,
         oversample: given.oversample,
+        kernel: None,
     };
     let threads = given.threads;
     settings.validate().map_err(value_error)?;
@@ -718,6 +727,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(name_patterns, m)?)?;
     m.add_function(wrap_pyfunction!(natural_order, m)?)?;
     m.add_function(wrap_pyfunction!(bf16_kernels_available, m)?)?;
+    m.add_function(wrap_pyfunction!(pass_kernel, m)?)?;
     m.add_function(wrap_pyfunction!(read_matrix, m)?)?;
     m.add_function(wrap_pyfunction!(product_spectra, m)?)?;
     m.add_function(wrap_pyfunction!(frobenius_norms, m)?)?;

@@ -39,6 +39,75 @@ pub fn available() -> bool {
     }
 }
 
+/// Accumulators of [`instruction_rates`]' loops: independent chains enough to hide either
+/// instruction's latency on the CPUs we run on.
+const RATE_CHAINS: usize = 16;
+
+/// One core's throughput, in GFLOP/s, of the two instructions a pass can be built on, each
+/// timed in a loop of `rounds` × [`RATE_CHAINS`] independent accumulations (least of 3
+/// alternating runs): `(vdpbf16ps, vfmadd231ps)` on 512-bit registers (a bf16 pair-dot lane
+/// is 4 flops, an FMA lane 2). None without the kernels. Measured: Intel Xeon (Emerald
+/// Rapids, family 6 model 207) ≈ 82 vs 167, the dot product at *half* the FMA's rate, so
+/// the f32 path wins there; on a Zen 4 the dot product has twice the FMA's rate
+/// (benches/README, "The pass kernel per CPU").
+pub fn instruction_rates(rounds: usize) -> Option<(f64, f64)> {
+    if !available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let ops = (rounds * RATE_CHAINS) as f64;
+        let (mut dot, mut fma) = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            // SAFETY: `available()` checked the features these functions enable.
+            unsafe {
+                dot = dot.min(dot_rounds(rounds));
+                fma = fma.min(fma_rounds(rounds));
+            }
+        }
+        Some((ops * 64.0 / dot / 1e9, ops * 32.0 / fma / 1e9))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// Seconds of `rounds` × [`RATE_CHAINS`] `vdpbf16ps` on 512-bit registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_rounds(rounds: usize) -> f64 {
+    // bf16 2⁻³¹ in every half: products far from overflow and from subnormals.
+    let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(std::hint::black_box(0x3000_3000)));
+    let mut acc = [_mm512_setzero_ps(); RATE_CHAINS];
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        for r in acc.iter_mut() {
+            *r = _mm512_dpbf16_ps(*r, a, a);
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    std::hint::black_box(acc);
+    s
+}
+
+/// Seconds of `rounds` × [`RATE_CHAINS`] `vfmadd231ps` on 512-bit registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_rounds(rounds: usize) -> f64 {
+    let a = _mm512_set1_ps(std::hint::black_box(1e-9));
+    let mut acc = [_mm512_setzero_ps(); RATE_CHAINS];
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        for r in acc.iter_mut() {
+            *r = _mm512_fmadd_ps(a, a, *r);
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    std::hint::black_box(acc);
+    s
+}
+
 fn bf16_bits(x: f32) -> u32 {
     u32::from(half::bf16::from_f32(x).to_bits())
 }

@@ -93,6 +93,9 @@ pub struct Settings {
     pub seed: u64,
     /// Extra Krylov block columns beyond `top_k`.
     pub oversample: usize,
+    /// The pass on bf16 and quantized matrices; None: this process's
+    /// [`solver::pass_kernel`] (the tests ask for the bf16 kernels on every CPU that has them).
+    pub kernel: Option<solver::PassKernel>,
 }
 
 impl Settings {
@@ -122,6 +125,7 @@ impl Default for Settings {
             max_iter: 24,
             seed: 0,
             oversample: 8,
+            kernel: None,
         }
     }
 }
@@ -694,6 +698,7 @@ fn run_job(
         seed: job_seed(settings.seed, &job.name),
         chunks: threads,
         panel_elems: PANEL_ELEMENTS,
+        kernel: settings.kernel.unwrap_or_else(solver::pass_kernel),
         par: if threads > 1 {
             Par::rayon(threads)
         } else {
@@ -1672,6 +1677,7 @@ mod tests {
             }];
             let settings = Settings {
                 method: Method::Randomized,
+                kernel: Some(solver::PassKernel::Bf16),
                 ..Settings::default()
             };
             let r = run(&f, &jobs, &settings).unwrap().remove(0);

@@ -60,6 +60,8 @@ pub struct SolverConfig {
     pub chunks: usize,
     /// Target elements per decoded row panel.
     pub panel_elems: usize,
+    /// The pass on bf16 and quantized matrices ([`uses_bf16_kernel`]).
+    pub kernel: PassKernel,
     /// Parallelism of the dense kernels of the exact mode.
     pub par: Par,
 }
@@ -117,18 +119,82 @@ const PASS_PANEL_BYTES: usize = 1 << 20;
 /// their stored words, quantized ones on their exact dequantization rounded to bf16 (relative
 /// 2⁻⁹ per element, the rounding the kernels already apply to X and Y; the element statistics
 /// stay exact), and a delta of two such matrices on its exact difference rounded likewise (a
-/// delta with an f32 or f16 side stays on the f32 path, as that side alone would). The
-/// environment variable `LORA_RANK_NO_BF16_KERNEL` (any value) turns them off, for
-/// side-by-side benches.
-pub fn uses_bf16_kernel(src: &MatrixSource<'_>) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// delta with an f32 or f16 side stays on the f32 path, as that side alone would), when
+/// `kernel` asks for them and the CPU has them.
+pub fn uses_bf16_kernel(src: &MatrixSource<'_>, kernel: PassKernel) -> bool {
     let narrow = |s: &MatrixSource<'_>| s.dtype == crate::dtype::Dtype::BF16 || s.is_quantized();
     narrow(src)
         && src.base().is_none_or(narrow)
         && cfg!(target_endian = "little")
-        && *ON.get_or_init(|| {
-            super::kernels::available() && std::env::var_os("LORA_RANK_NO_BF16_KERNEL").is_none()
-        })
+        && kernel == PassKernel::Bf16
+        && super::kernels::available()
+}
+
+/// The two ways a pass over a bf16 (or quantized) matrix can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassKernel {
+    /// The AVX-512 BF16 kernels on the stored words ([`super::kernels`]).
+    Bf16,
+    /// Panels decoded to f32 and faer's matmul ([`fused_pass`]).
+    F32,
+}
+
+impl PassKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            PassKernel::Bf16 => "bf16",
+            PassKernel::F32 => "f32",
+        }
+    }
+}
+
+/// The pass of bf16 matrices in this process, chosen once: `LORA_RANK_KERNEL=bf16|f32` when
+/// set (`bf16` where the CPU lacks the kernels is `f32`; `LORA_RANK_NO_BF16_KERNEL`, any
+/// value, is `f32`), else by measurement ([`calibrate`]) on a CPU with AVX-512 BF16, else f32.
+/// Which one is faster depends on the CPU, not the matrix: on a Zen 4 the kernels run a pass
+/// 2.4× faster than the f32 path; on an Intel Xeon (AVX-512 BF16, no AMX) the f32 path's whole
+/// solve is 1–18% faster on every LLM shape (benches/README, "The pass kernel per CPU"). The two give results within the
+/// solver's tolerance of each other, not the same bits: the Ray executor sends the driver's
+/// choice to its workers.
+pub fn pass_kernel() -> PassKernel {
+    static CHOICE: std::sync::OnceLock<PassKernel> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        let forced = std::env::var("LORA_RANK_KERNEL").ok();
+        if !super::kernels::available()
+            || std::env::var_os("LORA_RANK_NO_BF16_KERNEL").is_some()
+            || forced.as_deref() == Some("f32")
+        {
+            PassKernel::F32
+        } else if forced.as_deref() == Some("bf16") {
+            PassKernel::Bf16
+        } else {
+            calibrate()
+        }
+    })
+}
+
+/// The faster pass on this CPU, from the two instructions' measured throughput
+/// ([`super::kernels::instruction_rates`], 20k rounds: ≈ 2 ms): the bf16 kernels when
+/// `vdpbf16ps` delivers at least 0.75× the flops of `vfmadd231ps` (they also read half the
+/// bytes), else the f32 path. The two CPUs measured differ by 4× in that ratio (Intel Xeon
+/// 0.5, Zen 4 ≈ 2), so load on a shared machine does not flip the choice, as a timed pass
+/// of each could (tried: 256 × 4096 panels, one thread, picked either on this Xeon).
+fn calibrate() -> PassKernel {
+    match super::kernels::instruction_rates(20_000) {
+        Some((dot, fma)) => {
+            if trace() {
+                eprintln!(
+                    "LRKERNEL {{\"vdpbf16ps_gflops\":{dot:.1},\"vfmadd231ps_gflops\":{fma:.1}}}"
+                );
+            }
+            if dot >= 0.75 * fma {
+                PassKernel::Bf16
+            } else {
+                PassKernel::F32
+            }
+        }
+        None => PassKernel::F32,
+    }
 }
 
 /// One pass over a matrix: the source and its panels, the block X (n × b, or m × b in the
@@ -903,6 +969,46 @@ fn trace() -> bool {
     *ON.get_or_init(|| std::env::var_os("LORA_RANK_SOLVER_TRACE").is_some())
 }
 
+/// Seconds per stage of one solver iteration, printed as one `LRTIME` line on stderr when
+/// [`trace`] is on (the per-stage profile of benches/README); free otherwise.
+struct StageClock {
+    on: bool,
+    last: std::time::Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl StageClock {
+    fn start() -> StageClock {
+        StageClock {
+            on: trace(),
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, stage: &'static str) {
+        if self.on {
+            let now = std::time::Instant::now();
+            self.laps.push((stage, (now - self.last).as_secs_f64()));
+            self.last = now;
+        }
+    }
+
+    fn report(&self, iteration: usize, dim: usize) {
+        if self.on {
+            let laps: Vec<String> = self
+                .laps
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{v:.6}"))
+                .collect();
+            eprintln!(
+                "LRTIME {{\"it\":{iteration},\"dim\":{dim},{}}}",
+                laps.join(",")
+            );
+        }
+    }
+}
+
 /// First pass after which the top-k rule may stop. Not the 3rd: on a 600×700 rank-120
 /// power-law matrix, each of the 3 of 60 seeded solves that stopped after 3 passes had a
 /// top-32 value 1.0–2.2% off against an estimate of at most 0.3% (`rtol` 1%): the extrapolated
@@ -949,7 +1055,7 @@ pub fn randomized(
     cancel: &AtomicBool,
 ) -> Result<Outcome> {
     let mut bf16_passes = 0;
-    if uses_bf16_kernel(src) {
+    if uses_bf16_kernel(src, cfg.kernel) {
         match randomized_on(src, cfg, cancel, true)? {
             Ok(outcome) => return Ok(outcome),
             Err(passes) => bf16_passes = passes,
@@ -999,6 +1105,9 @@ fn randomized_on(
     // The last shape (α computed or not) and the pseudo-spectrum it came from.
     let mut prev_shape: Option<(shape::Shape, Vec<f64>, bool)> = None;
     while iterations < max_blocks {
+        // Stage clocks for `LORA_RANK_SOLVER_TRACE` (LRTIME lines): pass, H's new column,
+        // eigendecomposition, Gram–Schmidt, error estimates + quadrature, shape rule.
+        let mut clock = StageClock::start();
         let (w, st) = Pass {
             src,
             panels: &panels,
@@ -1009,6 +1118,7 @@ fn randomized_on(
             bf16,
         }
         .run()?;
+        clock.lap("pass");
         iterations += 1;
         if iterations == 1 {
             stats = st;
@@ -1045,8 +1155,10 @@ fn randomized_on(
         }
         let dim = basis.cols;
         let hd = h.as_ref().get(..dim, ..dim);
+        clock.lap("h");
         // The eigenvectors give the residual bounds (and the density): one decomposition.
         let eig = sym_eigen(hd, cfg.par);
+        clock.lap("evd");
         let ritz: Vec<f64> = match &eig {
             Some((theta, _)) => theta.iter().rev().copied().collect(),
             None => vec![f64::NAN; dim],
@@ -1057,6 +1169,7 @@ fn randomized_on(
         sv = ritz.iter().take(k).map(|l| l.max(0.0).sqrt()).collect();
         // H's new column block is the first Gram–Schmidt round's coefficients.
         let (next, r) = next_block(basis.as_ref(), w, &mut rng, cfg.par, Some(&c));
+        clock.lap("gram_schmidt");
         let exhausted = next.is_none();
         let r = if dim >= dim_space { None } else { Some(&r) };
         // Error estimates (λ units): the residual bounds, capped by the extrapolated tail from
@@ -1109,12 +1222,14 @@ fn randomized_on(
                 quadrature_density(&theta, u.as_ref(), b, &res, dim_space, n_total)
             });
         }
+        clock.lap("estimates");
         if exhausted {
             // The basis spans ℝⁿ (or an invariant subspace): the Ritz values are exact.
             converged = true;
             sv_error = 0.0;
         }
         if last {
+            clock.report(iterations, dim);
             break;
         }
         // Shape rule: σ₁ converged and the statistics of the density have settled.
@@ -1145,12 +1260,15 @@ fn randomized_on(
                     );
                 }
             }
+            clock.lap("shape");
             if settled {
                 converged = true;
+                clock.report(iterations, dim);
                 break;
             }
             prev_shape = Some((now, lam, now_alpha));
         }
+        clock.report(iterations, dim);
         x = next.expect("not exhausted");
     }
     Ok(Ok(Outcome {
@@ -1306,7 +1424,7 @@ mod tests {
                 chunks: 2,
                 want_stats: true,
                 cancel: &cancel,
-                bf16: uses_bf16_kernel(&src),
+                bf16: uses_bf16_kernel(&src, PassKernel::Bf16),
             }
             .run()
             .unwrap();
@@ -1318,7 +1436,11 @@ mod tests {
                     (0..rows).map(|i| at(i, k) * f64::from(x[(i, j)])).sum()
                 })
                 .collect();
-            let tol = if uses_bf16_kernel(&src) { 1e-2 } else { 1e-5 };
+            let tol = if uses_bf16_kernel(&src, PassKernel::Bf16) {
+                1e-2
+            } else {
+                1e-5
+            };
             for i in 0..rows {
                 for j in 0..b {
                     let want: f64 = (0..cols).map(|k| at(i, k) * z[k * b + j]).sum();
