@@ -4,6 +4,7 @@
     python benches/scan.py --layers 2 --rounds 1    # smaller (2.9 GB instead of 4.7 GB)
     python benches/scan.py --build old=/path/a --build new=/path/b   # builds interleaved
     python benches/scan.py --noise                  # every matrix Gaussian noise
+    python benches/scan.py --kernels bf16,f32       # both pass kernels, interleaved
 
 The checkpoint is ``checkpoints.build_real_layers(layers)`` (real-data-like bf16 layers: MP bulk
 + power-law top per matrix; Gaussian embed_tokens and lm_head; the true 8B vocabulary, hidden
@@ -106,8 +107,16 @@ def extrapolate(done_at: dict[str, float], total: float, layers: int) -> dict[st
     }
 
 
-def run(path: Path, layers: int, threads: Optional[int], pythonpath: Optional[str]) -> dict:
+def run(
+    path: Path,
+    layers: int,
+    threads: Optional[int],
+    pythonpath: Optional[str],
+    kernel: Optional[str] = None,
+) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if kernel:
+        env["LORA_RANK_KERNEL"] = kernel
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
     args = [sys.executable, __file__, "--child", str(path)]
@@ -129,20 +138,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--noise", action="store_true", help="Gaussian-noise layers")
     ap.add_argument("--build", action="append", default=[], help="label=python dir")
+    ap.add_argument(
+        "--kernels",
+        default="",
+        help="comma-separated LORA_RANK_KERNEL values run side by side (bf16,f32); default: "
+        "the engine's own choice",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scan.json")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child, args.threads)
         return
+    from bench_pass import cpu_model
     from checkpoints import build_real_layers
 
     path = build_real_layers(args.layers, noise=args.noise)
     builds = [tuple(b.split("=", 1)) for b in args.build] or [("installed", "")]
     runs: list[dict[str, Any]] = []
+    kernels = args.kernels.split(",") if args.kernels else [""]
     for r in range(args.rounds):
-        for label, pythonpath in builds:
-            out = run(path, args.layers, args.threads, pythonpath or None)
+        for (build, pythonpath), kernel in [(b, k) for b in builds for k in kernels]:
+            label = f"{build}/{kernel}" if kernel else build
+            out = run(path, args.layers, args.threads, pythonpath or None, kernel or None)
             out.update(build=label, round=r, load_1min=os.getloadavg()[0])
             runs.append(out)
             print(
@@ -154,6 +172,7 @@ def main() -> None:
     doc = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "checkpoint": str(path),
         "layers": args.layers,
