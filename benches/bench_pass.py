@@ -86,10 +86,8 @@ def spectra(path: Path, m: int, n: int, **kw: Any) -> tuple[float, dict[str, Any
 def child_spectra(path: Path, m: int, n: int, env: dict[str, str], **kw: Any) -> float:
     """Per-pass time of our solver in a fresh process (the kernel switch is read once): the
     least of ``runs`` differences."""
-    here, p, runs = str(HERE), str(path), kw["runs"]
+    p, runs = str(path), kw["runs"]
     code = (
-        f"import sys, json; sys.path.insert(0, {here!r}); import bench_pass as b\n"
-        "from pathlib import Path\n"
         "r = []\n"
         f"for _ in range({runs}):\n"
         f"    t1, _ = b.spectra(Path({p!r}), {m}, {n}, max_iter=1, rtol=1e-12, threads=2)\n"
@@ -97,12 +95,25 @@ def child_spectra(path: Path, m: int, n: int, env: dict[str, str], **kw: Any) ->
         "    r.append((t7 - t1) / 6)\n"
         "print(json.dumps(r))"
     )
+    return float(min(in_child(code, env)))
+
+
+def in_child(code: str, env: dict[str, str]) -> Any:
+    """Runs ``code`` in a fresh Python process (``bench_pass`` imported as ``b``, ``Path`` and
+    ``json`` too) with ``env`` added to the environment; the JSON of its last line."""
+    prelude = (
+        f"import sys, json; sys.path.insert(0, {str(HERE)!r}); import bench_pass as b\n"
+        "from pathlib import Path\n"
+    )
     out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
+        [sys.executable, "-c", prelude + code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
     )
     if out.returncode:
         raise RuntimeError(out.stderr)
-    return min(json.loads(out.stdout.strip().splitlines()[-1]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def torch_times(path: Path, runs: int, b: int = 40) -> dict[str, float]:
@@ -170,21 +181,14 @@ SOLVE_SHAPES = [
 
 
 def child_solve(path: Path, m: int, n: int, env: dict[str, str]) -> dict[str, Any]:
-    """Our whole default solve of ``path`` in a fresh process (the kernel switch is read once):
-    its wall time and passes."""
-    here, p = str(HERE), str(path)
+    """Our whole default solve of ``path`` in a fresh process (the kernel is chosen once per
+    process): its wall time, passes, error estimate and singular values."""
     code = (
-        f"import sys, json; sys.path.insert(0, {here!r}); import bench_pass as b\n"
-        "from pathlib import Path\n"
-        f"t, d = b.spectra(Path({p!r}), {m}, {n}, threads=2)\n"
-        "print(json.dumps({'s': t, 'passes': d['iterations'], 'sv_error': d['sv_error']}))"
+        f"t, d = b.spectra(Path({str(path)!r}), {m}, {n}, threads=2)\n"
+        "print(json.dumps({'s': t, 'passes': d['iterations'], 'sv_error': d['sv_error'], "
+        "'singular_values': d['singular_values']}))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
-    )
-    if out.returncode:
-        raise RuntimeError(out.stderr)
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = in_child(code, env)
     return result
 
 
@@ -247,22 +251,11 @@ def section_accuracy(root: Path, m: int, n: int) -> dict[str, Any]:
         ("bf16 kernels", {"LORA_RANK_KERNEL": "bf16"}),
         ("f32 path", {"LORA_RANK_KERNEL": "f32"}),
     ):
-        here, p = str(HERE), str(path)
-        code = (
-            f"import sys, json; sys.path.insert(0, {here!r}); import bench_pass as b\n"
-            "from pathlib import Path\n"
-            f"t, d = b.spectra(Path({p!r}), {m}, {n}, threads=2)\n"
-            "print(json.dumps(d['singular_values']), d['iterations'])"
-        )
-        r = subprocess.run(
-            [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True
-        )
-        line = r.stdout.strip().splitlines()[-1]
-        sv_json, iters = line.rsplit(" ", 1)
-        sv = np.array(json.loads(sv_json))
+        d = child_solve(path, m, n, env)
+        sv = np.array(d["singular_values"])
         out[label] = {
             "top32_max_rel_err": float(np.max(np.abs(sv - ref) / ref)),
-            "iterations": int(iters),
+            "iterations": int(d["passes"]),
         }
     return out
 
@@ -307,7 +300,7 @@ def section_shapes(root: Path, quick: bool, max_iter: int | None = None) -> dict
 
 def cpu_model() -> str:
     """``lscpu``'s model name with its family/model numbers and whether AVX-512 BF16 is here."""
-    fields = {}
+    fields: dict[str, str] = {}
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())

@@ -73,40 +73,41 @@ pub fn instruction_rates(rounds: usize) -> Option<(f64, f64)> {
     }
 }
 
-/// Seconds of `rounds` × [`RATE_CHAINS`] `vdpbf16ps` on 512-bit registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn dot_rounds(rounds: usize) -> f64 {
-    // bf16 2⁻³¹ in every half: products far from overflow and from subnormals.
-    let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(std::hint::black_box(0x3000_3000)));
-    let mut acc = [_mm512_setzero_ps(); RATE_CHAINS];
-    let t = std::time::Instant::now();
-    for _ in 0..rounds {
-        for r in acc.iter_mut() {
-            *r = _mm512_dpbf16_ps(*r, a, a);
+/// `$name(rounds)`: seconds of `rounds` × [`RATE_CHAINS`] accumulations `acc = $op(acc, a)`
+/// on 512-bit registers, `a` = `$a`, with the CPU features `$features`.
+macro_rules! rate_loop {
+    ($name:ident, $features:literal, $a:expr, $op:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(rounds: usize) -> f64 {
+            let a = $a;
+            let mut acc = [_mm512_setzero_ps(); RATE_CHAINS];
+            let t = std::time::Instant::now();
+            for _ in 0..rounds {
+                for r in acc.iter_mut() {
+                    *r = $op(*r, a);
+                }
+            }
+            let s = t.elapsed().as_secs_f64();
+            std::hint::black_box(acc);
+            s
         }
-    }
-    let s = t.elapsed().as_secs_f64();
-    std::hint::black_box(acc);
-    s
+    };
 }
 
-/// Seconds of `rounds` × [`RATE_CHAINS`] `vfmadd231ps` on 512-bit registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_rounds(rounds: usize) -> f64 {
-    let a = _mm512_set1_ps(std::hint::black_box(1e-9));
-    let mut acc = [_mm512_setzero_ps(); RATE_CHAINS];
-    let t = std::time::Instant::now();
-    for _ in 0..rounds {
-        for r in acc.iter_mut() {
-            *r = _mm512_fmadd_ps(a, a, *r);
-        }
-    }
-    let s = t.elapsed().as_secs_f64();
-    std::hint::black_box(acc);
-    s
-}
+// bf16 2⁻³¹ in every half: products far from overflow and from subnormals.
+rate_loop!(
+    dot_rounds,
+    "avx512f,avx512bf16",
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(std::hint::black_box(0x3000_3000))),
+    |r, a| _mm512_dpbf16_ps(r, a, a)
+);
+rate_loop!(
+    fma_rounds,
+    "avx512f",
+    _mm512_set1_ps(std::hint::black_box(1e-9)),
+    |r, a| _mm512_fmadd_ps(a, a, r)
+);
 
 fn bf16_bits(x: f32) -> u32 {
     u32::from(half::bf16::from_f32(x).to_bits())
