@@ -73,9 +73,9 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
 - **Kernels**: bf16 matrices on CPUs with AVX-512 BF16 can run both products of a pass as
   bf16 dot products (``vdpbf16ps``) on the stored words, with X and P·X rounded to bf16, or
   decode each panel to f32 for faer's matmul (the only path elsewhere). Which is faster
-  depends on the CPU: on a Zen 4 ``vdpbf16ps`` has twice the flop rate of an f32 FMA and the
-  kernels' pass is 2.4× the f32 path's; on an Intel Xeon without AMX it has half, and the f32
-  path's whole solve is 1–18% faster on every LLM shape. So the first time a process meets a
+  depends on the CPU: on a Zen 4 ``vdpbf16ps`` should have twice the flop rate of an f32 FMA,
+  and the kernels' pass was 2.4× the f32 path's; on an Intel Xeon without AMX it has half
+  (measured), and the f32 path's whole solve is 1–18% faster on every LLM shape. So the first time a process meets a
   bf16 matrix the engine measures the two instructions' throughput (≈ 1 ms) and takes the
   kernels when the dot product reaches 0.75× the FMA's flops;
   ``LORA_RANK_KERNEL=bf16`` or ``f32`` fixes the choice (``LORA_RANK_NO_BF16_KERNEL=1``:

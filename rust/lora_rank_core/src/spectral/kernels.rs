@@ -48,8 +48,9 @@ const RATE_CHAINS: usize = 16;
 /// alternating runs): `(vdpbf16ps, vfmadd231ps)` on 512-bit registers (a bf16 pair-dot lane
 /// is 4 flops, an FMA lane 2). None without the kernels. Measured: Intel Xeon (Emerald
 /// Rapids, family 6 model 207) ≈ 82 vs 167, the dot product at *half* the FMA's rate, so
-/// the f32 path wins there; on a Zen 4 the dot product has twice the FMA's rate
-/// (benches/README, "The pass kernel per CPU").
+/// the f32 path wins there; on a Zen 4 the dot product should have twice the FMA's rate (not
+/// yet measured here; its kernels' pass was 2.4× the f32 path's) (benches/README, "The pass
+/// kernel per CPU").
 pub fn instruction_rates(rounds: usize) -> Option<(f64, f64)> {
     if !available() {
         return None;

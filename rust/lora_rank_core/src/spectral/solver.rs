@@ -151,11 +151,11 @@ impl PassKernel {
 /// The pass of bf16 matrices in this process, chosen once: `LORA_RANK_KERNEL=bf16|f32` when
 /// set (`bf16` where the CPU lacks the kernels is `f32`; `LORA_RANK_NO_BF16_KERNEL`, any
 /// value, is `f32`), else by measurement ([`calibrate`]) on a CPU with AVX-512 BF16, else f32.
-/// Which one is faster depends on the CPU, not the matrix: on a Zen 4 the kernels run a pass
+/// Which one is faster depends on the CPU, not the matrix: on a Zen 4 the kernels ran a pass
 /// 2.4× faster than the f32 path; on an Intel Xeon (AVX-512 BF16, no AMX) the f32 path's whole
-/// solve is 1–18% faster on every LLM shape (benches/README, "The pass kernel per CPU"). The two give results within the
-/// solver's tolerance of each other, not the same bits: the Ray executor sends the driver's
-/// choice to its workers.
+/// solve is 1–18% faster on every LLM shape (benches/README, "The pass kernel per CPU"). The
+/// two give results within the solver's tolerance of each other, not the same bits: the Ray
+/// executor sends the driver's choice to its workers.
 pub fn pass_kernel() -> PassKernel {
     static CHOICE: std::sync::OnceLock<PassKernel> = std::sync::OnceLock::new();
     *CHOICE.get_or_init(|| {
@@ -176,9 +176,11 @@ pub fn pass_kernel() -> PassKernel {
 /// The faster pass on this CPU, from the two instructions' measured throughput
 /// ([`super::kernels::instruction_rates`], 20k rounds: ≈ 2 ms): the bf16 kernels when
 /// `vdpbf16ps` delivers at least 0.75× the flops of `vfmadd231ps` (they also read half the
-/// bytes), else the f32 path. The two CPUs measured differ by 4× in that ratio (Intel Xeon
-/// 0.5, Zen 4 ≈ 2), so load on a shared machine does not flip the choice, as a timed pass
-/// of each could (tried: 256 × 4096 panels, one thread, picked either on this Xeon).
+/// bytes), else the f32 path. That ratio measured 0.47–0.50 on an Intel Xeon (Emerald Rapids);
+/// on a Zen 4 it should be ≈ 2 (one 512-bit FMA per cycle, one `vdpbf16ps` per cycle: not yet
+/// measured with this function, but its kernels' 2.4× pass there agrees), far from the
+/// threshold either way, so load on a shared machine does not flip the choice, as a timed pass
+/// of each could (tried: 256 × 4096 panels, one thread, picked either on that Xeon).
 fn calibrate() -> PassKernel {
     match super::kernels::instruction_rates(20_000) {
         Some((dot, fma)) => {
