@@ -598,6 +598,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return True
 
 
+def point_hub_client_at(server: HubServer, monkeypatch: Any, tmp_path: Path) -> None:
+    """huggingface_hub in this process pointed at ``server`` (as HF_ENDPOINT does at import),
+    online, with an empty cache under ``tmp_path`` and no token; lora_rank's retry backoff
+    shortened (``monkeypatch``: pytest's, undone after the test)."""
+    from huggingface_hub import constants
+    from lora_rank.sources import hub as hub_source
+
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        server.url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(hub_source, "BACKOFF", 0.01)
+
+
 def main() -> None:
     import argparse
 
@@ -621,23 +641,3 @@ def main() -> None:
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()
-
-
-def point_hub_client_at(server: HubServer, monkeypatch: Any, tmp_path: Path) -> None:
-    """huggingface_hub in this process pointed at ``server`` (as HF_ENDPOINT does at import),
-    online, with an empty cache under ``tmp_path`` and no token; lora_rank's retry backoff
-    shortened (``monkeypatch``: pytest's, undone after the test)."""
-    from huggingface_hub import constants
-    from lora_rank.sources import hub as hub_source
-
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(
-        constants,
-        "HUGGINGFACE_CO_URL_TEMPLATE",
-        server.url + "/{repo_id}/resolve/{revision}/{filename}",
-    )
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(hub_source, "BACKOFF", 0.01)

@@ -62,9 +62,10 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
 - **pl_alpha, pl_xmin**: WeightWatcher's ``WWFit`` (its default since 0.7) on the eigenvalues
   above 1e-5: for each candidate x_min the continuous MLE α and the KS distance, least D wins.
 - **Stopping**: besides the top-k rule, a randomized solve stops once σ₁'s estimate is within
-  3·``rtol``, every top-k estimate within 10·``rtol``, and two consecutive shape estimates agree (energy ranks within 1%, MP edge within
-  1%, same spike count, α within 0.02 or both above WeightWatcher's under-trained threshold 6),
-  from the 4th pass on: flat-topped matrices (embeddings, lm_head, noise-like layers) stop
+  3·``rtol``, every top-k estimate within 10·``rtol``, and two consecutive shape estimates
+  agree (energy ranks within 1%, MP edge within 1%, same spike count, α within 0.02 or both
+  above WeightWatcher's under-trained threshold 6), from the 4th pass on: flat-topped
+  matrices (embeddings, lm_head, noise-like layers) stop
   at the 7th–11th pass instead of the 12th–14th. Spectrum's SNR is not waited for (more passes
   do not make its estimate more accurate). ``converged`` says a rule was met; otherwise a
   warning names the matrix. ``sv_error`` is the top-k error estimate at the stop: at most
@@ -77,9 +78,9 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   decode each panel to f32 for faer's matmul (the only path elsewhere). Which is faster
   depends on the CPU: on a Zen 4 ``vdpbf16ps`` should have twice the flop rate of an f32 FMA,
   and the kernels' pass was 2.4× the f32 path's; on an Intel Xeon without AMX it has half
-  (measured), and the f32 path's whole solve is 1–18% faster on every LLM shape. So the first time a process meets a
-  bf16 matrix the engine measures the two instructions' throughput (≈ 1 ms) and takes the
-  kernels when the dot product reaches 0.75× the FMA's flops;
+  (measured), and the f32 path's whole solve is 1–18% faster on every LLM shape. So the first
+  time a process meets a bf16 matrix the engine measures the two instructions' throughput
+  (≈ 1 ms) and takes the kernels when the dot product reaches 0.75× the FMA's flops;
   ``LORA_RANK_KERNEL=bf16`` or ``f32`` fixes the choice (``LORA_RANK_NO_BF16_KERNEL=1``:
   ``f32``), and ``lora_rank._core.pass_kernel()`` says which runs. The two agree within the
   solver's tolerance, not bit for bit. The kernels' rounding hides
