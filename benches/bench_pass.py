@@ -7,19 +7,20 @@
 Sections (every timing is min over ``--runs`` interleaved runs, both sides in this process):
 
 - ``pass``: 14336×4096 bf16 (``--pass-shapes``: others, e.g. every Llama-8B shape), block 40,
-  2 threads, the sides interleaved run by run (ours with the kernels, ours without, torch). Ours: one fused pass ``acc += Pᵀ(P·X)`` as
-  (time of ``max_iter=7`` − time of ``max_iter=1``) / 6 with ``rtol=1e-12`` (no early stop), with
-  the AVX-512 BF16 kernels and with them off (``LORA_RANK_KERNEL=bf16`` / ``f32``: decode to
-  f32 + faer). torch: ``Aᵀ(A·X)`` in f32 and in bf16 on the matrix in memory, and a 4096³ f32 GEMM
+  2 threads, the sides interleaved run by run (ours with each kernel, torch). Ours: one fused
+  pass ``acc += Pᵀ(P·X)`` as (time of ``max_iter=7`` − time of ``max_iter=1``) / 6 with
+  ``rtol=1e-12`` (no early stop), with each kernel (``LORA_RANK_KERNEL`` = ``bf16``: the AVX-512
+  BF16 kernels; ``f32``: decode to f32 + the AVX-512F kernels; ``faer``: decode + faer's
+  matmul; a kernel the CPU lacks falls back, so its row then times the next). torch: ``Aᵀ(A·X)`` in f32 and in bf16 on the matrix in memory, and a 4096³ f32 GEMM
   (the machine's practical peak). GFLOP/s counts 4·m·n·b per pass.
-- ``accuracy``: top-32 max relative error vs the float64 Gram-eigenvalue reference, bf16
-  kernels vs f32 path, 4096×4096 real-like bf16.
+- ``accuracy``: top-32 max relative error vs the float64 Gram-eigenvalue reference, each
+  kernel, 4096×4096 real-like bf16.
 - ``solve`` (issue 36 goal 2): the *whole* default top-32 solve of each LLM matrix shape
   (``--solve-shapes``: Llama-3-8B, Qwen3, Mixtral and DeepSeek-V3 experts, the 128256×4096
-  embedding), with the bf16 kernels and on the f32 path, each in a fresh process, against
+  embedding), with each kernel, each in a fresh process, against
   torch bf16 doing only the products of the same number of passes (p × one ``Aᵀ(A·X)``, block
   40, 2 threads, the matrix in memory). Ratio = torch's products / our whole solve (goal ≥ 1).
-  Interleaved: each run times ours (both paths) and then torch; min over ``--runs``.
+  Interleaved: each run times ours (every kernel) and then torch; min over ``--runs``.
 - ``shapes``: every Llama-3-8B matrix shape, real-like (MP bulk + power-law top) and pure
   Gaussian noise, default settings: passes, time, stop reason; extrapolated to 32 layers +
   embed_tokens + lm_head (128256×4096). ``--max-iter N`` caps the passes (the time at a
@@ -50,6 +51,8 @@ LLAMA_SHAPES = {  # name: (rows, cols, count per layer)
 EMBED = (128256, 4096)
 #: ``--pass-shapes`` for every matrix shape of Llama-3-8B.
 PASS_SHAPES = [f"{m}x{n}" for m, n, _ in LLAMA_SHAPES.values()] + [f"{EMBED[0]}x{EMBED[1]}"]
+#: The sides of every section: label and ``LORA_RANK_KERNEL`` value.
+KERNELS = {"bf16 kernels": "bf16", "f32 kernels": "f32", "faer": "faer"}
 
 
 def write_matrix(path: Path, m: int, n: int, kind: str, seed: int) -> Path:
@@ -144,27 +147,25 @@ def torch_times(path: Path, runs: int, b: int = 40) -> dict[str, float]:
 def section_pass(root: Path, runs: int, m: int, n: int) -> dict[str, Any]:
     path = write_matrix(root / f"pass_{m}x{n}.safetensors", m, n, "real", m + n)
     flops = 4 * m * n * 40
-    # Interleaved: each run times ours (both paths, child processes) and then torch.
-    runs_ours, runs_f32, runs_torch = [], [], []
+    # Interleaved: each run times ours (every kernel, child processes) and then torch.
+    runs_ours: dict[str, list[float]] = {label: [] for label in KERNELS}
+    runs_torch = []
     for _ in range(runs):
-        runs_ours.append(child_spectra(path, m, n, {"LORA_RANK_KERNEL": "bf16"}, runs=1))
-        runs_f32.append(child_spectra(path, m, n, {"LORA_RANK_KERNEL": "f32"}, runs=1))
+        for label, kernel in KERNELS.items():
+            runs_ours[label].append(child_spectra(path, m, n, {"LORA_RANK_KERNEL": kernel}, runs=1))
         runs_torch.append(torch_times(path, 1))
-    ours, ours_f32 = min(runs_ours), min(runs_f32)
     tt = {k: min(r[k] for r in runs_torch) for k in runs_torch[0]}
-    rows = {
-        "lora_rank bf16 kernels": ours,
-        "lora_rank f32 path": ours_f32,
-        "torch f32 AT(AX)": tt["torch f32 AT(AX)"],
-        "torch bf16 AT(AX)": tt["torch bf16 AT(AX)"],
-    }
+    rows = {f"lora_rank {label}": min(times) for label, times in runs_ours.items()}
+    rows["torch f32 AT(AX)"] = tt["torch f32 AT(AX)"]
+    rows["torch bf16 AT(AX)"] = tt["torch bf16 AT(AX)"]
     out: dict[str, Any] = {k: {"s": v, "gflops": flops / v / 1e9} for k, v in rows.items()}
     out["torch f32 GEMM 4096^3"] = {"s": tt["gemm"], "gflops": 2 * 4096**3 / tt["gemm"] / 1e9}
-    # Without AVX-512 BF16 the default path *is* the f32 path: both rows then time the same code.
+    # A kernel the CPU lacks falls back (bf16 -> f32 -> faer): its row then times the next.
     from lora_rank import _core
 
     out["bf16_kernels_available"] = _core.bf16_kernels_available()
-    out["runs"] = {"ours": runs_ours, "f32": runs_f32, "torch": runs_torch}
+    out["f32_kernels_available"] = _core.f32_kernels_available()
+    out["runs"] = {**runs_ours, "torch": runs_torch}
     return out
 
 
@@ -215,14 +216,15 @@ def section_solve(root: Path, runs: int, shapes: list[str]) -> dict[str, Any]:
         m, n = (int(d) for d in shape.split("x"))
         kind = "noise" if m > 100_000 else "real"  # the real-data embeddings are Gaussian too
         path = write_matrix(root / f"solve_{kind}_{m}x{n}.safetensors", m, n, kind, 7 * m + n)
-        ours, f32, torch_pass = [], [], []
+        solves: dict[str, list[dict[str, Any]]] = {label: [] for label in KERNELS}
+        torch_pass = []
         for _ in range(runs):
-            ours.append(child_solve(path, m, n, {"LORA_RANK_KERNEL": "bf16"}))
-            f32.append(child_solve(path, m, n, {"LORA_RANK_KERNEL": "f32"}))
+            for label, kernel in KERNELS.items():
+                solves[label].append(child_solve(path, m, n, {"LORA_RANK_KERNEL": kernel}))
             torch_pass.append(torch_pass_bf16(path, 3))
         tp = min(torch_pass)
         row: dict[str, Any] = {"torch_bf16_pass_s": tp}
-        for label, r in (("bf16 kernels", ours), ("f32 path", f32)):
+        for label, r in solves.items():
             best = min(r, key=lambda d: d["s"])
             row[label] = {
                 "s": best["s"],
@@ -247,11 +249,8 @@ def section_accuracy(root: Path, m: int, n: int) -> dict[str, Any]:
     gram = a.T @ a if n <= m else a @ a.T
     ref = np.sqrt(np.clip(torch.linalg.eigvalsh(gram).numpy()[::-1][:32], 0, None))
     out = {}
-    for label, env in (
-        ("bf16 kernels", {"LORA_RANK_KERNEL": "bf16"}),
-        ("f32 path", {"LORA_RANK_KERNEL": "f32"}),
-    ):
-        d = child_solve(path, m, n, env)
+    for label, kernel in KERNELS.items():
+        d = child_solve(path, m, n, {"LORA_RANK_KERNEL": kernel})
         sv = np.array(d["singular_values"])
         out[label] = {
             "top32_max_rel_err": float(np.max(np.abs(sv - ref) / ref)),

@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument(
         "--kernels",
         default="",
-        help="comma-separated LORA_RANK_KERNEL values run side by side (bf16,f32); default: "
+        help="comma-separated LORA_RANK_KERNEL values run side by side (bf16,f32,faer); default: "
         "the engine's own choice",
     )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scan.json")

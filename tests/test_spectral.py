@@ -348,13 +348,14 @@ def test_ctrl_c_interrupts_the_scan(tmp_path: Path) -> None:
     assert time.monotonic() - start < 1.3
 
 
-def test_pass_kernel_is_fixed_by_the_environment_and_both_agree_with_float64(
+def test_pass_kernel_is_fixed_by_the_environment_and_every_kernel_agrees_with_float64(
     tmp_path: Path,
 ) -> None:
-    """``LORA_RANK_KERNEL`` fixes the pass of bf16 matrices (``bf16`` only where the CPU has
-    the kernels); unset, the engine picks one by measuring the CPU (``f32`` without the
-    kernels). Both passes give the top singular values of a bf16 matrix within 1% of float64,
-    each in a fresh process (the choice is made once per process)."""
+    """``LORA_RANK_KERNEL`` fixes the pass (a kernel the CPU lacks falls back: ``bf16`` to
+    ``f32`` to ``faer``); unset, the engine picks ``bf16`` or ``f32`` by measuring a CPU with
+    AVX-512 BF16, else the best it has. Every kernel gives the top singular values of a bf16
+    matrix within 1% of float64, each in a fresh process (the choice is made once per
+    process)."""
     import json
     import subprocess
     import sys
@@ -376,15 +377,17 @@ def test_pass_kernel_is_fixed_by_the_environment_and_both_agree_with_float64(
         "print(_core.pass_kernel(), json.dumps(out[0]['singular_values']))"
     )
     has_kernels = _core.bf16_kernels_available()
+    f32 = "f32" if _core.f32_kernels_available() else "faer"
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("LORA_RANK_KERNEL", "LORA_RANK_NO_BF16_KERNEL")
     }
     for forced, expected in (
-        ("f32", {"f32"}),
-        ("bf16", {"bf16" if has_kernels else "f32"}),
-        (None, {"bf16", "f32"} if has_kernels else {"f32"}),
+        ("faer", {"faer"}),
+        ("f32", {f32}),
+        ("bf16", {"bf16" if has_kernels else f32}),
+        (None, {"bf16", "f32"} if has_kernels else {f32}),
     ):
         run_env = env if forced is None else {**env, "LORA_RANK_KERNEL": forced}
         out = subprocess.run(

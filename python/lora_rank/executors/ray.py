@@ -285,12 +285,12 @@ def _collect(
 
 def _worker_env(**env_vars: str) -> dict[str, Any]:
     """The ``runtime_env`` of our tasks: ``env_vars`` and this process's pass kernel
-    (``LORA_RANK_KERNEL``: the engine picks the faster of two per CPU by measurement, and the
-    two agree within the solver's tolerance, not bit for bit), so that a worker on a CPU of
-    this kind computes the driver's bits.
+    (``LORA_RANK_KERNEL``: the engine picks the fastest kernel per CPU, by measurement where
+    two are close, and they agree within the solver's tolerance, not bit for bit), so that a
+    worker on a CPU of this kind computes the driver's bits.
 
     Example:
-        >>> _worker_env(HF_HUB_OFFLINE="0")["env_vars"]["LORA_RANK_KERNEL"] in ("bf16", "f32")
+        >>> _worker_env(HF_HUB_OFFLINE="0")["env_vars"]["LORA_RANK_KERNEL"] in ("bf16", "f32", "faer")
         True
     """
     return {"env_vars": {**env_vars, "LORA_RANK_KERNEL": _core.pass_kernel()}}

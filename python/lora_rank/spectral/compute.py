@@ -73,20 +73,24 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   LLM shapes of the benches at the default ``rtol``); a smaller ``rtol`` tightens both rules
   (before 2026-12-07 the shape rule ignored it beyond σ₁: a 4096×11008 bench matrix stopped
   at an estimate of 3.4% for any ``rtol``).
-- **Kernels**: bf16 matrices on CPUs with AVX-512 BF16 can run both products of a pass as
-  bf16 dot products (``vdpbf16ps``) on the stored words, with X and P·X rounded to bf16, or
-  decode each panel to f32 for faer's matmul (the only path elsewhere). Which is faster
-  depends on the CPU: on a Zen 4 ``vdpbf16ps`` should have twice the flop rate of an f32 FMA,
-  and the kernels' pass was 2.4× the f32 path's; on an Intel Xeon without AMX it has half
-  (measured), and the f32 path's whole solve is 1–18% faster on every LLM shape. So the first
-  time a process meets a bf16 matrix the engine measures the two instructions' throughput
-  (≈ 1 ms) and takes the kernels when the dot product reaches 0.75× the FMA's flops;
-  ``LORA_RANK_KERNEL=bf16`` or ``f32`` fixes the choice (``LORA_RANK_NO_BF16_KERNEL=1``:
-  ``f32``), and ``lora_rank._core.pass_kernel()`` says which runs. The two agree within the
-  solver's tolerance, not bit for bit. The kernels' rounding hides
-  eigenvalues far below σ₁², so a matrix whose top value stands too far above the rest
-  (θ₁ > 32·√n × the mean eigenvalue below the top k) is solved again on the f32 path; its
-  ``iterations`` count the passes of both.
+- **Kernels**: a pass runs on one of three kernels, chosen once per process. bf16 matrices on
+  CPUs with AVX-512 BF16 can run both products as bf16 dot products (``vdpbf16ps``) on the
+  stored words, with X and P·X rounded to bf16 (``bf16``). Otherwise each panel is decoded to
+  f32 and multiplied by our AVX-512F kernels (``f32``: no per-panel packing, register tiles
+  for a block of ≈ 40 columns; on an Intel Xeon a pass 5–16% faster than faer's, interleaved
+  runs) or, on CPUs without AVX-512, by faer's matmul (``faer``). Which of ``bf16`` and ``f32``
+  is faster depends on the CPU: on a Zen 4 ``vdpbf16ps`` should have twice the flop rate of an
+  f32 FMA, and the bf16 kernels' pass was 2.4× the f32 path's; on an Intel Xeon without AMX
+  it has half (measured), and the f32 path's whole solve is faster on every LLM shape. So the
+  first time a process meets a bf16 matrix the engine measures the two instructions'
+  throughput (≈ 1 ms) and takes the bf16 kernels when the dot product reaches 0.75× the FMA's
+  flops; ``LORA_RANK_KERNEL=bf16``, ``f32`` or ``faer`` fixes the choice (a kernel the CPU
+  lacks falls back: ``bf16`` to ``f32`` to ``faer``; ``LORA_RANK_NO_BF16_KERNEL=1``: ``f32``),
+  and ``lora_rank._core.pass_kernel()`` says which runs. They agree within the solver's
+  tolerance, not bit for bit (``f32`` and ``faer`` to f32 rounding). The bf16 kernels'
+  rounding hides eigenvalues far below σ₁², so a matrix whose top value stands too far above
+  the rest (θ₁ > 32·√n × the mean eigenvalue below the top k) is solved again with ``f32``;
+  its ``iterations`` count the passes of both.
 - **nonfinite**: count of NaN/Inf elements; when nonzero, every other field is NaN (energy
   ranks 0), a warning is added to the report and issued, and the scan goes on.
 

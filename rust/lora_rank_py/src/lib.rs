@@ -180,9 +180,18 @@ fn bf16_kernels_available() -> bool {
     lora_rank_core::spectral::kernels::available()
 }
 
-/// The pass the spectral engine runs on bf16 (and quantized) matrices in this process,
-/// `"bf16"` (the AVX-512 BF16 kernels) or `"f32"` (decode + faer): `LORA_RANK_KERNEL` when
-/// set, else measured once on a CPU with the kernels (see `spectral::solver::pass_kernel`).
+/// Whether this CPU runs the spectral engine's AVX-512F kernels on f32 panels (else faer's
+/// matmul).
+#[pyfunction]
+fn f32_kernels_available() -> bool {
+    lora_rank_core::spectral::f32_kernels::available()
+}
+
+/// The pass the spectral engine runs in this process: `"bf16"` (the AVX-512 BF16 kernels on
+/// bf16 and quantized matrices, `"f32"` on the rest), `"f32"` (decode + the AVX-512F
+/// kernels) or `"faer"` (decode + faer's matmul): `LORA_RANK_KERNEL` when set, else measured
+/// once on a CPU with AVX-512 BF16, else the best this CPU has (see
+/// `spectral::solver::pass_kernel`).
 #[pyfunction]
 fn pass_kernel() -> &'static str {
     lora_rank_core::spectral::solver::pass_kernel().name()
@@ -728,6 +737,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(natural_order, m)?)?;
     m.add_function(wrap_pyfunction!(bf16_kernels_available, m)?)?;
     m.add_function(wrap_pyfunction!(pass_kernel, m)?)?;
+    m.add_function(wrap_pyfunction!(f32_kernels_available, m)?)?;
     m.add_function(wrap_pyfunction!(read_matrix, m)?)?;
     m.add_function(wrap_pyfunction!(product_spectra, m)?)?;
     m.add_function(wrap_pyfunction!(frobenius_norms, m)?)?;

@@ -19,6 +19,7 @@
 //! together ([`ResidentPool`]): never a decoded copy of a matrix, never more than that budget
 //! of stored bytes, whatever the checkpoint's size.
 
+pub mod f32_kernels;
 pub mod factors;
 pub mod kernels;
 pub mod shape;
@@ -1411,8 +1412,11 @@ mod tests {
                 r.singular_values
             );
             assert!((r.frobenius_norm - frob).abs() / frob < 1e-6, "{method:?}");
+            // Beyond the planted rank: the f32 products' rounding floor (true σ₇ 2.4e-7; the
+            // randomized solve's σ₇ 8.4e-4 with faer's matmul, 1.2e-3 with the f32 kernels:
+            // ≈ 1e-4 of σ₁, three orders below σ₆).
             assert!(
-                r.singular_values[6] < 1e-3,
+                r.singular_values[6] < 2e-3,
                 "{method:?}: {:?}",
                 r.singular_values
             );

@@ -130,13 +130,17 @@ pub fn uses_bf16_kernel(src: &MatrixSource<'_>, kernel: PassKernel) -> bool {
         && super::kernels::available()
 }
 
-/// The two ways a pass over a bf16 (or quantized) matrix can run.
+/// The ways a pass can run. Which one is fastest depends on the CPU, not the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PassKernel {
-    /// The AVX-512 BF16 kernels on the stored words ([`super::kernels`]).
+    /// The AVX-512 BF16 kernels on the stored words of bf16 (and quantized) matrices
+    /// ([`super::kernels`]); every other matrix, and a bf16 solve past [`BF16_RANGE`], takes
+    /// [`PassKernel::F32`].
     Bf16,
-    /// Panels decoded to f32 and faer's matmul ([`fused_pass`]).
+    /// Panels decoded to f32 and the AVX-512F kernels ([`super::f32_kernels`]).
     F32,
+    /// Panels decoded to f32 and faer's matmul ([`fused_pass`]): any CPU.
+    Faer,
 }
 
 impl PassKernel {
@@ -144,31 +148,40 @@ impl PassKernel {
         match self {
             PassKernel::Bf16 => "bf16",
             PassKernel::F32 => "f32",
+            PassKernel::Faer => "faer",
+        }
+    }
+
+    /// The f32 pass this choice falls back to (matrices the bf16 kernels do not take):
+    /// the AVX-512F kernels where the CPU has them, unless faer was asked for.
+    fn on_f32(self) -> PassKernel {
+        if self != PassKernel::Faer && super::f32_kernels::available() {
+            PassKernel::F32
+        } else {
+            PassKernel::Faer
         }
     }
 }
 
-/// The pass of bf16 matrices in this process, chosen once: `LORA_RANK_KERNEL=bf16|f32` when
-/// set (`bf16` where the CPU lacks the kernels is `f32`; `LORA_RANK_NO_BF16_KERNEL`, any
-/// value, is `f32`), else by measurement ([`calibrate`]) on a CPU with AVX-512 BF16, else f32.
-/// Which one is faster depends on the CPU, not the matrix: on a Zen 4 the kernels ran a pass
-/// 2.4× faster than the f32 path; on an Intel Xeon (AVX-512 BF16, no AMX) the f32 path's whole
-/// solve is 1–18% faster on every LLM shape (benches/README, "The pass kernel per CPU"). The
-/// two give results within the solver's tolerance of each other, not the same bits: the Ray
-/// executor sends the driver's choice to its workers.
+/// The pass in this process, chosen once: `LORA_RANK_KERNEL=bf16|f32|faer` when set (a
+/// kernel this CPU lacks falls back: `bf16` to `f32`, `f32` to `faer`;
+/// `LORA_RANK_NO_BF16_KERNEL`, any value, is `f32`), else by measurement ([`calibrate`]) on a
+/// CPU with AVX-512 BF16, else `f32` with AVX-512F, else `faer`. On a Zen 4 the bf16 kernels
+/// ran a pass 2.4× faster than the f32 path (then faer); on an Intel Xeon (AVX-512 BF16, no
+/// AMX) the f32 path is faster on every LLM shape (benches/README, "The pass kernel per
+/// CPU"). The kernels give results within the solver's tolerance of each other, not the same
+/// bits: the Ray executor sends the driver's choice to its workers.
 pub fn pass_kernel() -> PassKernel {
     static CHOICE: std::sync::OnceLock<PassKernel> = std::sync::OnceLock::new();
     *CHOICE.get_or_init(|| {
         let forced = std::env::var("LORA_RANK_KERNEL").ok();
-        if !super::kernels::available()
-            || std::env::var_os("LORA_RANK_NO_BF16_KERNEL").is_some()
-            || forced.as_deref() == Some("f32")
-        {
-            PassKernel::F32
-        } else if forced.as_deref() == Some("bf16") {
-            PassKernel::Bf16
-        } else {
-            calibrate()
+        match forced.as_deref() {
+            Some("faer") => PassKernel::Faer,
+            _ if std::env::var_os("LORA_RANK_NO_BF16_KERNEL").is_some() => PassKernel::F32.on_f32(),
+            Some("f32") => PassKernel::F32.on_f32(),
+            _ if !super::kernels::available() => PassKernel::F32.on_f32(),
+            Some("bf16") => PassKernel::Bf16,
+            _ => calibrate(),
         }
     })
 }
@@ -176,7 +189,7 @@ pub fn pass_kernel() -> PassKernel {
 /// The faster pass on this CPU, from the two instructions' measured throughput
 /// ([`super::kernels::instruction_rates`], 20k rounds: ≈ 2 ms): the bf16 kernels when
 /// `vdpbf16ps` delivers at least 0.75× the flops of `vfmadd231ps` (they also read half the
-/// bytes), else the f32 path. That ratio measured 0.47–0.50 on an Intel Xeon (Emerald Rapids);
+/// bytes), else the f32 kernels. That ratio measured 0.47–0.50 on an Intel Xeon (Emerald Rapids);
 /// on a Zen 4 it should be ≈ 2 (one 512-bit FMA per cycle, one `vdpbf16ps` per cycle: not yet
 /// measured with this function, but its kernels' 2.4× pass there agrees), far from the
 /// threshold either way, so load on a shared machine does not flip the choice, as a timed pass
@@ -192,10 +205,10 @@ fn calibrate() -> PassKernel {
             if dot >= 0.75 * fma {
                 PassKernel::Bf16
             } else {
-                PassKernel::F32
+                PassKernel::F32.on_f32()
             }
         }
-        None => PassKernel::F32,
+        None => PassKernel::F32.on_f32(),
     }
 }
 
@@ -210,8 +223,9 @@ struct Pass<'p, 's> {
     chunks: usize,
     want_stats: bool,
     cancel: &'p AtomicBool,
-    /// With the bf16 kernels ([`uses_bf16_kernel`], and within [`BF16_RANGE`]).
-    bf16: bool,
+    /// The products: [`PassKernel::Bf16`] only where [`uses_bf16_kernel`] (and within
+    /// [`BF16_RANGE`]).
+    kernel: PassKernel,
 }
 
 /// Whether the solver works in the row space, B = AAᵀ on ℝᵐ, rather than B = AᵀA on ℝⁿ: for a
@@ -226,11 +240,12 @@ fn in_row_space(src: &MatrixSource<'_>) -> bool {
 impl Pass<'_, '_> {
     /// B·X and, if asked, the element statistics: AᵀA·X (n × b) in one fused sweep per row
     /// panel, or AAᵀ·X (m × b) in two ([`in_row_space`]); with the AVX-512 BF16 kernels on
-    /// bf16 words when they are available, else with f32 panels and faer's matmul.
+    /// bf16 words, or on f32 panels with the AVX-512F kernels or faer's matmul ([`PassKernel`]).
     fn run(self) -> Result<(Mat<f32>, ElementStats)> {
-        match (in_row_space(self.src), self.bf16) {
-            (false, true) => fused_pass_bf16(self),
-            (false, false) => fused_pass(self),
+        match (in_row_space(self.src), self.kernel) {
+            (false, PassKernel::Bf16) => fused_pass_bf16(self),
+            (false, PassKernel::F32) => fused_pass_f32(self),
+            (false, PassKernel::Faer) => fused_pass(self),
             (true, _) => self.run_rows(),
         }
     }
@@ -254,12 +269,12 @@ impl Pass<'_, '_> {
             .collect();
         debug_assert_eq!(row, src.rows());
         let groups = split(&panels, self.chunks);
-        let bf16 = self.bf16;
+        let kernel = self.kernel;
         // Sweep 1: Z = AᵀX.
         let parts: Vec<Result<(Mat<f32>, ElementStats)>> = groups
             .par_iter()
             .map(|group| {
-                let mut panel = PanelReader::new(src, bf16);
+                let mut panel = PanelReader::new(src, kernel);
                 let mut st = ElementStats::default();
                 for &(p, row) in *group {
                     check_cancel(self.cancel)?;
@@ -277,11 +292,11 @@ impl Pass<'_, '_> {
             z += acc;
         }
         // Sweep 2: A·Z, each panel's rows.
-        let zt = PackedZ::new(z.as_ref(), bf16);
+        let zt = PackedZ::new(z.as_ref(), kernel);
         let rows: Vec<Result<RowBlocks>> = groups
             .par_iter()
             .map(|group| {
-                let mut panel = PanelReader::new(src, bf16);
+                let mut panel = PanelReader::new(src, kernel);
                 let mut out = Vec::with_capacity(group.len());
                 for &(p, row) in *group {
                     check_cancel(self.cancel)?;
@@ -304,46 +319,44 @@ impl Pass<'_, '_> {
 type RowBlocks = Vec<(usize, Mat<f32>)>;
 
 /// Z (n × b) as a row-space pass's second sweep multiplies by it: packed bf16 pairs for the
-/// kernels, or Zᵀ (b × n) for faer.
+/// bf16 kernels, padded rows for the f32 kernels, or Zᵀ (b × n) for faer.
 enum PackedZ {
     Bf16(super::kernels::PackedX),
-    F32(Mat<f32>),
+    F32(super::f32_kernels::RowsX),
+    Faer(Mat<f32>),
 }
 
 impl PackedZ {
-    fn new(z: MatRef<'_, f32>, bf16: bool) -> PackedZ {
-        if bf16 {
-            PackedZ::Bf16(super::kernels::PackedX::new(
-                z.nrows(),
-                z.ncols(),
-                |k, j| z[(k, j)],
-            ))
-        } else {
-            PackedZ::F32(z.transpose().to_owned())
+    fn new(z: MatRef<'_, f32>, kernel: PassKernel) -> PackedZ {
+        let (n, b) = (z.nrows(), z.ncols());
+        match kernel {
+            PassKernel::Bf16 => PackedZ::Bf16(super::kernels::PackedX::new(n, b, |k, j| z[(k, j)])),
+            PassKernel::F32 => PackedZ::F32(super::f32_kernels::RowsX::new(n, b, |k, j| z[(k, j)])),
+            PassKernel::Faer => PackedZ::Faer(z.transpose().to_owned()),
         }
     }
 }
 
 /// One worker's panels of a row-space pass ([`Pass::run_rows`]) and its scratch buffers:
-/// each panel read as bf16 words for the kernels or decoded to f32 for faer.
+/// each panel read as bf16 words for the bf16 kernels or decoded to f32 for the others.
 struct PanelReader<'p, 's> {
     src: &'p MatrixSource<'s>,
-    bf16: bool,
+    kernel: PassKernel,
     bytes: Scratch,
     decoded: Vec<f32>,
     rounded: Vec<u16>,
     y: Vec<f32>,
     ypair: Vec<u32>,
-    /// The first sweep's sum Σ Pᵀ·X_P: b × n (row j = column j) for the kernels, else n × b
-    /// column-major.
+    /// The first sweep's sum Σ Pᵀ·X_P: b × n (row j = column j) for the kernels, n × b
+    /// column-major for faer.
     acc: Vec<f32>,
 }
 
 impl<'p, 's> PanelReader<'p, 's> {
-    fn new(src: &'p MatrixSource<'s>, bf16: bool) -> Self {
+    fn new(src: &'p MatrixSource<'s>, kernel: PassKernel) -> Self {
         PanelReader {
             src,
-            bf16,
+            kernel,
             bytes: Scratch::default(),
             decoded: Vec::new(),
             rounded: Vec::new(),
@@ -362,7 +375,26 @@ impl<'p, 's> PanelReader<'p, 's> {
     ) -> Result<()> {
         let (n, b) = (self.src.cols, xp.ncols());
         self.acc.resize(n * b, 0.0);
-        if self.bf16 {
+        if self.kernel == PassKernel::F32 {
+            // X's rows of the panel, row-major (stride b), as the kernel broadcasts them.
+            self.y.clear();
+            self.y
+                .extend((0..p.rows).flat_map(|i| (0..b).map(move |j| xp[(i, j)])));
+            self.decoded.resize(p.rows * n, 0.0);
+            self.src
+                .read_panel(p, &mut self.bytes, &mut self.decoded, stats)?;
+            super::f32_kernels::panel_transpose_times(
+                &self.decoded,
+                p.rows,
+                n,
+                b,
+                &self.y,
+                b,
+                &mut self.acc,
+            );
+            return Ok(());
+        }
+        if self.kernel == PassKernel::Bf16 {
             let bpad = super::kernels::padded_cols(b);
             self.y.clear();
             self.y.resize(p.rows * bpad, 0.0);
@@ -403,10 +435,12 @@ impl<'p, 's> PanelReader<'p, 's> {
     /// The first sweep's sum (n × b; zeros if no panel was added).
     fn sum(&self, b: usize) -> Mat<f32> {
         let n = self.src.cols;
-        match (self.acc.is_empty(), self.bf16) {
+        match (self.acc.is_empty(), self.kernel) {
             (true, _) => Mat::zeros(n, b),
-            (false, true) => Mat::from_fn(n, b, |k, j| self.acc[j * n + k]),
-            (false, false) => MatRef::from_column_major_slice(&self.acc, n, b).to_owned(),
+            (false, PassKernel::Faer) => {
+                MatRef::from_column_major_slice(&self.acc, n, b).to_owned()
+            }
+            (false, _) => Mat::from_fn(n, b, |k, j| self.acc[j * n + k]),
         }
     }
 
@@ -427,7 +461,15 @@ impl<'p, 's> PanelReader<'p, 's> {
                 let bpad = zp.bpad();
                 Ok(Mat::from_fn(p.rows, zp.cols(), |i, j| self.y[i * bpad + j]))
             }
-            PackedZ::F32(zt) => {
+            PackedZ::F32(zr) => {
+                self.decoded.resize(p.rows * n, 0.0);
+                self.src
+                    .read_panel(p, &mut self.bytes, &mut self.decoded, None)?;
+                super::f32_kernels::panel_times(&self.decoded, p.rows, n, zr, &mut self.y);
+                let bpad = zr.bpad();
+                Ok(Mat::from_fn(p.rows, zr.cols(), |i, j| self.y[i * bpad + j]))
+            }
+            PackedZ::Faer(zt) => {
                 self.decoded.resize(p.rows * n, 0.0);
                 self.src
                     .read_panel(p, &mut self.bytes, &mut self.decoded, None)?;
@@ -483,6 +525,41 @@ fn fused_pass_bf16(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
                 let stats = want_stats.then_some(&mut st);
                 let words = read_words(src, p, &mut bytes, &mut decoded, &mut rounded, stats)?;
                 super::kernels::panel_pass(words, p.rows, n, b, &xp, &mut acc, &mut y, &mut ypair);
+            }
+            Ok((acc, st))
+        })
+        .collect();
+    let mut total = vec![0f32; n * b];
+    let mut stats = ElementStats::default();
+    for part in parts {
+        let (acc, st) = part?;
+        stats.merge(st);
+        for (t, a) in total.iter_mut().zip(&acc) {
+            *t += a;
+        }
+    }
+    Ok((Mat::from_fn(n, b, |k, j| total[j * n + k]), stats))
+}
+
+/// [`Pass::run`] with f32 panels (decoded, or as stored) and the AVX-512F kernels.
+fn fused_pass_f32(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
+    let (src, x, want_stats, cancel) = (pass.src, pass.x, pass.want_stats, pass.cancel);
+    let (n, b) = (src.cols, x.ncols());
+    let max_rows = pass.panels.iter().map(|p| p.rows).max().unwrap_or(0);
+    let xr = super::f32_kernels::RowsX::new(n, b, |k, j| x[(k, j)]);
+    let groups = split(pass.panels, pass.chunks);
+    let parts: Vec<Result<(Vec<f32>, ElementStats)>> = groups
+        .par_iter()
+        .map(|group| {
+            let mut acc = vec![0f32; n * b];
+            let mut bytes = Scratch::default();
+            let mut buf = vec![0f32; max_rows * n];
+            let mut y = Vec::new();
+            let mut st = ElementStats::default();
+            for &p in *group {
+                check_cancel(cancel)?;
+                src.read_panel(p, &mut bytes, &mut buf, want_stats.then_some(&mut st))?;
+                super::f32_kernels::panel_pass(&buf, p.rows, n, &xr, &mut acc, &mut y);
             }
             Ok((acc, st))
         })
@@ -1066,24 +1143,26 @@ pub fn randomized(
 ) -> Result<Outcome> {
     let mut bf16_passes = 0;
     if uses_bf16_kernel(src, cfg.kernel) {
-        match randomized_on(src, cfg, cancel, true)? {
+        match randomized_on(src, cfg, cancel, PassKernel::Bf16)? {
             Ok(outcome) => return Ok(outcome),
             Err(passes) => bf16_passes = passes,
         }
     }
-    let mut outcome = randomized_on(src, cfg, cancel, false)?.expect("the f32 path never gives up");
+    let mut outcome =
+        randomized_on(src, cfg, cancel, cfg.kernel.on_f32())?.expect("the f32 path never gives up");
     outcome.iterations += bf16_passes;
     Ok(outcome)
 }
 
-/// [`randomized`] with (`bf16`) or without the bf16 kernels: `Err(passes)` when a bf16 solve
+/// [`randomized`] with the passes of `kernel`: `Err(passes)` when a bf16-kernel solve
 /// gives up after that many passes ([`beyond_bf16_range`]).
 fn randomized_on(
     src: &MatrixSource<'_>,
     cfg: &SolverConfig,
     cancel: &AtomicBool,
-    bf16: bool,
+    kernel: PassKernel,
 ) -> Result<std::result::Result<Outcome, usize>> {
+    let bf16 = kernel == PassKernel::Bf16;
     let m = src.rows();
     let n = src.cols;
     let n_total = m.min(n);
@@ -1125,7 +1204,7 @@ fn randomized_on(
             chunks: cfg.chunks,
             want_stats: iterations == 0,
             cancel,
-            bf16,
+            kernel,
         }
         .run()?;
         clock.lap("pass");
@@ -1382,23 +1461,31 @@ mod tests {
     use crate::spectral::source::Segment;
     use std::path::Path;
 
-    /// A row-space pass (two sweeps, [`Pass::run_rows`]) is A·Aᵀ·X, checked against float64 on
-    /// the stored values, over two segments, several panels (one partial) and two groups,
-    /// with the bf16 kernels (where this CPU has them) and the f32 path; the element
-    /// statistics are those of every element once.
+    /// A pass is B·X, checked against float64 on the stored values, over two segments,
+    /// several panels (one partial) and two groups, with every kernel this CPU has: in the
+    /// row space (two sweeps, [`Pass::run_rows`]: B = A·Aᵀ) and in the column space (one
+    /// fused sweep: B = Aᵀ·A); the element statistics are those of every element once.
     #[test]
-    fn row_space_pass_is_a_times_a_transpose_times_x() {
-        for (rows, cols, b, panel_rows) in [(37, 150, 20, 8), (130, 1100, 40, 24)] {
-            check_row_space_pass(rows, cols, b, panel_rows);
+    fn a_pass_is_b_times_x_with_every_kernel() {
+        for (rows, cols, b, panel_rows) in [
+            (37, 150, 20, 8),
+            (130, 1100, 40, 24),
+            (150, 37, 20, 8),
+            (1100, 130, 40, 24),
+            (300, 70, 9, 16),
+        ] {
+            check_pass(rows, cols, b, panel_rows);
         }
     }
 
-    fn check_row_space_pass(rows: usize, cols: usize, b: usize, panel_rows: usize) {
+    fn check_pass(rows: usize, cols: usize, b: usize, panel_rows: usize) {
         let mut rnd = crate::spectral::test_uniform(7);
         let a: Vec<f32> = (0..rows * cols)
             .map(|_| half::bf16::from_f64(rnd()).to_f32())
             .collect();
-        let x = Mat::<f32>::from_fn(rows, b, |_, _| rnd() as f32);
+        let row_space = rows < cols;
+        let dim = if row_space { rows } else { cols };
+        let x = Mat::<f32>::from_fn(dim, b, |_, _| rnd() as f32);
         let path = Path::new("w.safetensors");
         let split_row = rows / 2 + 1;
         for dtype in [Dtype::BF16, Dtype::F32] {
@@ -1424,48 +1511,63 @@ mod tests {
                 cols,
                 dtype,
             );
-            assert!(in_row_space(&src));
+            assert_eq!(in_row_space(&src), row_space);
             let panels = src.panels(panel_rows);
             assert!(panels.len() > 4);
-            let cancel = AtomicBool::new(false);
-            let (w, stats) = Pass {
-                src: &src,
-                panels: &panels,
-                x: x.as_ref(),
-                chunks: 2,
-                want_stats: true,
-                cancel: &cancel,
-                bf16: uses_bf16_kernel(&src, PassKernel::Bf16),
-            }
-            .run()
-            .unwrap();
-            assert_eq!((w.nrows(), w.ncols()), (rows, b));
             let at = |i: usize, k: usize| f64::from(a[i * cols + k]);
-            let z: Vec<f64> = (0..cols * b)
-                .map(|e| {
-                    let (k, j) = (e / b, e % b);
-                    (0..rows).map(|i| at(i, k) * f64::from(x[(i, j)])).sum()
-                })
-                .collect();
-            let tol = if uses_bf16_kernel(&src, PassKernel::Bf16) {
-                1e-2
-            } else {
-                1e-5
-            };
-            for i in 0..rows {
-                for j in 0..b {
-                    let want: f64 = (0..cols).map(|k| at(i, k) * z[k * b + j]).sum();
-                    let scale: f64 = (0..cols).map(|k| (at(i, k) * z[k * b + j]).abs()).sum();
-                    let err = (f64::from(w[(i, j)]) - want).abs() / scale;
-                    assert!(err < tol, "{dtype:?} ({i}, {j}): {err}");
+            // want = B·X in float64: A·(Aᵀ·X) in the row space, Aᵀ·(A·X) in the column space.
+            let inner = if row_space { cols } else { rows };
+            let first = |t: usize, j: usize| -> f64 {
+                if row_space {
+                    (0..rows).map(|i| at(i, t) * f64::from(x[(i, j)])).sum()
+                } else {
+                    (0..cols).map(|k| at(t, k) * f64::from(x[(k, j)])).sum()
                 }
+            };
+            let z: Vec<f64> = (0..inner * b).map(|e| first(e / b, e % b)).collect();
+            let term = |i: usize, t: usize| if row_space { at(i, t) } else { at(t, i) };
+            let mut kernels = vec![PassKernel::Faer];
+            if super::super::f32_kernels::available() {
+                kernels.push(PassKernel::F32);
             }
-            let sum_sq: f64 = a.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-            assert!(
-                (stats.sum_sq / sum_sq - 1.0).abs() < 1e-6,
-                "{} {sum_sq}",
-                stats.sum_sq
-            );
+            if uses_bf16_kernel(&src, PassKernel::Bf16) {
+                kernels.push(PassKernel::Bf16);
+            }
+            for kernel in kernels {
+                let cancel = AtomicBool::new(false);
+                let (w, stats) = Pass {
+                    src: &src,
+                    panels: &panels,
+                    x: x.as_ref(),
+                    chunks: 2,
+                    want_stats: true,
+                    cancel: &cancel,
+                    kernel,
+                }
+                .run()
+                .unwrap();
+                assert_eq!((w.nrows(), w.ncols()), (dim, b));
+                let tol = if kernel == PassKernel::Bf16 {
+                    1e-2
+                } else {
+                    1e-5
+                };
+                for i in 0..dim {
+                    for j in 0..b {
+                        let want: f64 = (0..inner).map(|t| term(i, t) * z[t * b + j]).sum();
+                        let scale: f64 =
+                            (0..inner).map(|t| (term(i, t) * z[t * b + j]).abs()).sum();
+                        let err = (f64::from(w[(i, j)]) - want).abs() / scale;
+                        assert!(err < tol, "{dtype:?} {kernel:?} ({i}, {j}): {err}");
+                    }
+                }
+                let sum_sq: f64 = a.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                assert!(
+                    (stats.sum_sq / sum_sq - 1.0).abs() < 1e-6,
+                    "{kernel:?} {} {sum_sq}",
+                    stats.sum_sq
+                );
+            }
         }
     }
 }
