@@ -729,6 +729,24 @@ fn run_job(
     Ok(summarize(outcome, settings.top_k, rows, cols, method))
 }
 
+/// `vzeroupper`: marks the upper halves of the vector registers clean. faer's matmul (its
+/// `gemm` microkernels) returns with them dirty on AVX-512 CPUs, and until they are clean
+/// every SSE instruction of the scalar code after it (this crate is built for baseline
+/// x86-64) pays a merge with them: on an Intel Xeon (Emerald Rapids) the power-law fit of a
+/// 4096-eigenvalue spectrum took 93–186 ms after a faer product and 5–11 ms after this
+/// (benches/README, "Scalar code after faer"). Called where scalar work follows faer's: in
+/// the solver's iterations, at [`summarize`] and [`shape::power_law_fit`]. A no-op without
+/// AVX.
+#[inline]
+pub fn clear_upper_vector_state() {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX; the intrinsic is modelled as clobbering the registers'
+        // upper halves, so the compiler keeps no wide value in them across it.
+        unsafe { std::arch::x86_64::_mm256_zeroupper() }
+    }
+}
+
 /// Turn a solver outcome into the reported statistics.
 pub(crate) fn summarize(
     o: Outcome,
@@ -737,6 +755,7 @@ pub(crate) fn summarize(
     cols: usize,
     method: Method,
 ) -> Spectrum {
+    clear_upper_vector_state();
     let n_total = rows.min(cols);
     let k = top_k.min(o.sv.len());
     let top: Vec<f64> = o.sv[..k].to_vec();

@@ -359,6 +359,7 @@ pub fn mp_snr(sv: &[f64], edge: f64) -> f64 {
 /// per fit) the fit's share of the CPU fell from 10.7% to 2.5% that way (benches/README,
 /// "2026-12-05").
 pub fn power_law_fit(lam: &[f64]) -> (f64, f64) {
+    super::clear_upper_vector_state();
     let x = fit_values(lam);
     let n_all = x.len();
     if n_all < 2 {

@@ -1227,6 +1227,7 @@ fn randomized_on(
             1.0f32,
             cfg.par,
         );
+        super::clear_upper_vector_state();
         for j in 0..=i {
             for r in 0..b {
                 for s in 0..b {
@@ -1247,6 +1248,7 @@ fn randomized_on(
         clock.lap("h");
         // The eigenvectors give the residual bounds (and the density): one decomposition.
         let eig = sym_eigen(hd, cfg.par);
+        super::clear_upper_vector_state();
         clock.lap("evd");
         let ritz: Vec<f64> = match &eig {
             Some((theta, _)) => theta.iter().rev().copied().collect(),
@@ -1258,6 +1260,7 @@ fn randomized_on(
         sv = ritz.iter().take(k).map(|l| l.max(0.0).sqrt()).collect();
         // H's new column block is the first Gram–Schmidt round's coefficients.
         let (next, r) = next_block(basis.as_ref(), w, &mut rng, cfg.par, Some(&c));
+        super::clear_upper_vector_state(); // scalar estimates follow faer's products
         clock.lap("gram_schmidt");
         let exhausted = next.is_none();
         let r = if dim >= dim_space { None } else { Some(&r) };
