@@ -553,7 +553,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers_sent = False
         try:
             with open(target, "rb") as f:
-                f.seek(start)
+                if held and not chunked:
+                    # A body sent as asked for: the kernel copies it (sendfile), as a CDN's
+                    # server would, so this server's CPU stays off the cores a benchmark
+                    # times the client on (reading and writing the 4.7 GB of the 6-layer 8B
+                    # in Python took 13.6 s of CPU on a 2-core Intel Xeon).
+                    self.flush_headers()
+                    headers_sent = True
+                    if todo:
+                        sent = self.connection.sendfile(f, start, todo)
+                f.seek(start + sent)
                 while sent < todo:
                     n = min(CHUNK, todo - sent)
                     if not held:
