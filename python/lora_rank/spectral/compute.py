@@ -77,8 +77,9 @@ How the numbers are computed (``rust/lora_rank_core/src/spectral/``):
   CPUs with AVX-512 BF16 can run both products as bf16 dot products (``vdpbf16ps``) on the
   stored words, with X and P·X rounded to bf16 (``bf16``). Otherwise each panel is decoded to
   f32 and multiplied by our AVX-512F kernels (``f32``: no per-panel packing, register tiles
-  for a block of ≈ 40 columns; on an Intel Xeon a pass 5–16% faster than faer's, interleaved
-  runs) or, on CPUs without AVX-512, by faer's matmul (``faer``). Which of ``bf16`` and ``f32``
+  for a block of ≈ 40 columns; on an Intel Xeon ≈ 7% faster passes than faer's on the large
+  LLM shapes, level on 1024×4096, 8–10% less CPU over a scan) or, on CPUs without AVX-512, by
+  faer's matmul (``faer``). Which of ``bf16`` and ``f32``
   is faster depends on the CPU: on a Zen 4 ``vdpbf16ps`` should have twice the flop rate of an
   f32 FMA, and the bf16 kernels' pass was 2.4× the f32 path's; on an Intel Xeon without AMX
   it has half (measured), and the f32 path's whole solve is faster on every LLM shape. So the
