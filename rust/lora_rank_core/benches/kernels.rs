@@ -8,37 +8,18 @@
 //! Run with `cargo bench -p lora_rank_core --bench kernels [-- ROUNDS [MxN ...]]` (default:
 //! 12 rounds; 14336x4096 4096x4096 1024x4096 4096x14336).
 
+mod common;
+use common::write_bf16_matrix;
 use std::fs::File;
-use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use faer::Par;
-use half::bf16;
 use lora_rank_core::io::ByteSource;
 use lora_rank_core::spectral::solver::{randomized, PassKernel, SolverConfig};
 use lora_rank_core::spectral::source::{MatrixSource, Segment};
 use lora_rank_core::spectral::{f32_kernels, kernels};
 use lora_rank_core::Dtype;
-
-/// Write `rows × cols` pseudo-random bf16 values (xorshift, in [-1, 1)) to `path`.
-fn write_bf16_matrix(path: &Path, rows: usize, cols: usize) {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut bytes = Vec::with_capacity(cols * 2);
-    let mut f = File::create(path).expect("create");
-    for _ in 0..rows {
-        bytes.clear();
-        for _ in 0..cols {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let x = (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-            bytes.extend_from_slice(&bf16::from_f32(x).to_le_bytes());
-        }
-        f.write_all(&bytes).expect("write");
-    }
-}
 
 fn quantile(times: &[f64], q: f64) -> f64 {
     let mut t = times.to_vec();

@@ -6,16 +6,15 @@
 //!
 //! Run with `cargo bench -p lora_rank_core --bench panel`.
 
+mod common;
+use common::write_bf16_matrix;
 use std::fs::File;
 use std::hint::black_box;
-use std::io::Write;
-use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use faer::Par;
-use half::bf16;
 use lora_rank_core::io::ByteSource;
 use lora_rank_core::spectral::solver::{randomized, SolverConfig};
 use lora_rank_core::spectral::source::{MatrixSource, Scratch, Segment};
@@ -25,24 +24,6 @@ const ROWS: usize = 14336;
 const COLS: usize = 4096;
 /// Elements per decoded panel (the engine's default: 2 MiB of f32).
 const PANEL_ELEMENTS: usize = 1 << 19;
-
-/// Write `rows × cols` pseudo-random bf16 values (xorshift, in [-1, 1)) to `path`.
-fn write_bf16_matrix(path: &Path, rows: usize, cols: usize) {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut bytes = Vec::with_capacity(cols * 2);
-    let mut f = File::create(path).expect("create");
-    for _ in 0..rows {
-        bytes.clear();
-        for _ in 0..cols {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let x = (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-            bytes.extend_from_slice(&bf16::from_f32(x).to_le_bytes());
-        }
-        f.write_all(&bytes).expect("write");
-    }
-}
 
 fn bench_panel(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");

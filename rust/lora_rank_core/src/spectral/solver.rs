@@ -505,6 +505,25 @@ fn read_words<'w>(
     }
 }
 
+/// The kernels' per-group sums (each b × n, row j = column j) added in group order, as the
+/// n × b result, with the groups' element statistics; the first error of a group is returned.
+fn sum_kernel_parts(
+    parts: Vec<Result<(Vec<f32>, ElementStats)>>,
+    n: usize,
+    b: usize,
+) -> Result<(Mat<f32>, ElementStats)> {
+    let mut total = vec![0f32; n * b];
+    let mut stats = ElementStats::default();
+    for part in parts {
+        let (acc, st) = part?;
+        stats.merge(st);
+        for (t, a) in total.iter_mut().zip(&acc) {
+            *t += a;
+        }
+    }
+    Ok((Mat::from_fn(n, b, |k, j| total[j * n + k]), stats))
+}
+
 /// [`Pass::run`] with the AVX-512 BF16 kernels on the stored words (bf16) or the rounded
 /// dequantized panel (quantized).
 fn fused_pass_bf16(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
@@ -529,16 +548,7 @@ fn fused_pass_bf16(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
             Ok((acc, st))
         })
         .collect();
-    let mut total = vec![0f32; n * b];
-    let mut stats = ElementStats::default();
-    for part in parts {
-        let (acc, st) = part?;
-        stats.merge(st);
-        for (t, a) in total.iter_mut().zip(&acc) {
-            *t += a;
-        }
-    }
-    Ok((Mat::from_fn(n, b, |k, j| total[j * n + k]), stats))
+    sum_kernel_parts(parts, n, b)
 }
 
 /// [`Pass::run`] with f32 panels (decoded, or as stored) and the AVX-512F kernels.
@@ -564,16 +574,7 @@ fn fused_pass_f32(pass: Pass<'_, '_>) -> Result<(Mat<f32>, ElementStats)> {
             Ok((acc, st))
         })
         .collect();
-    let mut total = vec![0f32; n * b];
-    let mut stats = ElementStats::default();
-    for part in parts {
-        let (acc, st) = part?;
-        stats.merge(st);
-        for (t, a) in total.iter_mut().zip(&acc) {
-            *t += a;
-        }
-    }
-    Ok((Mat::from_fn(n, b, |k, j| total[j * n + k]), stats))
+    sum_kernel_parts(parts, n, b)
 }
 
 /// [`Pass::run`] with f32 panels and faer's matmul.
