@@ -357,17 +357,10 @@ mod tests {
             eprintln!("no AVX-512F: skipped");
             return;
         }
-        // Every tile and strip shape: b from 1 to 130 (the half strip, 1–4 vectors, wider
-        // blocks in groups), n below, at and across KC and the 48/16-column strips, row counts
-        // that leave remainders of every tile height.
-        for (rows, n, b) in [
-            (7, 70, 40),
-            (16, 64, 40),
-            (9, 33, 5),
-            (12, 96, 20),
-            (5, 40, 70),
-            (19, 66, 24),
-            (13, 50, 36),
+        // Every tile and strip shape: the bf16 kernels' shapes, then b from 1 to 130 (1–4
+        // vectors, wider blocks in groups of 4), n below, at and across KC and the 48/16-column
+        // strips, row counts that leave remainders of every tile height.
+        let more = [
             (25, 300, 40),
             (3, 517, 16),
             (14, 129, 48),
@@ -376,7 +369,11 @@ mod tests {
             (6, 97, 130),
             (1, 15, 1),
             (11, 31, 9),
-        ] {
+        ];
+        for (rows, n, b) in super::super::kernels::tests::PANEL_SHAPES
+            .into_iter()
+            .chain(more)
+        {
             let mut uniform = super::super::test_uniform(7);
             let mut rnd = || uniform() as f32;
             let p: Vec<f32> = (0..rows * n).map(|_| rnd()).collect();

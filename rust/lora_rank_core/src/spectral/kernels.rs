@@ -517,8 +517,20 @@ unsafe fn strip<const JT: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::spectral) mod tests {
     use super::*;
+
+    /// Panel shapes (rows, n, b) the kernels' tests run on: partial register tiles, odd n,
+    /// blocks of 1–5 vectors (the f32 kernels' test adds its own).
+    pub(in crate::spectral) const PANEL_SHAPES: [(usize, usize, usize); 7] = [
+        (7, 70, 40),
+        (16, 64, 40),
+        (9, 33, 5),
+        (12, 96, 20),
+        (5, 40, 70),
+        (19, 66, 24),
+        (13, 50, 36),
+    ];
 
     #[test]
     fn panel_pass_matches_f64_on_bf16_rounded_operands() {
@@ -526,15 +538,7 @@ mod tests {
             eprintln!("no AVX-512 BF16: skipped");
             return;
         }
-        for (rows, n, b) in [
-            (7, 70, 40),
-            (16, 64, 40),
-            (9, 33, 5),
-            (12, 96, 20),
-            (5, 40, 70),
-            (19, 66, 24),
-            (13, 50, 36),
-        ] {
+        for (rows, n, b) in PANEL_SHAPES {
             let mut uniform = super::super::test_uniform(1);
             let mut rnd = || uniform() as f32;
             let p: Vec<u16> = (0..rows * n)
